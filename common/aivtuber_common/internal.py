@@ -1,0 +1,103 @@
+"""Messages between the services (never reachable through the gateway).
+
+Input handler -> TTS worker, over HTTP::
+
+    POST   /v1/tasks            SubmitTask        -> 202 SubmitAccepted
+                                                  -> 503 WorkerRefusal(code="busy"|"not_ready")
+                                                  -> 400/404 WorkerRefusal(code="unknown_voice"...)
+    DELETE /v1/tasks/{task_id}  cancel            -> 200 {"task_id", "cancelled": bool}
+
+TTS worker -> output handler, over one reused WebSocket to ``/internal/ingest``: text frames
+carry the JSON models below; each audio frame is one binary message laid out by
+:class:`FrameHeader` (task id, chunk id, level) followed by the PCM bytes, so no base64 and
+no extra JSON per frame.
+
+``Authorization: Bearer <internal_token>`` on both when ``internal_token`` is set.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "FrameHeader",
+    "IngestMessage",
+    "IngestMessageAdapter",
+    "SubmitAccepted",
+    "SubmitTask",
+    "TaskEnd",
+    "TaskOpen",
+    "WorkerRefusal",
+    "decode_frame",
+    "encode_frame",
+]
+
+INGEST_PATH = "/internal/ingest"
+TASKS_PATH = "/v1/tasks"
+
+
+class _Internal(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SubmitTask(_Internal):
+    task_id: str
+    text: str
+    voice: str | None = None
+
+
+class SubmitAccepted(_Internal):
+    task_id: str
+    voice: str
+    queued: int  # tasks waiting ahead of this one
+
+
+class WorkerRefusal(_Internal):
+    code: str  # busy | not_ready | unknown_voice | bad_request | unauthorized
+    message: str
+
+
+class TaskOpen(_Internal):
+    """Sent when the worker accepts a task, before synthesis, so subscribers learn of it."""
+
+    type: Literal["task_open"] = "task_open"
+    task_id: str
+    text: str
+    voice: str
+    engine: str
+    sample_rate: int
+
+
+class TaskEnd(_Internal):
+    type: Literal["task_end"] = "task_end"
+    task_id: str
+    status: Literal["completed", "cancelled", "failed"]
+    code: str | None = None  # set when failed: engine_error, timeout, ...
+    message: str | None = None
+
+
+IngestMessage = Annotated[TaskOpen | TaskEnd, Field(discriminator="type")]
+IngestMessageAdapter: TypeAdapter[IngestMessage] = TypeAdapter(IngestMessage)
+
+
+class FrameHeader:
+    """Binary frame prefix: 16-byte task uuid, uint32 chunk id, float32 level (little-endian)."""
+
+    STRUCT = struct.Struct("<16sIf")
+    SIZE = STRUCT.size
+
+
+def encode_frame(task_id: str, chunk_id: int, level: float, pcm: bytes) -> bytes:
+    return FrameHeader.STRUCT.pack(uuid.UUID(task_id).bytes, chunk_id, level) + pcm
+
+
+def decode_frame(data: bytes) -> tuple[str, int, float, memoryview]:
+    """Raises ValueError on a message too short to hold a header."""
+    if len(data) < FrameHeader.SIZE:
+        raise ValueError(f"binary frame of {len(data)} bytes is shorter than its header")
+    raw_id, chunk_id, level = FrameHeader.STRUCT.unpack_from(data)
+    return str(uuid.UUID(bytes=raw_id)), chunk_id, level, memoryview(data)[FrameHeader.SIZE :]

@@ -1,0 +1,182 @@
+"""The frontend protocol: every JSON message on /ws/input and /ws/output/{task_id}.
+
+Client -> input handler messages are parsed once at the edge with :data:`ClientMessageAdapter`
+and dispatched with ``match``; server messages are built as models and sent with
+:func:`dump`. Field names and the odd legacy keys (``status``, ``content``, ``audio_present``,
+``error``) are what existing frontends read: do not rename them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "AudioChunk",
+    "AudioComplete",
+    "AudioStart",
+    "Cancel",
+    "Cancelled",
+    "ClientMessage",
+    "ClientMessageAdapter",
+    "ErrorMessage",
+    "OutputError",
+    "Speak",
+    "TaskIdAssigned",
+    "TextChunk",
+    "UploadComplete",
+    "UploadProcessed",
+    "dump",
+    "is_canonical_uuid",
+    "new_task_id",
+]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# --- client -> /ws/input -------------------------------------------------------------------
+
+
+class Speak(_Message):
+    type: Literal["speak"]
+    text: str
+    voice: str | None = None
+    request_id: str | None = None
+
+
+class TextChunk(_Message):
+    """Metadata of the legacy chunked upload; the chunk's UTF-8 bytes follow as binary."""
+
+    type: Literal["text"]
+    action: Literal["data_chunk"] = "data_chunk"
+    chunk_id: int
+    voice: str | None = None
+    request_id: str | None = None
+
+
+class AudioUpload(_Message):
+    """Accepted only to be refused with a clear message: no speech recogniser is configured."""
+
+    type: Literal["audio"]
+
+
+class Cancel(_Message):
+    type: Literal["cancel"]
+    task_id: str
+
+
+class UploadComplete(_Message):
+    """``{"action": "upload_complete"}``; legacy clients send it without a ``type``."""
+
+    type: Literal["upload_complete"] = "upload_complete"
+    action: Literal["upload_complete"] = "upload_complete"
+    voice: str | None = None
+    request_id: str | None = None
+
+
+ClientMessage = Annotated[
+    Speak | TextChunk | AudioUpload | Cancel | UploadComplete, Field(discriminator="type")
+]
+ClientMessageAdapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+
+
+# --- input handler -> client ---------------------------------------------------------------
+
+
+class TaskIdAssigned(_Message):
+    type: Literal["system"] = "system"
+    action: Literal["task_id_assigned"] = "task_id_assigned"
+    task_id: str
+
+
+class UploadProcessed(_Message):
+    type: Literal["system"] = "system"
+    action: Literal["upload_processed"] = "upload_processed"
+    status: Literal["queued"] = "queued"
+    task_id: str
+    request_id: str | None = None
+
+
+class Cancelled(_Message):
+    type: Literal["system"] = "system"
+    action: Literal["cancelled"] = "cancelled"
+    task_id: str
+
+
+class ErrorMessage(_Message):
+    """Any problem on /ws/input: the connection stays open unless said otherwise."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    task_id: str | None = None
+    request_id: str | None = None
+
+
+# --- output handler -> client --------------------------------------------------------------
+
+
+class AudioStart(_Message):
+    type: Literal["audio_start"] = "audio_start"
+    status: Literal["success"] = "success"
+    task_id: str
+    content: str
+    audio_present: bool = True
+    format: Literal["pcm_s16le"] = "pcm_s16le"
+    sample_rate: int
+    channels: Literal[1] = 1
+    voice: str
+    engine: str
+
+
+class AudioChunk(_Message):
+    """Announces the binary message that follows it: one frame of PCM."""
+
+    type: Literal["audio_chunk"] = "audio_chunk"
+    task_id: str
+    chunk_id: int
+    total_chunks: int | None = None
+    samples: int
+    level: float
+
+
+class AudioComplete(_Message):
+    type: Literal["audio_complete"] = "audio_complete"
+    task_id: str
+    chunks: int
+    duration_ms: float
+    cancelled: bool = False
+
+
+class OutputError(_Message):
+    type: Literal["error"] = "error"
+    status: Literal["error"] = "error"
+    task_id: str | None
+    code: str
+    error: str
+
+
+def dump(message: BaseModel) -> str:
+    """JSON text of a server message, without the optional keys left unset."""
+    return message.model_dump_json(exclude_none=_drops_none(message))
+
+
+def _drops_none(message: BaseModel) -> bool:
+    # total_chunks and task_id are sent as null on purpose (frontends read the key).
+    return not isinstance(message, AudioChunk | OutputError)
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())
+
+
+def is_canonical_uuid(value: str) -> bool:
+    """True for the lower-case hyphenated form that :func:`new_task_id` makes."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False

@@ -1,0 +1,54 @@
+"""The seams between the handlers and the workers, so that a broker-based transport (Redis
+Streams, for many workers and handler replicas on several machines) can replace the direct
+HTTP/WebSocket one without touching the handlers.
+
+Direct implementations: ``aivtuber_input.workers`` (TaskSubmitter over HTTP),
+``aivtuber_tts.sink`` (FrameSink over the ingest WebSocket) and ``aivtuber_output.store``
+(FrameSource, fed by the ingest endpoint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from .internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen
+
+__all__ = ["FrameEvent", "FrameSink", "FrameSource", "TaskSubmitter", "TransportError"]
+
+
+class TransportError(Exception):
+    """Base of the transport errors; ``code`` is the snake_case code the client sees."""
+
+    code = "tts_unavailable"
+
+
+class TaskSubmitter(Protocol):
+    """Input side: submit a task to some worker; cancel it wherever it runs."""
+
+    async def submit(self, task: SubmitTask) -> SubmitAccepted:
+        """Raises TransportError (code tts_unavailable, unknown_voice, ...) when refused."""
+        ...
+
+    async def cancel(self, task_id: str) -> bool:
+        """True when a worker had the task and stopped it."""
+        ...
+
+
+class FrameSink(Protocol):
+    """Worker side: announce a task, append its frames in order, end it."""
+
+    async def open(self, task: TaskOpen) -> None: ...
+
+    async def append(self, task_id: str, chunk_id: int, level: float, pcm: bytes) -> None: ...
+
+    async def end(self, end: TaskEnd) -> None: ...
+
+
+FrameEvent = TaskOpen | tuple[int, float, bytes] | TaskEnd
+
+
+class FrameSource(Protocol):
+    """Output side: read a task's events from a chunk position, waiting for what is to come."""
+
+    def read(self, task_id: str, from_chunk: int = 0) -> AsyncIterator[FrameEvent]: ...

@@ -1,0 +1,52 @@
+"""Real servers on ephemeral ports for the tests (after uvicorn's tests/utils.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from aivtuber_common.cli import uvicorn_config
+
+START_TIMEOUT_S = 10.0
+
+
+class RunningServer:
+    def __init__(self, server: uvicorn.Server, port: int) -> None:
+        self.server = server
+        self.port = port
+        self.http_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+
+
+@contextlib.asynccontextmanager
+async def run_server(app: Any, **overrides: Any) -> AsyncIterator[RunningServer]:
+    """Serve ``app`` with uvicorn on a free loopback port, configured as the services are."""
+    config = uvicorn_config(app, "127.0.0.1", 0, "warning")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(START_TIMEOUT_S):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("uvicorn stopped before it started")
+                await asyncio.sleep(0.005)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield RunningServer(server, port)
+    finally:
+        server.should_exit = True
+        await task
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for subprocesses that must be told their port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
