@@ -1,6 +1,7 @@
 """Start the output handler.
 
-python services/output-handler-python/main.py [--config PATH] [--host H] [--port P] [--log-level debug|info|warning]
+python services/output-handler-python/main.py [--config PATH] [--host H] [--port P]
+    [--log-level debug|info|warning]
 """
 
 from aivtuber_output.__main__ import main

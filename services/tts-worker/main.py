@@ -1,6 +1,7 @@
 """Start the TTS worker.
 
-python services/tts-worker/main.py [--config PATH] [--host H] [--port P] [--log-level debug|info|warning]
+python services/tts-worker/main.py [--config PATH] [--host H] [--port P]
+    [--log-level debug|info|warning]
 """
 
 from aivtuber_tts.__main__ import main
