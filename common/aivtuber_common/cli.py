@@ -7,9 +7,11 @@ and the console scripts end here. A bad config prints one line and exits with co
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -18,9 +20,24 @@ import uvicorn
 from .config import ConfigError, Settings, load_settings
 from .logging import configure_logging
 
-__all__ = ["ServiceSpec", "parse_args", "run_service", "uvicorn_config"]
+__all__ = ["GracefulServer", "ServiceSpec", "parse_args", "run_service", "uvicorn_config"]
 
 EXIT_CONFIG = 2
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, minus re-raising the signal after a graceful shutdown.
+
+    uvicorn restores the default handlers and raises SIGTERM/SIGINT again once it has shut
+    down, so the process dies of the signal (exit -15, or a KeyboardInterrupt traceback)
+    instead of exiting 0. A second SIGINT still forces the exit, as in uvicorn.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
 
 
 class ServiceSpec:
@@ -31,7 +48,7 @@ class ServiceSpec:
         name: str,
         section: str,
         create_app: Callable[[Settings], Any],
-        server_class: type[uvicorn.Server] = uvicorn.Server,
+        server_class: type[uvicorn.Server] = GracefulServer,
         check: Callable[[Settings], None] | None = None,
     ) -> None:
         self.name = name

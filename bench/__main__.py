@@ -1,0 +1,146 @@
+"""``./bench [--quick] [--scenario gateway|speech|all]``: measure, print the tables, write JSON.
+
+Progress goes to stderr, the Markdown tables to stdout, everything measured (medians, each
+round's values, per-line timings, the machine) to ``bench/results/latest.json``.
+Exit codes: 0 done, 1 a scenario could not run (the message says why), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import BENCH_VERSION, nginx, report
+from .gateway_hop import HopParams, run_gateway_hop
+from .machine import machine_info
+from .procs import REPO_ROOT, BenchError, raise_nofile_limit
+from .speech_path import SpeechParams, run_speech_path
+
+DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "latest.json"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="./benchmark",
+        description="Benchmark the gateway hop (direct / gateway / nginx) and the speech path "
+        "(whole stack / engine alone), interleaved rounds, medians and ratios.",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="under two minutes, fewer samples")
+    size.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest run through every step, seconds (the test suite's); "
+        "its numbers mean nothing",
+    )
+    parser.add_argument(
+        "--scenario", choices=["gateway", "speech", "all"], default="all", help="what to run"
+    )
+    parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
+    parser.add_argument(
+        "--voice", help="speech path voice (default: joe, the Piper voice; sine in --smoke)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help=f"JSON results (default: {DEFAULT_OUTPUT.relative_to(REPO_ROOT)})",
+    )
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep the services' logs and configs"
+    )
+    args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+def build_params(args: argparse.Namespace) -> tuple[str, HopParams, SpeechParams]:
+    if args.smoke:
+        mode, hop, speech = "smoke", HopParams.smoke(), SpeechParams.smoke()
+    elif args.quick:
+        mode, hop, speech = "quick", HopParams.quick(), SpeechParams.quick()
+    else:
+        mode, hop, speech = "full", HopParams(), SpeechParams()
+    if args.rounds:
+        hop = dataclasses.replace(hop, rounds=args.rounds)
+        speech = dataclasses.replace(speech, rounds=args.rounds)
+    if args.voice:
+        speech = dataclasses.replace(speech, voice=args.voice)
+    return mode, hop, speech
+
+
+def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
+    mode, hop_params, speech_params = build_params(args)
+    started = time.perf_counter()
+    binary = nginx.find_nginx()
+    results: dict[str, Any] = {
+        "bench_version": BENCH_VERSION,
+        "mode": mode,
+        "command": " ".join(["./benchmark", *map(shlex.quote, sys.argv[1:])]),
+        "machine": machine_info(nginx.nginx_version(binary) if binary else None),
+        "scenarios": {},
+    }
+    if args.scenario in ("gateway", "all"):
+        results["scenarios"]["gateway"] = run_gateway_hop(hop_params, work_dir, say=_say)
+    if args.scenario in ("speech", "all"):
+        results["scenarios"]["speech"] = run_speech_path(speech_params, work_dir, say=_say)
+    results["elapsed_s"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def write_results(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_nofile_limit()  # the children inherit it: 1000 proxied connections are 2000 sockets
+    work_dir = Path(tempfile.mkdtemp(prefix="aivtuber-bench-"))
+    keep = args.keep_logs
+    try:
+        results = run(args, work_dir)
+    except BenchError as exc:
+        keep = True
+        print(f"bench: error: {exc}", file=sys.stderr)
+        print(f"bench: the services' logs and configs are in {work_dir}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if keep:
+            _say(f"logs kept in {work_dir}")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    write_results(results, args.output)
+    sys.stdout.write(report.render(results))
+    _say(f"done in {results['elapsed_s']:.0f} s; results in {_shown(args.output)}")
+    return 0
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

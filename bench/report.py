@@ -1,0 +1,245 @@
+"""The readable tables: GitHub-flavoured Markdown, so stdout can be pasted into the README.
+
+Every figure is the median over rounds; a ratio is the median over rounds of that round's
+ratio (variant and anchor measured a few seconds apart), so it can differ slightly from the
+ratio of the two medians shown beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["gateway_tables", "markdown_table", "render", "speech_tables"]
+
+NA = "n/a"
+RATIO_TARGET = 0.8
+ADDED_RTT_TARGET_US = 200.0
+IDLE_KB_TARGET = 30.0
+TTFA_TARGET_MS = 100.0
+TTFA_OVER_ENGINE_TARGET = 1.2
+STREAMS_TARGET = 16
+WORKER_START_TARGET_S = 3.0
+
+
+def render(results: dict[str, Any]) -> str:
+    """Every table of a run, with its heading, as one Markdown string."""
+    parts: list[str] = []
+    scenarios = results.get("scenarios", {})
+    if "gateway" in scenarios:
+        parts.extend(gateway_tables(scenarios["gateway"]))
+    if "speech" in scenarios:
+        parts.extend(speech_tables(scenarios["speech"]))
+    machine = results.get("machine", {})
+    parts.append(
+        f"_{results.get('mode', '?')} run, {machine.get('date', '?')}, "
+        f"{machine.get('cpu_count', '?')} CPUs ({machine.get('cpu_model') or 'unknown CPU'}), "
+        f"Python {machine.get('python', '?')}, commit {machine.get('git_commit') or '?'}; "
+        f"command: `{results.get('command', './bench')}`_"
+    )
+    return "\n\n".join(parts) + "\n"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            str(cell).ljust(width) if i == 0 else str(cell).rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(
+        ("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)
+    )
+    return "\n".join([line(header), rule + "|", *(line(row) for row in rows)])
+
+
+def gateway_tables(hop: dict[str, Any]) -> list[str]:
+    params = hop["params"]
+    medians: dict[str, dict[str, float | None]] = hop["medians"]
+    ratios: dict[str, dict[str, dict[str, float | None]]] = hop["ratios"]
+    variants: list[str] = list(hop["variants"])
+    size, conns, chunk = params["text_bytes"], params["conns"], params["stream_bytes"]
+    rows_spec: list[tuple[str, str, str]] = [
+        (f"RTT {size} B, 1 conn, p50 (µs)", "rtt1_p50_us", "int"),
+        (f"RTT {size} B, 1 conn, p99 (µs)", "rtt1_p99_us", "int"),
+        ("added RTT p50 vs direct (µs)", "rtt1_added_p50_us", "int"),
+        (f"RTT, {conns} conns, p50 (µs)", "conns_p50_us", "int"),
+        (f"RTT, {conns} conns, p99 (µs)", "conns_p99_us", "int"),
+        (f"round trips/s, {conns} conns", "conns_round_trips_per_s", "int"),
+        (f"stream {chunk // 1024} KiB, msgs/s", "stream_messages_per_s", "int"),
+        (f"stream {chunk // 1024} KiB, MB/s", "stream_mb_per_s", "1"),
+        (f"memory per idle conn, {params['idle_conns']} open (KB)", "idle_kb_per_conn", "1"),
+        ("proxy CPU per msg, 1 conn (µs)", "cpu_us_per_msg_1conn", "1"),
+        (f"proxy CPU per msg, {conns} conns (µs)", "cpu_us_per_msg_conns", "1"),
+        ("proxy CPU per msg, stream (µs)", "cpu_us_per_msg_stream", "1"),
+    ]
+    anchors = [a for a in ("direct", "nginx") if a in variants and "gateway" in variants]
+    header = ["gateway hop", *variants, *(f"gateway ÷ {a}" for a in anchors), "target"]
+    rows = []
+    for label, metric, kind in rows_spec:
+        cells = [label]
+        for variant in variants:
+            value = medians.get(variant, {}).get(metric)
+            if variant == "direct" and metric.startswith("cpu_"):
+                cells.append(NA)  # no proxy to measure
+            elif variant == "direct" and metric == "idle_kb_per_conn":
+                cells.append(_fmt(value, kind) + " *")
+            else:
+                cells.append(_fmt(value, kind))
+        for anchor in anchors:
+            comparable = not (anchor == "direct" and metric.startswith(("cpu_", "idle_", "rtt1_a")))
+            ratio = ratios.get("gateway", {}).get(anchor, {}).get(metric)
+            cells.append(_ratio(ratio) if comparable else NA)
+        cells.append(_hop_target(metric, medians, ratios, variants))
+        rows.append(cells)
+    notes = [
+        "* direct: the echo backend's own memory per connection (there is no proxy).",
+    ]
+    for variant, reason in hop.get("skipped", {}).items():
+        notes.append(f"{variant} skipped: {reason}")
+    title = f"### Gateway hop ({_rounds(params['rounds'])}, medians)"
+    return [title, markdown_table(header, rows), "\n".join(notes)]
+
+
+def _hop_target(
+    metric: str,
+    medians: dict[str, dict[str, float | None]],
+    ratios: dict[str, dict[str, dict[str, float | None]]],
+    variants: list[str],
+) -> str:
+    gateway = medians.get("gateway", {})
+    to_nginx = ratios.get("gateway", {}).get("nginx", {})
+    match metric:
+        case "rtt1_added_p50_us":
+            return _check(gateway.get(metric), f"≤ {ADDED_RTT_TARGET_US:.0f} µs", upper=200.0)
+        case "conns_round_trips_per_s" | "stream_messages_per_s":
+            if "nginx" not in variants:
+                return f"≥ {RATIO_TARGET}× nginx: {NA}"
+            return _check(to_nginx.get(metric), f"≥ {RATIO_TARGET}× nginx", lower=RATIO_TARGET)
+        case "idle_kb_per_conn":
+            return _check(gateway.get(metric), f"≤ {IDLE_KB_TARGET:.0f} KB", upper=IDLE_KB_TARGET)
+    return ""
+
+
+def speech_tables(speech: dict[str, Any]) -> list[str]:
+    params = speech["params"]
+    stack = speech["medians"].get("stack", {})
+    engine = speech["medians"].get("engine", {})
+    start = speech["worker_start_s"]["median"]
+    ttfa_ratio = stack.get("ttfa_over_engine_p50")
+    ttfa_target = _check(stack.get("ttfa_p50_ms"), f"≤ {TTFA_TARGET_MS:.0f} ms", upper=100.0)
+    ratio_target = _check(
+        ttfa_ratio, f"≤ {TTFA_OVER_ENGINE_TARGET}× engine", upper=TTFA_OVER_ENGINE_TARGET
+    )
+    rows = [
+        [
+            "time to first audio p50 (ms)",
+            _fmt(stack.get("ttfa_p50_ms"), "int"),
+            _fmt(engine.get("first_chunk_p50_ms"), "int"),
+            _ratio(ttfa_ratio),
+            f"{ttfa_target}; {ratio_target}",
+        ],
+        [
+            "time to first audio p95 (ms)",
+            _fmt(stack.get("ttfa_p95_ms"), "int"),
+            _fmt(engine.get("first_chunk_p95_ms"), "int"),
+            _ratio(_div(stack.get("ttfa_p95_ms"), engine.get("first_chunk_p95_ms"))),
+            "",
+        ],
+        [
+            "engine: whole first sentence p50 (ms)",
+            "",
+            _fmt(engine.get("first_sentence_p50_ms"), "int"),
+            "",
+            "",
+        ],
+        [
+            "real-time factor p50",
+            _fmt(stack.get("rtf_p50"), "3"),
+            _fmt(engine.get("rtf_p50"), "3"),
+            _ratio(_div(stack.get("rtf_p50"), engine.get("rtf_p50"))),
+            "",
+        ],
+        ["late frames, one stream at a time", _fmt(stack.get("late_frames"), "int"), "", "", ""],
+        [
+            "worker start to ready (s)",
+            _fmt(start, "2"),
+            "",
+            "",
+            _check(start, f"< {WORKER_START_TARGET_S:.0f} s", upper=WORKER_START_TARGET_S),
+        ],
+    ]
+    header = ["speech path", "through the stack", "engine alone", "stack ÷ engine", "target"]
+    title = (
+        f"### Speech path (voice {speech['voice']!r}, {params['lines']} lines, "
+        f"{_rounds(params['rounds'])}, medians)"
+    )
+    level_rows = []
+    for level in params["levels"]:
+        med = speech["levels"].get(str(level), {})
+        rounds = [r for r in speech["level_rounds"] if r["level"] == level]
+        level_rows.append(
+            [
+                str(level),
+                _fmt(med.get("ttfa_p50_ms"), "int"),
+                _fmt(med.get("ttfa_p95_ms"), "int"),
+                _fmt(med.get("rtf_p50"), "3"),
+                str(sum(r["late_frames"] for r in rounds)),
+                str(max((r["streams_with_late_frames"] for r in rounds), default=0)),
+                _fmt(max((r["worst_late_ms"] for r in rounds), default=None), "int"),
+            ]
+        )
+    level_header = [
+        "concurrent streams",
+        "TTFA p50 (ms)",
+        "TTFA p95 (ms)",
+        "RTF p50",
+        "late frames (all rounds)",
+        "streams with late frames (worst round)",
+        "worst lateness (ms)",
+    ]
+    best = speech["realtime_streams"]
+    verdict = _check(float(best), f"≥ {STREAMS_TARGET}", lower=float(STREAMS_TARGET))
+    summary = (
+        f"**Real-time streams on this machine: {best}** (largest level with no late frame in "
+        f"any round, nor at any level below it; target {verdict}; levels tried: "
+        f"{', '.join(map(str, params['levels']))})"
+    )
+    return [
+        title,
+        markdown_table(header, rows),
+        markdown_table(level_header, level_rows),
+        summary,
+    ]
+
+
+def _rounds(count: int) -> str:
+    return "1 round" if count == 1 else f"{count} interleaved rounds"
+
+
+def _fmt(value: float | None, kind: str) -> str:
+    if value is None:
+        return NA
+    if kind == "int":
+        return f"{value:,.0f}"
+    return f"{value:,.{int(kind)}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return NA if value is None else f"{value:.2f}×"
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _check(
+    value: float | None, label: str, upper: float | None = None, lower: float | None = None
+) -> str:
+    if value is None:
+        return f"{label}: {NA}"
+    ok = (upper is None or value <= upper) and (lower is None or value >= lower)
+    return f"{label}: {'met' if ok else 'missed'}"

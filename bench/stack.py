@@ -1,0 +1,183 @@
+"""The whole stack for the speech path: four processes from their main.py, ephemeral ports.
+
+The configuration is the repository's config.json (what ``./run`` runs) with only the
+addresses changed, the log level at warning, and the chosen voice as the default. It is
+validated with the services' own loader before anything starts, and written into the run's
+temporary directory. Start order: output handler (the worker pushes frames into it), TTS
+worker (timed: process start -> ``/health`` 200, i.e. voice loaded and warmed up), input
+handler, gateway; the stack is ready when the gateway's ``/health`` is 200 and the input
+handler sees a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aivtuber_common.config import ConfigError, Settings, load_settings
+
+from .procs import REPO_ROOT, BenchError, Proc, free_port, python_argv
+
+__all__ = ["Ports", "Stack", "stack_config", "start_worker", "write_config"]
+
+MAIN = {
+    "gateway": "services/gateway-python/main.py",
+    "input_handler": "services/input-handler-python/main.py",
+    "output_handler": "services/output-handler-python/main.py",
+    "tts_worker": "services/tts-worker/main.py",
+}
+READY_TIMEOUT_S = 60.0  # a cold Piper load on a busy 2-core machine takes a few seconds
+
+
+@dataclass
+class Ports:
+    gateway: int
+    input_handler: int
+    output_handler: int
+    tts_worker: int
+
+    @classmethod
+    def pick(cls) -> Ports:
+        return cls(free_port(), free_port(), free_port(), free_port())
+
+
+def stack_config(ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json") -> dict:
+    """config.json with the bench's ports, log level warning, ``voice`` as the default."""
+    data: dict[str, Any] = json.loads(base.read_text(encoding="utf-8")) if base.exists() else {}
+    data["logging"] = {**data.get("logging", {}), "level": "warning", "format": "json"}
+    local = "127.0.0.1"
+    gateway = data.setdefault("gateway", {})
+    gateway.update(host=local, port=ports.gateway)
+    routes = gateway.setdefault(
+        "routes",
+        {"input": {"path": "/ws/input"}, "output": {"path": "/ws/output/{task_id}"}},
+    )
+    routes["input"] = {**routes.get("input", {}), "path": "/ws/input"}
+    routes["input"]["backends"] = [f"ws://{local}:{ports.input_handler}"]
+    routes["output"] = {**routes.get("output", {}), "path": "/ws/output/{task_id}"}
+    routes["output"]["backends"] = [f"ws://{local}:{ports.output_handler}"]
+    data.setdefault("input_handler", {}).update(
+        host=local, port=ports.input_handler, workers=[f"http://{local}:{ports.tts_worker}"]
+    )
+    data.setdefault("output_handler", {}).update(host=local, port=ports.output_handler)
+    worker = data.setdefault("tts_worker", {})
+    worker.update(
+        host=local,
+        port=ports.tts_worker,
+        output_handler_url=f"ws://{local}:{ports.output_handler}",
+        default_voice=voice,
+    )
+    voices = worker.setdefault("voices", {})
+    if voice not in voices:
+        voices[voice] = {"engine": "sine"} if voice == "sine" else {"engine": "piper"}
+    # Only the voice under test is loaded: another one would lengthen the worker's start.
+    worker["voices"] = {voice: voices[voice]}
+    return data
+
+
+def write_config(work_dir: Path, data: dict, name: str = "stack.json") -> tuple[Path, Settings]:
+    path = work_dir / name
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    try:
+        return path, load_settings(path, environ={})
+    except ConfigError as exc:
+        raise BenchError(f"the generated stack config is not valid: {exc}") from exc
+
+
+def service_proc(section: str, config: Path, work_dir: Path, name: str | None = None) -> Proc:
+    argv = python_argv(MAIN[section], "--config", str(config), "--log-level", "warning")
+    env = _clean_env()
+    return Proc(name or section, argv, work_dir, env=env)
+
+
+def _clean_env() -> dict[str, str]:
+    # The route overrides would point the bench's gateway at the user's running stack.
+    env = dict(os.environ)
+    for variable in ("INPUT_HANDLER_URL", "OUTPUT_HANDLER_URL", "AIVTUBER_CONFIG"):
+        env.pop(variable, None)
+    return env
+
+
+def start_worker(config: Path, settings: Settings, work_dir: Path, name: str) -> tuple[Proc, float]:
+    """Start a TTS worker; (the process, seconds from process start to /health 200)."""
+    proc = service_proc("tts_worker", config, work_dir, name)
+    proc.start()
+    try:
+        ready_s = proc.wait_http(
+            f"http://127.0.0.1:{settings.tts_worker.port}/health", READY_TIMEOUT_S
+        )
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, ready_s
+
+
+class Stack:
+    """The four services; use as a context manager so every process is stopped."""
+
+    def __init__(self, work_dir: Path, voice: str) -> None:
+        self.work_dir = work_dir
+        self.ports = Ports.pick()
+        self.config_path, self.settings = write_config(
+            work_dir, stack_config(self.ports, voice)
+        )
+        self.procs: list[Proc] = []
+        self.worker_ready_s: float | None = None
+        self.gateway_ws = f"ws://127.0.0.1:{self.ports.gateway}"
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        output = self._start("output_handler")
+        output.wait_http(self._health("output_handler"), READY_TIMEOUT_S)
+        worker, self.worker_ready_s = start_worker(
+            self.config_path, self.settings, self.work_dir, "tts_worker"
+        )
+        self.procs.append(worker)
+        inputs = self._start("input_handler")
+        gateway = self._start("gateway")
+        inputs.wait_http(self._health("input_handler"), READY_TIMEOUT_S)
+        gateway.wait_http(self._health("gateway"), READY_TIMEOUT_S)
+        health = self._health("input_handler")
+        inputs.wait_ready(lambda: _sees_worker(health), READY_TIMEOUT_S, "sees a TTS worker")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+    def proc(self, name: str) -> Proc:
+        return next(proc for proc in self.procs if proc.name == name)
+
+    def _start(self, section: str) -> Proc:
+        proc = service_proc(section, self.config_path, self.work_dir)
+        self.procs.append(proc)
+        return proc.start()
+
+    def _health(self, section: str) -> str:
+        return f"http://127.0.0.1:{getattr(self.ports, section)}/health"
+
+
+def _sees_worker(url: str) -> bool:
+    try:
+        body = httpx.get(url, timeout=1.0).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    # Older input handlers do not report it: then /health 200 is all there is to wait for.
+    return int(body.get("workers_available", 1)) >= 1
+
+

@@ -1,0 +1,188 @@
+"""The gateway's ASGI app: WebSocket routes proxied on the raw ASGI interface, everything
+else (monitoring, lifespan) handled by a Starlette app.
+
+``create_app(settings)`` builds it; the Starlette lifespan owns the registry of live
+connections and the httpx client of the health probes. On shutdown every proxied
+connection is closed with 1001 "going away" on both sides (see :mod:`.server`, which does
+it before uvicorn closes sockets its own way).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import structlog
+from starlette.applications import Starlette
+
+from aivtuber_common.closecodes import AppCloseCode, CloseCode
+from aivtuber_common.config import Settings
+
+from .headers import forwarded_request
+from .health import HealthChecker
+from .lifecycle import short_reason
+from .metrics import GatewayMetrics
+from .monitor import monitor_routes
+from .proxy import (
+    BackendRejected,
+    BackendUnavailable,
+    ProxyConnection,
+    ProxyOptions,
+    Receive,
+    Send,
+    open_backend,
+)
+from .registry import Registry
+from .routing import RouteTable
+
+__all__ = ["GatewayApp", "Runtime", "create_app"]
+
+GOING_AWAY = "going away"
+
+
+class Runtime:
+    """What exists while the app is running (between lifespan startup and shutdown)."""
+
+    def __init__(self, registry: Registry, options: ProxyOptions, health: HealthChecker) -> None:
+        self.registry = registry
+        self.options = options
+        self.health = health
+        self.started = time.monotonic()
+        self.closing = False
+
+
+class GatewayApp:
+    """Raw ASGI entry point: ``websocket`` scopes are proxied, the rest goes to Starlette."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.gateway = settings.gateway
+        # One logger per app, not per module: tests capture each app's logs on their own.
+        self.log: structlog.typing.FilteringBoundLogger = structlog.get_logger("aivtuber_gateway")
+        self.routes = RouteTable(settings.gateway)
+        self.metrics = GatewayMetrics(self.routes)
+        self.runtime: Runtime | None = None
+        self.http = Starlette(routes=monitor_routes(self), lifespan=self._lifespan)
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self.http(scope, receive, send)
+
+    async def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = GOING_AWAY) -> None:
+        """Stop proxying new connections; close every open one on both sides."""
+        runtime = self.runtime
+        if runtime is None:
+            return
+        runtime.closing = True
+        await runtime.registry.close_all(code, reason, self.gateway.shutdown_timeout_s)
+
+    @asynccontextmanager
+    async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        gateway = self.gateway
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=8)
+        async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
+            registry = Registry([route.name for route in self.routes], self.log)
+            options = ProxyOptions(
+                registry=registry,
+                max_message_bytes=gateway.max_message_bytes,
+                connect_timeout_s=gateway.connect_timeout_s,
+                ping_interval_s=gateway.ping_interval_s,
+                ping_timeout_s=gateway.ping_timeout_s,
+                idle_timeout_s=gateway.idle_timeout_s,
+                debug=self.settings.logging.level == "debug",
+                log=self.log,
+                observe_first_audio=self.metrics.first_audio_observer,
+                observe_audio_gap=self.metrics.audio_gap_observer,
+            )
+            health = HealthChecker(
+                self.routes, client, gateway.health_timeout_s, gateway.health_cache_s
+            )
+            self.runtime = Runtime(registry, options, health)
+            self.metrics.bind(registry)
+            try:
+                yield
+            finally:
+                await self.close_all()
+                self.runtime = None
+
+    async def _websocket(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return  # the client left before the handshake finished
+        runtime = self.runtime
+        if runtime is None or runtime.closing:
+            await _refuse(send, CloseCode.GOING_AWAY, GOING_AWAY)
+            return
+        route = self.routes.match(scope["path"])
+        if route is None:
+            runtime.registry.rejected["", AppCloseCode.NOT_FOUND] += 1
+            self.log.info("no_route", path=scope["path"], client=_client(scope))
+            await _refuse(send, AppCloseCode.NOT_FOUND, "no route for this path")
+            return
+        request = forwarded_request(scope)
+        started = time.perf_counter()
+        try:
+            ws, backend = await open_backend(route, scope, request, runtime.options)
+        except BackendUnavailable as exc:
+            # Browsers cannot read an HTTP error on a failed upgrade: accept, then close
+            # with a code and reason they can show.
+            runtime.registry.rejected[route.name, CloseCode.TRY_AGAIN_LATER] += 1
+            self.log.warning(
+                "backend_unavailable",
+                route=route.name,
+                path=scope["path"],
+                client=_client(scope),
+                backends=[url for url, _ in exc.failures],
+                errors=[f"{url}: {error}" for url, error in exc.failures],
+                request_id=request.request_id,
+            )
+            await _refuse(send, CloseCode.TRY_AGAIN_LATER, route.unavailable_reason)
+            return
+        except BackendRejected as exc:
+            # A 4xx is the backend's verdict on this request (bad task id, no auth): pass
+            # it on as 4000 + status, like 4404 for an unknown path.
+            code = 4000 + exc.status
+            runtime.registry.rejected[route.name, code] += 1
+            self.log.info(
+                "backend_rejected",
+                route=route.name,
+                path=scope["path"],
+                client=_client(scope),
+                backend=exc.backend.url + scope["path"],
+                status=exc.status,
+                request_id=request.request_id,
+            )
+            await _refuse(send, code, f"{route.name} backend refused: HTTP {exc.status}")
+            return
+        self.metrics.connect_seconds.labels(route.name).observe(time.perf_counter() - started)
+        try:
+            await send({"type": "websocket.accept", "subprotocol": ws.subprotocol})
+        except OSError:
+            await ws.close(CloseCode.GOING_AWAY, "client left")
+            return
+        conn = ProxyConnection(route, backend, ws, scope, request.request_id, send, runtime.options)
+        await conn.run(receive)
+
+
+async def _refuse(send: Send, code: int, reason: str) -> None:
+    """Accept the handshake, then close at once with ``code``: what browsers can see."""
+    try:
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": code, "reason": short_reason(reason)})
+    except OSError:
+        pass  # the client already left
+
+
+def _client(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
+def create_app(settings: Settings) -> GatewayApp:
+    """The gateway's ASGI app for these settings."""
+    return GatewayApp(settings)

@@ -1,0 +1,126 @@
+"""Prometheus metrics, collected from the registry when ``/metrics`` is scraped.
+
+Message and byte counts are read from the plain-int counters on each connection (plus the
+totals of ended ones) by a custom collector, so the hot path never touches a metric.
+Only routes with ``audio_metrics`` observe two histograms per binary frame backend ->
+client: time to first audio and the gap between frames (a stall shows as a long gap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .registry import Registry
+from .routing import RouteTable
+
+__all__ = ["GatewayMetrics", "CONTENT_TYPE"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PREFIX = "aivtuber_gateway"
+
+
+class GatewayMetrics:
+    """One Prometheus registry per app (never the global one: tests build many apps)."""
+
+    def __init__(self, routes: RouteTable) -> None:
+        self.prometheus = CollectorRegistry(auto_describe=True)
+        self._routes = routes
+        self._registry: Registry | None = None
+        self.prometheus.register(_RegistryCollector(self))
+        self.first_audio = Histogram(
+            f"{PREFIX}_time_to_first_audio_seconds",
+            "From the client's connection opening to the first binary frame sent to it.",
+            ["route"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 5, 10, 30),
+            registry=self.prometheus,
+        )
+        self.audio_gap = Histogram(
+            f"{PREFIX}_audio_frame_gap_seconds",
+            "Time between consecutive binary frames sent to the client.",
+            ["route"],
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1, 2, 5),
+            registry=self.prometheus,
+        )
+        self.connect_seconds = Histogram(
+            f"{PREFIX}_backend_connect_seconds",
+            "Time to open the backend connection (TCP and WebSocket handshake).",
+            ["route"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=self.prometheus,
+        )
+
+    def bind(self, registry: Registry | None) -> None:
+        """Attach the lifespan's registry (None after shutdown)."""
+        self._registry = registry
+
+    def first_audio_observer(self, route: str) -> Callable[[float], None]:
+        return self.first_audio.labels(route).observe
+
+    def audio_gap_observer(self, route: str) -> Callable[[float], None]:
+        return self.audio_gap.labels(route).observe
+
+    def render(self) -> bytes:
+        return generate_latest(self.prometheus)
+
+    def collect_registry(self) -> Iterator[Metric]:
+        registry = self._registry
+        open_ = GaugeMetricFamily(
+            f"{PREFIX}_connections_open", "Proxied connections open now.", labels=["route"]
+        )
+        total = CounterMetricFamily(
+            f"{PREFIX}_connections", "Proxied connections opened.", labels=["route"]
+        )
+        messages = CounterMetricFamily(
+            f"{PREFIX}_messages",
+            "Messages forwarded; in = client to backend, out = backend to client.",
+            labels=["route", "direction"],
+        )
+        sizes = CounterMetricFamily(
+            f"{PREFIX}_bytes",
+            "Payload bytes forwarded; in = client to backend, out = backend to client.",
+            labels=["route", "direction"],
+        )
+        failures = CounterMetricFamily(
+            f"{PREFIX}_backend_connect_failures",
+            "Backend connections that failed (refused, down, handshake timeout, HTTP error).",
+            labels=["route", "backend"],
+        )
+        closes = CounterMetricFamily(
+            f"{PREFIX}_closes",
+            "Ended proxied connections by who ended them and the close code.",
+            labels=["route", "closed_by", "code"],
+        )
+        rejected = CounterMetricFamily(
+            f"{PREFIX}_rejected",
+            "Client connections closed without being proxied (unknown path, backend down).",
+            labels=["route", "code"],
+        )
+        if registry is not None:
+            for route in self._routes:
+                name = route.name
+                totals = registry.live_totals(name)
+                open_.add_metric([name], registry.open_count(name))
+                total.add_metric([name], totals.opened)
+                messages.add_metric([name, "in"], totals.messages_in)
+                messages.add_metric([name, "out"], totals.messages_out)
+                sizes.add_metric([name, "in"], totals.bytes_in)
+                sizes.add_metric([name, "out"], totals.bytes_out)
+            for (name, url), count in registry.connect_failures.items():
+                failures.add_metric([name, url], count)
+            for (name, by, code), count in registry.closes.items():
+                closes.add_metric([name, by, str(code)], count)
+            for (name, code), count in registry.rejected.items():
+                rejected.add_metric([name, str(code)], count)
+        yield from (open_, total, messages, sizes, failures, closes, rejected)
+
+
+class _RegistryCollector(Collector):
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.collect_registry()

@@ -1,0 +1,426 @@
+"""One proxied WebSocket connection: the hot path.
+
+The client side is the raw ASGI interface (no Starlette wrapper: it costs on every
+message); the backend side is a ``websockets`` asyncio client. Two pumps move messages:
+client -> backend runs in the ASGI task itself, backend -> client in one task it owns.
+
+Ownership of the sockets, so that no two tasks ever send a close on the same side:
+
+- only the backend -> client pump (or, once it is finished, whoever ended the connection)
+  sends ``websocket.close`` to the client; uvicorn then hands the ASGI task a
+  ``websocket.disconnect``, which ends the client -> backend pump;
+- the ASGI task closes the backend last, on every path, and removes the connection from
+  the registry.
+
+Backpressure: uvicorn pauses reading the client's socket after each message until the
+app has taken it, and ``send`` waits while the client's write buffer is full; the
+websockets client stops reading the backend when ``max_queue`` frames are waiting and
+``send`` waits on its write buffer. A slow reader therefore slows its writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from .headers import ForwardedRequest
+from .lifecycle import End, Side, backend_end, client_end, short_reason, to_backend, to_client
+from .registry import Registry
+from .routing import Backend, Route
+
+__all__ = ["BackendRejected", "BackendUnavailable", "ProxyConnection", "ProxyOptions"]
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+# Frames the websockets client buffers from the backend before it stops reading.
+BACKEND_MAX_QUEUE = 8
+# Longest wait for a side to finish its closing handshake before dropping it.
+CLOSE_TIMEOUT_S = 2.0
+
+
+class BackendUnavailable(Exception):
+    """No backend of the route completed the handshake (down, refused or too slow)."""
+
+    def __init__(self, route: Route, failures: list[tuple[str, str]]) -> None:
+        super().__init__(f"{route.name}: no backend available")
+        self.failures = failures  # (backend url, error)
+
+
+class BackendRejected(Exception):
+    """A backend answered the upgrade with an HTTP 4xx: a verdict on this request."""
+
+    def __init__(self, backend: Backend, status: int) -> None:
+        super().__init__(f"backend answered HTTP {status}")
+        self.backend = backend
+        self.status = status
+
+
+class ProxyOptions:
+    """The settings and shared objects every connection reads; built once per app."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        max_message_bytes: int,
+        connect_timeout_s: float,
+        ping_interval_s: float,
+        ping_timeout_s: float,
+        idle_timeout_s: float,
+        debug: bool,
+        log: structlog.typing.FilteringBoundLogger,
+        observe_first_audio: Callable[[str], Callable[[float], None]] | None = None,
+        observe_audio_gap: Callable[[str], Callable[[float], None]] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.max_message_bytes = max_message_bytes
+        self.connect_timeout_s = connect_timeout_s
+        self.ping_interval_s = ping_interval_s or None  # 0 turns pings off
+        self.ping_timeout_s = ping_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.debug = debug
+        self.log = log
+        self.observe_first_audio = observe_first_audio
+        self.observe_audio_gap = observe_audio_gap
+
+
+async def open_backend(
+    route: Route, scope: dict[str, Any], request: ForwardedRequest, options: ProxyOptions
+) -> tuple[ClientConnection, Backend]:
+    """Connect to the first backend of the route that accepts, within connect_timeout_s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + options.connect_timeout_s
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    query = scope.get("query_string", b"").decode("latin-1")
+    failures: list[tuple[str, str]] = []
+    for backend in route.candidates():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            failures.append((backend.url, "not tried: connect_timeout_s used up"))
+            continue
+        try:
+            ws = await connect(
+                backend.target(path, query),
+                additional_headers=request.headers,
+                subprotocols=request.subprotocols or None,  # type: ignore[arg-type]
+                compression="deflate" if route.compression else None,
+                max_size=options.max_message_bytes,
+                max_queue=BACKEND_MAX_QUEUE,
+                open_timeout=remaining,
+                ping_interval=options.ping_interval_s,
+                ping_timeout=options.ping_timeout_s,
+                close_timeout=CLOSE_TIMEOUT_S,
+                user_agent_header=None,  # the client's own User-Agent is forwarded
+                proxy=None,  # never through $HTTP_PROXY: backends are local
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if 400 <= status < 500:
+                raise BackendRejected(backend, status) from exc
+            failures.append((backend.url, f"HTTP {status}"))
+        except TimeoutError:
+            failures.append((backend.url, f"no handshake within {options.connect_timeout_s:g}s"))
+        except (OSError, InvalidHandshake) as exc:
+            failures.append((backend.url, str(exc) or type(exc).__name__))
+        else:
+            backend.mark_up()
+            return ws, backend
+        backend.mark_down()
+        options.registry.connect_failures[route.name, backend.url] += 1
+    raise BackendUnavailable(route, failures)
+
+
+class ProxyConnection:
+    """A client <-> backend pair from accept to both sockets closed."""
+
+    __slots__ = (
+        "id",
+        "route",
+        "backend",
+        "path",
+        "client",
+        "request_id",
+        "connected_at",
+        "opened",
+        "messages_in",
+        "messages_out",
+        "bytes_in",
+        "bytes_out",
+        "last_activity",
+        "end",
+        "_ws",
+        "_send",
+        "_options",
+        "_b2c",
+        "_closing_client",
+        "_terminator",
+        "_idle_timer",
+        "_finishing",
+    )
+
+    def __init__(
+        self,
+        route: Route,
+        backend: Backend,
+        ws: ClientConnection,
+        scope: dict[str, Any],
+        request_id: str,
+        send: Send,
+        options: ProxyOptions,
+    ) -> None:
+        self.id = os.urandom(6).hex()
+        self.route = route
+        self.backend = backend
+        self.path = scope["path"]
+        client = scope.get("client")
+        self.client = f"{client[0]}:{client[1]}" if client else "unknown"
+        self.request_id = request_id
+        self.connected_at = time.time()
+        self.opened = time.monotonic()
+        # in = client -> backend, out = backend -> client.
+        self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
+        self.last_activity = self.opened
+        self.end: End | None = None
+        self._ws = ws
+        self._send = send
+        self._options = options
+        self._b2c: asyncio.Task[None] | None = None
+        self._closing_client = False
+        self._terminator: asyncio.Task[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._finishing = False
+
+    @property
+    def backend_url(self) -> str:
+        # Without the query string: browsers put tokens there.
+        return self.backend.url + self.path
+
+    def terminate(self, code: int, reason: str) -> None:
+        """Close both sides with ``code`` (shutdown, idle timeout). Returns at once."""
+        if self.end is None:
+            self.end = End(Side.GATEWAY, code, reason)
+        if self._terminator is None and not self._finishing and self._b2c is not None:
+            self._terminator = asyncio.get_running_loop().create_task(self._terminate())
+
+    async def run(self, receive: Receive) -> None:
+        """Pump both ways until either side ends, then close both and deregister."""
+        options = self._options
+        registry = options.registry
+        registry.add(self)
+        self.backend.open_connections += 1
+        options.log.info(
+            "connection_opened",
+            conn_id=self.id,
+            route=self.route.name,
+            path=self.path,
+            client=self.client,
+            backend=self.backend_url,
+            subprotocol=self._ws.subprotocol,
+            request_id=self.request_id,
+        )
+        loop = asyncio.get_running_loop()
+        if options.idle_timeout_s:
+            self._idle_timer = loop.call_later(options.idle_timeout_s, self._check_idle)
+        try:
+            self._b2c = loop.create_task(self._backend_to_client())
+            try:
+                await self._client_to_backend(receive)
+            finally:
+                await self._finish()
+        finally:
+            self.backend.open_connections -= 1
+            registry.remove(self)
+            self._log_closed()
+
+    # -- the two pumps -------------------------------------------------------------------
+
+    async def _client_to_backend(self, receive: Receive) -> None:
+        ws_send = self._ws.send
+        debug = self._options.debug
+        log = self._options.log
+        monotonic = time.monotonic
+        while True:
+            message = await receive()
+            data = message.get("bytes")
+            if data is None:
+                data = message.get("text")
+                if data is None:
+                    if message["type"] == "websocket.disconnect":
+                        if self.end is None:
+                            self.end = client_end(message.get("code"), message.get("reason"))
+                        return
+                    continue
+                size = len(data) if data.isascii() else len(data.encode())
+            else:
+                size = len(data)
+            self.messages_in += 1
+            self.bytes_in += size
+            self.last_activity = monotonic()
+            if debug:
+                kind = "binary" if isinstance(data, bytes) else "text"
+                log.debug("forward", conn_id=self.id, direction="in", type=kind, size=size)
+            try:
+                await ws_send(data)
+            except ConnectionClosed:
+                return  # the backend is gone; the other pump reports why
+
+    async def _backend_to_client(self) -> None:
+        recv = self._ws.recv
+        send = self._send
+        debug = self._options.debug
+        log = self._options.log
+        monotonic = time.monotonic
+        first_audio = gap = None
+        if self.route.audio_metrics and self._options.observe_first_audio:
+            first_audio = self._options.observe_first_audio(self.route.name)
+            gap = self._options.observe_audio_gap(self.route.name)  # type: ignore[misc]
+        last_audio = 0.0
+        try:
+            while True:
+                data = await recv()
+                now = monotonic()
+                if isinstance(data, str):
+                    size = len(data) if data.isascii() else len(data.encode())
+                    message = {"type": "websocket.send", "text": data}
+                else:
+                    size = len(data)
+                    message = {"type": "websocket.send", "bytes": data}
+                    if first_audio is not None:
+                        if last_audio:
+                            gap(now - last_audio)  # type: ignore[misc]
+                        else:
+                            first_audio(now - self.opened)
+                        last_audio = now
+                self.messages_out += 1
+                self.bytes_out += size
+                self.last_activity = now
+                if debug:
+                    kind = "text" if isinstance(data, str) else "binary"
+                    log.debug("forward", conn_id=self.id, direction="out", type=kind, size=size)
+                await send(message)
+        except ConnectionClosed as exc:
+            if self.end is None:
+                self.end = backend_end(exc)
+        except OSError:
+            return  # the client is gone (uvicorn's ClientDisconnected); its pump sees it
+        except Exception:
+            # A bug: this task has no caller to raise to. Log it and close both with 1011.
+            log.exception("proxy_error", conn_id=self.id, route=self.route.name)
+            if self.end is None:
+                self.end = End(Side.GATEWAY, 1011, "gateway error")
+        # From here on this task owns closing the client and is never cancelled.
+        self._closing_client = True
+        assert self.end is not None
+        await self._close_client(*to_client(self.end))
+
+    # -- ending --------------------------------------------------------------------------
+
+    async def _close_client(self, code: int, reason: str) -> None:
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except (OSError, RuntimeError):
+            pass  # already disconnected, or uvicorn already closed it (e.g. shutdown)
+
+    async def _terminate(self) -> None:
+        """Stop the backend pump, then close the client and the backend ourselves."""
+        b2c = self._b2c
+        if b2c is not None:
+            if not self._closing_client:
+                b2c.cancel()
+            await asyncio.wait({b2c}, timeout=CLOSE_TIMEOUT_S)
+        assert self.end is not None
+        if not self._closing_client:
+            self._closing_client = True
+            await self._close_client(*to_client(self.end))
+        await self._ws.close(*to_backend(self.end))
+
+    async def _finish(self) -> None:
+        """After the client -> backend pump: stop the other pump, close the backend."""
+        self._finishing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        b2c = self._b2c
+        assert b2c is not None
+        if (
+            not self._closing_client
+            and self.end is not None
+            and self.end.by is Side.CLIENT
+            and self._terminator is None
+        ):
+            b2c.cancel()  # the client left: nothing more to deliver to it
+        # Otherwise the backend pump is delivering the close to the client; let it finish.
+        await asyncio.wait({b2c}, timeout=CLOSE_TIMEOUT_S)
+        if not b2c.done():
+            b2c.cancel()
+            await asyncio.wait({b2c})
+        if not b2c.cancelled() and b2c.exception() is not None:  # pragma: no cover
+            self._options.log.error("proxy_error", conn_id=self.id, exc_info=b2c.exception())
+        if self._terminator is not None:
+            await asyncio.wait({self._terminator}, timeout=CLOSE_TIMEOUT_S * 2)
+            if not self._terminator.done():
+                self._terminator.cancel()
+                await asyncio.wait({self._terminator})
+        if self.end is None:
+            self.end = End(Side.BACKEND, 1011, "backend connection lost")
+        await self._ws.close(*to_backend(self.end))
+
+    def _check_idle(self) -> None:
+        idle_for = time.monotonic() - self.last_activity
+        timeout = self._options.idle_timeout_s
+        if idle_for >= timeout:
+            self._idle_timer = None
+            self.terminate(1000, "idle timeout")
+        else:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(timeout - idle_for, self._check_idle)
+
+    def _log_closed(self) -> None:
+        end = self.end
+        self._options.log.info(
+            "connection_closed",
+            conn_id=self.id,
+            route=self.route.name,
+            client=self.client,
+            backend=self.backend_url,
+            closed_by=end.by.value if end else None,
+            code=end.code if end else None,
+            reason=short_reason(end.reason) if end else None,
+            duration_s=round(time.monotonic() - self.opened, 3),
+            messages_in=self.messages_in,
+            messages_out=self.messages_out,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """The connection as ``/connections`` lists it."""
+        now = time.monotonic()
+        return {
+            "id": self.id,
+            "route": self.route.name,
+            "path": self.path,
+            "client": self.client,
+            "backend": self.backend_url,
+            "connected_at": _iso(self.connected_at),
+            "duration_s": round(now - self.opened, 3),
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "last_activity_at": _iso(self.connected_at + (self.last_activity - self.opened)),
+        }
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + (
+        f".{int(timestamp % 1 * 1000):03d}Z"
+    )

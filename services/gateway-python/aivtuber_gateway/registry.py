@@ -1,0 +1,107 @@
+"""The live connections and the running totals, owned by the app's lifespan.
+
+Counters on the hot path are plain ints on each connection; the registry folds a
+connection's counts into its route's totals when it ends, so ``/metrics`` is the totals
+plus a sum over the live connections, and forwarding a message costs no metrics call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+if TYPE_CHECKING:
+    from .proxy import ProxyConnection
+
+__all__ = ["Registry", "RouteTotals"]
+
+
+@dataclass(slots=True)
+class RouteTotals:
+    """Counts of a route's connections that have ended, plus the opened count."""
+
+    opened: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class Registry:
+    """Every proxied connection from accept to its last socket closed."""
+
+    def __init__(self, route_names: list[str], log: structlog.typing.FilteringBoundLogger) -> None:
+        self.log = log
+        self.started_at = time.time()
+        self._live: dict[str, ProxyConnection] = {}
+        self.totals = {name: RouteTotals() for name in route_names}
+        self.closes: Counter[tuple[str, str, int]] = Counter()  # (route, closed_by, code)
+        self.connect_failures: Counter[tuple[str, str]] = Counter()  # (route, backend url)
+        self.rejected: Counter[tuple[str, int]] = Counter()  # (route, close code) never proxied
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __iter__(self) -> Iterator[ProxyConnection]:
+        return iter(list(self._live.values()))
+
+    def add(self, conn: ProxyConnection) -> None:
+        self._live[conn.id] = conn
+        self.totals[conn.route.name].opened += 1
+        self._empty.clear()
+
+    def remove(self, conn: ProxyConnection) -> None:
+        if self._live.pop(conn.id, None) is None:
+            return
+        totals = self.totals[conn.route.name]
+        totals.messages_in += conn.messages_in
+        totals.messages_out += conn.messages_out
+        totals.bytes_in += conn.bytes_in
+        totals.bytes_out += conn.bytes_out
+        if conn.end is not None:
+            self.closes[conn.route.name, conn.end.by.value, conn.end.code] += 1
+        if not self._live:
+            self._empty.set()
+
+    def open_count(self, route: str) -> int:
+        return sum(1 for conn in self._live.values() if conn.route.name == route)
+
+    def live_totals(self, route: str) -> RouteTotals:
+        """The route's totals including the connections still open."""
+        done = self.totals[route]
+        now = RouteTotals(done.opened, done.messages_in, done.messages_out)
+        now.bytes_in, now.bytes_out = done.bytes_in, done.bytes_out
+        for conn in self._live.values():
+            if conn.route.name == route:
+                now.messages_in += conn.messages_in
+                now.messages_out += conn.messages_out
+                now.bytes_in += conn.bytes_in
+                now.bytes_out += conn.bytes_out
+        return now
+
+    async def wait_empty(self, timeout: float) -> bool:
+        """True once no connection is left, False if ``timeout`` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._empty.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close_all(self, code: int, reason: str, timeout: float) -> None:
+        """Close every connection on both sides with ``code`` and wait until they are gone."""
+        if not self._live:
+            return
+        self.log.info("closing_all_connections", count=len(self._live), code=code)
+        for conn in self:
+            conn.terminate(code, reason)
+        if not await self.wait_empty(timeout):
+            self.log.warning("connections_still_open", count=len(self._live), timeout_s=timeout)

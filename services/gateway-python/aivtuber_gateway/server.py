@@ -1,0 +1,51 @@
+"""uvicorn tuned for the gateway, and a shutdown that says "going away" to everyone.
+
+uvicorn's own shutdown closes WebSockets with 1012 before the lifespan shutdown runs, so
+:class:`GatewayServer` first stops accepting, then closes every proxied connection with
+1001 "going away" on both sides, and only then lets uvicorn finish.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import uvicorn
+
+from aivtuber_common.cli import GracefulServer
+from aivtuber_common.config import GatewaySettings
+
+from .app import GatewayApp
+
+__all__ = ["GatewayServer", "uvicorn_overrides"]
+
+
+def uvicorn_overrides(gateway: GatewaySettings) -> dict[str, Any]:
+    """The uvicorn settings the gateway's client side needs (same limit as the backend hop,
+    keepalive pings toward the client)."""
+    return {
+        "ws_max_size": gateway.max_message_bytes,
+        "ws_ping_interval": gateway.ping_interval_s or None,
+        "ws_ping_timeout": gateway.ping_timeout_s if gateway.ping_interval_s else None,
+        # uvicorn negotiates permessage-deflate for the whole server, not per path: it is
+        # offered to clients when any route enables compression.
+        "ws_per_message_deflate": any(route.compression for route in gateway.routes.values()),
+        # The gateway is the edge: the client address is the peer's, and an incoming
+        # X-Forwarded-For chain is passed on with the peer appended, not trusted.
+        "proxy_headers": False,
+    }
+
+
+class GatewayServer(GracefulServer):
+    def __init__(self, config: uvicorn.Config) -> None:
+        if isinstance(config.app, GatewayApp):
+            for key, value in uvicorn_overrides(config.app.gateway).items():
+                setattr(config, key, value)
+        super().__init__(config)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in getattr(self, "servers", []):
+            server.close()  # stop accepting first
+        if isinstance(self.config.app, GatewayApp):
+            await self.config.app.close_all()
+        await super().shutdown(sockets)

@@ -1,0 +1,256 @@
+"""Submitting tasks to the TTS workers over HTTP: the direct :class:`TaskSubmitter`.
+
+Choice of worker: the least busy healthy one. Each worker's load is what its last
+``GET /health`` reported (running + queued, over its engine slots) plus the tasks this handler
+gave it since; ties go round-robin. A worker that refuses (503 busy / not_ready), does not
+answer within ``worker_timeout_s`` or cannot be reached is skipped for the next one; when
+every worker has been tried the client gets ``tts_unavailable``. A refusal about the task
+itself (404 unknown_voice, 400 bad_request) is the same on every worker and goes straight
+back to the client.
+
+Exceptions::
+
+    TransportError (aivtuber_common.transport)    code "tts_unavailable"
+     └── SubmitRefused                            code taken from the worker's refusal
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+from pydantic import ValidationError
+
+from aivtuber_common.internal import TASKS_PATH, SubmitAccepted, SubmitTask, WorkerRefusal
+from aivtuber_common.transport import TransportError
+
+__all__ = ["HttpTaskSubmitter", "SubmitRefused", "WorkerStatus"]
+
+log = structlog.get_logger("aivtuber_input.workers")
+
+# Which worker took which task, so a cancel goes to the right one; bounded, oldest dropped.
+MAX_REMEMBERED_TASKS = 10_000
+
+
+class SubmitRefused(TransportError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class WorkerStatus:
+    url: str
+    healthy: bool = True  # optimistic until a probe or a submission says otherwise
+    busy: bool = False  # refused with 503 since the last probe
+    running: int = 0
+    queued: int = 0
+    capacity: int = 1
+    given: int = 0  # tasks given since the last probe
+    last_error: str | None = None
+
+    @property
+    def load(self) -> float:
+        return (self.running + self.queued + self.given) / max(1, self.capacity)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "healthy": self.healthy,
+            "busy": self.busy,
+            "running": self.running,
+            "queued": self.queued,
+            "capacity": self.capacity,
+            "last_error": self.last_error,
+        }
+
+
+class HttpTaskSubmitter:
+    """Implements :class:`aivtuber_common.transport.TaskSubmitter` over the workers' HTTP API."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        workers: list[str],
+        *,
+        timeout_s: float,
+        token: str | None = None,
+    ) -> None:
+        self.client = client
+        self.workers = [WorkerStatus(url) for url in workers]
+        self.timeout = httpx.Timeout(timeout_s)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._rotation = itertools.count()
+        self._owners: OrderedDict[str, WorkerStatus] = OrderedDict()
+
+    async def submit(self, task: SubmitTask) -> SubmitAccepted:
+        problems: list[str] = []
+        for worker in self._candidates():
+            accepted = await self._try(worker, task, problems)
+            if accepted is not None:
+                return accepted
+        log.warning("no_worker_available", task_id=task.task_id, problems=problems)
+        raise TransportError(
+            "No TTS worker is available right now ("
+            + "; ".join(problems)
+            + "). Try again in a moment."
+        )
+
+    async def cancel(self, task_id: str) -> bool:
+        owner = self._owners.get(task_id)
+        targets = [owner] if owner is not None else self.workers
+        results = await asyncio.gather(*(self._delete(worker, task_id) for worker in targets))
+        if all(result is None for result in results):
+            raise TransportError("No TTS worker could be reached to cancel the task.")
+        return any(results)
+
+    async def refresh(self) -> None:
+        """Probe every worker's ``GET /health`` once (concurrently)."""
+        await asyncio.gather(*(self._probe(worker) for worker in self.workers))
+
+    async def run_health_checks(self, interval_s: float) -> None:
+        """Probe forever; the lifespan owns (and cancels) the task running this."""
+        while True:
+            await self.refresh()
+            await asyncio.sleep(interval_s)
+
+    @property
+    def available(self) -> int:
+        return sum(1 for worker in self.workers if worker.healthy and not worker.busy)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _candidates(self) -> list[WorkerStatus]:
+        # Rotate first so that equally loaded workers take turns (sorted() is stable).
+        start = next(self._rotation) % len(self.workers)
+        rotated = self.workers[start:] + self.workers[:start]
+        # Unhealthy and busy ones last rather than never: their state may be stale.
+        return sorted(rotated, key=lambda w: (not w.healthy, w.busy, w.load))
+
+    async def _try(
+        self, worker: WorkerStatus, task: SubmitTask, problems: list[str]
+    ) -> SubmitAccepted | None:
+        url = worker.url + TASKS_PATH
+        try:
+            response = await self.client.post(
+                url, json=task.model_dump(), headers=self.headers, timeout=self.timeout
+            )
+        except httpx.TimeoutException:
+            self._mark_down(worker, "timed out")
+            problems.append(f"{worker.url} timed out")
+            return None
+        except httpx.HTTPError as exc:
+            self._mark_down(worker, f"unreachable: {type(exc).__name__}")
+            problems.append(f"{worker.url} unreachable")
+            return None
+        if response.status_code in (200, 201, 202):
+            worker.healthy, worker.busy, worker.last_error = True, False, None
+            worker.given += 1
+            self._remember(task.task_id, worker)
+            return _accepted(response, task)
+        refusal = _refusal(response)
+        log.info(
+            "worker_refused",
+            worker=worker.url,
+            status=response.status_code,
+            code=refusal.code,
+            task_id=task.task_id,
+        )
+        if response.status_code in (400, 404, 409, 413, 422):
+            # About the task itself (unknown voice, bad text): every worker would say so.
+            raise SubmitRefused(refusal.code, refusal.message)
+        if response.status_code == 503:
+            worker.busy = True
+        elif response.status_code in (401, 403):
+            log.error("worker_rejected_token", worker=worker.url)
+            worker.last_error = "rejected the internal token"
+        else:
+            worker.last_error = f"HTTP {response.status_code}"
+        problems.append(f"{worker.url} {refusal.code}")
+        return None
+
+    async def _delete(self, worker: WorkerStatus, task_id: str) -> bool | None:
+        """True: stopped; False: the worker does not have it; None: unreachable."""
+        try:
+            response = await self.client.delete(
+                f"{worker.url}{TASKS_PATH}/{task_id}", headers=self.headers, timeout=self.timeout
+            )
+        except httpx.HTTPError as exc:
+            log.warning("cancel_failed", worker=worker.url, error=type(exc).__name__)
+            return None
+        if response.status_code == 404:
+            return False
+        if response.status_code != 200:
+            log.warning("cancel_refused", worker=worker.url, status=response.status_code)
+            return None
+        try:
+            return bool(response.json().get("cancelled", True))
+        except (ValueError, AttributeError):
+            return True
+
+    async def _probe(self, worker: WorkerStatus) -> None:
+        try:
+            response = await self.client.get(
+                worker.url + "/health", headers=self.headers, timeout=self.timeout
+            )
+        except httpx.HTTPError as exc:
+            self._mark_down(worker, f"health check failed: {type(exc).__name__}")
+            return
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        worker.healthy = response.status_code == 200
+        worker.busy = False
+        worker.given = 0
+        worker.running = _count(data, "running")
+        worker.queued = _count(data, "queued")
+        # Load relative to the engine slots (max_concurrent) when the worker says; "capacity"
+        # may count its queue too, which would make a loaded worker look idle.
+        worker.capacity = _count(data, "max_concurrent") or _count(data, "capacity") or 1
+        worker.last_error = None if worker.healthy else f"health {response.status_code}"
+
+    def _mark_down(self, worker: WorkerStatus, why: str) -> None:
+        if worker.healthy:
+            log.warning("worker_down", worker=worker.url, reason=why)
+        worker.healthy = False
+        worker.last_error = why
+
+    def _remember(self, task_id: str, worker: WorkerStatus) -> None:
+        self._owners[task_id] = worker
+        if len(self._owners) > MAX_REMEMBERED_TASKS:
+            self._owners.popitem(last=False)
+
+
+def _accepted(response: httpx.Response, task: SubmitTask) -> SubmitAccepted:
+    try:
+        return SubmitAccepted.model_validate_json(response.content)
+    except ValidationError:
+        # The worker took the task; an unexpected body must not turn that into a failure.
+        log.warning("worker_accept_body_unexpected", task_id=task.task_id)
+        return SubmitAccepted(task_id=task.task_id, voice=task.voice or "", queued=0)
+
+
+def _refusal(response: httpx.Response) -> WorkerRefusal:
+    try:
+        return WorkerRefusal.model_validate_json(response.content)
+    except ValidationError:
+        return WorkerRefusal(
+            code="busy" if response.status_code == 503 else f"http_{response.status_code}",
+            message=f"The TTS worker answered HTTP {response.status_code}.",
+        )
+
+
+def _count(data: dict[str, Any], key: str) -> int:
+    """A count from a worker's /health, at the top level or under "tasks"."""
+    value = data.get(key)
+    if value is None and isinstance(data.get("tasks"), dict):
+        value = data["tasks"].get(key)
+    return value if isinstance(value, int) and value >= 0 else 0

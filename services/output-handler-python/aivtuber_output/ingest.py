@@ -1,0 +1,120 @@
+"""``/internal/ingest``: where TTS workers push their tasks' frames (internal only).
+
+One WebSocket per worker carries many interleaved tasks (protocol in
+:mod:`aivtuber_common.internal`): TaskOpen JSON, binary frames (header + PCM), TaskEnd JSON.
+The endpoint only moves messages into the :class:`~aivtuber_output.store.TaskStore`; it
+never waits for a subscriber. When the connection drops, every unfinished task it carried
+fails with ``worker_lost``.
+
+A message that does not fit (bad JSON, a frame for an unknown task) is logged and counted,
+and the connection stays up: one bad message must not fail every task of the worker.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+
+import structlog
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from aivtuber_common.closecodes import AppCloseCode
+from aivtuber_common.internal import IngestMessageAdapter, TaskEnd, TaskOpen, decode_frame
+
+from .metrics import OutputMetrics
+from .store import IngestError, TaskStore
+
+__all__ = ["IngestEndpoint", "authorized"]
+
+log = structlog.get_logger("aivtuber_output.ingest")
+
+
+def authorized(headers: object, token: str | None) -> bool:
+    """Bearer ``token`` check (always true when no token is configured)."""
+    if not token:
+        return True
+    given = headers.get("authorization", "")  # type: ignore[attr-defined]
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+class IngestEndpoint:
+    """The ASGI WebSocket endpoint; one instance per app."""
+
+    def __init__(self, store: TaskStore, metrics: OutputMetrics, token: str | None) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.token = token
+        self._ids = itertools.count(1)
+        self.connections = 0
+
+    async def handle(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        if not authorized(websocket.headers, self.token):
+            log.warning("ingest_unauthorized", client=_client(websocket))
+            await websocket.close(AppCloseCode.UNAUTHORIZED, "internal token required")
+            return
+        source = f"ingest-{next(self._ids)}"
+        structlog.contextvars.bind_contextvars(ingest=source)
+        log.info("ingest_connected", client=_client(websocket))
+        self.metrics.ingest_connections.inc()
+        self.connections += 1
+        try:
+            await self._pump(websocket, source)
+        finally:
+            self.metrics.ingest_connections.dec()
+            self.connections -= 1
+            lost = self.store.source_lost(source)
+            log.info("ingest_disconnected", tasks_lost=len(lost))
+            structlog.contextvars.unbind_contextvars("ingest")
+
+    async def _pump(self, websocket: WebSocket, source: str) -> None:
+        # Tasks opened on this connection are tagged with ``source`` so they fail if it drops.
+        while True:
+            try:
+                message = await websocket.receive()
+            except WebSocketDisconnect:
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                if (data := message.get("bytes")) is not None:
+                    self._frame(data)
+                elif (text := message.get("text")) is not None:
+                    self._control(text, source)
+            except IngestError as exc:
+                self.metrics.ingest_errors.inc()
+                log.error("ingest_message_rejected", error=str(exc))
+
+    def _frame(self, data: bytes) -> None:
+        try:
+            task_id, chunk_id, level, pcm = decode_frame(data)
+        except ValueError as exc:
+            raise IngestError(str(exc)) from exc
+        gap = self.store.append(task_id, chunk_id, level, bytes(pcm))
+        (self.metrics.first_frame if chunk_id == 0 else self.metrics.frame_gap).observe(gap)
+        self.metrics.frames.inc()
+        self.metrics.bytes.inc(len(pcm))
+        self.metrics.buffered_bytes.set(self.store.buffered_bytes)
+
+    def _control(self, text: str, source: str) -> None:
+        try:
+            message = IngestMessageAdapter.validate_json(text)
+        except ValidationError as exc:
+            raise IngestError(f"not an ingest message: {exc.errors()[0]['msg']}") from exc
+        match message:
+            case TaskOpen():
+                self.store.open(message, source)
+                self.metrics.tasks.inc()
+                log.info("task_opened", task_id=message.task_id, voice=message.voice)
+            case TaskEnd():
+                self.store.end(message)
+                self.metrics.buffered_bytes.set(self.store.buffered_bytes)
+                log.info(
+                    "task_ended", task_id=message.task_id, status=message.status, code=message.code
+                )
+
+
+def _client(websocket: WebSocket) -> str:
+    client = websocket.client
+    return f"{client.host}:{client.port}" if client else "?"

@@ -1,0 +1,205 @@
+"""``/ws/output/{task_id}[?from_chunk=N]``: one subscriber's stream of a task's audio.
+
+Order on the wire (the frontend protocol, kept exactly)::
+
+    audio_start                       JSON
+    audio_chunk  + one binary message per frame, chunk ids N, N+1, ...
+    audio_complete (cancelled: bool)  JSON, then close 1000
+  or error (status "error", code)     JSON, then close 1011 (4400 bad id, 4404 unknown task)
+
+Two pumps per connection: the sender reads the store at this subscriber's pace and writes
+each frame the moment it is there (no batching); the receiver only watches for the client
+leaving, so a listener who hangs up between frames is counted out at once rather than at
+the next frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from aivtuber_common.closecodes import AppCloseCode, CloseCode
+from aivtuber_common.internal import TaskEnd, TaskOpen
+from aivtuber_common.protocol import (
+    AudioChunk,
+    AudioComplete,
+    AudioStart,
+    OutputError,
+    dump,
+    is_canonical_uuid,
+)
+
+from .metrics import OutputMetrics
+from .store import TaskNotFound, TaskStore
+
+__all__ = ["OutputEndpoint"]
+
+log = structlog.get_logger("aivtuber_output.stream")
+
+SAMPLE_WIDTH = 2
+
+
+class OutputEndpoint:
+    def __init__(self, store: TaskStore, metrics: OutputMetrics) -> None:
+        self.store = store
+        self.metrics = metrics
+
+    async def handle(self, websocket: WebSocket) -> None:
+        task_id: str = websocket.path_params["task_id"]
+        await websocket.accept()
+        if not is_canonical_uuid(task_id):
+            await _fail(
+                websocket,
+                OutputError(
+                    task_id=task_id,
+                    code="invalid_task_id",
+                    error="The task id must be a lower-case canonical UUID such as "
+                    "'3f1c2a9e-8d4b-4c1e-9a7f-0b6d5e4c3a21'.",
+                ),
+                AppCloseCode.BAD_REQUEST,
+            )
+            self.metrics.subscriptions.labels("invalid_task_id").inc()
+            return
+        from_chunk = _from_chunk(websocket.query_params.get("from_chunk"))
+        if from_chunk is None:
+            await _fail(
+                websocket,
+                OutputError(
+                    task_id=task_id,
+                    code="invalid_from_chunk",
+                    error="from_chunk must be a whole number of 0 or more.",
+                ),
+                AppCloseCode.BAD_REQUEST,
+            )
+            self.metrics.subscriptions.labels("invalid_from_chunk").inc()
+            return
+        structlog.contextvars.bind_contextvars(task_id=task_id)
+        self.metrics.subscribers.inc()
+        sender = asyncio.create_task(self._send(websocket, task_id, from_chunk))
+        watcher = asyncio.create_task(_client_gone(websocket))
+        try:
+            await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in (sender, watcher):
+                pump.cancel()
+            outcome = "client_left"
+            for pump in (sender, watcher):
+                with contextlib.suppress(asyncio.CancelledError):
+                    result = await pump
+                    if pump is sender:
+                        outcome = result
+            self.metrics.subscribers.dec()
+            self.metrics.subscriptions.labels(outcome).inc()
+            log.debug("subscriber_done", outcome=outcome, from_chunk=from_chunk)
+            structlog.contextvars.unbind_contextvars("task_id")
+
+    async def _send(self, websocket: WebSocket, task_id: str, from_chunk: int) -> str:
+        """Stream the task; returns how it ended (a metrics label)."""
+        opened: TaskOpen | None = None
+        next_chunk, samples = from_chunk, 0  # what this subscriber saw, if the task is evicted
+        try:
+            async with contextlib.aclosing(self.store.read(task_id, from_chunk)) as events:
+                async for event in events:
+                    match event:
+                        case TaskOpen():
+                            opened = event
+                            await websocket.send_text(_audio_start(event))
+                        case (int() as chunk_id, float() as level, bytes() as pcm):
+                            await websocket.send_text(_audio_chunk(task_id, chunk_id, level, pcm))
+                            await websocket.send_bytes(pcm)
+                            next_chunk, samples = chunk_id + 1, samples + len(pcm) // SAMPLE_WIDTH
+                            self.metrics.frames_sent.inc()
+                        case TaskEnd(status="failed"):
+                            await _fail(
+                                websocket,
+                                OutputError(
+                                    task_id=task_id,
+                                    code=event.code or "tts_failed",
+                                    error=event.message or "Speech synthesis failed.",
+                                ),
+                                CloseCode.INTERNAL_ERROR,
+                            )
+                            return event.code or "failed"
+                        case TaskEnd():
+                            seen = (next_chunk, samples)
+                            complete = _audio_complete(self.store, event, opened, seen)
+                            await websocket.send_text(complete)
+                            await websocket.close(CloseCode.NORMAL_CLOSURE)
+                            return event.status
+        except TaskNotFound as exc:
+            await _fail(
+                websocket,
+                OutputError(task_id=task_id, code=exc.code, error=str(exc)),
+                AppCloseCode.NOT_FOUND,
+            )
+            return exc.code
+        except WebSocketDisconnect:
+            return "client_left"
+        return "ended"  # not reached: a read always ends with TaskEnd
+
+
+async def _client_gone(websocket: WebSocket) -> None:
+    """Return when the subscriber disconnects; anything it sends is not part of the protocol."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        log.debug("subscriber_message_ignored")
+
+
+async def _fail(websocket: WebSocket, error: OutputError, code: int) -> None:
+    try:
+        await websocket.send_text(dump(error))
+        await websocket.close(code, error.code)
+    except WebSocketDisconnect:
+        log.debug("subscriber_gone_before_error", code=error.code)
+
+
+def _from_chunk(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit():
+        return None
+    return int(raw)
+
+
+def _audio_start(event: TaskOpen) -> str:
+    return dump(
+        AudioStart(
+            task_id=event.task_id,
+            content=event.text,
+            sample_rate=event.sample_rate,
+            voice=event.voice,
+            engine=event.engine,
+        )
+    )
+
+
+def _audio_chunk(task_id: str, chunk_id: int, level: float, pcm: bytes) -> str:
+    return dump(
+        AudioChunk(
+            task_id=task_id, chunk_id=chunk_id, samples=len(pcm) // SAMPLE_WIDTH, level=level
+        )
+    )
+
+
+def _audio_complete(
+    store: TaskStore, end: TaskEnd, opened: TaskOpen | None, seen: tuple[int, int]
+) -> str:
+    snapshot = store.snapshot(end.task_id)
+    # The whole task's totals, even for a subscriber that resumed from a later chunk; what
+    # this subscriber saw if the task was evicted in the meantime.
+    chunks, samples = (snapshot.chunks, snapshot.samples) if snapshot else seen
+    rate = opened.sample_rate if opened else 0
+    duration_ms = round(samples * 1000 / rate, 1) if rate else 0.0
+    return dump(
+        AudioComplete(
+            task_id=end.task_id,
+            chunks=chunks,
+            duration_ms=duration_ms,
+            cancelled=end.status == "cancelled",
+        )
+    )

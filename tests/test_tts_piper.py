@@ -1,0 +1,94 @@
+"""The real Piper voice through the worker, and the worker's start-up checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aivtuber_common.config import VoiceSettings
+from aivtuber_tts.engines import PiperEngine, build_engine, measure
+from tests.tts_fakes import running_recorder, running_worker, sine_settings
+
+TEXT = "Hello everyone, welcome back to the stream. Thank you for coming!"
+
+
+@pytest.mark.piper
+async def test_piper_task_streams_plausible_non_silent_speech_at_22050_hz() -> None:
+    async with running_recorder() as recorder:
+        settings = sine_settings(recorder.url, voices={"joe": VoiceSettings(engine="piper")})
+        async with running_worker(settings) as worker:
+            health = (await worker.health()).json()
+            task_id = str(uuid.uuid4())
+            assert (await worker.submit(TEXT, task_id=task_id)).status_code == 202
+            task = await recorder.ended(task_id)
+    assert health["voices"][0]["engine"] == "piper"
+    assert health["voices"][0]["device"] == "cpu"  # no GPU on the test machine
+    assert health["voices"][0]["sample_rate"] == 22050
+    assert task.open.sample_rate == 22050 and task.open.engine == "piper"
+    assert task.end is not None and task.end.status == "completed"
+    assert [frame.chunk_id for frame in task.frames] == list(range(len(task.frames)))
+    pcm = np.frombuffer(b"".join(frame.pcm for frame in task.frames), dtype="<i2")
+    seconds = pcm.size / 22050
+    assert 2.0 < seconds < 8.0  # 11 words of speech
+    rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64)))) / 32768
+    assert rms > 0.03
+    # Speech has pauses and loud parts: the mouth must move.
+    levels = [frame.level for frame in task.frames]
+    assert max(levels) > 0.1 and min(levels) < 0.05
+
+
+@pytest.mark.piper
+def test_engine_timing_measures_first_chunk_sentence_and_real_time_factor() -> None:
+    engine = build_engine("joe", VoiceSettings(engine="piper"), max_concurrent=2)
+    assert isinstance(engine, PiperEngine)
+    engine.load_and_warm_up()
+    timing = measure(engine, "Hi chat! Welcome back to the stream, it is good to see you.")
+    assert timing.pieces == 2  # "Hi chat!" alone, then the next sentence
+    assert 0 < timing.first_chunk_ms <= timing.total_ms
+    assert timing.audio_ms > 1000 and timing.rtf > 0
+    assert engine.load_s is not None and engine.device == "cpu"
+
+
+def run_worker(tmp_path: Path, config: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, "-m", "aivtuber_tts", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_device_cuda_without_a_gpu_stops_at_start_with_one_line(tmp_path: Path) -> None:
+    result = run_worker(
+        tmp_path,
+        {"tts_worker": {"voices": {"joe": {"engine": "piper", "device": "cuda"}}}},
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "tts_worker.voices.joe.device" in lines[0] and "'cuda'" in lines[0]
+    assert "onnxruntime-gpu" in lines[0]
+
+
+def test_a_missing_piper_model_stops_at_start_with_one_line(tmp_path: Path) -> None:
+    model = tmp_path / "nobody.onnx"
+    result = run_worker(
+        tmp_path,
+        {
+            "tts_worker": {
+                "voices": {"joe": {"engine": "piper", "model": str(model)}},
+            }
+        },
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"tts-worker: config error: tts_worker.voices.joe.model: no such Piper model file {model}"
+    ]

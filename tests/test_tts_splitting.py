@@ -1,0 +1,92 @@
+"""How the worker cuts text so the first audio comes early (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from aivtuber_tts.splitting import FIRST_MAX_CHARS, split_sentences, split_text
+
+
+def test_the_first_clause_goes_alone_then_sentence_by_sentence() -> None:
+    text = (
+        "Welcome back to the stream, it is so good to see you all. "
+        "Thank you for the follow, that really made my day."
+    )
+    assert split_text(text) == [
+        "Welcome back to the stream,",
+        "it is so good to see you all.",
+        "Thank you for the follow, that really made my day.",
+    ]
+
+
+def test_a_short_first_sentence_is_the_first_piece() -> None:
+    text = "Hi chat! Welcome back to the stream, it is so good to see you all."
+    assert split_text(text) == [
+        "Hi chat!",
+        "Welcome back to the stream, it is so good to see you all.",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Well, I think so.", "Sure, go on.", "Oh, hello there, my friend."],
+)
+def test_a_tiny_fragment_is_never_cut_off(text: str) -> None:
+    assert split_text(text) == [text]
+
+
+def test_a_tiny_opening_word_moves_the_cut_to_the_next_clause() -> None:
+    text = "Well, I really think so, and you should know it too."
+    assert split_text(text) == ["Well, I really think so,", "and you should know it too."]
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("This is it; the moment we waited for.", "This is it;"),
+        ("Here is the plan: we win the game tonight.", "Here is the plan:"),
+        ("And then it happened — nobody saw it coming.", "And then it happened"),
+    ],
+)
+def test_clauses_end_at_semicolons_colons_and_dashes(text: str, first: str) -> None:
+    assert split_text(text)[0] == first
+    assert len(split_text(text)) == 2
+
+
+def test_abbreviations_and_decimals_do_not_end_sentences() -> None:
+    text = "Mr. Smith paid 3.50 dollars. Dr. Who did not."
+    assert split_sentences(text) == ["Mr. Smith paid 3.50 dollars.", "Dr. Who did not."]
+
+
+def test_sentences_end_at_question_marks_ellipses_quotes_and_line_breaks() -> None:
+    text = 'Really?! I know… He said "stop." Then\nnew line'
+    assert split_sentences(text) == ["Really?!", "I know…", 'He said "stop."', "Then", "new line"]
+
+
+def test_a_long_first_sentence_without_clauses_is_cut_between_words() -> None:
+    words = ["word"] * 60
+    pieces = split_text(" ".join(words) + ".")
+    assert all(len(piece) <= FIRST_MAX_CHARS for piece in pieces)
+    assert " ".join(pieces).split() == words[:-1] + ["word."]
+
+
+def test_a_long_later_sentence_is_cut_at_clauses_within_the_limit() -> None:
+    clause = "this clause has exactly seven words here"
+    sentence = ", ".join([clause] * 10) + "."
+    pieces = split_text("Hello there friends. " + sentence, max_chars=100)
+    assert pieces[0] == "Hello there friends."
+    assert all(len(piece) <= 100 for piece in pieces)
+    assert all(piece.endswith((",", ".")) for piece in pieces[1:])
+    assert " ".join(pieces[1:]) == sentence
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\n"])
+def test_empty_text_gives_no_pieces(text: str) -> None:
+    assert split_text(text) == []
+
+
+def test_pieces_keep_every_word_in_order_and_collapse_white_space() -> None:
+    text = "  One,   two three four,\tfive six seven.  Eight!  Nine ten?  "
+    pieces = split_text(text)
+    assert " ".join(pieces).split() == text.split()
+    assert all(piece == " ".join(piece.split()) for piece in pieces)
