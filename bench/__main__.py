@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import shlex
 import shutil
 import sys
@@ -19,8 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from . import BENCH_VERSION, nginx, report
-from .gateway_hop import HopParams, run_gateway_hop
+from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
 from .speech_path import SpeechParams, run_speech_path
@@ -54,6 +57,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         default=DEFAULT_OUTPUT,
         help=f"JSON results (default: {DEFAULT_OUTPUT.relative_to(REPO_ROOT)})",
+    )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="add a gateway-hop column for the barest proxy on the gateway's own stack "
+        "(what the gateway's monitoring, logging and limits cost)",
     )
     parser.add_argument(
         "--keep-logs", action="store_true", help="keep the services' logs and configs"
@@ -91,7 +100,10 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         "scenarios": {},
     }
     if args.scenario in ("gateway", "all"):
-        results["scenarios"]["gateway"] = run_gateway_hop(hop_params, work_dir, say=_say)
+        variants = (*VARIANTS, BARE) if args.bare else VARIANTS
+        results["scenarios"]["gateway"] = run_gateway_hop(
+            hop_params, work_dir, say=_say, variants=variants
+        )
     if args.scenario in ("speech", "all"):
         results["scenarios"]["speech"] = run_speech_path(speech_params, work_dir, say=_say)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
@@ -105,8 +117,18 @@ def write_results(results: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
+def quiet_logging() -> None:
+    """The engine loaded in this process logs through structlog: warnings only, to stderr,
+    so stdout stays the tables."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_logging()
     raise_nofile_limit()  # the children inherit it: 1000 proxied connections are 2000 sockets
     work_dir = Path(tempfile.mkdtemp(prefix="aivtuber-bench-"))
     keep = args.keep_logs
@@ -115,14 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         keep = True
         print(f"bench: error: {exc}", file=sys.stderr)
-        print(f"bench: the services' logs and configs are in {work_dir}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
     finally:
         if keep:
-            _say(f"logs kept in {work_dir}")
+            _say(f"the services' logs and generated configs are in {work_dir}")
         else:
             shutil.rmtree(work_dir, ignore_errors=True)
     write_results(results, args.output)

@@ -25,9 +25,9 @@ from .stats import Samples
 __all__ = ["HopParams", "run_gateway_hop"]
 
 VARIANTS = ("direct", "gateway", "nginx")
-ANCHORS = ("direct", "nginx")
+BARE = "bare"  # optional (--bare): the barest proxy on the gateway's own stack
+ANCHORS = ("direct", "nginx", BARE)
 ROUTE_PATH = "/ws/echo"
-IDLE_SETTLE_S = 0.5  # let the proxy finish the per-connection work that follows the 101
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,12 @@ class HopParams:
     stream_seconds: float = 3.0
     idle_conns: int = 1000
     warmup_seconds: float = 0.3
+    # Let the proxy finish the per-connection work that follows the 101 before reading RSS.
+    idle_settle_seconds: float = 0.5
 
     @classmethod
     def quick(cls) -> HopParams:
-        return cls(rounds=3, rtt_seconds=0.6, conns_seconds=1.0, stream_seconds=1.0)
+        return cls(rounds=3, rtt_seconds=0.5, conns_seconds=0.8, stream_seconds=0.8)
 
     @classmethod
     def smoke(cls) -> HopParams:
@@ -57,6 +59,7 @@ class HopParams:
             stream_seconds=0.05,
             idle_conns=10,
             warmup_seconds=0.02,
+            idle_settle_seconds=0.05,
         )
 
 
@@ -129,6 +132,7 @@ def run_gateway_hop(
             "direct": "echo backend",
             "gateway": "gateway",
             "nginx": "nginx (master + worker)",
+            BARE: "bare proxy (bench/bare_proxy.py)",
         },
         "medians": samples.medians(),
         "ratios": {
@@ -160,6 +164,11 @@ def _variant(
         port = free_port()
         if variant == "gateway":
             proxy = _gateway_proc(work_dir, port, backend_port, number)
+            proxy.start().wait_port(port, timeout_s=30.0)
+        elif variant == BARE:
+            backend_url = f"ws://127.0.0.1:{backend_port}"
+            argv = ["-m", "bench.bare_proxy", "--port", str(port), "--backend", backend_url]
+            proxy = Proc(f"bare-{number}", python_argv(*argv), work_dir)
             proxy.start().wait_port(port, timeout_s=30.0)
         else:
             assert binary is not None
@@ -201,45 +210,61 @@ def _measure(client: LoadClient, proc: Proc, url: str, p: HopParams) -> dict[str
 
     before = proc.rss_bytes()
     client.call("open", url=url, conns=p.idle_conns)
-    time.sleep(IDLE_SETTLE_S)
+    time.sleep(p.idle_settle_seconds)
     after = proc.rss_bytes()
     client.call("close")
     out["idle_kb_per_conn"] = (after - before) / p.idle_conns / 1024
 
     client.call("open", url=url, conns=1)
-    cpu = proc.cpu_seconds()
-    one = client.call("rtt", seconds=p.rtt_seconds, size=p.text_bytes)
-    out["cpu_us_per_msg_1conn"] = (proc.cpu_seconds() - cpu) * 1e6 / max(one["messages"], 1)
+    with _cpu(proc, out, "1conn") as moved:
+        one = client.call("rtt", seconds=p.rtt_seconds, size=p.text_bytes)
+        moved.append(one["messages"])
     client.call("close")
     out["rtt1_p50_us"] = one["p50_us"]
     out["rtt1_p99_us"] = one["p99_us"]
 
     client.call("open", url=url, conns=p.conns)
-    cpu = proc.cpu_seconds()
-    many = client.call("rtt", seconds=p.conns_seconds, size=p.text_bytes)
-    out["cpu_us_per_msg_conns"] = (proc.cpu_seconds() - cpu) * 1e6 / max(many["messages"], 1)
+    with _cpu(proc, out, "conns") as moved:
+        many = client.call("rtt", seconds=p.conns_seconds, size=p.text_bytes)
+        moved.append(many["messages"])
     client.call("close")
     out["conns_p50_us"] = many["p50_us"]
     out["conns_p99_us"] = many["p99_us"]
     out["conns_round_trips_per_s"] = many["round_trips_per_s"]
 
     client.call("open", url=url, conns=1)
-    cpu = proc.cpu_seconds()
-    stream = client.call("stream", seconds=p.stream_seconds, size=p.stream_bytes)
-    out["cpu_us_per_msg_stream"] = (proc.cpu_seconds() - cpu) * 1e6 / max(stream["messages"], 1)
+    with _cpu(proc, out, "stream") as moved:
+        stream = client.call("stream", seconds=p.stream_seconds, size=p.stream_bytes)
+        moved.append(stream["messages"])
     client.call("close")
     out["stream_messages_per_s"] = stream["messages_per_s"]
     out["stream_mb_per_s"] = stream["mb_per_s"]
     return out
 
 
+@contextlib.contextmanager
+def _cpu(proc: Proc, out: dict[str, float | None], phase: str) -> Iterator[list[int]]:
+    """CPU time of ``proc`` per message moved during the block (the block appends the count):
+    ``cpu_us_per_msg_<phase>`` and its kernel part ``cpu_sys_us_per_msg_<phase>``."""
+    moved: list[int] = []
+    exact = proc.cpu_exact_seconds()
+    _, system = proc.cpu_seconds()
+    yield moved
+    exact_after = proc.cpu_exact_seconds()
+    _, system_after = proc.cpu_seconds()
+    messages = max(sum(moved), 1)
+    out[f"cpu_us_per_msg_{phase}"] = (exact_after - exact) * 1e6 / messages
+    # In clock ticks (10 ms): coarse, but it tells kernel time from the proxy's own.
+    out[f"cpu_sys_us_per_msg_{phase}"] = (system_after - system) * 1e6 / messages
+
+
 def _add_paired(samples: Samples, variants: tuple[str, ...]) -> None:
-    """Per-round differences and ratios to the anchors, measured minutes apart at most."""
-    latest = {v: {m: vals[-1] for m, vals in samples.rounds().get(v, {}).items()} for v in variants}
-    direct = latest.get("direct", {})
+    """What each proxy adds to direct's 1-connection p50, within the round just measured."""
+    rounds = samples.rounds()
+    direct = rounds.get("direct", {}).get("rtt1_p50_us", [None])[-1]
     for variant in variants:
         if variant == "direct":
             continue
-        mine = latest[variant]
-        if mine.get("rtt1_p50_us") is not None and direct.get("rtt1_p50_us") is not None:
-            samples.add(variant, "rtt1_added_p50_us", mine["rtt1_p50_us"] - direct["rtt1_p50_us"])
+        mine = rounds.get(variant, {}).get("rtt1_p50_us", [None])[-1]
+        added = None if mine is None or direct is None else mine - direct
+        samples.add(variant, "rtt1_added_p50_us", added)

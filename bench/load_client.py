@@ -28,6 +28,7 @@ from .stats import percentile
 
 OPEN_CONCURRENCY = 64  # handshakes in flight at once: stays under every listen backlog
 OPEN_TIMEOUT_S = 30.0
+OP_TIMEOUT_S = 60.0  # on top of the op's own duration
 
 
 class LoadClient:
@@ -150,7 +151,11 @@ async def serve_stdio() -> None:
             if command.get("op") == "quit":
                 return
             try:
-                answer = await client.handle(command)
+                # A proxy that loses a message would leave a round trip waiting forever.
+                async with asyncio.timeout(OP_TIMEOUT_S + float(command.get("seconds", 0))):
+                    answer = await client.handle(command)
+            except TimeoutError:
+                answer = {"ok": False, "error": f"{command.get('op')} did not finish in time"}
             except Exception as exc:  # noqa: BLE001 - no caller: the answer carries it
                 answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             sys.stdout.write(json.dumps(answer) + "\n")

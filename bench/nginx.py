@@ -19,7 +19,7 @@ from .procs import Proc
 __all__ = ["INSTALL_HINT", "find_nginx", "nginx_proc", "nginx_version"]
 
 INSTALL_HINT = (
-    "nginx is not installed, so the nginx column is skipped. "
+    "nginx was not found ($BENCH_NGINX, PATH, /usr/sbin), so the nginx column is skipped. "
     "To compare against it: sudo apt-get install -y nginx (Debian/Ubuntu), then run again."
 )
 _SEARCH = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")

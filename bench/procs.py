@@ -142,14 +142,16 @@ class Proc:
             code = self.popen.returncode if self.popen else None
             raise BenchError(f"{self.name} exited (code {code}).\n{self.log_tail()}")
 
-    def wait_ready(self, check: Callable[[], bool], timeout_s: float, what: str) -> float:
+    def wait_ready(
+        self, check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.01
+    ) -> float:
         """Wait until ``check()`` (and the process is alive); seconds since the start."""
 
         def ready() -> bool:
             self.check_alive()
             return check()
 
-        if not wait_until(ready, timeout_s):
+        if not wait_until(ready, timeout_s, interval_s):
             raise BenchError(
                 f"{self.name} did not become ready ({what}) within {timeout_s:.0f} s.\n"
                 f"{self.log_tail()}"
@@ -162,13 +164,17 @@ class Proc:
     def wait_http(self, url: str, timeout_s: float = 30.0) -> float:
         """Wait until GET ``url`` answers 200."""
 
-        def ok() -> bool:
-            try:
-                return httpx.get(url, timeout=1.0).status_code == 200
-            except httpx.HTTPError:
-                return False
+        # One client for the whole wait: a new one per poll builds an SSL context each time,
+        # CPU taken from the very start-up being timed.
+        with httpx.Client(timeout=1.0) as client:
 
-        return self.wait_ready(ok, timeout_s, f"200 from {url}")
+            def ok() -> bool:
+                try:
+                    return client.get(url).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            return self.wait_ready(ok, timeout_s, f"200 from {url}", interval_s=0.02)
 
     def _tree(self) -> list[psutil.Process]:
         # nginx's work happens in its worker processes: count the whole tree.
@@ -178,13 +184,31 @@ class Proc:
         except psutil.NoSuchProcess:
             return []
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the process and its children so far."""
-        total = 0.0
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(user, system) CPU time of the process and its children so far."""
+        user = system = 0.0
         for proc in self._tree():
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = proc.cpu_times()
-                total += times.user + times.system
+                user += times.user
+                system += times.system
+        return user, system
+
+    def cpu_exact_seconds(self) -> float:
+        """CPU time of the process tree so far, to the nanosecond where Linux tells it.
+
+        psutil's user/system times count in clock ticks (10 ms), too coarse for a phase of a
+        second on a proxy that spends a few microseconds per message; the scheduler's own
+        per-thread run time (``/proc/<pid>/task/<tid>/schedstat``) is exact.
+        """
+        total = 0.0
+        for proc in self._tree():
+            tasks = Path(f"/proc/{proc.pid}/task")
+            try:
+                for task in tasks.iterdir():
+                    total += int((task / "schedstat").read_text().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):
+                return sum(self.cpu_seconds())
         return total
 
     def rss_bytes(self) -> int:

@@ -76,7 +76,7 @@ def gateway_tables(hop: dict[str, Any]) -> list[str]:
         (f"proxy CPU per msg, {conns} conns (µs)", "cpu_us_per_msg_conns", "1"),
         ("proxy CPU per msg, stream (µs)", "cpu_us_per_msg_stream", "1"),
     ]
-    anchors = [a for a in ("direct", "nginx") if a in variants and "gateway" in variants]
+    anchors = [a for a in ("direct", "nginx", "bare") if a in variants and "gateway" in variants]
     header = ["gateway hop", *variants, *(f"gateway ÷ {a}" for a in anchors), "target"]
     rows = []
     for label, metric, kind in rows_spec:
@@ -98,6 +98,12 @@ def gateway_tables(hop: dict[str, Any]) -> list[str]:
     notes = [
         "* direct: the echo backend's own memory per connection (there is no proxy).",
     ]
+    if "bare" in variants:
+        notes.append(
+            "bare: the barest proxy on the gateway's own stack (raw ASGI on uvicorn + a "
+            "websockets client, nothing else): gateway ÷ bare is what monitoring, logging "
+            "and limits cost."
+        )
     for variant, reason in hop.get("skipped", {}).items():
         notes.append(f"{variant} skipped: {reason}")
     title = f"### Gateway hop ({_rounds(params['rounds'])}, medians)"
@@ -187,6 +193,7 @@ def speech_tables(speech: dict[str, Any]) -> list[str]:
                 _fmt(med.get("ttfa_p50_ms"), "int"),
                 _fmt(med.get("ttfa_p95_ms"), "int"),
                 _fmt(med.get("rtf_p50"), "3"),
+                _fmt(med.get("worker_cpu_per_audio_s"), "3"),
                 str(sum(r["late_frames"] for r in rounds)),
                 str(max((r["streams_with_late_frames"] for r in rounds), default=0)),
                 _fmt(max((r["worst_late_ms"] for r in rounds), default=None), "int"),
@@ -197,16 +204,19 @@ def speech_tables(speech: dict[str, Any]) -> list[str]:
         "TTFA p50 (ms)",
         "TTFA p95 (ms)",
         "RTF p50",
+        "worker CPU ÷ audio",
         "late frames (all rounds)",
         "streams with late frames (worst round)",
-        "worst lateness (ms)",
+        "longest gap (ms)",
     ]
     best = speech["realtime_streams"]
+    settings = speech.get("worker_settings", {})
     verdict = _check(float(best), f"≥ {STREAMS_TARGET}", lower=float(STREAMS_TARGET))
     summary = (
         f"**Real-time streams on this machine: {best}** (largest level with no late frame in "
         f"any round, nor at any level below it; target {verdict}; levels tried: "
-        f"{', '.join(map(str, params['levels']))})"
+        f"{', '.join(map(str, params['levels']))}; worker: max_concurrent "
+        f"{settings.get('max_concurrent', '?')}, {settings.get('frame_ms', '?')} ms frames)"
     )
     return [
         title,

@@ -7,8 +7,8 @@ assigned task id, open ``/ws/output/{task_id}`` (the subscriber may come before 
 the speech path alone (speak sent -> first PCM byte), not the handshakes.
 
 Playback model: the client starts playing when its first frame arrives and plays in real
-time from then on, without ever waiting; frame ``i`` is due when frames ``0..i-1`` have played.
-A frame that arrives after it is due is an underrun (the listener hears a gap).
+time from then on; frame ``i`` is due when frames ``0..i-1`` have played. A frame that arrives
+after it is due is an underrun (the listener hears a gap); the player then resumes with it.
 """
 
 from __future__ import annotations
@@ -61,22 +61,29 @@ class Utterance:
             return None
         return (self.completed_at - self.sent_at) * 1000 / self.audio_ms
 
-    def underruns(self) -> tuple[int, float]:
-        """(frames that arrived after they were due, the latest of them in ms)."""
+    def underruns(self) -> tuple[int, float, float]:
+        """(late frames, the latest one's lateness in ms, total silence in ms).
+
+        The player re-synchronises as a Web Audio frontend does (``start = max(next,
+        now)``): after a gap it plays the late frame on arrival and carries on from there,
+        so one hiccup counts once instead of making every later frame late.
+        """
         if not self.frame_arrivals or not self.sample_rate:
-            return 0, 0.0
+            return 0, 0.0, 0.0
         due = self.frame_arrivals[0]
         late = 0
-        worst = 0.0
+        worst = silence = 0.0
         for arrived, samples in zip(self.frame_arrivals, self.frame_samples, strict=True):
             if arrived > due:
                 late += 1
                 worst = max(worst, (arrived - due) * 1000)
+                silence += (arrived - due) * 1000
+                due = arrived
             due += samples / self.sample_rate
-        return late, worst
+        return late, worst, silence
 
     def summary(self) -> dict[str, Any]:
-        late, worst = self.underruns()
+        late, worst, silence = self.underruns()
         return {
             "chars": len(self.text),
             "ttfa_ms": self.ttfa_ms,
@@ -85,6 +92,7 @@ class Utterance:
             "frames": len(self.frame_samples),
             "late_frames": late,
             "worst_late_ms": worst,
+            "silence_ms": silence,
         }
 
 

@@ -15,6 +15,7 @@ Three parts, in this order, on one running stack:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,7 +82,10 @@ def run_speech_path(
         per_line: list[dict[str, Any]] = []
         for number in range(1, params.rounds + 1):
             say(f"speech path: round {number}/{params.rounds}: {len(lines)} lines, one at a time")
-            round_rows = [_one_line(stack.gateway_ws, engine, text) for text in lines]
+            round_rows = [
+                {"line": index, **_one_line(stack.gateway_ws, engine, text)}
+                for index, text in enumerate(lines, 1)
+            ]
             per_line.extend({"round": number, **row} for row in round_rows)
             _add_round(utterances, round_rows)
         levels = Samples()
@@ -89,9 +93,10 @@ def run_speech_path(
         for number in range(1, params.rounds + 1):
             say(f"speech path: round {number}/{params.rounds}: streams {params.levels}")
             for level in params.levels:
-                row = _run_level(stack.gateway_ws, lines, level, offset=number)
+                row = _run_level(stack, lines, level, offset=number)
                 level_rounds.append({"round": number, **row})
-                levels.add_all(str(level), {k: v for k, v in row.items() if k != "level"})
+                numbers = {k: v for k, v in row.items() if isinstance(v, int | float)}
+                levels.add_all(str(level), {k: v for k, v in numbers.items() if k != "level"})
     return {
         "params": {**asdict(params), "lines": len(lines), "texts": str(TEXTS.name)},
         "voice": params.voice,
@@ -205,19 +210,38 @@ def _add_round(samples: Samples, rows: list[dict[str, Any]]) -> None:
     )
 
 
-def _run_level(gateway_ws: str, lines: list[str], level: int, offset: int) -> dict[str, Any]:
+def _run_level(stack: stack_mod.Stack, lines: list[str], level: int, offset: int) -> dict[str, Any]:
     texts = [lines[(offset + i) % len(lines)] for i in range(level)]
-    utterances = _run(_speak_together(gateway_ws, texts))
+    # Where the CPU goes at this level: each service, and this process (the clients).
+    cpu_before = {proc.name: proc.cpu_exact_seconds() for proc in stack.procs}
+    own_before, started = time.process_time(), time.perf_counter()
+    utterances = _run(_speak_together(stack.gateway_ws, texts))
+    wall = time.perf_counter() - started
+    cpu = {proc.name: proc.cpu_exact_seconds() - cpu_before[proc.name] for proc in stack.procs}
+    cpu["bench_clients"] = time.process_time() - own_before
     ttfa = [u.ttfa_ms for u in utterances if u.ttfa_ms is not None]
     late = [u.underruns() for u in utterances]
+    audio_s = sum(u.audio_ms for u in utterances) / 1000
     return {
         "level": level,
         "ttfa_p50_ms": percentile(ttfa, 50),
         "ttfa_p95_ms": percentile(ttfa, 95),
         "rtf_p50": percentile([u.rtf for u in utterances if u.rtf is not None], 50),
-        "late_frames": sum(count for count, _ in late),
-        "streams_with_late_frames": sum(1 for count, _ in late if count),
-        "worst_late_ms": max(worst for _, worst in late),
+        "late_frames": sum(count for count, _, _ in late),
+        "streams_with_late_frames": sum(1 for count, _, _ in late if count),
+        "worst_late_ms": max(worst for _, worst, _ in late),
+        "silence_ms_p50": percentile([silence for _, _, silence in late], 50),
+        "audio_s": audio_s,
+        "wall_s": wall,
+        # CPU seconds per second of audio: the worker's bounds the streams the cores carry.
+        "worker_cpu_per_audio_s": cpu.get("tts_worker", 0.0) / audio_s if audio_s else None,
+        "proxying_cpu_per_audio_s": sum(
+            cpu.get(name, 0.0) for name in ("gateway", "input_handler", "output_handler")
+        )
+        / audio_s
+        if audio_s
+        else None,
+        "cpu_s": cpu,
     }
 
 

@@ -3,10 +3,9 @@
 The configuration is the repository's config.json (what ``./run`` runs) with only the
 addresses changed, the log level at warning, and the chosen voice as the default. It is
 validated with the services' own loader before anything starts, and written into the run's
-temporary directory. Start order: output handler (the worker pushes frames into it), TTS
-worker (timed: process start -> ``/health`` 200, i.e. voice loaded and warmed up), input
-handler, gateway; the stack is ready when the gateway's ``/health`` is 200 and the input
-handler sees a worker.
+temporary directory. Start order: output handler, input handler and gateway together, then,
+alone, the TTS worker (timed: process start -> ``/health`` 200, i.e. voice loaded and warmed
+up, connected to the output handler); the stack is ready when the input handler sees it.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from aivtuber_common.config import ConfigError, Settings, load_settings
+from aivtuber_common.config import ConfigError, Settings, VoiceSettings, load_settings
 
 from .procs import REPO_ROOT, BenchError, Proc, free_port, python_argv
 
@@ -31,6 +30,8 @@ MAIN = {
     "output_handler": "services/output-handler-python/main.py",
     "tts_worker": "services/tts-worker/main.py",
 }
+# The voices a config without a "voices" key gets (see aivtuber_common.config).
+DEFAULT_VOICES = {"joe": VoiceSettings(engine="piper"), "sine": VoiceSettings(engine="sine")}
 READY_TIMEOUT_S = 60.0  # a cold Piper load on a busy 2-core machine takes a few seconds
 
 
@@ -72,9 +73,12 @@ def stack_config(ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json
         output_handler_url=f"ws://{local}:{ports.output_handler}",
         default_voice=voice,
     )
-    voices = worker.setdefault("voices", {})
+    voices = worker.get("voices") or {}
+    if voice not in voices and voice in DEFAULT_VOICES:
+        voices[voice] = DEFAULT_VOICES[voice].model_dump(exclude_defaults=True)
     if voice not in voices:
-        voices[voice] = {"engine": "sine"} if voice == "sine" else {"engine": "piper"}
+        known = ", ".join(sorted({*voices, *DEFAULT_VOICES}))
+        raise BenchError(f"voice {voice!r} is not configured in {base.name} (known: {known})")
     # Only the voice under test is loaded: another one would lengthen the worker's start.
     worker["voices"] = {voice: voices[voice]}
     return data
@@ -123,9 +127,7 @@ class Stack:
     def __init__(self, work_dir: Path, voice: str) -> None:
         self.work_dir = work_dir
         self.ports = Ports.pick()
-        self.config_path, self.settings = write_config(
-            work_dir, stack_config(self.ports, voice)
-        )
+        self.config_path, self.settings = write_config(work_dir, stack_config(self.ports, voice))
         self.procs: list[Proc] = []
         self.worker_ready_s: float | None = None
         self.gateway_ws = f"ws://127.0.0.1:{self.ports.gateway}"
@@ -142,18 +144,23 @@ class Stack:
         self.stop()
 
     def start(self) -> None:
-        output = self._start("output_handler")
-        output.wait_http(self._health("output_handler"), READY_TIMEOUT_S)
+        # The three light services start together; the worker starts alone once they are up,
+        # so its start-to-ready time is not shared with their imports.
+        starting = [self._start(section) for section in ("output_handler", "input_handler")]
+        gateway = self._start("gateway")
+        for proc in starting:
+            proc.wait_http(self._health(proc.name), READY_TIMEOUT_S)
+        gateway.wait_http(self._health("gateway"), READY_TIMEOUT_S)
         worker, self.worker_ready_s = start_worker(
             self.config_path, self.settings, self.work_dir, "tts_worker"
         )
         self.procs.append(worker)
-        inputs = self._start("input_handler")
-        gateway = self._start("gateway")
-        inputs.wait_http(self._health("input_handler"), READY_TIMEOUT_S)
-        gateway.wait_http(self._health("gateway"), READY_TIMEOUT_S)
         health = self._health("input_handler")
-        inputs.wait_ready(lambda: _sees_worker(health), READY_TIMEOUT_S, "sees a TTS worker")
+        inputs = self.proc("input_handler")
+        with httpx.Client(timeout=1.0) as client:
+            inputs.wait_ready(
+                lambda: _sees_worker(client, health), READY_TIMEOUT_S, "sees a TTS worker", 0.05
+            )
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -172,12 +179,10 @@ class Stack:
         return f"http://127.0.0.1:{getattr(self.ports, section)}/health"
 
 
-def _sees_worker(url: str) -> bool:
+def _sees_worker(client: httpx.Client, url: str) -> bool:
     try:
-        body = httpx.get(url, timeout=1.0).json()
+        body = client.get(url).json()
     except (httpx.HTTPError, ValueError):
         return False
     # Older input handlers do not report it: then /health 200 is all there is to wait for.
     return int(body.get("workers_available", 1)) >= 1
-
-

@@ -79,7 +79,7 @@ class Samples:
         mine = self._values.get(variant, {})
         theirs = self._values.get(anchor, {})
         return {
-            metric: median(ratio(v, a) for v, a in zip(values, theirs.get(metric, [])))
+            metric: median(ratio(v, a) for v, a in zip(values, theirs[metric], strict=True))
             for metric, values in mine.items()
             if metric in theirs
         }

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
+
 from aivtuber_common.cli import uvicorn_config
 
 START_TIMEOUT_S = 10.0

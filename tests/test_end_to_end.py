@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aivtuber_common.config import (
     GatewaySettings,
@@ -396,7 +396,6 @@ async def test_a_worker_stopped_mid_task_fails_its_stream_and_other_tasks_contin
         await stopping
         assert doomed.end is not None and doomed.end["type"] == "error"
         assert doomed.end["code"] in ("worker_stopped", "worker_lost"), doomed.end
-        print("doomed end", doomed.end)
         assert doomed.close_code == 1011
         s.gates[survivor].release()
         assert_complete(await kept_task, kept_text)
@@ -425,3 +424,17 @@ async def test_the_piper_voice_speaks_three_sentences_through_the_stack() -> Non
     assert heard.end is not None
     # About 12-20 characters a second of speech: a plausible length for the text.
     assert len(text) / 25 <= heard.end["duration_ms"] / 1000 <= len(text) / 5
+
+
+async def test_internal_endpoints_are_not_reachable_through_the_gateway() -> None:
+    async with stack() as s:
+        try:
+            async with connect(f"{s.url}/internal/ingest") as ws:
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                assert ws.close_code == 4404
+        except InvalidStatus as exc:  # refused at the handshake instead: also unreachable
+            assert exc.response.status_code in (403, 404)
+        async with httpx.AsyncClient() as http:
+            for path in (f"/status/{uuid.uuid4()}", "/v1/tasks"):
+                assert (await http.get(s.gateway.http_url + path)).status_code == 404

@@ -11,7 +11,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.backends import EchoBackend, silent_server
-from tests.gateway_support import gateway_settings, run_gateway, wait_until
+from tests.gateway_support import (
+    gateway_settings,
+    run_gateway,
+    wait_until,
+)
 from tests.support import free_port
 
 TIMEOUT = 20.0

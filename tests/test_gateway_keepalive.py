@@ -11,7 +11,11 @@ from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
 from tests.backends import EchoBackend
-from tests.gateway_support import gateway_settings, run_gateway, wait_until
+from tests.gateway_support import (
+    gateway_settings,
+    run_gateway,
+    wait_until,
+)
 
 TIMEOUT = 20.0
 # Short enough for a test, long enough that a loaded machine still answers in time.

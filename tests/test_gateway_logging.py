@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
-import pytest
-import structlog
 from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
 
 from tests.backends import EchoBackend
-from tests.gateway_support import gateway_settings, run_gateway
-
-
-@pytest.fixture
-def debug_structlog() -> Iterator[None]:
-    """Let debug events through whatever another test configured; restore afterwards."""
-    saved = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    yield
-    structlog.configure(**saved)
+from tests.gateway_support import (
+    gateway_settings,
+    run_gateway,
+)
 
 
 async def test_a_connection_logs_its_opening_and_closing_with_context() -> None:
@@ -46,9 +35,7 @@ async def test_a_connection_logs_its_opening_and_closing_with_context() -> None:
     assert "secret-in-query" not in repr(logs)
 
 
-async def test_debug_logs_each_forwarded_message_direction_type_and_size_never_content(
-    debug_structlog: None,
-) -> None:
+async def test_debug_logs_each_forwarded_message_direction_type_and_size_never_content() -> None:
     with capture_logs() as logs:
         async with EchoBackend().running() as backend:
             settings = gateway_settings({"input": [backend.url]}, level="debug")

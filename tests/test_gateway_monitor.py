@@ -9,7 +9,10 @@ import httpx
 from websockets.asyncio.client import connect
 
 from tests.backends import EchoBackend
-from tests.gateway_support import gateway_settings, run_gateway
+from tests.gateway_support import (
+    gateway_settings,
+    run_gateway,
+)
 from tests.support import free_port
 
 

@@ -14,7 +14,11 @@ from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.config import MIB
 from tests.backends import EchoBackend, burst_message
-from tests.gateway_support import gateway_settings, run_gateway, wait_until
+from tests.gateway_support import (
+    gateway_settings,
+    run_gateway,
+    wait_until,
+)
 
 TIMEOUT = 20.0
 

@@ -19,9 +19,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.config import InputHandlerSettings, Settings
+from aivtuber_common.internal import SubmitTask
 from aivtuber_common.protocol import ErrorMessage, TaskIdAssigned, UploadProcessed
 from aivtuber_input import create_app
 from aivtuber_input.session import CancelTask, Close, InputSession, Reply, Submit
+from aivtuber_input.workers import HttpTaskSubmitter
 from tests.support import RunningServer, free_port, run_server
 
 # --- the session without sockets ---------------------------------------------------------
@@ -380,3 +382,48 @@ async def test_health_and_metrics_describe_the_workers_and_the_traffic() -> None
     assert health["workers"][0]["capacity"] == 2
     assert 'aivtuber_input_submissions_total{result="queued"} 1.0' in metrics
     assert 'aivtuber_input_errors_total{code="unknown_type"} 1.0' in metrics
+
+
+# --- choosing a worker (httpx.MockTransport: pure request/response logic) ------------------
+
+
+def mock_workers(health: dict[str, tuple[int, dict[str, Any]]], posted: list[str]) -> Any:
+    def handle(request: httpx.Request) -> httpx.Response:
+        base = f"http://{request.url.host}"
+        if request.url.path == "/health":
+            status, body = health[base]
+            return httpx.Response(status, json=body)
+        posted.append(base)
+        task = json.loads(request.content)
+        return httpx.Response(202, json={"task_id": task["task_id"], "voice": "sine", "queued": 0})
+
+    return httpx.MockTransport(handle)
+
+
+async def test_the_least_busy_healthy_worker_gets_each_task() -> None:
+    posted: list[str] = []
+    health = {
+        "http://busy": (200, {"running": 2, "queued": 3, "max_concurrent": 2}),
+        "http://idle": (200, {"running": 0, "queued": 0, "max_concurrent": 2}),
+        "http://down": (503, {"status": "starting"}),
+    }
+    async with httpx.AsyncClient(transport=mock_workers(health, posted)) as http:
+        submitter = HttpTaskSubmitter(http, list(health), timeout_s=1.0)
+        await submitter.refresh()
+        for _ in range(3):
+            await submitter.submit(SubmitTask(task_id=str(uuid.uuid4()), text="Hi"))
+    # idle: 0, 0.5, 1.0 of its slots; busy stays at 2.5; down is last whatever its load.
+    assert posted == ["http://idle"] * 3
+    assert submitter.available == 2
+
+
+async def test_equally_loaded_workers_take_turns() -> None:
+    posted: list[str] = []
+    idle = (200, {"running": 0, "queued": 0, "max_concurrent": 1})
+    health = {"http://a": idle, "http://b": idle}
+    async with httpx.AsyncClient(transport=mock_workers(health, posted)) as http:
+        submitter = HttpTaskSubmitter(http, list(health), timeout_s=1.0)
+        await submitter.refresh()
+        for _ in range(4):
+            await submitter.submit(SubmitTask(task_id=str(uuid.uuid4()), text="Hi"))
+    assert sorted(posted) == ["http://a", "http://a", "http://b", "http://b"]

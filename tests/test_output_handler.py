@@ -55,7 +55,7 @@ class Worker:
 
     async def frames(self, task_id: str, frames: list[bytes], start: int = 0) -> None:
         for index, pcm in enumerate(frames, start):
-            await self.ws.send(encode_frame(task_id, index, 0.5, pcm))
+            await self.ws.send(encode_frame(task_id, index, 0.1234, pcm))
 
     async def end(self, task_id: str, status: str = "completed", **extra: Any) -> None:
         await self.ws.send(TaskEnd(task_id=task_id, status=status, **extra).model_dump_json())
@@ -234,7 +234,7 @@ async def test_subscriber_gets_start_chunks_with_their_pcm_and_complete_then_clo
     }
     assert [c["chunk_id"] for c in got.chunks] == [0, 1, 2, 3, 4]
     assert [c["samples"] for c in got.chunks] == [640, 640, 640, 640, 100]
-    assert all(c["total_chunks"] is None and c["level"] == 0.5 for c in got.chunks)
+    assert all(c["total_chunks"] is None and c["level"] == 0.1234 for c in got.chunks)
     assert got.pcm == frames
     assert got.end == {
         "type": "audio_complete",

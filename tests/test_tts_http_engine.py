@@ -53,6 +53,7 @@ class RemoteTts:
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, Any], dict[str, str]]] = []
         self.release = asyncio.Event()
+        self.stream_closed = asyncio.Event()  # a /wav body generator ended, however
         self.app = Starlette(
             routes=[
                 Route(path, handler, methods=["POST"])
@@ -77,12 +78,15 @@ class RemoteTts:
         header = streaming_wav_header()
 
         async def body() -> AsyncIterator[bytes]:
-            yield header[:7]  # pieces that cut through the header and the samples
-            yield header[7:30]
-            yield header[30:] + PIECE_1[:5]
-            yield PIECE_1[5:]
-            await asyncio.wait_for(self.release.wait(), WAIT_S)  # hold until the test says
-            yield PIECE_2
+            try:
+                yield header[:7]  # pieces that cut through the header and the samples
+                yield header[7:30]
+                yield header[30:] + PIECE_1[:5]
+                yield PIECE_1[5:]
+                await asyncio.wait_for(self.release.wait(), WAIT_S)  # hold until told
+                yield PIECE_2
+            finally:
+                self.stream_closed.set()
 
         return StreamingResponse(body(), media_type="audio/wav")
 
@@ -248,6 +252,30 @@ async def test_an_http_voice_streams_through_the_worker_and_fails_clearly_when_d
     assert server.requests[-1][1] == {"text": "Hi.", "voice": "remote"}
     assert failed.end is not None and failed.end.status == "failed"
     assert failed.end.code == "engine_unavailable" and not failed.frames
+
+
+async def test_cancelling_an_http_task_closes_the_remote_request_at_once(
+    remote: tuple[RemoteTts, str],
+) -> None:
+    server, url = remote
+    voices = {"remote": VoiceSettings(engine="http", url=f"{url}/wav", api_key="k3y")}
+    async with running_recorder() as recorder:
+        async with running_worker(sine_settings(recorder.url, voices=voices)) as worker:
+            task_id = str(uuid.uuid4())
+            assert (await worker.submit("Hello.", task_id=task_id)).status_code == 202
+            # PIECE_1 is 800 samples: 0 whole frames at 40 ms (882 samples); the task is
+            # streaming once the server holds back, so wait for the request to be there.
+            await recorder.wait_for(lambda: task_id in recorder.tasks)
+            async with asyncio.timeout(WAIT_S):
+                while not server.requests:
+                    await asyncio.sleep(0.005)
+            response = await worker.http.delete(f"/v1/tasks/{task_id}")
+            task = await recorder.ended(task_id)
+            async with asyncio.timeout(WAIT_S):
+                await server.stream_closed.wait()
+    assert response.json()["cancelled"] is True
+    assert task.end is not None and task.end.status == "cancelled"
+    assert not server.release.is_set()  # the body never finished: the request was dropped
 
 
 def test_the_wav_reader_takes_a_body_one_byte_at_a_time() -> None:

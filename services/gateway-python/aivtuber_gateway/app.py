@@ -9,6 +9,7 @@ it before uvicorn closes sockets its own way).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,20 +24,14 @@ from aivtuber_common.config import Settings
 
 from .headers import forwarded_request
 from .health import HealthChecker
+from .keepalive import BackendKeepalive
 from .lifecycle import short_reason
 from .metrics import GatewayMetrics
 from .monitor import monitor_routes
-from .proxy import (
-    BackendRejected,
-    BackendUnavailable,
-    ProxyConnection,
-    ProxyOptions,
-    Receive,
-    Send,
-    open_backend,
-)
+from .proxy import ProxyConnection, Receive, Send
 from .registry import Registry
 from .routing import RouteTable
+from .upstream import BackendRejected, BackendUnavailable, ProxyOptions, open_backend
 
 __all__ = ["GatewayApp", "Runtime", "create_app"]
 
@@ -91,8 +86,6 @@ class GatewayApp:
                 registry=registry,
                 max_message_bytes=gateway.max_message_bytes,
                 connect_timeout_s=gateway.connect_timeout_s,
-                ping_interval_s=gateway.ping_interval_s,
-                ping_timeout_s=gateway.ping_timeout_s,
                 idle_timeout_s=gateway.idle_timeout_s,
                 debug=self.settings.logging.level == "debug",
                 log=self.log,
@@ -104,10 +97,18 @@ class GatewayApp:
             )
             self.runtime = Runtime(registry, options, health)
             self.metrics.bind(registry)
+            keepalive = None
+            if gateway.ping_interval_s:
+                keepalive = BackendKeepalive(
+                    registry, gateway.ping_interval_s, gateway.ping_timeout_s
+                )
+                keepalive.start()
             try:
                 yield
             finally:
                 await self.close_all()
+                if keepalive is not None:
+                    await keepalive.stop()
                 self.runtime = None
 
     async def _websocket(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -120,11 +121,14 @@ class GatewayApp:
             return
         route = self.routes.match(scope["path"])
         if route is None:
-            runtime.registry.rejected["", AppCloseCode.NOT_FOUND] += 1
+            runtime.registry.rejected["unmatched", AppCloseCode.NOT_FOUND] += 1
             self.log.info("no_route", path=scope["path"], client=_client(scope))
             await _refuse(send, AppCloseCode.NOT_FOUND, "no route for this path")
             return
         request = forwarded_request(scope)
+        # uvicorn keeps the scope for the connection's lifetime; the headers have been
+        # read (and may hold cookies): drop them rather than keep a copy per connection.
+        scope["headers"] = ()
         started = time.perf_counter()
         try:
             ws, backend = await open_backend(route, scope, request, runtime.options)
@@ -160,12 +164,20 @@ class GatewayApp:
             await _refuse(send, code, f"{route.name} backend refused: HTTP {exc.status}")
             return
         self.metrics.connect_seconds.labels(route.name).observe(time.perf_counter() - started)
+        if runtime.closing:  # shutdown began while the backend was connecting
+            await ws.close(CloseCode.GOING_AWAY, GOING_AWAY)
+            await _refuse(send, CloseCode.GOING_AWAY, GOING_AWAY)
+            return
         try:
             await send({"type": "websocket.accept", "subprotocol": ws.subprotocol})
         except OSError:
             await ws.close(CloseCode.GOING_AWAY, "client left")
             return
+        except asyncio.CancelledError:  # uvicorn gave up on this task: do not leak the socket
+            ws.transport.abort()
+            raise
         conn = ProxyConnection(route, backend, ws, scope, request.request_id, send, runtime.options)
+        del request  # a copy of the client's headers: not kept for the connection's life
         await conn.run(receive)
 
 

@@ -23,120 +23,18 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Coroutine
 from typing import Any
 
-import structlog
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from starlette.types import Receive, Send
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
-from .headers import ForwardedRequest
 from .lifecycle import End, Side, backend_end, client_end, short_reason, to_backend, to_client
-from .registry import Registry
 from .routing import Backend, Route
+from .upstream import CLOSE_TIMEOUT_S, ProxyOptions
 
-__all__ = ["BackendRejected", "BackendUnavailable", "ProxyConnection", "ProxyOptions"]
-
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-# Frames the websockets client buffers from the backend before it stops reading.
-BACKEND_MAX_QUEUE = 8
-# Longest wait for a side to finish its closing handshake before dropping it.
-CLOSE_TIMEOUT_S = 2.0
-
-
-class BackendUnavailable(Exception):
-    """No backend of the route completed the handshake (down, refused or too slow)."""
-
-    def __init__(self, route: Route, failures: list[tuple[str, str]]) -> None:
-        super().__init__(f"{route.name}: no backend available")
-        self.failures = failures  # (backend url, error)
-
-
-class BackendRejected(Exception):
-    """A backend answered the upgrade with an HTTP 4xx: a verdict on this request."""
-
-    def __init__(self, backend: Backend, status: int) -> None:
-        super().__init__(f"backend answered HTTP {status}")
-        self.backend = backend
-        self.status = status
-
-
-class ProxyOptions:
-    """The settings and shared objects every connection reads; built once per app."""
-
-    def __init__(
-        self,
-        *,
-        registry: Registry,
-        max_message_bytes: int,
-        connect_timeout_s: float,
-        ping_interval_s: float,
-        ping_timeout_s: float,
-        idle_timeout_s: float,
-        debug: bool,
-        log: structlog.typing.FilteringBoundLogger,
-        observe_first_audio: Callable[[str], Callable[[float], None]] | None = None,
-        observe_audio_gap: Callable[[str], Callable[[float], None]] | None = None,
-    ) -> None:
-        self.registry = registry
-        self.max_message_bytes = max_message_bytes
-        self.connect_timeout_s = connect_timeout_s
-        self.ping_interval_s = ping_interval_s or None  # 0 turns pings off
-        self.ping_timeout_s = ping_timeout_s
-        self.idle_timeout_s = idle_timeout_s
-        self.debug = debug
-        self.log = log
-        self.observe_first_audio = observe_first_audio
-        self.observe_audio_gap = observe_audio_gap
-
-
-async def open_backend(
-    route: Route, scope: dict[str, Any], request: ForwardedRequest, options: ProxyOptions
-) -> tuple[ClientConnection, Backend]:
-    """Connect to the first backend of the route that accepts, within connect_timeout_s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + options.connect_timeout_s
-    raw_path = scope.get("raw_path")
-    path = raw_path.decode("latin-1") if raw_path else scope["path"]
-    query = scope.get("query_string", b"").decode("latin-1")
-    failures: list[tuple[str, str]] = []
-    for backend in route.candidates():
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            failures.append((backend.url, "not tried: connect_timeout_s used up"))
-            continue
-        try:
-            ws = await connect(
-                backend.target(path, query),
-                additional_headers=request.headers,
-                subprotocols=request.subprotocols or None,  # type: ignore[arg-type]
-                compression="deflate" if route.compression else None,
-                max_size=options.max_message_bytes,
-                max_queue=BACKEND_MAX_QUEUE,
-                open_timeout=remaining,
-                ping_interval=options.ping_interval_s,
-                ping_timeout=options.ping_timeout_s,
-                close_timeout=CLOSE_TIMEOUT_S,
-                user_agent_header=None,  # the client's own User-Agent is forwarded
-                proxy=None,  # never through $HTTP_PROXY: backends are local
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if 400 <= status < 500:
-                raise BackendRejected(backend, status) from exc
-            failures.append((backend.url, f"HTTP {status}"))
-        except TimeoutError:
-            failures.append((backend.url, f"no handshake within {options.connect_timeout_s:g}s"))
-        except (OSError, InvalidHandshake) as exc:
-            failures.append((backend.url, str(exc) or type(exc).__name__))
-        else:
-            backend.mark_up()
-            return ws, backend
-        backend.mark_down()
-        options.registry.connect_failures[route.name, backend.url] += 1
-    raise BackendUnavailable(route, failures)
+__all__ = ["ProxyConnection", "Receive", "Send"]
 
 
 class ProxyConnection:
@@ -165,6 +63,8 @@ class ProxyConnection:
         "_terminator",
         "_idle_timer",
         "_finishing",
+        "_awaiting_pong",
+        "_ping_at",
     )
 
     def __init__(
@@ -198,18 +98,51 @@ class ProxyConnection:
         self._terminator: asyncio.Task[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._finishing = False
+        self._awaiting_pong = False
+        self._ping_at = asyncio.get_running_loop().time()
 
     @property
     def backend_url(self) -> str:
         # Without the query string: browsers put tokens there.
         return self.backend.url + self.path
 
-    def terminate(self, code: int, reason: str) -> None:
+    def terminate(self, code: int, reason: str, by: Side = Side.GATEWAY) -> None:
         """Close both sides with ``code`` (shutdown, idle timeout). Returns at once."""
         if self.end is None:
-            self.end = End(Side.GATEWAY, code, reason)
+            self.end = End(by, code, reason)
         if self._terminator is None and not self._finishing and self._b2c is not None:
             self._terminator = asyncio.get_running_loop().create_task(self._terminate())
+
+    def keepalive(
+        self, now: float, interval: float, timeout: float
+    ) -> Coroutine[Any, Any, None] | None:
+        """Called by :class:`.keepalive.BackendKeepalive`: close the connection if the
+        backend left the last ping unanswered for ``timeout``; return a ping to send
+        when one is due."""
+        if self._awaiting_pong:
+            # Unanswered, or not even sent: a backend that stopped reading fills its
+            # write buffer and ping() waits; that is as dead as a missing pong.
+            if now - self._ping_at >= timeout:
+                self._awaiting_pong = False
+                self.terminate(1011, "backend: keepalive ping timeout", Side.BACKEND)
+            return None
+        if now - self._ping_at < interval or self._finishing:
+            return None
+        self._ping_at = now
+        self._awaiting_pong = True
+        return self._ping()
+
+    async def _ping(self) -> None:
+        try:
+            pong = asyncio.ensure_future(await self._ws.ping())  # a Future, typed Awaitable
+        except ConnectionClosed:
+            return
+        pong.add_done_callback(self._ponged)
+
+    def _ponged(self, pong: asyncio.Future[float]) -> None:
+        if not pong.cancelled():
+            pong.exception()  # websockets fails pending pongs on close: mark it retrieved
+        self._awaiting_pong = False
 
     async def run(self, receive: Receive) -> None:
         """Pump both ways until either side ends, then close both and deregister."""
@@ -290,7 +223,7 @@ class ProxyConnection:
                 now = monotonic()
                 if isinstance(data, str):
                     size = len(data) if data.isascii() else len(data.encode())
-                    message = {"type": "websocket.send", "text": data}
+                    message: dict[str, Any] = {"type": "websocket.send", "text": data}
                 else:
                     size = len(data)
                     message = {"type": "websocket.send", "bytes": data}

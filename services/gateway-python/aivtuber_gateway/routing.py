@@ -14,7 +14,8 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from urllib.parse import quote, urlsplit
+from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 from starlette.routing import compile_path
 
@@ -96,13 +97,5 @@ class RouteTable:
                 return route
         return None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Route]:
         return iter(self.routes)
-
-
-def raw_path_of(scope: dict) -> str:  # type: ignore[type-arg]
-    """The path exactly as the client sent it (percent-encoding kept)."""
-    raw = scope.get("raw_path")
-    if raw:
-        return raw.decode("latin-1")
-    return quote(scope["path"])

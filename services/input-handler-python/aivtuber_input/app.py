@@ -46,6 +46,7 @@ def create_app(
     metrics = InputMetrics()
     started = time.monotonic()
     endpoint = InputEndpoint(settings, metrics)
+    workers: list[HttpTaskSubmitter | None] = [None]  # the lifespan's submitter, for /health
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -57,7 +58,7 @@ def create_app(
                 timeout_s=config.worker_timeout_s,
                 token=settings.internal_token,
             )
-            endpoint.submitter = submitter
+            endpoint.submitter = workers[0] = submitter
             probes = asyncio.create_task(submitter.run_health_checks(config.health_interval_s))
             try:
                 yield
@@ -65,11 +66,11 @@ def create_app(
                 probes.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await probes
-                endpoint.submitter = None
+                endpoint.submitter = workers[0] = None
 
     async def health(request: Request) -> Response:
-        submitter = endpoint.submitter
-        workers = [worker.as_dict() for worker in submitter.workers] if submitter else []
+        submitter = workers[0]
+        states = [worker.as_dict() for worker in submitter.workers] if submitter else []
         return JSONResponse(
             {
                 "status": "ok",
@@ -77,7 +78,7 @@ def create_app(
                 "uptime_s": round(time.monotonic() - started, 1),
                 "connections": endpoint.connections,
                 "workers_available": submitter.available if submitter else 0,
-                "workers": workers,
+                "workers": states,
             }
         )
 

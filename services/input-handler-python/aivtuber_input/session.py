@@ -118,8 +118,8 @@ class InputSession:
         return [Reply(TaskIdAssigned(task_id=self.assigned_id))]
 
     def receive_text(self, text: str) -> list[Event]:
-        # Cheap bound first: a str of n characters is at least n UTF-8 bytes.
-        if len(text) > self.max_message_bytes or len(text.encode()) > self.max_message_bytes:
+        # A str of n characters is n to 4n UTF-8 bytes: encode only when it could be too big.
+        if len(text) * 4 > self.max_message_bytes and len(text.encode()) > self.max_message_bytes:
             return [self._too_big()]
         events: list[Event] = []
         if self._awaiting_bytes is not None:

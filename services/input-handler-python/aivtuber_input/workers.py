@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,16 +89,17 @@ class HttpTaskSubmitter:
         self._owners: OrderedDict[str, WorkerStatus] = OrderedDict()
 
     async def submit(self, task: SubmitTask) -> SubmitAccepted:
-        problems: list[str] = []
+        problems: list[str] = []  # one short reason per worker, in the order tried
         for worker in self._candidates():
             accepted = await self._try(worker, task, problems)
             if accepted is not None:
                 return accepted
         log.warning("no_worker_available", task_id=task.task_id, problems=problems)
+        # The client learns why, not where: worker addresses stay in the log.
+        reasons = Counter(problem.split(" ", 1)[1] for problem in problems)
+        summary = ", ".join(f"{count} {reason}" for reason, count in reasons.items())
         raise TransportError(
-            "No TTS worker is available right now ("
-            + "; ".join(problems)
-            + "). Try again in a moment."
+            f"No TTS worker is available right now ({summary}); try again in a moment."
         )
 
     async def cancel(self, task_id: str) -> bool:
@@ -207,7 +208,10 @@ class HttpTaskSubmitter:
             data = {}
         if not isinstance(data, dict):
             data = {}
-        worker.healthy = response.status_code == 200
+        healthy = response.status_code == 200
+        if healthy and not worker.healthy:
+            log.info("worker_up", worker=worker.url)
+        worker.healthy = healthy
         worker.busy = False
         worker.given = 0
         worker.running = _count(data, "running")

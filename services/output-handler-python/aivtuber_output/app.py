@@ -62,9 +62,11 @@ def create_app(settings: Settings) -> Starlette:
         if (bad := _check_id(task_id)) is not None:
             return bad
         found = store.audio(task_id)
-        if found is None or found[0].sample_rate is None:
+        if found is None:
             return _not_found(task_id)
         snapshot, pcm = found
+        if snapshot.sample_rate is None:  # only a subscriber's placeholder so far
+            return _not_found(task_id)
         if snapshot.state in (TaskState.WAITING, TaskState.STREAMING):
             return _error(409, task_id, "task_not_finished", "The task is still being spoken.")
         if snapshot.state is TaskState.FAILED:

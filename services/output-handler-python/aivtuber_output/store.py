@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator
+from collections.abc import AsyncGenerator, Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -189,7 +189,7 @@ class TaskStore:
 
     # --- reader side (subscribers, HTTP) --------------------------------------------------
 
-    async def read(self, task_id: str, from_chunk: int = 0) -> AsyncIterator[FrameEvent]:
+    async def read(self, task_id: str, from_chunk: int = 0) -> AsyncGenerator[FrameEvent, None]:
         """TaskOpen, then frames ``(chunk_id, level, pcm)`` from ``from_chunk``, then TaskEnd.
 
         Raises TaskNotFound when the task is not announced within ``task_wait_s``. Use it

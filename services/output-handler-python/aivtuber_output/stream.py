@@ -85,16 +85,14 @@ class OutputEndpoint:
         finally:
             for pump in (sender, watcher):
                 pump.cancel()
-            outcome = "client_left"
-            for pump in (sender, watcher):
-                with contextlib.suppress(asyncio.CancelledError):
-                    result = await pump
-                    if pump is sender:
-                        outcome = result
+            await asyncio.wait({sender, watcher})
             self.metrics.subscribers.dec()
-            self.metrics.subscriptions.labels(outcome).inc()
-            log.debug("subscriber_done", outcome=outcome, from_chunk=from_chunk)
             structlog.contextvars.unbind_contextvars("task_id")
+        if not watcher.cancelled() and (error := watcher.exception()) is not None:
+            log.error("subscriber_watch_failed", error=repr(error))
+        outcome = "client_left" if sender.cancelled() else sender.result()  # re-raises a bug
+        self.metrics.subscriptions.labels(outcome).inc()
+        log.debug("subscriber_done", task_id=task_id, outcome=outcome, from_chunk=from_chunk)
 
     async def _send(self, websocket: WebSocket, task_id: str, from_chunk: int) -> str:
         """Stream the task; returns how it ended (a metrics label)."""
@@ -107,7 +105,7 @@ class OutputEndpoint:
                         case TaskOpen():
                             opened = event
                             await websocket.send_text(_audio_start(event))
-                        case (int() as chunk_id, float() as level, bytes() as pcm):
+                        case (chunk_id, level, pcm):
                             await websocket.send_text(_audio_chunk(task_id, chunk_id, level, pcm))
                             await websocket.send_bytes(pcm)
                             next_chunk, samples = chunk_id + 1, samples + len(pcm) // SAMPLE_WIDTH

@@ -103,7 +103,7 @@ def create_app(
             executor = ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="tts-engine")
             # Last in, first out: threads are released after the tasks using them stopped.
             stack.push_async_callback(_shutdown_executor, executor)
-            voices = Voices(config, client, engine_factory)
+            voices = Voices(config, client, engine_factory, executor)
             stack.push_async_callback(voices.aclose)
             manager_ref: list[TaskManager] = []
             sink = IngestSink(

@@ -1,13 +1,15 @@
-"""Engine slots handed out earliest deadline first, so a new task's first piece goes ahead.
+"""Engine slots handed out by urgency, so a new task's first piece goes ahead of audio that
+is not needed yet.
 
 ``max_concurrent`` pieces run at once, each in a thread of the executor the app owns
 (onnxruntime releases the GIL). Every admitted task asks for a slot piece by piece, with a
-deadline: for a task's first piece the moment it was accepted (it is due now), for later
-pieces the moment its listener will run out of audio (first frame sent + audio sent so far).
-The waiting piece with the earliest deadline gets the next free slot. So a task that just
-arrived is served as soon as one in-flight piece finishes, before long tasks' later
-sentences, which already have seconds of audio playing; and a task about to underrun goes
-before one that is well ahead.
+priority: the latest moment the piece can start and still be done in time (see
+``TaskManager``: for later pieces, when the listener runs out of audio minus the piece's
+estimated synthesis time; for a first piece, shortly after the task arrived). The waiting
+piece with the smallest value gets the next free slot. So a task that just arrived is
+served as soon as one in-flight piece finishes, before long tasks' later sentences, which
+already have seconds of audio playing; and a stream about to underrun goes before one that
+is well ahead.
 
 A slot is given back when its thread finishes, not when the waiting coroutine is cancelled:
 a cancelled task stops awaiting at once, but the CPU stays busy with the piece until it

@@ -92,7 +92,11 @@ class IngestSink:
     async def open(self, task: TaskOpen) -> None:
         ws = self._require()
         self._open[task.task_id] = ws
-        await self._send(ws, task.model_dump_json())
+        try:
+            await self._send(ws, task.model_dump_json())
+        except IngestLost:
+            self._open.pop(task.task_id, None)
+            raise
 
     async def append(self, task_id: str, chunk_id: int, level: float, pcm: bytes) -> None:
         ws = self._socket_of(task_id)

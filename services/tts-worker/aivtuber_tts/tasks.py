@@ -10,11 +10,18 @@ through the :class:`~aivtuber_tts.scheduler.PieceScheduler`), cuts them into ``f
 frames and sends each frame at once. Stopping a task (cancel, lost connection, shutdown)
 cancels that coroutine between two awaits, so no frame of it is sent after the stop, even
 while its in-flight piece is still being computed in a thread.
+
+A piece's priority is its deadline minus its estimated synthesis time (its characters
+times the voice's measured seconds per character, a moving average). The deadline of a
+later piece is when the listener runs out of audio (first frame sent + audio sent so far);
+a first piece is due ``first_chunk_slack_s`` after the task arrived, so under load it waits
+only for pieces of streams that would otherwise stutter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 from collections.abc import Callable
@@ -39,6 +46,7 @@ log = structlog.get_logger("aivtuber_tts.tasks")
 
 CANCEL_WAIT_S = 2.0  # DELETE waits this long for the TaskEnd to be on its way
 SHUTDOWN_WAIT_S = 3.0
+COST_SMOOTHING = 0.2  # weight of the newest piece in the engine's cost per character
 
 
 class Refusal(Exception):
@@ -73,9 +81,6 @@ class _Job:
     synth: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def __post_init__(self) -> None:
-        self.deadline = self.accepted_at
-
 
 class TaskManager:
     def __init__(
@@ -95,7 +100,12 @@ class TaskManager:
         self.capacity = settings.max_concurrent + settings.max_queued
         self._ingest_connected = ingest_connected
         self._jobs: dict[str, _Job] = {}
+        self._seconds_per_char: dict[str, float] = {}  # per voice, a moving average
         self._runners: set[asyncio.Task[None]] = set()
+        # Read when scraped, so the gauges are never stale.
+        metrics.running.set_function(lambda: self.running)
+        metrics.queued.set_function(lambda: self.queued)
+        metrics.engine_busy.set_function(lambda: scheduler.busy)
 
     @property
     def running(self) -> int:
@@ -110,6 +120,7 @@ class TaskManager:
         voice = self._admit(task)
         ahead = self.queued
         job = _Job(task.task_id, task.text, voice)
+        job.deadline = job.accepted_at + self.settings.first_chunk_slack_s
         self._jobs[task.task_id] = job  # reserved before the first await: no over-admission
         try:
             await self.sink.open(
@@ -127,7 +138,6 @@ class TaskManager:
         runner = asyncio.create_task(self._run(job), name=f"tts-{task.task_id}")
         self._runners.add(runner)
         runner.add_done_callback(self._runners.discard)
-        self._update_gauges()
         log.info("task_accepted", task_id=task.task_id, voice=voice.id, chars=len(task.text))
         return SubmitAccepted(task_id=task.task_id, voice=voice.id, queued=ahead)
 
@@ -268,7 +278,6 @@ class TaskManager:
         if end is not None and end.status == "completed" and job.audio_s > 0:
             wall = time.monotonic() - job.accepted_at
             self.metrics.rtf.labels(job.voice.id).observe((job.engine_s or wall) / job.audio_s)
-        self._update_gauges()
         log.info(
             "task_ended",
             status=outcome,
@@ -281,25 +290,41 @@ class TaskManager:
         engine = job.voice.engine
         cutter = FrameCutter(engine.sample_rate, self.settings.frame_ms)
 
-        async def run_piece(work: Callable[[], Any]) -> Any:
+        async def run_piece(work: Callable[[], Any], chars: int) -> Any:
+            elapsed = 0.0
+
             def timed() -> Any:
+                nonlocal elapsed
                 job.started = True
                 started = time.perf_counter()
                 try:
                     return work()
                 finally:
-                    job.engine_s += time.perf_counter() - started
+                    elapsed = time.perf_counter() - started
 
-            if not job.started:
-                self._update_gauges_soon()
-            return await self.scheduler.run(job.deadline, timed)
+            # Least slack first: the piece must be done by the deadline, so it must start
+            # its estimated duration before it.
+            estimate = chars * self._seconds_per_char.get(job.voice.id, 0.0)
+            result = await self.scheduler.run(job.deadline - estimate, timed)
+            job.engine_s += elapsed
+            self._learn_cost(job.voice.id, elapsed, chars)
+            return result
 
-        async for pcm in engine.stream(job.text, run_piece):
-            job.started = True
-            for frame in cutter.push(pcm):
-                await self._send(job, frame)
+        # aclosing: a stopped task closes the engine's stream (and a remote request) at once.
+        async with contextlib.aclosing(engine.stream(job.text, run_piece)) as pieces:
+            async for pcm in pieces:
+                job.started = True
+                for frame in cutter.push(pcm):
+                    await self._send(job, frame)
         if (last := cutter.flush()) is not None:
             await self._send(job, last)
+
+    def _learn_cost(self, voice_id: str, elapsed: float, chars: int) -> None:
+        if chars <= 0:
+            return
+        sample = elapsed / chars
+        previous = self._seconds_per_char.get(voice_id, sample)
+        self._seconds_per_char[voice_id] = previous + (sample - previous) * COST_SMOOTHING
 
     async def _send(self, job: _Job, frame: bytes) -> None:
         await self.sink.append(job.task_id, job.chunks, level(frame), frame)
@@ -307,7 +332,6 @@ class TaskManager:
         if job.first_frame_at is None:
             job.first_frame_at = now
             self.metrics.first_chunk.labels(job.voice.id).observe(now - job.accepted_at)
-            self._update_gauges()
         job.chunks += 1
         seconds = len(frame) / 2 / job.voice.engine.sample_rate
         job.audio_s += seconds
@@ -315,11 +339,3 @@ class TaskManager:
         job.deadline = job.first_frame_at + job.audio_s
         self.metrics.frames.inc()
         self.metrics.audio_seconds.inc(seconds)
-
-    def _update_gauges_soon(self) -> None:
-        asyncio.get_running_loop().call_soon(self._update_gauges)
-
-    def _update_gauges(self) -> None:
-        self.metrics.running.set(self.running)
-        self.metrics.queued.set(self.queued)
-        self.metrics.engine_busy.set(self.scheduler.busy)

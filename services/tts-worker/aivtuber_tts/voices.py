@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import httpx
@@ -57,8 +58,11 @@ class Voices:
         settings: TtsWorkerSettings,
         client: httpx.AsyncClient,
         engine_factory: EngineFactory = build_engine,
+        executor: Executor | None = None,
     ) -> None:
         self.default = settings.default_voice
+        self.executor = executor
+        self.threads = settings.max_concurrent
         self.voices = {
             voice_id: Voice(
                 voice_id,
@@ -101,7 +105,7 @@ class Voices:
     async def _load(self, voice: Voice) -> None:
         started = time.perf_counter()
         try:
-            await voice.engine.start()
+            await voice.engine.start(self.executor, self.threads)
         except EngineError as exc:
             voice.state, voice.error = VoiceState.FAILED, str(exc)
             log.error("voice_failed", voice=voice.id, engine=voice.engine.name, error=str(exc))

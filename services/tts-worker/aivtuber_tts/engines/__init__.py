@@ -95,6 +95,8 @@ def build_engine(
                 timeout_s=voice.timeout_s,
                 response_format=voice.response_format,
             )
+        case other:
+            raise ValueError(f"unknown engine {other!r}")
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,11 @@ clause comes out alone. Remote engines (``http``) stream by themselves and ignor
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from concurrent.futures import Executor
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -25,12 +28,16 @@ from ..splitting import split_text
 __all__ = ["Engine", "LocalEngine", "RunPiece"]
 
 T = TypeVar("T")
-# Runs a blocking callable in an engine slot and returns its result.
-RunPiece = Callable[[Callable[[], Any]], Awaitable[Any]]
+# Runs a blocking callable in an engine slot and returns its result; the second argument is
+# the piece's length in characters, from which the scheduler estimates its cost.
+RunPiece = Callable[[Callable[[], Any], int], Awaitable[Any]]
 
 log = structlog.get_logger("aivtuber_tts.engines")
 
-WARMUP_TEXTS = ("Hello there, welcome back.", "This short sentence warms the voice up.")
+# One medium line: the first inference of a session (and of each thread) sizes its buffers;
+# after this one, the first real clause runs at full speed.
+WARMUP_TEXTS = ("Hello there, welcome back to the stream.",)
+WARMUP_BARRIER_S = 5.0
 
 
 class Engine(Protocol):
@@ -38,13 +45,14 @@ class Engine(Protocol):
     device: str  # cpu | cuda | remote: what is actually in use once started
     sample_rate: int
 
-    async def start(self) -> None:
-        """Load and warm up; raises EngineError with one sentence when that fails."""
+    async def start(self, executor: Executor | None = None, threads: int = 1) -> None:
+        """Load and warm up (on ``threads`` threads of ``executor``, the ones that will run
+        the pieces); raises EngineError with one sentence when that fails."""
         ...
 
     async def aclose(self) -> None: ...
 
-    def stream(self, text: str, run: RunPiece) -> AsyncIterator[bytes]:
+    def stream(self, text: str, run: RunPiece) -> AsyncGenerator[bytes, None]:
         """PCM pieces in order, each as soon as it is made. Raises EngineError."""
         ...
 
@@ -73,22 +81,56 @@ class LocalEngine:
     def load_and_warm_up(self) -> None:
         started = time.perf_counter()
         self.load()
+        loaded = time.perf_counter()
         if self.warmup:
             # The first inference of an onnxruntime session allocates its buffers and
             # picks kernels; do that now, not on a viewer's first sentence.
             for text in WARMUP_TEXTS:
                 self.synthesize_piece(text)
         self.load_s = time.perf_counter() - started
+        self._log_ready(loaded - started)
 
-    async def start(self) -> None:
-        await asyncio.to_thread(self.load_and_warm_up)
+    async def start(self, executor: Executor | None = None, threads: int = 1) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        await loop.run_in_executor(executor, self.load)
+        loaded = time.perf_counter()
+        if self.warmup:
+            # Each engine thread warms itself: a thread's first inference is slow too
+            # (its scratch buffers), so warming one thread left the first tasks slow.
+            barrier = threading.Barrier(threads, timeout=WARMUP_BARRIER_S)
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(executor, self._warm_up_thread, barrier)
+                    for _ in range(threads)
+                )
+            )
+        self.load_s = time.perf_counter() - started
+        self._log_ready(loaded - started)
+
+    def _warm_up_thread(self, barrier: threading.Barrier) -> None:
+        try:
+            barrier.wait()  # so that every call lands on its own thread
+        except threading.BrokenBarrierError:
+            pass  # fewer threads than asked for: warm what there is
+        for text in WARMUP_TEXTS:
+            self.synthesize_piece(text)
+
+    def _log_ready(self, load_s: float) -> None:
+        assert self.load_s is not None
+        log.info(
+            "engine_ready",
+            engine=self.name,
+            load_s=round(load_s, 3),
+            warmup_s=round(self.load_s - load_s, 3),
+        )
 
     async def aclose(self) -> None:
         return None
 
-    async def stream(self, text: str, run: RunPiece) -> AsyncIterator[bytes]:
+    async def stream(self, text: str, run: RunPiece) -> AsyncGenerator[bytes, None]:
         for piece in split_text(text):
-            pcm = await run(lambda piece=piece: self._piece(piece))
+            pcm = await run(functools.partial(self._piece, piece), len(piece))
             if pcm:
                 yield pcm
 

@@ -12,7 +12,8 @@ status, or audio in a format the worker cannot pass on).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import Executor
 from typing import Literal
 
 import httpx
@@ -59,14 +60,14 @@ class HttpEngine:
             else:
                 self.headers["X-Api-Key"] = api_key
 
-    async def start(self) -> None:
+    async def start(self, executor: Executor | None = None, threads: int = 1) -> None:
         # The remote server may come up after the worker; it is tried per task instead.
         return None
 
     async def aclose(self) -> None:
         return None  # the client belongs to the app's lifespan
 
-    async def stream(self, text: str, run: RunPiece) -> AsyncIterator[bytes]:
+    async def stream(self, text: str, run: RunPiece) -> AsyncGenerator[bytes, None]:
         try:
             async with self.client.stream(
                 "POST",

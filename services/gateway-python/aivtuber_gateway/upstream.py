@@ -1,0 +1,127 @@
+"""Opening the backend connection: which backend, with which options, and what failure
+means for the client.
+
+Exceptions::
+
+    BackendUnavailable   no backend of the route completed the handshake in time
+    BackendRejected      a backend answered the upgrade with HTTP 4xx (its verdict)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+from .headers import ForwardedRequest
+from .registry import Registry
+from .routing import Backend, Route
+
+__all__ = [
+    "BACKEND_MAX_QUEUE",
+    "CLOSE_TIMEOUT_S",
+    "BackendRejected",
+    "BackendUnavailable",
+    "ProxyOptions",
+    "open_backend",
+]
+
+# Frames the websockets client buffers from the backend before it stops reading.
+BACKEND_MAX_QUEUE = 8
+# Longest wait for a side to finish its closing handshake before dropping it.
+CLOSE_TIMEOUT_S = 2.0
+
+
+class BackendUnavailable(Exception):
+    """No backend of the route completed the handshake (down, refused or too slow)."""
+
+    def __init__(self, route: Route, failures: list[tuple[str, str]]) -> None:
+        super().__init__(f"{route.name}: no backend available")
+        self.failures = failures  # (backend url, error)
+
+
+class BackendRejected(Exception):
+    """A backend answered the upgrade with an HTTP 4xx: a verdict on this request."""
+
+    def __init__(self, backend: Backend, status: int) -> None:
+        super().__init__(f"backend answered HTTP {status}")
+        self.backend = backend
+        self.status = status
+
+
+class ProxyOptions:
+    """The settings and shared objects every connection reads; built once per app."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        max_message_bytes: int,
+        connect_timeout_s: float,
+        idle_timeout_s: float,
+        debug: bool,
+        log: structlog.typing.FilteringBoundLogger,
+        observe_first_audio: Callable[[str], Callable[[float], None]] | None = None,
+        observe_audio_gap: Callable[[str], Callable[[float], None]] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.max_message_bytes = max_message_bytes
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.debug = debug
+        self.log = log
+        self.observe_first_audio = observe_first_audio
+        self.observe_audio_gap = observe_audio_gap
+
+
+async def open_backend(
+    route: Route, scope: dict[str, Any], request: ForwardedRequest, options: ProxyOptions
+) -> tuple[ClientConnection, Backend]:
+    """Connect to the first backend of the route that accepts, within connect_timeout_s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + options.connect_timeout_s
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    query = scope.get("query_string", b"").decode("latin-1")
+    failures: list[tuple[str, str]] = []
+    for backend in route.candidates():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            failures.append((backend.url, "not tried: connect_timeout_s used up"))
+            continue
+        try:
+            ws = await connect(
+                backend.target(path, query),
+                additional_headers=request.headers,
+                subprotocols=request.subprotocols or None,  # type: ignore[arg-type]
+                compression="deflate" if route.compression else None,
+                max_size=options.max_message_bytes,
+                max_queue=BACKEND_MAX_QUEUE,
+                open_timeout=remaining,
+                ping_interval=None,  # one task pings every backend: see keepalive.py
+                close_timeout=CLOSE_TIMEOUT_S,
+                user_agent_header=None,  # the client's own User-Agent is forwarded
+                proxy=None,  # never through $HTTP_PROXY: backends are local
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if 400 <= status < 500:
+                raise BackendRejected(backend, status) from exc
+            failures.append((backend.url, f"HTTP {status}"))
+        except TimeoutError:
+            failures.append((backend.url, f"no handshake within {options.connect_timeout_s:g}s"))
+        except (OSError, InvalidHandshake) as exc:
+            failures.append((backend.url, str(exc) or type(exc).__name__))
+        else:
+            backend.mark_up()
+            # The handshake request (a copy of the client's headers) is not needed any
+            # more: idle connections are most of a gateway's memory.
+            ws.request = None
+            return ws, backend
+        backend.mark_down()
+        options.registry.connect_failures[route.name, backend.url] += 1
+    raise BackendUnavailable(route, failures)

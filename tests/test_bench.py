@@ -1,0 +1,160 @@
+"""The benchmark suite keeps working: its smallest configuration of each scenario runs here.
+
+Only the structure of the results is checked, never a speed: the numbers of a smoke run on a
+shared machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import report
+from bench.__main__ import main
+from bench.nginx import find_nginx
+from bench.procs import BenchError, Proc
+from bench.speech_client import Utterance
+from bench.speech_path import TEXTS, read_lines, realtime_streams
+from bench.stats import Samples, percentile
+
+HOP_METRICS = {
+    "rtt1_p50_us",
+    "rtt1_p99_us",
+    "conns_p50_us",
+    "conns_p99_us",
+    "conns_round_trips_per_s",
+    "stream_messages_per_s",
+    "stream_mb_per_s",
+    "idle_kb_per_conn",
+    "cpu_us_per_msg_1conn",
+    "cpu_us_per_msg_conns",
+    "cpu_us_per_msg_stream",
+}
+
+
+def run_bench(tmp_path: Path, *args: str) -> dict:
+    output = tmp_path / "latest.json"
+    assert main(["--smoke", "--output", str(output), *args]) == 0
+    return json.loads(output.read_text(encoding="utf-8"))
+
+
+def test_gateway_hop_smoke_run_measures_every_variant_and_prints_a_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = run_bench(tmp_path, "--scenario", "gateway")
+
+    assert results["mode"] == "smoke"
+    assert results["machine"]["cpu_count"] >= 1
+    assert results["machine"]["python"].startswith("3.")
+    hop = results["scenarios"]["gateway"]
+    expected = ["direct", "gateway", "nginx"] if find_nginx() else ["direct", "gateway"]
+    assert hop["variants"] == expected
+    for variant in expected:
+        assert HOP_METRICS <= hop["medians"][variant].keys()
+        assert all(value is not None for value in hop["medians"][variant].values())
+    assert hop["medians"]["gateway"]["rtt1_added_p50_us"] is not None
+    assert "conns_round_trips_per_s" in hop["ratios"]["gateway"]["direct"]
+    table = capsys.readouterr().out
+    assert "| gateway hop" in table
+    assert "round trips/s" in table
+
+
+def test_speech_path_smoke_run_goes_through_the_whole_stack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = run_bench(tmp_path, "--scenario", "speech")
+
+    speech = results["scenarios"]["speech"]
+    assert speech["voice"] == "sine"
+    assert speech["worker_start_s"]["median"] > 0
+    stack, engine = speech["medians"]["stack"], speech["medians"]["engine"]
+    assert stack["ttfa_p50_ms"] > 0 and stack["rtf_p50"] > 0
+    assert engine["first_chunk_p50_ms"] > 0 and engine["first_sentence_p50_ms"] > 0
+    assert [row["level"] for row in speech["level_rounds"]] == [1, 2]
+    assert all(row["ttfa_p50_ms"] > 0 for row in speech["level_rounds"])
+    assert speech["per_line"] and all(row["frames"] > 0 for row in speech["per_line"])
+    table = capsys.readouterr().out
+    assert "time to first audio p50" in table
+    assert "Real-time streams on this machine" in table
+
+
+def test_report_without_nginx_shows_the_skip_reason_and_no_nginx_column() -> None:
+    medians = {metric: 1.0 for metric in HOP_METRICS}
+    params = {"rounds": 3, "text_bytes": 100, "conns": 50, "stream_bytes": 4096}
+    hop = {
+        "params": {**params, "idle_conns": 1000},
+        "variants": ["direct", "gateway"],
+        "skipped": {"nginx": "nginx is not installed: apt-get install -y nginx"},
+        "medians": {"direct": medians, "gateway": {**medians, "rtt1_added_p50_us": 5.0}},
+        "ratios": {"gateway": {"direct": {"conns_round_trips_per_s": 1.0}}},
+    }
+
+    text = "\n".join(report.gateway_tables(hop))
+
+    assert "gateway ÷ nginx" not in text
+    assert "nginx skipped: nginx is not installed" in text
+    assert "≥ 0.8× nginx: n/a" in text
+
+
+def test_a_service_that_dies_at_start_fails_the_bench_with_its_last_log_lines(
+    tmp_path: Path,
+) -> None:
+    argv = [sys.executable, "-c", "import sys; sys.exit('config error: no such voice')"]
+    proc = Proc("dying", argv, tmp_path).start()
+    try:
+        with pytest.raises(BenchError, match="no such voice") as caught:
+            proc.wait_port(1, timeout_s=10)
+        assert "dying exited" in str(caught.value)
+    finally:
+        proc.stop()
+
+
+def test_playback_model_counts_frames_that_arrive_after_they_are_due() -> None:
+    utterance = Utterance("hi", sample_rate=1000)
+    # 100 ms frames: played from t=0, frame 1 is due at 0.1 s, frame 2 at 0.2 s.
+    utterance.frame_arrivals = [0.0, 0.05, 0.25]
+    utterance.frame_samples = [100, 100, 100]
+
+    late, worst, silence = utterance.underruns()
+
+    assert late == 1
+    assert worst == pytest.approx(50.0)
+    assert silence == pytest.approx(50.0)
+
+
+def test_playback_resumes_after_a_gap_so_one_hiccup_counts_once() -> None:
+    utterance = Utterance("hi", sample_rate=1000)
+    # Frame 1 is 200 ms late; playing it from 0.3 s makes frame 2 due at 0.4 s, not 0.2 s.
+    utterance.frame_arrivals = [0.0, 0.3, 0.35]
+    utterance.frame_samples = [100, 100, 100]
+
+    assert utterance.underruns()[0] == 1
+
+
+def test_realtime_streams_is_the_largest_level_with_no_late_frame_at_or_below_it() -> None:
+    rows = [
+        {"level": 1, "late_frames": 0},
+        {"level": 2, "late_frames": 0},
+        {"level": 4, "late_frames": 2},
+        {"level": 8, "late_frames": 0},
+    ]
+    assert realtime_streams(rows, (1, 2, 4, 8)) == 2
+
+
+def test_ratios_are_paired_by_round_and_percentiles_interpolate() -> None:
+    samples = Samples()
+    for gateway, nginx in [(8.0, 10.0), (4.0, 10.0), (9.0, 10.0)]:
+        samples.add("gateway", "rate", gateway)
+        samples.add("nginx", "rate", nginx)
+
+    assert samples.paired_ratios("gateway", "nginx") == {"rate": pytest.approx(0.8)}
+    assert samples.median("gateway", "rate") == 8.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+
+
+def test_the_bench_texts_ship_with_the_repository() -> None:
+    assert TEXTS.is_relative_to(Path(__file__).resolve().parent.parent / "bench")
+    assert len(read_lines()) >= 10
