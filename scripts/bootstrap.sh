@@ -1,4 +1,4 @@
-# Sourced by ./run, ./test and ./bench: make .venv and install the project into it when it is
+# Sourced by ./run, ./test and ./benchmark: make .venv and install the project into it when it is
 # missing or when pyproject.toml changed since the last install. Sets VENV.
 VENV="${AIVTUBER_VENV:-$PWD/.venv}"
 stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from aivtuber_common.audio import level
 from aivtuber_common.config import VoiceSettings
@@ -59,9 +60,13 @@ async def test_a_failing_piece_becomes_an_engine_error_with_one_sentence() -> No
     async def run(work, chars):  # type: ignore[no-untyped-def]
         return work()
 
-    with pytest.raises(EngineError, match="^The sine engine failed: no espeak data$"):
+    with (
+        capture_logs() as logs,
+        pytest.raises(EngineError, match="^The sine engine failed: no espeak data$"),
+    ):
         async for _ in engine.stream("Hello.", run):
             pass
+    assert [(log["event"], log["piece"]) for log in logs] == [("engine_failed", "Hello.")]
 
 
 def test_measure_times_the_pieces_as_the_worker_makes_them() -> None:
