@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 
 import httpx
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,6 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aivtuber_common.config import Settings
 from aivtuber_common.internal import SubmitTask
+from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import ErrorMessage, dump
 from aivtuber_common.transport import TaskSubmitter, TransportError
 
@@ -82,13 +82,10 @@ def create_app(
             }
         )
 
-    async def prometheus(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
     routes = [
         WebSocketRoute("/ws/input", endpoint.handle),
         Route("/health", health),
-        Route("/metrics", prometheus),
+        Route("/metrics", metrics_endpoint(metrics.registry)),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -24,6 +24,7 @@ from starlette.routing import Route, WebSocketRoute
 from aivtuber_common.audio import wav_bytes
 from aivtuber_common.config import Settings
 from aivtuber_common.internal import INGEST_PATH, TaskEnd
+from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 
 from .ingest import IngestEndpoint
@@ -121,7 +122,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/tasks/{task_id}/audio.wav", task_audio),
         Route("/status/{task_id}", task_status),
         Route("/health", health),
-        Route("/metrics", metrics.endpoint),
+        Route("/metrics", metrics_endpoint(metrics.registry)),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.store = store

@@ -8,20 +8,11 @@ longer than a frame's duration is where a listener hears a stutter.
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from starlette.requests import Request
-from starlette.responses import Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from aivtuber_common.metrics import LATENCY_BUCKETS
 
 __all__ = ["OutputMetrics"]
-
-_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5)
 
 
 class OutputMetrics:
@@ -60,18 +51,15 @@ class OutputMetrics:
         self.first_frame = Histogram(
             "aivtuber_output_first_frame_seconds",
             "Time to first audio at the output handler: TaskOpen to the first frame.",
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.frame_gap = Histogram(
             "aivtuber_output_frame_gap_seconds",
             "Time between consecutive frames of a task as they arrive from the worker.",
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.buffered_bytes = Gauge(
             "aivtuber_output_buffered_bytes", "PCM bytes held in the task store.", registry=r
         )
-
-    async def endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

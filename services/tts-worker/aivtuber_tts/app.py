@@ -35,6 +35,7 @@ from starlette.routing import Route
 
 from aivtuber_common.config import Settings, TtsWorkerSettings
 from aivtuber_common.internal import TASKS_PATH, SubmitTask, WorkerRefusal
+from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 
 from .engines import EngineFactory, build_engine
@@ -178,7 +179,7 @@ def create_app(
             Route(TASKS_PATH + "/{task_id}", cancel, methods=["DELETE"]),
             Route("/health", health, methods=["GET"]),
             Route("/v1/voices", voices, methods=["GET"]),
-            Route("/metrics", metrics.endpoint, methods=["GET"]),
+            Route("/metrics", metrics_endpoint(metrics.registry), methods=["GET"]),
         ],
         lifespan=lifespan,
     )

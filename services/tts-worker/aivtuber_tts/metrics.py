@@ -7,20 +7,12 @@ engine time per second of audio of each task (below 1 is faster than real time).
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from starlette.requests import Request
-from starlette.responses import Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from aivtuber_common.metrics import LATENCY_BUCKETS
 
 __all__ = ["TtsMetrics"]
 
-_LATENCY_BUCKETS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5, 10)
 _RTF_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5)
 
 
@@ -44,7 +36,7 @@ class TtsMetrics:
             "aivtuber_tts_first_chunk_seconds",
             "Task accepted to its first frame sent to the output handler.",
             ["voice"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.rtf = Histogram(
@@ -69,6 +61,3 @@ class TtsMetrics:
         self.audio_seconds = Counter(
             "aivtuber_tts_audio_seconds", "Seconds of audio synthesised.", registry=r
         )
-
-    async def endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
