@@ -71,10 +71,11 @@ def encode_frame(opcode: int, payload: bytes) -> tuple[bytes, ...]:
 def scan_frame(data: bytes | bytearray, pos: int) -> tuple[int, int, int]:
     """Where the server frame starting at ``pos`` lies in ``data``.
 
-    Returns ``(opcode, payload start, frame end)`` for a final text or binary frame with no
-    reserved bit and no mask (the fast path), or ``(-1, 0, frame end)`` for any other frame
-    (for :class:`~websockets.protocol.Protocol` to handle). ``frame end`` may lie beyond
-    ``data`` when the frame is not complete yet; it is ``-1`` when not even its header is.
+    Returns ``(opcode, header length, frame end)``; ``opcode`` is that of a final text or
+    binary frame with no reserved bit and no mask (the fast path), ``-1`` for any other
+    frame (for :class:`~websockets.protocol.Protocol` to handle). ``frame end`` may lie
+    beyond ``data`` when the frame is not complete yet; it is ``-1`` when not even its
+    header is.
     """
     available = len(data) - pos
     if available < 2:
@@ -99,5 +100,5 @@ def scan_frame(data: bytes | bytearray, pos: int) -> tuple[int, int, int]:
     end = pos + header + length
     # FIN set, no reserved bit, opcode text or binary, not masked.
     if (head1 == 0x81 or head1 == 0x82) and not masked:
-        return head1 & 0x0F, pos + header, end
-    return -1, 0, end
+        return head1 & 0x0F, header, end
+    return -1, header, end

@@ -1,0 +1,441 @@
+"""The backend hop: websockets' sans-I/O ``ClientProtocol`` driven from a plain
+``asyncio.Protocol``.
+
+The websockets asyncio client costs, per message, a send lock and context manager, an
+assembler queue with its futures, and a generator parser; most of the gateway's time per
+message went there. Here bytes from the backend are cut into frames as they arrive
+(:mod:`.framing`), and messages wait in a small deque that the gateway's backend -> client
+pump drains; frames to the backend are written straight to the transport. The
+``ClientProtocol`` still does everything else: the opening handshake, pings and pongs,
+fragments, the closing handshake, protocol errors, the size limit, and every frame of a
+route with compression.
+
+Backpressure: reading from the backend stops while :data:`MAX_QUEUE` messages wait for
+the client, and resumes when the pump is down to :data:`QUEUE_LOW`; writes to the backend
+wait (:meth:`BackendLink.drain`) while more than :data:`WRITE_LIMIT` bytes are buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from collections.abc import Sequence
+
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import OPEN
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+from .framing import TEXT, encode_frame, scan_frame
+
+__all__ = [
+    "CLOSE_TIMEOUT_S",
+    "MAX_QUEUE",
+    "BackendGone",
+    "BackendLink",
+    "open_link",
+]
+
+# Messages buffered from the backend before it stops being read, and the level at which
+# reading resumes (websockets' own max_queue default and its low-water mark).
+MAX_QUEUE = 8
+QUEUE_LOW = 2
+# Bytes buffered toward the backend before senders wait (websockets' write_limit).
+WRITE_LIMIT = 32 * 1024
+# Longest wait for the backend to finish the closing handshake before dropping it.
+CLOSE_TIMEOUT_S = 2.0
+# An HTTP response head longer than this is handed to the Protocol, which rejects it.
+_MAX_HEAD = 64 * 1024
+
+# How incoming bytes are handled: the HTTP response head, then frames cut here (no
+# extension), or everything through the Protocol (compression, closing, after an error).
+_HANDSHAKE, _FAST, _PROTOCOL = range(3)
+
+
+class BackendGone(Exception):
+    """The backend connection is closing or closed: nothing more can be sent."""
+
+
+class BackendLink(asyncio.Protocol):
+    """One WebSocket connection to a backend, from TCP connect to TCP close."""
+
+    __slots__ = (
+        "protocol",
+        "transport",
+        "ping_payload",
+        "_loop",
+        "_mode",
+        "_max_size",
+        "_buffer",
+        "_need",
+        "_fragments",
+        "_fragment_text",
+        "_messages",
+        "_waiter",
+        "_read_paused",
+        "_write_paused",
+        "_drain_waiter",
+        "_opened",
+        "_lost",
+        "_lost_waiter",
+        "_close_timer",
+    )
+
+    def __init__(self, protocol: ClientProtocol, loop: asyncio.AbstractEventLoop) -> None:
+        self.protocol = protocol
+        self.transport: asyncio.Transport | None = None
+        # The payload of the keepalive ping in flight, None once answered.
+        self.ping_payload: bytes | None = None
+        self._loop = loop
+        self._mode = _HANDSHAKE
+        self._max_size = protocol.max_message_size
+        self._buffer: bytearray | None = None  # an incomplete head or frame
+        self._need = 0  # bytes _buffer must hold before it is worth scanning again
+        self._fragments: list[bytes] | None = None
+        self._fragment_text = False
+        self._messages: deque[str | bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None  # recv() waiting for a message
+        self._read_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._opened: asyncio.Future[None] = loop.create_future()
+        self._lost = False
+        self._lost_waiter: asyncio.Future[None] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def subprotocol(self) -> Subprotocol | None:
+        return self.protocol.subprotocol
+
+    # -- the gateway's side --------------------------------------------------------------
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        """Queue one text (``payload`` UTF-8) or binary message for the backend; then
+        ``await drain()`` when :attr:`write_paused`. Raises :class:`BackendGone`."""
+        protocol = self.protocol
+        if protocol.state is not OPEN or self._lost:
+            raise BackendGone
+        transport = self.transport
+        assert transport is not None
+        if self._mode is _FAST:  # no extension: frame it here
+            transport.writelines(encode_frame(opcode, payload))
+        else:
+            if opcode == TEXT:
+                protocol.send_text(payload)
+            else:
+                protocol.send_binary(payload)
+            self._flush()
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    async def drain(self) -> None:
+        """Wait until the backend has taken enough of what was written (or is gone)."""
+        while self._write_paused and not self._lost:
+            waiter = self._drain_waiter = self._loop.create_future()
+            await waiter
+
+    async def recv(self) -> str | bytes:
+        """The backend's next message; ``ConnectionClosed`` once it is closed and every
+        message before the close has been taken."""
+        messages = self._messages
+        while not messages:
+            if self._lost:
+                raise self.protocol.close_exc
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        message = messages.popleft()
+        if self._read_paused and len(messages) <= QUEUE_LOW:
+            self._read_paused = False
+            if self.transport is not None and not self._lost:
+                self.transport.resume_reading()
+        return message
+
+    def ping(self) -> None:
+        """Send a keepalive ping; :attr:`ping_payload` is cleared when its pong arrives."""
+        if self.protocol.state is not OPEN or self._lost:
+            return
+        payload = os.urandom(4)
+        self.protocol.send_ping(payload)
+        self._flush()
+        self.ping_payload = payload
+
+    async def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake (if nobody has) and wait until the TCP connection
+        is closed, for :data:`CLOSE_TIMEOUT_S` at most."""
+        if not self._lost:
+            if self.protocol.state is OPEN:
+                self.protocol.send_close(code, reason)
+                self._mode = _PROTOCOL  # the Protocol discards what follows
+                self._flush()
+            if self._read_paused and self.transport is not None:
+                self._read_paused = False  # read on, until the backend's close arrives
+                self.transport.resume_reading()
+            if self._close_timer is None:
+                self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_S, self.abort)
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        if self._lost:
+            return
+        if self._lost_waiter is None:
+            self._lost_waiter = self._loop.create_future()
+        await asyncio.shield(self._lost_waiter)
+
+    def abort(self) -> None:
+        """Drop the TCP connection now."""
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
+
+    async def wait_open(self) -> None:
+        """Until the handshake succeeds; raises what made it fail."""
+        await self._opened
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.set_write_buffer_limits(WRITE_LIMIT, WRITE_LIMIT // 4)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        mode = self._mode
+        if mode is _FAST:
+            self._scan(data)
+        elif mode is _PROTOCOL:
+            self._feed(data)
+        else:
+            self._head(data)
+
+    def eof_received(self) -> bool | None:
+        self._feed(b"", eof=True)
+        return None  # the transport closes itself: WebSocket has its own closing handshake
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.protocol.receive_eof()  # idempotent; the Protocol is CLOSED after it
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if not self._opened.done():
+            self._fail_open(self.protocol.handshake_exc or ConnectionError("connection lost"))
+        for waiter in (self._waiter, self._drain_waiter, self._lost_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        self._write_paused = False
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- incoming bytes ------------------------------------------------------------------
+
+    def _head(self, data: bytes) -> None:
+        """Before the handshake completes: hand the Protocol exactly the response head, so
+        that frames right behind it can be cut here."""
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = bytearray()
+        buffer += data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0 and len(buffer) < _MAX_HEAD:
+            return
+        end = end + 4 if end >= 0 else len(buffer)
+        self._buffer = None
+        self._mode = _PROTOCOL
+        self._feed(bytes(buffer[:end]))
+        if (
+            self._opened.done()
+            and self._opened.exception() is None
+            and not self.protocol.extensions
+        ):
+            self._mode = _FAST
+        rest = buffer[end:]
+        if rest:
+            self.data_received(bytes(rest))
+
+    def _scan(self, data: bytes | bytearray) -> None:
+        """Cut frames from the backend's bytes: text and binary messages straight to the
+        queue, any other frame through the Protocol."""
+        buffer = self._buffer
+        if buffer is not None:
+            buffer += data
+            if len(buffer) < self._need:
+                return
+            data = buffer
+            self._buffer = None
+        protocol = self.protocol
+        max_size = self._max_size
+        view = memoryview(data)
+        pos = 0
+        size = len(data)
+        while pos < size:
+            opcode, header, end = scan_frame(data, pos)
+            if end < 0 or end > size:  # incomplete
+                if max_size is not None and end - pos - header > max_size:
+                    break  # over the limit: the Protocol fails it without waiting for it
+                self._buffer = bytearray(view[pos:])
+                self._need = end - pos  # or -1: rescan on any byte until the header is in
+                return
+            if opcode < 0 or protocol.current_size is not None:
+                self._feed(view[pos:end])
+                pos = end
+                if self._mode is not _FAST:
+                    break
+                continue
+            if max_size is not None and end - pos - header > max_size:
+                break
+            start = pos + header
+            if opcode == TEXT:
+                try:
+                    message: str | bytes = str(view[start:end], "utf-8")
+                except UnicodeDecodeError as exc:
+                    self._invalid_text(exc)
+                    return
+            else:
+                message = bytes(view[start:end])
+            self._deliver(message)
+            pos = end
+        if pos < size:
+            self._mode = _PROTOCOL
+            self._feed(view[pos:])
+
+    def _feed(self, data: bytes | bytearray | memoryview, eof: bool = False) -> None:
+        protocol = self.protocol
+        if eof:
+            protocol.receive_eof()
+        else:
+            protocol.receive_data(data)
+        events = protocol.events_received()
+        self._flush()
+        for event in events:
+            if isinstance(event, Frame):
+                self._frame(event)
+            elif isinstance(event, Response):
+                self._response()
+        if protocol.state is not OPEN:
+            self._mode = _PROTOCOL
+            if self._close_timer is None and protocol.close_expected() and not self._lost:
+                self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_S, self.abort)
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            self._fragment_text = opcode is Opcode.TEXT
+            self._fragments = [bytes(frame.data)]
+        elif opcode is Opcode.CONT and self._fragments is not None:
+            self._fragments.append(bytes(frame.data))
+        elif opcode is Opcode.PONG:
+            if self.ping_payload is not None and bytes(frame.data) == self.ping_payload:
+                self.ping_payload = None
+            return
+        else:
+            return  # pings are answered by the Protocol; a close waits for the TCP close
+        if not frame.fin:
+            return
+        data = b"".join(self._fragments)
+        self._fragments = None
+        if self._fragment_text:
+            try:
+                self._deliver(data.decode())
+            except UnicodeDecodeError as exc:
+                self._invalid_text(exc)
+        else:
+            self._deliver(data)
+
+    def _response(self) -> None:
+        if self._opened.done():
+            return
+        error = self.protocol.handshake_exc
+        if error is None:
+            self._opened.set_result(None)
+        else:
+            self._fail_open(error)
+
+    def _fail_open(self, error: BaseException) -> None:
+        self._opened.set_exception(error)
+        # Marked retrieved: after a connect timeout nobody awaits it any more, and an
+        # unretrieved exception would be logged when it is collected. wait_open() still
+        # raises it.
+        self._opened.exception()
+
+    def _deliver(self, message: str | bytes) -> None:
+        messages = self._messages
+        messages.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if len(messages) >= MAX_QUEUE and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _invalid_text(self, exc: UnicodeDecodeError) -> None:
+        # What websockets does with a text message that is not UTF-8: close 1007.
+        self._buffer = None
+        if self.protocol.state is OPEN:
+            self.protocol.fail(1007, f"{exc.reason} at position {exc.start}")
+        self._feed(b"")
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            elif transport.can_write_eof():
+                try:
+                    transport.write_eof()
+                except (OSError, RuntimeError):  # pragma: no cover - uvloop raises either
+                    pass
+            else:
+                transport.close()  # TLS cannot half-close
+
+
+async def open_link(
+    url: str,
+    headers: Sequence[tuple[str, str]],
+    subprotocols: Sequence[str],
+    *,
+    compression: bool,
+    max_size: int,
+) -> BackendLink:
+    """Connect to ``url`` and complete the WebSocket handshake (no timeout: the caller's).
+
+    Raises ``OSError`` (refused, unreachable) or the handshake's ``InvalidHandshake``
+    (``InvalidStatus`` carries the HTTP response)."""
+    uri = parse_uri(url)
+    protocol = ClientProtocol(
+        uri,
+        extensions=enable_client_permessage_deflate(None) if compression else None,
+        subprotocols=[Subprotocol(name) for name in subprotocols] or None,
+        max_size=max_size,
+    )
+    loop = asyncio.get_running_loop()
+    _, link = await loop.create_connection(
+        lambda: BackendLink(protocol, loop), uri.host, uri.port, ssl=True if uri.secure else None
+    )
+    try:
+        request = protocol.connect()
+        request.headers.update(headers)
+        protocol.send_request(request)
+        link._flush()
+        await link.wait_open()
+    except BaseException:
+        link.abort()
+        raise
+    return link
+
