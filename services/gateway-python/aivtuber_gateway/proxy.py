@@ -1,8 +1,9 @@
 """One proxied WebSocket connection: the hot path.
 
 The client side is the raw ASGI interface (no Starlette wrapper: it costs on every
-message); the backend side is a ``websockets`` asyncio client. Two pumps move messages:
-client -> backend runs in the ASGI task itself, backend -> client in one task it owns.
+message); the backend side is a :class:`.link.BackendLink` (websockets' sans-I/O protocol
+on a plain asyncio protocol). Two pumps move messages: client -> backend runs in the ASGI
+task itself, backend -> client in one task it owns.
 
 Ownership of the sockets, so that no two tasks ever send a close on the same side:
 
@@ -13,9 +14,10 @@ Ownership of the sockets, so that no two tasks ever send a close on the same sid
   the registry.
 
 Backpressure: uvicorn pauses reading the client's socket after each message until the
-app has taken it, and ``send`` waits while the client's write buffer is full; the
-websockets client stops reading the backend when ``max_queue`` frames are waiting and
-``send`` waits on its write buffer. A slow reader therefore slows its writer.
+app has taken it, and ``send`` waits while the client's write buffer is full; the link
+stops reading the backend while :data:`.link.MAX_QUEUE` messages wait for the client, and
+the client pump waits while the link's write buffer is full. A slow reader therefore slows
+its writer.
 """
 
 from __future__ import annotations
@@ -23,16 +25,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 from starlette.types import Receive, Send
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from .framing import BINARY, TEXT
 from .lifecycle import End, Side, backend_end, client_end, short_reason, to_backend, to_client
+from .link import CLOSE_TIMEOUT_S, BackendGone, BackendLink
 from .routing import Backend, Route
-from .upstream import CLOSE_TIMEOUT_S, ProxyOptions
+from .upstream import ProxyOptions
 
 __all__ = ["ProxyConnection", "Receive", "Send"]
 
@@ -55,7 +57,7 @@ class ProxyConnection:
         "bytes_out",
         "last_activity",
         "end",
-        "_ws",
+        "_link",
         "_send",
         "_options",
         "_b2c",
@@ -63,7 +65,6 @@ class ProxyConnection:
         "_terminator",
         "_idle_timer",
         "_finishing",
-        "_awaiting_pong",
         "_ping_at",
     )
 
@@ -71,7 +72,7 @@ class ProxyConnection:
         self,
         route: Route,
         backend: Backend,
-        ws: ClientConnection,
+        link: BackendLink,
         scope: dict[str, Any],
         request_id: str,
         send: Send,
@@ -90,7 +91,7 @@ class ProxyConnection:
         self.messages_in = self.messages_out = self.bytes_in = self.bytes_out = 0
         self.last_activity = self.opened
         self.end: End | None = None
-        self._ws = ws
+        self._link = link
         self._send = send
         self._options = options
         self._b2c: asyncio.Task[None] | None = None
@@ -98,7 +99,6 @@ class ProxyConnection:
         self._terminator: asyncio.Task[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._finishing = False
-        self._awaiting_pong = False
         self._ping_at = asyncio.get_running_loop().time()
 
     @property
@@ -113,36 +113,22 @@ class ProxyConnection:
         if self._terminator is None and not self._finishing and self._b2c is not None:
             self._terminator = asyncio.get_running_loop().create_task(self._terminate())
 
-    def keepalive(
-        self, now: float, interval: float, timeout: float
-    ) -> Coroutine[Any, Any, None] | None:
+    def keepalive(self, now: float, interval: float, timeout: float) -> None:
         """Called by :class:`.keepalive.BackendKeepalive`: close the connection if the
-        backend left the last ping unanswered for ``timeout``; return a ping to send
-        when one is due."""
-        if self._awaiting_pong:
-            # Unanswered, or not even sent: a backend that stopped reading fills its
-            # write buffer and ping() waits; that is as dead as a missing pong.
+        backend left the last ping unanswered for ``timeout``; send a ping when one is
+        due."""
+        link = self._link
+        if link.ping_payload is not None:
+            # Unanswered, or still in the write buffer behind data the backend does not
+            # read: as dead as a missing pong either way.
             if now - self._ping_at >= timeout:
-                self._awaiting_pong = False
+                link.ping_payload = None
                 self.terminate(1011, "backend: keepalive ping timeout", Side.BACKEND)
-            return None
-        if now - self._ping_at < interval or self._finishing:
-            return None
-        self._ping_at = now
-        self._awaiting_pong = True
-        return self._ping()
-
-    async def _ping(self) -> None:
-        try:
-            pong = asyncio.ensure_future(await self._ws.ping())  # a Future, typed Awaitable
-        except ConnectionClosed:
             return
-        pong.add_done_callback(self._ponged)
-
-    def _ponged(self, pong: asyncio.Future[float]) -> None:
-        if not pong.cancelled():
-            pong.exception()  # websockets fails pending pongs on close: mark it retrieved
-        self._awaiting_pong = False
+        if now - self._ping_at < interval or self._finishing:
+            return
+        self._ping_at = now
+        link.ping()
 
     async def run(self, receive: Receive) -> None:
         """Pump both ways until either side ends, then close both and deregister."""
@@ -157,7 +143,7 @@ class ProxyConnection:
             path=self.path,
             client=self.client,
             backend=self.backend_url,
-            subprotocol=self._ws.subprotocol,
+            subprotocol=self._link.subprotocol,
             request_id=self.request_id,
         )
         loop = asyncio.get_running_loop()
@@ -177,7 +163,8 @@ class ProxyConnection:
     # -- the two pumps -------------------------------------------------------------------
 
     async def _client_to_backend(self, receive: Receive) -> None:
-        ws_send = self._ws.send
+        link = self._link
+        link_send = link.send
         debug = self._options.debug
         log = self._options.log
         monotonic = time.monotonic
@@ -185,29 +172,33 @@ class ProxyConnection:
             message = await receive()
             data = message.get("bytes")
             if data is None:
-                data = message.get("text")
-                if data is None:
+                text = message.get("text")
+                if text is None:
                     if message["type"] == "websocket.disconnect":
                         if self.end is None:
                             self.end = client_end(message.get("code"), message.get("reason"))
                         return
                     continue
-                size = len(data) if data.isascii() else len(data.encode())
+                data = text.encode()
+                opcode = TEXT
             else:
-                size = len(data)
+                opcode = BINARY
+            size = len(data)
             self.messages_in += 1
             self.bytes_in += size
             self.last_activity = monotonic()
             if debug:
-                kind = "binary" if isinstance(data, bytes) else "text"
+                kind = "text" if opcode == TEXT else "binary"
                 log.debug("forward", conn_id=self.id, direction="in", type=kind, size=size)
             try:
-                await ws_send(data)
-            except ConnectionClosed:
-                return  # the backend is gone; the other pump reports why
+                link_send(opcode, data)
+            except BackendGone:
+                return  # the backend is closing; the other pump reports why
+            if link.write_paused:
+                await link.drain()
 
     async def _backend_to_client(self) -> None:
-        recv = self._ws.recv
+        recv = self._link.recv
         send = self._send
         debug = self._options.debug
         log = self._options.log
@@ -274,7 +265,7 @@ class ProxyConnection:
         if not self._closing_client:
             self._closing_client = True
             await self._close_client(*to_client(self.end))
-        await self._ws.close(*to_backend(self.end))
+        await self._link.close(*to_backend(self.end))
 
     async def _finish(self) -> None:
         """After the client -> backend pump: stop the other pump, close the backend."""
@@ -304,7 +295,7 @@ class ProxyConnection:
                 await asyncio.wait({self._terminator})
         if self.end is None:
             self.end = End(Side.BACKEND, 1011, "backend connection lost")
-        await self._ws.close(*to_backend(self.end))
+        await self._link.close(*to_backend(self.end))
 
     def _check_idle(self) -> None:
         idle_for = time.monotonic() - self.last_activity

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from .headers import ForwardedRequest
+from .link import CLOSE_TIMEOUT_S, MAX_QUEUE, BackendLink, open_link
 from .registry import Registry
 from .routing import Backend, Route
 
@@ -30,10 +30,8 @@ __all__ = [
     "open_backend",
 ]
 
-# Frames the websockets client buffers from the backend before it stops reading.
-BACKEND_MAX_QUEUE = 8
-# Longest wait for a side to finish its closing handshake before dropping it.
-CLOSE_TIMEOUT_S = 2.0
+# Messages buffered from the backend before it stops being read.
+BACKEND_MAX_QUEUE = MAX_QUEUE
 
 
 class BackendUnavailable(Exception):
@@ -80,7 +78,7 @@ class ProxyOptions:
 
 async def open_backend(
     route: Route, scope: dict[str, Any], request: ForwardedRequest, options: ProxyOptions
-) -> tuple[ClientConnection, Backend]:
+) -> tuple[BackendLink, Backend]:
     """Connect to the first backend of the route that accepts, within connect_timeout_s."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.connect_timeout_s
@@ -94,19 +92,17 @@ async def open_backend(
             failures.append((backend.url, "not tried: connect_timeout_s used up"))
             continue
         try:
-            ws = await connect(
-                backend.target(path, query),
-                additional_headers=request.headers,
-                subprotocols=request.subprotocols or None,  # type: ignore[arg-type]
-                compression="deflate" if route.compression else None,
-                max_size=options.max_message_bytes,
-                max_queue=BACKEND_MAX_QUEUE,
-                open_timeout=remaining,
-                ping_interval=None,  # one task pings every backend: see keepalive.py
-                close_timeout=CLOSE_TIMEOUT_S,
-                user_agent_header=None,  # the client's own User-Agent is forwarded
-                proxy=None,  # never through $HTTP_PROXY: backends are local
-            )
+            # Never through $HTTP_PROXY (backends are local), no User-Agent of our own (the
+            # client's is forwarded), no pings of its own (one task pings every backend:
+            # see keepalive.py).
+            async with asyncio.timeout(remaining):
+                link = await open_link(
+                    backend.target(path, query),
+                    request.headers,
+                    request.subprotocols,
+                    compression=route.compression,
+                    max_size=options.max_message_bytes,
+                )
         except InvalidStatus as exc:
             status = exc.response.status_code
             if 400 <= status < 500:
@@ -118,10 +114,7 @@ async def open_backend(
             failures.append((backend.url, str(exc) or type(exc).__name__))
         else:
             backend.mark_up()
-            # The handshake request (a copy of the client's headers) is not needed any
-            # more: idle connections are most of a gateway's memory.
-            ws.request = None
-            return ws, backend
+            return link, backend
         backend.mark_down()
         options.registry.connect_failures[route.name, backend.url] += 1
     raise BackendUnavailable(route, failures)

@@ -271,7 +271,7 @@ class TaskManager:
     def _finish(self, job: _Job, end: TaskEnd | None) -> None:
         self._jobs.pop(job.task_id, None)
         job.done.set()
-        outcome = end.status if end is not None else "lost"
+        outcome: str = end.status if end is not None else "lost"
         if job.stop_reason is StopReason.SHUTDOWN:
             outcome = "stopped"
         self.metrics.tasks.labels(outcome, job.voice.id).inc()
