@@ -131,7 +131,7 @@ class GatewayApp:
         scope["headers"] = ()
         started = time.perf_counter()
         try:
-            ws, backend = await open_backend(route, scope, request, runtime.options)
+            link, backend = await open_backend(route, scope, request, runtime.options)
         except BackendUnavailable as exc:
             # Browsers cannot read an HTTP error on a failed upgrade: accept, then close
             # with a code and reason they can show.
@@ -165,18 +165,20 @@ class GatewayApp:
             return
         self.metrics.connect_seconds.labels(route.name).observe(time.perf_counter() - started)
         if runtime.closing:  # shutdown began while the backend was connecting
-            await ws.close(CloseCode.GOING_AWAY, GOING_AWAY)
+            await link.close(CloseCode.GOING_AWAY, GOING_AWAY)
             await _refuse(send, CloseCode.GOING_AWAY, GOING_AWAY)
             return
         try:
-            await send({"type": "websocket.accept", "subprotocol": ws.subprotocol})
+            await send({"type": "websocket.accept", "subprotocol": link.subprotocol})
         except OSError:
-            await ws.close(CloseCode.GOING_AWAY, "client left")
+            await link.close(CloseCode.GOING_AWAY, "client left")
             return
         except asyncio.CancelledError:  # uvicorn gave up on this task: do not leak the socket
-            ws.transport.abort()
+            link.abort()
             raise
-        conn = ProxyConnection(route, backend, ws, scope, request.request_id, send, runtime.options)
+        conn = ProxyConnection(
+            route, backend, link, scope, request.request_id, send, runtime.options
+        )
         del request  # a copy of the client's headers: not kept for the connection's life
         await conn.run(receive)
 

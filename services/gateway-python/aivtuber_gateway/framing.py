@@ -1,4 +1,4 @@
-"""WebSocket data frames on the backend hop without websockets' general machinery.
+"""WebSocket data frames without websockets' general machinery.
 
 Almost every frame the gateway moves is an unfragmented text or binary message with no
 extension. websockets' sans-I/O ``Protocol`` handles those through a generator parser, a
@@ -6,6 +6,8 @@ extension. websockets' sans-I/O ``Protocol`` handles those through a generator p
 read one and 3 us to write one, a sizeable part of the gateway's cost per message. Here
 they take a fraction of that; every other frame (control frames, fragments, anything with
 reserved bits or over the size limit) is left to the ``Protocol`` (see :mod:`.link`).
+
+The client hop uses the same framing (see :mod:`.clientside`).
 
 Masks: a client must mask its frames with a key from "a strong source of entropy" (RFC
 6455 section 5.3). websockets asks the kernel for 4 bytes per frame (``secrets``: one
@@ -53,27 +55,33 @@ class _MaskPool:
 _masks = _MaskPool()
 
 
-def encode_frame(opcode: int, payload: bytes) -> tuple[bytes, ...]:
-    """A final, masked client frame of ``opcode`` as one or two buffers to write."""
+def encode_frame(opcode: int, payload: bytes, mask: bool = True) -> tuple[bytes, ...]:
+    """A final frame of ``opcode`` as one or two buffers to write: masked from a client
+    (the backend hop), unmasked from a server (the client hop)."""
     length = len(payload)
+    bit = 0x80 if mask else 0
     if length < 126:
-        head = bytes((0x80 | opcode, 0x80 | length))
+        head = bytes((0x80 | opcode, bit | length))
     elif length < 65536:
-        head = _pack_short(0x80 | opcode, 0xFE, length)
+        head = _pack_short(0x80 | opcode, bit | 126, length)
     else:
-        head = _pack_long(0x80 | opcode, 0xFF, length)
-    mask = _masks.take()
+        head = _pack_long(0x80 | opcode, bit | 127, length)
+    if mask:
+        key = _masks.take()
+        head += key
+        payload = apply_mask(payload, key)
     if length < _JOIN_BELOW:
-        return (head + mask + apply_mask(payload, mask),)
-    return (head + mask, apply_mask(payload, mask))
+        return (head + payload,)
+    return (head, payload)
 
 
-def scan_frame(data: bytes | bytearray, pos: int) -> tuple[int, int, int]:
-    """Where the server frame starting at ``pos`` lies in ``data``.
+def scan_frame(data: bytes | bytearray, pos: int, masked: bool = False) -> tuple[int, int, int]:
+    """Where the frame starting at ``pos`` lies in ``data``.
 
     Returns ``(opcode, header length, frame end)``; ``opcode`` is that of a final text or
-    binary frame with no reserved bit and no mask (the fast path), ``-1`` for any other
-    frame (for :class:`~websockets.protocol.Protocol` to handle). ``frame end`` may lie
+    binary frame with no reserved bit, masked as ``masked`` says frames from this peer must
+    be (the fast path; a mask key is the last 4 bytes of the header), or ``-1`` for any
+    other frame (for :class:`~websockets.protocol.Protocol` to handle). ``frame end`` may lie
     beyond ``data`` when the frame is not complete yet; it is ``-1`` when not even its
     header is.
     """
@@ -82,7 +90,7 @@ def scan_frame(data: bytes | bytearray, pos: int) -> tuple[int, int, int]:
         return -1, 0, -1
     head1 = data[pos]
     length = data[pos + 1]
-    masked = length & 0x80  # a protocol error from a server: the Protocol reports it
+    has_mask = length & 0x80
     length &= 0x7F
     header = 2
     if length == 126:
@@ -95,10 +103,11 @@ def scan_frame(data: bytes | bytearray, pos: int) -> tuple[int, int, int]:
             return -1, 0, -1
         length = int.from_bytes(data[pos + 2 : pos + 10])
         header = 10
-    if masked:
+    if has_mask:
         header += 4
     end = pos + header + length
-    # FIN set, no reserved bit, opcode text or binary, not masked.
-    if (head1 == 0x81 or head1 == 0x82) and not masked:
+    # FIN set, no reserved bit, opcode text or binary, masked as it must be (a wrong mask
+    # bit is a protocol error, which the Protocol reports).
+    if (head1 == 0x81 or head1 == 0x82) and bool(has_mask) is masked:
         return head1 & 0x0F, header, end
     return -1, header, end

@@ -1,44 +1,34 @@
-"""The backend hop: websockets' sans-I/O ``ClientProtocol`` driven from a plain
-``asyncio.Protocol``.
+"""The backend hop: websockets' sans-I/O ``ClientProtocol`` on a plain ``asyncio.Protocol``.
 
-The websockets asyncio client costs, per message, a send lock and context manager, an
-assembler queue with its futures, and a generator parser; most of the gateway's time per
-message went there. Here bytes from the backend are cut into frames as they arrive
-(:mod:`.framing`), and messages wait in a small deque that the gateway's backend -> client
-pump drains; frames to the backend are written straight to the transport. The
-``ClientProtocol`` still does everything else: the opening handshake, pings and pongs,
-fragments, the closing handshake, protocol errors, the size limit, and every frame of a
-route with compression.
+The websockets asyncio client cost, per message, a send lock and context manager, an
+assembler queue with its futures and a generator parser. Here data frames are cut as bytes
+arrive (:mod:`.framing`) and the messages wait in a deque (or go straight to the client:
+:attr:`BackendLink.direct`); frames to the backend are written straight to the transport.
+The ``ClientProtocol`` does the rest: handshake, pings, fragments, closing handshake,
+protocol errors, the size limit, and every frame of a route with compression.
 
-Backpressure: reading from the backend stops while :data:`MAX_QUEUE` messages wait for
-the client, and resumes when the pump is down to :data:`QUEUE_LOW`; writes to the backend
-wait (:meth:`BackendLink.drain`) while more than :data:`WRITE_LIMIT` bytes are buffered.
+Backpressure: reading stops while :data:`MAX_QUEUE` messages wait for the client (resumes
+at :data:`QUEUE_LOW`); senders wait (``drain()``) while :data:`WRITE_LIMIT` bytes do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 from websockets.client import ClientProtocol
-from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import OPEN
 from websockets.typing import Subprotocol
-from websockets.uri import parse_uri
 
 from .framing import TEXT, encode_frame, scan_frame
 
-__all__ = [
-    "CLOSE_TIMEOUT_S",
-    "MAX_QUEUE",
-    "BackendGone",
-    "BackendLink",
-    "open_link",
-]
+__all__ = ["CLOSE_TIMEOUT_S", "MAX_QUEUE", "BackendGone", "BackendLink"]
 
 # Messages buffered from the backend before it stops being read, and the level at which
 # reading resumes (websockets' own max_queue default and its low-water mark).
@@ -48,12 +38,12 @@ QUEUE_LOW = 2
 WRITE_LIMIT = 32 * 1024
 # Longest wait for the backend to finish the closing handshake before dropping it.
 CLOSE_TIMEOUT_S = 2.0
-# An HTTP response head longer than this is handed to the Protocol, which rejects it.
-_MAX_HEAD = 64 * 1024
+_MAX_HEAD = 64 * 1024  # a longer response head goes to the Protocol, which rejects it
 
 # How incoming bytes are handled: the HTTP response head, then frames cut here (no
 # extension), or everything through the Protocol (compression, closing, after an error).
 _HANDSHAKE, _FAST, _PROTOCOL = range(3)
+_DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
 class BackendGone(Exception):
@@ -67,6 +57,8 @@ class BackendLink(asyncio.Protocol):
         "protocol",
         "transport",
         "ping_payload",
+        "direct",
+        "direct_done",
         "_loop",
         "_mode",
         "_max_size",
@@ -77,7 +69,7 @@ class BackendLink(asyncio.Protocol):
         "_messages",
         "_waiter",
         "_read_paused",
-        "_write_paused",
+        "write_paused",
         "_drain_waiter",
         "_opened",
         "_lost",
@@ -90,6 +82,10 @@ class BackendLink(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         # The payload of the keepalive ping in flight, None once answered.
         self.ping_payload: bytes | None = None
+        # Takes a message straight from data_received when it can (True), else it queues;
+        # direct_done() follows each read, so that the taker can write a batch at once.
+        self.direct: Callable[[str | bytes], bool] | None = None
+        self.direct_done: Callable[[], None] | None = None
         self._loop = loop
         self._mode = _HANDSHAKE
         self._max_size = protocol.max_message_size
@@ -100,7 +96,8 @@ class BackendLink(asyncio.Protocol):
         self._messages: deque[str | bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None  # recv() waiting for a message
         self._read_paused = False
-        self._write_paused = False
+        # More than WRITE_LIMIT bytes wait for the backend: senders should drain().
+        self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._opened: asyncio.Future[None] = loop.create_future()
         self._lost = False
@@ -111,8 +108,6 @@ class BackendLink(asyncio.Protocol):
     def subprotocol(self) -> Subprotocol | None:
         return self.protocol.subprotocol
 
-    # -- the gateway's side --------------------------------------------------------------
-
     def send(self, opcode: int, payload: bytes) -> None:
         """Queue one text (``payload`` UTF-8) or binary message for the backend; then
         ``await drain()`` when :attr:`write_paused`. Raises :class:`BackendGone`."""
@@ -121,7 +116,7 @@ class BackendLink(asyncio.Protocol):
             raise BackendGone
         transport = self.transport
         assert transport is not None
-        if self._mode is _FAST:  # no extension: frame it here
+        if self._mode == _FAST:  # no extension: frame it here
             transport.writelines(encode_frame(opcode, payload))
         else:
             if opcode == TEXT:
@@ -131,12 +126,12 @@ class BackendLink(asyncio.Protocol):
             self._flush()
 
     @property
-    def write_paused(self) -> bool:
-        return self._write_paused
+    def fast(self) -> bool:  # frames are cut here (no extension negotiated)
+        return self._mode == _FAST
 
     async def drain(self) -> None:
         """Wait until the backend has taken enough of what was written (or is gone)."""
-        while self._write_paused and not self._lost:
+        while self.write_paused and not self._lost:
             waiter = self._drain_waiter = self._loop.create_future()
             await waiter
 
@@ -173,47 +168,51 @@ class BackendLink(asyncio.Protocol):
         is closed, for :data:`CLOSE_TIMEOUT_S` at most."""
         if not self._lost:
             if self.protocol.state is OPEN:
+                # Frames keep being cut here until the backend's close frame arrives.
                 self.protocol.send_close(code, reason)
-                self._mode = _PROTOCOL  # the Protocol discards what follows
                 self._flush()
             if self._read_paused and self.transport is not None:
                 self._read_paused = False  # read on, until the backend's close arrives
                 self.transport.resume_reading()
             if self._close_timer is None:
                 self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_S, self.abort)
-        await self.wait_closed()
-
-    async def wait_closed(self) -> None:
-        if self._lost:
-            return
-        if self._lost_waiter is None:
-            self._lost_waiter = self._loop.create_future()
-        await asyncio.shield(self._lost_waiter)
+        if not self._lost:
+            if self._lost_waiter is None:
+                self._lost_waiter = self._loop.create_future()
+            await asyncio.shield(self._lost_waiter)
 
     def abort(self) -> None:
         """Drop the TCP connection now."""
         if self.transport is not None and not self._lost:
             self.transport.abort()
 
+    def start(self, headers: Sequence[tuple[str, str]]) -> None:
+        """Send the handshake request with these extra headers."""
+        request = self.protocol.connect()
+        request.headers.update(headers)
+        self.protocol.send_request(request)
+        self._flush()
+
     async def wait_open(self) -> None:
         """Until the handshake succeeds; raises what made it fail."""
         await self._opened
 
-    # -- asyncio.Protocol ----------------------------------------------------------------
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports do not derive from asyncio.Transport: no isinstance check.
+        transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(WRITE_LIMIT, WRITE_LIMIT // 4)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         mode = self._mode
-        if mode is _FAST:
+        if mode == _FAST:
             self._scan(data)
-        elif mode is _PROTOCOL:
+        elif mode == _PROTOCOL:
             self._feed(data)
         else:
             self._head(data)
+        if self.direct_done is not None:
+            self.direct_done()
 
     def eof_received(self) -> bool | None:
         self._feed(b"", eof=True)
@@ -230,18 +229,16 @@ class BackendLink(asyncio.Protocol):
         for waiter in (self._waiter, self._drain_waiter, self._lost_waiter):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-        self._write_paused = False
+        self.write_paused = False
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    # -- incoming bytes ------------------------------------------------------------------
 
     def _head(self, data: bytes) -> None:
         """Before the handshake completes: hand the Protocol exactly the response head, so
@@ -291,9 +288,9 @@ class BackendLink(asyncio.Protocol):
                 self._need = end - pos  # or -1: rescan on any byte until the header is in
                 return
             if opcode < 0 or protocol.current_size is not None:
-                self._feed(view[pos:end])
+                self._feed(bytes(view[pos:end]))  # a control frame or a fragment: rare
                 pos = end
-                if self._mode is not _FAST:
+                if self._mode != _FAST:
                     break
                 continue
             if max_size is not None and end - pos - header > max_size:
@@ -311,9 +308,9 @@ class BackendLink(asyncio.Protocol):
             pos = end
         if pos < size:
             self._mode = _PROTOCOL
-            self._feed(view[pos:])
+            self._feed(bytes(view[pos:]))
 
-    def _feed(self, data: bytes | bytearray | memoryview, eof: bool = False) -> None:
+    def _feed(self, data: bytes | bytearray, eof: bool = False) -> None:
         protocol = self.protocol
         if eof:
             protocol.receive_eof()
@@ -342,10 +339,8 @@ class BackendLink(asyncio.Protocol):
             if self.ping_payload is not None and bytes(frame.data) == self.ping_payload:
                 self.ping_payload = None
             return
-        else:
+        if not frame.fin or opcode not in _DATA or self._fragments is None:
             return  # pings are answered by the Protocol; a close waits for the TCP close
-        if not frame.fin:
-            return
         data = b"".join(self._fragments)
         self._fragments = None
         if self._fragment_text:
@@ -357,23 +352,23 @@ class BackendLink(asyncio.Protocol):
             self._deliver(data)
 
     def _response(self) -> None:
-        if self._opened.done():
-            return
-        error = self.protocol.handshake_exc
-        if error is None:
-            self._opened.set_result(None)
-        else:
-            self._fail_open(error)
+        if not self._opened.done():
+            error = self.protocol.handshake_exc
+            if error is None:
+                self._opened.set_result(None)
+            else:
+                self._fail_open(error)
 
     def _fail_open(self, error: BaseException) -> None:
         self._opened.set_exception(error)
-        # Marked retrieved: after a connect timeout nobody awaits it any more, and an
-        # unretrieved exception would be logged when it is collected. wait_open() still
-        # raises it.
+        # Marked retrieved (wait_open() still raises it): after a connect timeout nobody
+        # awaits it, and an unretrieved exception is logged when collected.
         self._opened.exception()
 
     def _deliver(self, message: str | bytes) -> None:
         messages = self._messages
+        if not messages and self.direct is not None and self.direct(message):
+            return
         messages.append(message)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -383,7 +378,7 @@ class BackendLink(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _invalid_text(self, exc: UnicodeDecodeError) -> None:
-        # What websockets does with a text message that is not UTF-8: close 1007.
+        # As websockets: a text message that is not UTF-8 closes with 1007.
         self._buffer = None
         if self.protocol.state is OPEN:
             self.protocol.fail(1007, f"{exc.reason} at position {exc.start}")
@@ -397,45 +392,7 @@ class BackendLink(asyncio.Protocol):
             if chunk:
                 transport.write(chunk)
             elif transport.can_write_eof():
-                try:
+                with contextlib.suppress(OSError, RuntimeError):  # uvloop raises either
                     transport.write_eof()
-                except (OSError, RuntimeError):  # pragma: no cover - uvloop raises either
-                    pass
             else:
                 transport.close()  # TLS cannot half-close
-
-
-async def open_link(
-    url: str,
-    headers: Sequence[tuple[str, str]],
-    subprotocols: Sequence[str],
-    *,
-    compression: bool,
-    max_size: int,
-) -> BackendLink:
-    """Connect to ``url`` and complete the WebSocket handshake (no timeout: the caller's).
-
-    Raises ``OSError`` (refused, unreachable) or the handshake's ``InvalidHandshake``
-    (``InvalidStatus`` carries the HTTP response)."""
-    uri = parse_uri(url)
-    protocol = ClientProtocol(
-        uri,
-        extensions=enable_client_permessage_deflate(None) if compression else None,
-        subprotocols=[Subprotocol(name) for name in subprotocols] or None,
-        max_size=max_size,
-    )
-    loop = asyncio.get_running_loop()
-    _, link = await loop.create_connection(
-        lambda: BackendLink(protocol, loop), uri.host, uri.port, ssl=True if uri.secure else None
-    )
-    try:
-        request = protocol.connect()
-        request.headers.update(headers)
-        protocol.send_request(request)
-        link._flush()
-        await link.wait_open()
-    except BaseException:
-        link.abort()
-        raise
-    return link
-

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -17,8 +17,9 @@ from .metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from .app import GatewayApp
+    from .proxy import ProxyConnection
 
-__all__ = ["monitor_routes"]
+__all__ = ["monitor_routes", "snapshot"]
 
 
 def monitor_routes(gateway: GatewayApp) -> list[Route]:
@@ -45,7 +46,7 @@ def monitor_routes(gateway: GatewayApp) -> list[Route]:
 
     async def connections(_: Request) -> JSONResponse:
         runtime = gateway.runtime
-        live = [conn.snapshot() for conn in runtime.registry] if runtime else []
+        live = [snapshot(conn) for conn in runtime.registry] if runtime else []
         live.sort(key=lambda conn: conn["connected_at"])
         return JSONResponse({"total_connections": len(live), "connections": live})
 
@@ -62,3 +63,28 @@ def monitor_routes(gateway: GatewayApp) -> list[Route]:
         Route("/connections", connections, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+
+
+def snapshot(conn: ProxyConnection) -> dict[str, Any]:
+    """A connection as ``/connections`` lists it."""
+    now = time.monotonic()
+    return {
+        "id": conn.id,
+        "route": conn.route.name,
+        "path": conn.path,
+        "client": conn.client,
+        "backend": conn.backend_url,
+        "connected_at": _iso(conn.connected_at),
+        "duration_s": round(now - conn.opened, 3),
+        "messages_in": conn.messages_in,
+        "messages_out": conn.messages_out,
+        "bytes_in": conn.bytes_in,
+        "bytes_out": conn.bytes_out,
+        "last_activity_at": _iso(conn.connected_at + (conn.last_activity - conn.opened)),
+    }
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + (
+        f".{int(timestamp % 1 * 1000):03d}Z"
+    )

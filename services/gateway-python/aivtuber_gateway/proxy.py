@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Receive, Send
 from websockets.exceptions import ConnectionClosed
 
+from .clientside import GatewayWebSocketProtocol
 from .framing import BINARY, TEXT
 from .lifecycle import End, Side, backend_end, client_end, short_reason, to_backend, to_client
 from .link import CLOSE_TIMEOUT_S, BackendGone, BackendLink
@@ -66,6 +68,11 @@ class ProxyConnection:
         "_idle_timer",
         "_finishing",
         "_ping_at",
+        "_sink",
+        "_sending",
+        "_first_audio",
+        "_audio_gap",
+        "_last_audio",
     )
 
     def __init__(
@@ -100,6 +107,15 @@ class ProxyConnection:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._finishing = False
         self._ping_at = asyncio.get_running_loop().time()
+        # The client's uvicorn protocol when it takes messages directly (see _forward_out).
+        self._sink: GatewayWebSocketProtocol | None = None
+        self._sending = False  # the backend pump holds a message not yet sent
+        self._first_audio: Callable[[float], None] | None = None
+        self._audio_gap: Callable[[float], None] | None = None
+        self._last_audio = 0.0
+        if route.audio_metrics and options.observe_first_audio and options.observe_audio_gap:
+            self._first_audio = options.observe_first_audio(route.name)
+            self._audio_gap = options.observe_audio_gap(route.name)
 
     @property
     def backend_url(self) -> str:
@@ -149,6 +165,12 @@ class ProxyConnection:
         loop = asyncio.get_running_loop()
         if options.idle_timeout_s:
             self._idle_timer = loop.call_later(options.idle_timeout_s, self._check_idle)
+        sink = getattr(self._send, "__self__", None)
+        if isinstance(sink, GatewayWebSocketProtocol) and self._link.fast:
+            self._sink = sink
+            sink.direct = self._forward_in
+            self._link.direct = self._forward_out
+            self._link.direct_done = sink.flush_pending
         try:
             self._b2c = loop.create_task(self._backend_to_client())
             try:
@@ -156,9 +178,69 @@ class ProxyConnection:
             finally:
                 await self._finish()
         finally:
+            if self._sink is not None:
+                self._sink.flush_pending()
+                self._sink.direct = self._link.direct = self._link.direct_done = None
+                self._sink = None
             self.backend.open_connections -= 1
             registry.remove(self)
             self._log_closed()
+
+    # -- the direct path ----------------------------------------------------------------
+    # A message is forwarded from the socket callback that read it, without waking a
+    # pump, when nothing is queued ahead of it and the other side's write buffer has room;
+    # otherwise (False) it takes the pumps' way, which waits for room.
+
+    def _forward_in(self, opcode: int, payload: bytes) -> bool:
+        link = self._link
+        if self.end is not None or link.write_paused:
+            return False
+        try:
+            link.send(opcode, payload)
+        except BackendGone:
+            return False
+        size = len(payload)
+        self.messages_in += 1
+        self.bytes_in += size
+        self.last_activity = time.monotonic()
+        if self._options.debug:
+            kind = "text" if opcode == TEXT else "binary"
+            self._log_forward("in", kind, size)
+        return True
+
+    def _forward_out(self, data: str | bytes) -> bool:
+        sink = self._sink
+        if self.end is not None or self._sending or sink is None:
+            return False
+        if isinstance(data, str):
+            payload = data.encode()
+            if not sink.write_frame(TEXT, payload, defer=True):
+                return False
+            self._count_out(len(payload), False)
+        else:
+            if not sink.write_frame(BINARY, data, defer=True):
+                return False
+            self._count_out(len(data), True)
+        return True
+
+    def _count_out(self, size: int, binary: bool) -> None:
+        now = time.monotonic()
+        if binary and self._first_audio is not None:
+            if self._last_audio:
+                self._audio_gap(now - self._last_audio)  # type: ignore[misc]
+            else:
+                self._first_audio(now - self.opened)
+            self._last_audio = now
+        self.messages_out += 1
+        self.bytes_out += size
+        self.last_activity = now
+        if self._options.debug:
+            self._log_forward("out", "binary" if binary else "text", size)
+
+    def _log_forward(self, direction: str, kind: str, size: int) -> None:
+        self._options.log.debug(
+            "forward", conn_id=self.id, direction=direction, type=kind, size=size
+        )
 
     # -- the two pumps -------------------------------------------------------------------
 
@@ -166,7 +248,6 @@ class ProxyConnection:
         link = self._link
         link_send = link.send
         debug = self._options.debug
-        log = self._options.log
         monotonic = time.monotonic
         while True:
             message = await receive()
@@ -188,8 +269,7 @@ class ProxyConnection:
             self.bytes_in += size
             self.last_activity = monotonic()
             if debug:
-                kind = "text" if opcode == TEXT else "binary"
-                log.debug("forward", conn_id=self.id, direction="in", type=kind, size=size)
+                self._log_forward("in", "text" if opcode == TEXT else "binary", size)
             try:
                 link_send(opcode, data)
             except BackendGone:
@@ -200,37 +280,19 @@ class ProxyConnection:
     async def _backend_to_client(self) -> None:
         recv = self._link.recv
         send = self._send
-        debug = self._options.debug
         log = self._options.log
-        monotonic = time.monotonic
-        first_audio = gap = None
-        if self.route.audio_metrics and self._options.observe_first_audio:
-            first_audio = self._options.observe_first_audio(self.route.name)
-            gap = self._options.observe_audio_gap(self.route.name)  # type: ignore[misc]
-        last_audio = 0.0
         try:
             while True:
                 data = await recv()
-                now = monotonic()
+                self._sending = True
                 if isinstance(data, str):
                     size = len(data) if data.isascii() else len(data.encode())
-                    message: dict[str, Any] = {"type": "websocket.send", "text": data}
+                    self._count_out(size, False)
+                    await send({"type": "websocket.send", "text": data})
                 else:
-                    size = len(data)
-                    message = {"type": "websocket.send", "bytes": data}
-                    if first_audio is not None:
-                        if last_audio:
-                            gap(now - last_audio)  # type: ignore[misc]
-                        else:
-                            first_audio(now - self.opened)
-                        last_audio = now
-                self.messages_out += 1
-                self.bytes_out += size
-                self.last_activity = now
-                if debug:
-                    kind = "text" if isinstance(data, str) else "binary"
-                    log.debug("forward", conn_id=self.id, direction="out", type=kind, size=size)
-                await send(message)
+                    self._count_out(len(data), True)
+                    await send({"type": "websocket.send", "bytes": data})
+                self._sending = False
         except ConnectionClosed as exc:
             if self.end is None:
                 self.end = backend_end(exc)
@@ -324,27 +386,3 @@ class ProxyConnection:
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
         )
-
-    def snapshot(self) -> dict[str, Any]:
-        """The connection as ``/connections`` lists it."""
-        now = time.monotonic()
-        return {
-            "id": self.id,
-            "route": self.route.name,
-            "path": self.path,
-            "client": self.client,
-            "backend": self.backend_url,
-            "connected_at": _iso(self.connected_at),
-            "duration_s": round(now - self.opened, 3),
-            "messages_in": self.messages_in,
-            "messages_out": self.messages_out,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "last_activity_at": _iso(self.connected_at + (self.last_activity - self.opened)),
-        }
-
-
-def _iso(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + (
-        f".{int(timestamp % 1 * 1000):03d}Z"
-    )

@@ -16,14 +16,16 @@ from aivtuber_common.cli import GracefulServer
 from aivtuber_common.config import GatewaySettings
 
 from .app import GatewayApp
+from .clientside import SUPPORTED, GatewayWebSocketProtocol
 
 __all__ = ["GatewayServer", "uvicorn_overrides"]
 
 
 def uvicorn_overrides(gateway: GatewaySettings) -> dict[str, Any]:
     """The uvicorn settings the gateway's client side needs (same limit as the backend hop,
-    keepalive pings toward the client)."""
-    return {
+    keepalive pings toward the client, data frames read and written without websockets'
+    machinery: see :mod:`.clientside`)."""
+    overrides: dict[str, Any] = {
         "ws_max_size": gateway.max_message_bytes,
         "ws_ping_interval": gateway.ping_interval_s or None,
         "ws_ping_timeout": gateway.ping_timeout_s if gateway.ping_interval_s else None,
@@ -34,6 +36,9 @@ def uvicorn_overrides(gateway: GatewaySettings) -> dict[str, Any]:
         # X-Forwarded-For chain is passed on with the peer appended, not trusted.
         "proxy_headers": False,
     }
+    if SUPPORTED:
+        overrides["ws"] = GatewayWebSocketProtocol
+    return overrides
 
 
 class GatewayServer(GracefulServer):

@@ -10,14 +10,18 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
+from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
 
 from .headers import ForwardedRequest
-from .link import CLOSE_TIMEOUT_S, MAX_QUEUE, BackendLink, open_link
+from .link import CLOSE_TIMEOUT_S, MAX_QUEUE, BackendLink
 from .registry import Registry
 from .routing import Backend, Route
 
@@ -28,6 +32,7 @@ __all__ = [
     "BackendUnavailable",
     "ProxyOptions",
     "open_backend",
+    "open_link",
 ]
 
 # Messages buffered from the backend before it stops being read.
@@ -118,3 +123,35 @@ async def open_backend(
         backend.mark_down()
         options.registry.connect_failures[route.name, backend.url] += 1
     raise BackendUnavailable(route, failures)
+
+
+async def open_link(
+    url: str,
+    headers: Sequence[tuple[str, str]],
+    subprotocols: Sequence[str],
+    *,
+    compression: bool,
+    max_size: int,
+) -> BackendLink:
+    """Connect to ``url`` and complete the WebSocket handshake (no timeout: the caller's).
+
+    Raises ``OSError`` (refused, unreachable) or the handshake's ``InvalidHandshake``
+    (``InvalidStatus`` carries the HTTP response)."""
+    uri = parse_uri(url)
+    protocol = ClientProtocol(
+        uri,
+        extensions=enable_client_permessage_deflate(None) if compression else None,
+        subprotocols=[Subprotocol(name) for name in subprotocols] or None,
+        max_size=max_size,
+    )
+    loop = asyncio.get_running_loop()
+    _, link = await loop.create_connection(
+        lambda: BackendLink(protocol, loop), uri.host, uri.port, ssl=True if uri.secure else None
+    )
+    try:
+        link.start(headers)
+        await link.wait_open()
+    except BaseException:
+        link.abort()
+        raise
+    return link
