@@ -13,6 +13,7 @@ import pytest
 
 from aivtuber_common.config import VoiceSettings
 from aivtuber_tts.engines import PiperEngine, build_engine, measure
+from aivtuber_tts.engines.piper import session_options
 from tests.tts_fakes import running_recorder, running_worker, sine_settings
 
 TEXT = "Hello everyone, welcome back to the stream. Thank you for coming!"
@@ -53,6 +54,14 @@ def test_engine_timing_measures_first_chunk_sentence_and_real_time_factor() -> N
     assert 0 < timing.first_chunk_ms <= timing.total_ms
     assert timing.audio_ms > 1000 and timing.rtf > 0
     assert engine.load_s is not None and engine.device == "cpu"
+
+
+def test_multi_threaded_piper_sessions_do_not_spin_while_idle() -> None:
+    spinning = "session.intra_op.allow_spinning"
+    two = session_options(2)
+    assert two.intra_op_num_threads == 2 and two.get_session_config_entry(spinning) == "0"
+    # One thread has no pool to spin: onnxruntime's defaults stay.
+    assert session_options(1).intra_op_num_threads == 1
 
 
 def run_worker(tmp_path: Path, config: dict[str, object]) -> subprocess.CompletedProcess[str]:

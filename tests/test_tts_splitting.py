@@ -29,10 +29,28 @@ def test_a_short_first_sentence_is_the_first_piece() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["Well, I think so.", "Sure, go on.", "Oh, hello there, my friend."],
+    ["Well, I think so.", "Sure, go on.", "So, here we go again.", "Okay, sure thing."],
 )
 def test_a_tiny_fragment_is_never_cut_off(text: str) -> None:
     assert split_text(text) == [text]
+
+
+@pytest.mark.parametrize(
+    ("text", "pieces"),
+    [
+        (
+            "Okay, let us try this level one more time. I think I have got it now.",
+            ["Okay,", "let us try this level one more time.", "I think I have got it now."],
+        ),
+        ("Oh no, I forgot to save the game.", ["Oh no,", "I forgot to save the game."]),
+        ("Hmm, that puzzle makes no sense.", ["Hmm,", "that puzzle makes no sense."]),
+        ("Oh, hello there, my friend.", ["Oh,", "hello there, my friend."]),
+    ],
+)
+def test_an_interjection_goes_alone_when_the_rest_is_worth_a_piece(
+    text: str, pieces: list[str]
+) -> None:
+    assert split_text(text) == pieces
 
 
 def test_a_tiny_opening_word_moves_the_cut_to_the_next_clause() -> None:

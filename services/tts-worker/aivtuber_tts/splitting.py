@@ -4,7 +4,10 @@ The first piece is the first clause alone (split at ``, ; : —`` or a sentence 
 the time to the first sound is the time to synthesise that piece: "Welcome back to the
 stream," is ready in a third of the time of the whole sentence. A clause is only cut off
 when it has at least ``min_words`` words, so the voice never says a lone "Well," with the
-wrong prosody. After the first piece the text goes sentence by sentence, and a sentence
+wrong prosody, unless it is an interjection that stands alone when spoken ("Okay,", "Oh
+no,", "Hmm,"): those are cut off when the rest of the sentence has ``min_words`` words
+("Okay," is ready in about a third of the time "Okay, let us try this level one more
+time." takes). After the first piece the text goes sentence by sentence, and a sentence
 longer than ``max_chars`` is cut at clause boundaries (or, failing that, between words) so
 one run-on sentence cannot hold an engine slot for seconds.
 
@@ -26,6 +29,14 @@ FIRST_MAX_CHARS = 120
 _SENTENCE_END = re.compile(r"""(?<=[.!?…。！？])\s+|(?<=[.!?…]["'”’)\]])\s+|\n\s*""")
 # A clause ends at , ; : followed by white space, or at a dash used as a pause.
 _CLAUSE_END = re.compile(r"(?<=[,;:，；：])\s+|\s*[—–]\s*|\s+-\s+")
+# Heads said on their own, with a pause after them: "Okay," "Oh no," "Hmm,". Not the
+# discourse markers that lead into the sentence ("Well," "So," "Sure,"), whose
+# intonation depends on what follows.
+_INTERJECTIONS = frozenset(
+    "ok okay alright oh ooh no nope yes yeah yep hmm hm mhm wow whoa hey ah aah aha uh "
+    "um uhh umm ugh oops huh phew".split()
+)
+_INTERJECTION_WORDS = 2
 # "Mr. Smith" and "e.g. this" are not sentence ends.
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc e.g i.e approx no fig inc ltd co mt".split()
@@ -81,7 +92,8 @@ def _ends_with_abbreviation(sentence: str) -> bool:
 
 
 def _first_clause(sentence: str, min_words: int) -> tuple[str, str]:
-    """The sentence's first clause of at least ``min_words`` words, and what follows it.
+    """The sentence's first clause of at least ``min_words`` words (or an interjection
+    followed by a comma), and what follows it.
 
     The remainder must be worth a piece of its own too (``min_words``), otherwise the
     sentence stays whole: cutting "Sure, go on." gains nothing.
@@ -89,7 +101,7 @@ def _first_clause(sentence: str, min_words: int) -> tuple[str, str]:
     for match in _CLAUSE_END.finditer(sentence):
         head = sentence[: match.start()].strip()
         tail = sentence[match.end() :].strip()
-        if _words(head) < min_words:
+        if _words(head) < min_words and not _is_interjection(head):
             continue
         if _words(tail) < min_words:
             break
@@ -123,6 +135,16 @@ def _last_clause_end(text: str, max_chars: int, min_words: int) -> tuple[int, in
         if _words(text[: match.start()]) >= min_words:
             best = (match.start(), match.end())
     return best
+
+
+def _is_interjection(head: str) -> bool:
+    """True for "Okay," "Oh no," "Hmm,": one or two interjection words and a comma."""
+    if not head.endswith((",", "，")):
+        return False
+    words = head[:-1].lower().replace("-", " ").split()
+    return 0 < len(words) <= _INTERJECTION_WORDS and all(
+        word.strip("!.") in _INTERJECTIONS for word in words
+    )
 
 
 def _words(text: str) -> int:
