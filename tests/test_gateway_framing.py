@@ -180,3 +180,35 @@ async def test_a_client_message_cut_into_single_bytes_by_tcp_arrives_whole() -> 
                 first = await asyncio.wait_for(ws.recv(), TIMEOUT)
                 second = await asyncio.wait_for(ws.recv(), TIMEOUT)
     assert (first, second) == ("one byte at a time ✓", struct.pack("!I", 7) * 40)
+
+
+async def test_the_backend_link_reads_on_after_closing_until_the_backends_close_arrives() -> None:
+    # Nobody takes messages once the gateway closes the backend: if reading paused again
+    # at MAX_QUEUE, the backend's close frame would never be read and the link would sit
+    # until CLOSE_TIMEOUT_S aborted it.
+    protocol = ClientProtocol(parse_uri("ws://x/"))
+    link = BackendLink(protocol, asyncio.get_running_loop())
+    transport = FakeTransport()
+    link.connection_made(transport)
+    link.start([])
+    stream, _ = _server_stream(protocol.key)
+    head_end = stream.index(b"\r\n\r\n") + 4
+    link.data_received(stream[:head_end])
+    await asyncio.wait_for(link.wait_open(), TIMEOUT)
+    server = ServerProtocol(state=OPEN)
+    for _ in range(20):
+        server.send_binary(b"audio")
+    link.data_received(b"".join(server.data_to_send()))
+    assert not transport.reading  # backpressure while open
+    closing = asyncio.ensure_future(link.close(1000, "client left"))
+    await asyncio.sleep(0)
+    assert transport.reading
+    for _ in range(20):  # sent by the backend before it saw the gateway's close
+        server.send_binary(b"audio")
+    link.data_received(b"".join(server.data_to_send()))
+    assert transport.reading
+    server.send_close(1000, "client left")
+    link.data_received(b"".join(server.data_to_send()))
+    assert protocol.close_rcvd is not None and protocol.close_rcvd.code == 1000
+    link.connection_lost(None)
+    await asyncio.wait_for(closing, TIMEOUT)

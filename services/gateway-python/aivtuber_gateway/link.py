@@ -373,7 +373,14 @@ class BackendLink(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if len(messages) >= MAX_QUEUE and not self._read_paused and self.transport is not None:
+        if (
+            len(messages) >= MAX_QUEUE
+            and not self._read_paused
+            and self.transport is not None
+            # Closing: keep reading until the backend's close frame arrives (close()
+            # resumed reading for that); the backend stops sending once it sees ours.
+            and self._close_timer is None
+        ):
             self._read_paused = True
             self.transport.pause_reading()
 
