@@ -203,10 +203,12 @@ async def test_the_backend_link_reads_on_after_closing_until_the_backends_close_
     closing = asyncio.ensure_future(link.close(1000, "client left"))
     await asyncio.sleep(0)
     assert transport.reading
+    queued = len(link._messages)
     for _ in range(20):  # sent by the backend before it saw the gateway's close
         server.send_binary(b"audio")
     link.data_received(b"".join(server.data_to_send()))
     assert transport.reading
+    assert len(link._messages) == queued  # nobody takes them: memory does not grow
     server.send_close(1000, "client left")
     link.data_received(b"".join(server.data_to_send()))
     assert protocol.close_rcvd is not None and protocol.close_rcvd.code == 1000

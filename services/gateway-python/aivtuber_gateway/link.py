@@ -366,6 +366,11 @@ class BackendLink(asyncio.Protocol):
         self._opened.exception()
 
     def _deliver(self, message: str | bytes) -> None:
+        if self._close_timer is not None:
+            # Closing: nobody takes messages any more, and reading must go on (not pause
+            # at MAX_QUEUE) until the backend's close frame arrives; drop what it sent
+            # before it saw ours.
+            return
         messages = self._messages
         if not messages and self.direct is not None and self.direct(message):
             return
@@ -373,14 +378,7 @@ class BackendLink(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if (
-            len(messages) >= MAX_QUEUE
-            and not self._read_paused
-            and self.transport is not None
-            # Closing: keep reading until the backend's close frame arrives (close()
-            # resumed reading for that); the backend stops sending once it sees ours.
-            and self._close_timer is None
-        ):
+        if len(messages) >= MAX_QUEUE and not self._read_paused and self.transport is not None:
             self._read_paused = True
             self.transport.pause_reading()
 
