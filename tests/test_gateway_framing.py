@@ -9,6 +9,9 @@ import struct
 from typing import Any
 
 import pytest
+import uvicorn
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
@@ -17,8 +20,11 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 from websockets.utils import accept_key
 
+from aivtuber_common.config import GatewaySettings
+from aivtuber_gateway.clientside import GatewayWebSocketProtocol
 from aivtuber_gateway.framing import BINARY, TEXT, encode_frame, scan_frame
 from aivtuber_gateway.link import BackendLink
+from aivtuber_gateway.server import uvicorn_overrides
 from tests.backends import EchoBackend
 from tests.gateway_support import gateway_settings, run_gateway
 
@@ -214,3 +220,19 @@ async def test_the_backend_link_reads_on_after_closing_until_the_backends_close_
     assert protocol.close_rcvd is not None and protocol.close_rcvd.code == 1000
     link.connection_lost(None)
     await asyncio.wait_for(closing, TIMEOUT)
+
+
+async def test_sending_to_a_client_uvicorn_already_closed_reports_a_disconnect_not_a_bug() -> None:
+    # uvicorn closes the client on its own after a keepalive timeout or a protocol error;
+    # a backend message arriving before it reports the lost connection must end the pump
+    # quietly (ClientDisconnected is an OSError), not as a RuntimeError logged as a bug.
+    config = uvicorn.Config(
+        app=lambda scope, receive, send: None, **uvicorn_overrides(GatewaySettings())
+    )
+    config.load()
+    protocol = GatewayWebSocketProtocol(config, ServerState(), {})
+    protocol.close_sent = True
+    with pytest.raises(ClientDisconnected):
+        await protocol.send({"type": "websocket.send", "text": "late"})
+    with pytest.raises(ClientDisconnected):
+        await protocol.send({"type": "websocket.send", "bytes": b"late"})

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import OPEN
 from websockets.speedups import apply_mask
@@ -146,6 +147,11 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._pending is not None:
             self.flush_pending()  # frames written before this message go before it
         if message["type"] == "websocket.send":
+            if self.close_sent:
+                # uvicorn closed the client itself (keepalive timeout, a protocol error) and
+                # hears of the lost connection only later; its own send would raise a
+                # RuntimeError that reads like a bug. The client is gone: say so.
+                raise ClientDisconnected()
             data = message.get("bytes")
             if data is not None:
                 if self.write_frame(BINARY, data):
