@@ -7,6 +7,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
 from aivtuber_common.config import GatewaySettings, LoggingSettings, RouteSettings, Settings
 from aivtuber_gateway import GatewayApp, create_app
 from aivtuber_gateway.server import uvicorn_overrides
@@ -87,3 +90,14 @@ async def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S) -> 
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
+    """Read until the connection closes; the code and reason the client received."""
+    async with asyncio.timeout(WAIT_S):
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed:
+            pass
+    return ws.close_code, ws.close_reason

@@ -3,15 +3,14 @@ backend's handshake carries (subprotocols, forwarded headers)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from structlog.testing import capture_logs
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from tests.backends import EchoBackend, silent_server
 from tests.gateway_support import (
+    closed_with,
     gateway_settings,
     run_gateway,
     wait_until,
@@ -19,16 +18,6 @@ from tests.gateway_support import (
 from tests.support import free_port
 
 TIMEOUT = 20.0
-
-
-async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
-    async with asyncio.timeout(TIMEOUT):
-        try:
-            while True:
-                await ws.recv()
-        except ConnectionClosed:
-            pass
-    return ws.close_code, ws.close_reason
 
 
 async def info(ws: ClientConnection) -> dict:  # type: ignore[type-arg]

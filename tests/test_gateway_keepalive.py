@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
-from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
 from tests.backends import EchoBackend
 from tests.gateway_support import (
+    closed_with,
     gateway_settings,
     run_gateway,
     wait_until,
@@ -20,16 +20,6 @@ from tests.gateway_support import (
 TIMEOUT = 20.0
 # Short enough for a test, long enough that a loaded machine still answers in time.
 PINGS = {"ping_interval_s": 0.2, "ping_timeout_s": 1.0}
-
-
-async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
-    async with asyncio.timeout(TIMEOUT):
-        try:
-            while True:
-                await ws.recv()
-        except ConnectionClosed:
-            pass
-    return ws.close_code, ws.close_reason
 
 
 class DeafClient:

@@ -10,28 +10,17 @@ import struct
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.config import MIB
 from tests.backends import EchoBackend, burst_message
 from tests.gateway_support import (
+    closed_with,
     gateway_settings,
     run_gateway,
     wait_until,
 )
 
 TIMEOUT = 20.0
-
-
-async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
-    """Read until the connection closes; the code and reason the client received."""
-    async with asyncio.timeout(TIMEOUT):
-        try:
-            while True:
-                await ws.recv()
-        except ConnectionClosed:
-            pass
-    return ws.close_code, ws.close_reason
 
 
 async def test_text_stays_text_binary_stays_binary_and_order_is_kept() -> None:
