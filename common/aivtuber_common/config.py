@@ -31,11 +31,14 @@ from pydantic import (
 __all__ = [
     "ConfigError",
     "GatewaySettings",
+    "AuthSettings",
     "InputHandlerSettings",
+    "LimitsSettings",
     "LoggingSettings",
     "OutputHandlerSettings",
     "RouteSettings",
     "Settings",
+    "TenantSettings",
     "TtsWorkerSettings",
     "VoiceSettings",
     "default_config_path",
@@ -46,6 +49,11 @@ MIB = 1024 * 1024
 ENV_CONFIG = "AIVTUBER_CONFIG"
 # Existing deployments point the gateway at its back ends with these variables.
 ENV_ROUTE_OVERRIDES = {"input": "INPUT_HANDLER_URL", "output": "OUTPUT_HANDLER_URL"}
+# Seed convention: GATEWAY_API_KEY adds a tenant named "default"; GATEWAY_ADMIN_KEY sets
+# auth.admin_key.
+ENV_API_KEY = "GATEWAY_API_KEY"
+ENV_ADMIN_KEY = "GATEWAY_ADMIN_KEY"
+DEFAULT_TENANT = "default"
 
 
 class ConfigError(Exception):
@@ -127,6 +135,59 @@ class GatewaySettings(StrictModel):
     shutdown_timeout_s: Seconds = 3.0
 
 
+class LimitsSettings(StrictModel):
+    """Per tenant (per client IP for anonymous clients); each key overridable per tenant."""
+
+    # Open WebSocket connections at the gateway, all routes together; over it: close 4429.
+    max_connections: Annotated[int, Field(ge=1)] = 32
+    # speak requests (and completed legacy uploads) per rolling minute.
+    speaks_per_minute: Annotated[int, Field(ge=1)] = 60
+    # characters of text submitted per rolling minute.
+    chars_per_minute: Annotated[int, Field(ge=1)] = 20000
+    # tasks not yet completed (queued or speaking, subscribed or not).
+    max_active_tasks: Annotated[int, Field(ge=1)] = 4
+
+
+class LimitOverrides(StrictModel):
+    """A tenant's own limits; unset keys take the ``limits`` section's value."""
+
+    max_connections: Annotated[int, Field(ge=1)] | None = None
+    speaks_per_minute: Annotated[int, Field(ge=1)] | None = None
+    chars_per_minute: Annotated[int, Field(ge=1)] | None = None
+    max_active_tasks: Annotated[int, Field(ge=1)] | None = None
+
+
+def _tenant_name(value: str) -> str:
+    # Names travel in an internal header and in metrics labels: keep them plain.
+    if not value or len(value) > 64 or not all(c.isalnum() or c in "-_." for c in value):
+        raise ValueError(
+            f"tenant names are 1-64 letters, digits, '-', '_' or '.', got {value[:70]!r}"
+        )
+    return value
+
+
+TenantName = Annotated[str, AfterValidator(_tenant_name)]
+
+
+class TenantSettings(StrictModel):
+    key: Annotated[str, Field(min_length=16, repr=False)]
+    limits: LimitOverrides = LimitOverrides()
+
+
+class AuthSettings(StrictModel):
+    """Who may use the gateway. No tenant: anonymous clients only (see protected mode)."""
+
+    tenants: dict[TenantName, TenantSettings] = Field(default_factory=dict)
+    # Lifetime of the browser tickets of POST /v1/tickets.
+    ticket_ttl_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    # Non-empty: a WebSocket whose Origin is not listed is closed with 4403.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Needed for /connections, /metrics and the status page; unset: loopback clients only.
+    admin_key: Annotated[str, Field(min_length=16)] | None = Field(default=None, repr=False)
+    # Serve anonymous clients on a non-loopback address (no tenant configured).
+    anonymous: bool = False
+
+
 class InputHandlerSettings(StrictModel):
     host: str = "127.0.0.1"
     port: Port = 8001
@@ -138,6 +199,8 @@ class InputHandlerSettings(StrictModel):
     worker_timeout_s: Seconds = 5.0
     # How often each worker's GET /health is probed to pick the least busy one.
     health_interval_s: Seconds = 1.0
+    # A speak that arrives while no worker is ready yet waits this long for one.
+    ready_wait_s: Annotated[float, Field(ge=0)] = 10.0
 
 
 class OutputHandlerSettings(StrictModel):
@@ -217,10 +280,20 @@ class Settings(StrictModel):
     logging: LoggingSettings = LoggingSettings()
     # Shared secret for the internal endpoints (worker submission, frame ingest). Empty: off.
     internal_token: str | None = Field(default=None, repr=False)
+    auth: AuthSettings = AuthSettings()
+    limits: LimitsSettings = LimitsSettings()
     gateway: GatewaySettings = GatewaySettings()
     input_handler: InputHandlerSettings = InputHandlerSettings()
     output_handler: OutputHandlerSettings = OutputHandlerSettings()
     tts_worker: TtsWorkerSettings = TtsWorkerSettings()
+
+    def limits_for(self, tenant: str | None) -> LimitsSettings:
+        """The limits of a tenant (its overrides over the defaults); None: anonymous."""
+        settings = self.auth.tenants.get(tenant) if tenant is not None else None
+        if settings is None:
+            return self.limits
+        overrides = settings.limits.model_dump(exclude_none=True)
+        return self.limits.model_copy(update=overrides) if overrides else self.limits
 
 
 def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -257,6 +330,7 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] = os.envi
 
 
 def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    _apply_auth_environment(data, environ)
     for route_name, variable in ENV_ROUTE_OVERRIDES.items():
         value = environ.get(variable)
         if not value:
@@ -273,6 +347,23 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None
             route = routes.setdefault(route_name, _default_routes()[route_name].model_dump())
             if isinstance(route, dict):
                 route["backends"] = value
+
+
+def _apply_auth_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    api_key, admin_key = environ.get(ENV_API_KEY), environ.get(ENV_ADMIN_KEY)
+    if not api_key and not admin_key:
+        return
+    auth = data.setdefault("auth", {})
+    if not isinstance(auth, dict):
+        return  # validation reports the bad type
+    if admin_key:
+        auth["admin_key"] = admin_key
+    if api_key:
+        tenants = auth.setdefault("tenants", {})
+        if isinstance(tenants, dict):
+            tenant = tenants.setdefault(DEFAULT_TENANT, {})
+            if isinstance(tenant, dict):
+                tenant["key"] = api_key
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -48,6 +48,8 @@ class SubmitTask(_Internal):
     task_id: str
     text: str
     voice: str | None = None
+    # Who spoke it (auth tenant name; None: anonymous). Owner checks and fair sharing.
+    tenant: str | None = None
 
 
 class SubmitAccepted(_Internal):
@@ -70,6 +72,7 @@ class TaskOpen(_Internal):
     voice: str
     engine: str
     sample_rate: int
+    tenant: str | None = None  # the SubmitTask's: only this tenant may subscribe or cancel
 
 
 class TaskEnd(_Internal):

@@ -1,0 +1,87 @@
+"""Who a proxied connection belongs to, as the gateway tells the back ends.
+
+The gateway authenticates the client (``aivtuber_gateway``'s edge) and then, on the backend
+handshake, strips every ``x-aivtuber-*`` header the client sent and adds its own:
+
+    x-aivtuber-tenant         the tenant's name; absent for an anonymous client
+    x-aivtuber-client         the client's IP address (limits of anonymous clients)
+    x-aivtuber-gateway-token  ``internal_token``, when one is set
+
+A back end believes these headers only from the gateway: when ``internal_token`` is set the
+token must match (compared in constant time); when none is set, only a peer on a loopback
+address is believed. Anything else is treated as an anonymous client at the peer's address,
+so a client that reaches a back end directly cannot claim a tenant.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "CLIENT_HEADER",
+    "GATEWAY_TOKEN_HEADER",
+    "IDENTITY_PREFIX",
+    "TENANT_HEADER",
+    "Identity",
+    "is_loopback",
+    "read_identity",
+    "token_matches",
+]
+
+IDENTITY_PREFIX = "x-aivtuber-"
+TENANT_HEADER = "x-aivtuber-tenant"
+CLIENT_HEADER = "x-aivtuber-client"
+GATEWAY_TOKEN_HEADER = "x-aivtuber-gateway-token"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A connection's tenant (None: anonymous) and client address."""
+
+    tenant: str | None
+    client_ip: str
+
+    @property
+    def limits_key(self) -> str:
+        """What per-client limits count against: the tenant, or the IP of an anonymous one."""
+        return f"tenant:{self.tenant}" if self.tenant is not None else f"ip:{self.client_ip}"
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def token_matches(given: str | None, expected: str) -> bool:
+    """Constant-time comparison of a presented secret with the configured one."""
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
+
+def read_identity(
+    headers: Iterable[tuple[str, str]], peer_host: str | None, internal_token: str | None
+) -> Identity:
+    """The identity of a request a back end received. ``headers``: lower-case names."""
+    found: dict[str, str] = {}
+    for name, value in headers:
+        if name.startswith(IDENTITY_PREFIX):
+            found.setdefault(name, value)
+    peer = peer_host or "unknown"
+    if internal_token:
+        trusted = token_matches(found.get(GATEWAY_TOKEN_HEADER), internal_token)
+    else:
+        trusted = is_loopback(peer_host)
+    if not trusted:
+        return Identity(tenant=None, client_ip=peer)
+    tenant = found.get(TENANT_HEADER) or None
+    return Identity(tenant=tenant, client_ip=found.get(CLIENT_HEADER) or peer)
