@@ -12,10 +12,14 @@ from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.config import GatewaySettings, LoggingSettings, RouteSettings, Settings
 from aivtuber_gateway import GatewayApp, create_app
+from aivtuber_gateway.clientside import GatewayWebSocketProtocol
 from aivtuber_gateway.server import uvicorn_overrides
 from tests.support import RunningServer, run_server
 
 WAIT_S = 15.0
+# gateway.fast_path of the gateways gateway_settings() builds: set per test by the
+# fast_path_mode fixture (tests/conftest.py), so that the whole suite runs in both modes.
+FAST_PATH = "auto"
 
 
 def gateway_settings(
@@ -33,7 +37,7 @@ def gateway_settings(
             built[name] = RouteSettings(path=f"/ws/{name}", backends=spec)  # type: ignore[arg-type]
     return Settings(
         logging=LoggingSettings(level=level),  # type: ignore[arg-type]
-        gateway=GatewaySettings(routes=built, **gateway),
+        gateway=GatewaySettings(routes=built, **{"fast_path": FAST_PATH, **gateway}),
     )
 
 
@@ -78,7 +82,11 @@ def _proxy_tasks() -> list[asyncio.Task[Any]]:
 @contextlib.asynccontextmanager
 async def run_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
     app = create_app(settings)
-    async with run_server(app, **uvicorn_overrides(settings.gateway)) as server:
+    overrides = uvicorn_overrides(settings.gateway)
+    # The mode asked for is the mode tested: "auto" must not quietly fall back to plain.
+    fast = overrides["ws"] is GatewayWebSocketProtocol
+    assert fast is (settings.gateway.fast_path == "auto"), overrides["ws"]
+    async with run_server(app, **overrides) as server:
         gateway = RunningGateway(server, app)
         yield gateway
         # Every test ends with nothing leaked: registry empty, proxy tasks gone.

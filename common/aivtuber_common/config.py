@@ -133,6 +133,10 @@ class GatewaySettings(StrictModel):
     health_timeout_s: Seconds = 1.0
     health_cache_s: Annotated[float, Field(ge=0)] = 1.5
     shutdown_timeout_s: Seconds = 3.0
+    # "auto": data frames on the client hop are cut and written by the gateway itself when
+    # the installed uvicorn and websockets are the tested ones and an in-memory self-test
+    # passes (else one warning and the plain path); "off": always uvicorn's own path.
+    fast_path: Literal["auto", "off"] = "auto"
 
 
 class LimitsSettings(StrictModel):

@@ -14,29 +14,37 @@ The ``ServerProtocol``'s parser must only ever see whole frames (or, from the fi
 it is given whole no more, everything): uvicorn feeds it the request head first, then
 each frame not taken here is given to it whole.
 
-Used when uvicorn's class has the methods relied on (:data:`SUPPORTED`); see
-:func:`.server.uvicorn_overrides`.
+The app finds it through the ASGI scope extension :data:`.fastpath.EXTENSION` (a
+:class:`ClientHook`). Used only for the uvicorn and websockets releases it was tested with,
+and after an in-memory self-test: see :mod:`.fastpath`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 from websockets.protocol import OPEN
-from websockets.speedups import apply_mask
 
-from .framing import BINARY, TEXT, encode_frame, scan_frame
+from .fastpath import EXTENSION
+from .framing import BINARY, TEXT, apply_mask, encode_frame, scan_frame
 
-__all__ = ["SUPPORTED", "GatewayWebSocketProtocol"]
+__all__ = ["ClientHook", "GatewayWebSocketProtocol"]
 
-# The uvicorn internals this subclass builds on (uvicorn 0.3x-0.5x).
-SUPPORTED = all(
-    hasattr(WebSocketsSansIOProtocol, name)
-    for name in ("send_receive_event_to_app", "handle_events", "data_received", "send")
-)
+
+class ClientHook(Protocol):
+    """What the fast path offers the app in ``scope["extensions"][EXTENSION]``."""
+
+    # Takes a data message (opcode, payload) straight from the socket callback; True if
+    # it did, False to let it go to the app's receive() as usual.
+    direct: Callable[[int, bytes], bool] | None
+
+    def write_frame(self, opcode: int, payload: bytes, defer: bool = False) -> bool: ...
+
+    def flush_pending(self) -> None: ...
 
 
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -54,6 +62,13 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         # Frames written with defer=True, sent in one write by flush_pending(): a batch of
         # backend messages read at once leaves in one syscall instead of one each.
         self._pending: list[bytes] | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # None when the handshake was refused
+        if scope is not None:
+            # The same dict the ASGI task (started above, not run yet) is handed.
+            scope.setdefault("extensions", {})[EXTENSION] = self
 
     def data_received(self, data: bytes) -> None:
         if self._raw or not self._head_seen:

@@ -20,9 +20,12 @@ from __future__ import annotations
 import os
 import struct
 
-from websockets.speedups import apply_mask
+try:  # as websockets.frames does: its C extension when built, else pure Python
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
 
-__all__ = ["BINARY", "MASK_POOL_BYTES", "TEXT", "encode_frame", "scan_frame"]
+__all__ = ["BINARY", "MASK_POOL_BYTES", "TEXT", "apply_mask", "encode_frame", "scan_frame"]
 
 TEXT = 0x1
 BINARY = 0x2

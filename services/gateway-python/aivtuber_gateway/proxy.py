@@ -31,7 +31,8 @@ from typing import Any
 from starlette.types import Receive, Send
 from websockets.exceptions import ConnectionClosed
 
-from .clientside import GatewayWebSocketProtocol
+from .clientside import ClientHook
+from .fastpath import EXTENSION
 from .framing import BINARY, TEXT
 from .lifecycle import End, Side, backend_end, client_end, short_reason, to_backend, to_client
 from .link import CLOSE_TIMEOUT_S, BackendGone, BackendLink
@@ -68,6 +69,7 @@ class ProxyConnection:
         "_idle_timer",
         "_finishing",
         "_ping_at",
+        "_hook",
         "_sink",
         "_sending",
         "_first_audio",
@@ -107,8 +109,10 @@ class ProxyConnection:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._finishing = False
         self._ping_at = asyncio.get_running_loop().time()
-        # The client's uvicorn protocol when it takes messages directly (see _forward_out).
-        self._sink: GatewayWebSocketProtocol | None = None
+        # The client's uvicorn protocol when it offers the fast path (see .fastpath), and
+        # once it takes messages directly (see _forward_out).
+        self._hook: ClientHook | None = scope.get("extensions", {}).get(EXTENSION)
+        self._sink: ClientHook | None = None
         self._sending = False  # the backend pump holds a message not yet sent
         self._first_audio: Callable[[float], None] | None = None
         self._audio_gap: Callable[[float], None] | None = None
@@ -165,8 +169,8 @@ class ProxyConnection:
         loop = asyncio.get_running_loop()
         if options.idle_timeout_s:
             self._idle_timer = loop.call_later(options.idle_timeout_s, self._check_idle)
-        sink = getattr(self._send, "__self__", None)
-        if isinstance(sink, GatewayWebSocketProtocol) and self._link.fast:
+        sink = self._hook
+        if sink is not None and self._link.fast:
             self._sink = sink
             sink.direct = self._forward_in
             self._link.direct = self._forward_out

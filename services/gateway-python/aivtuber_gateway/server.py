@@ -10,13 +10,14 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import structlog
 import uvicorn
 
 from aivtuber_common.cli import GracefulServer
 from aivtuber_common.config import GatewaySettings
 
 from .app import GatewayApp
-from .clientside import SUPPORTED, GatewayWebSocketProtocol
+from .fastpath import client_protocol
 
 __all__ = ["GatewayServer", "uvicorn_overrides"]
 
@@ -24,7 +25,7 @@ __all__ = ["GatewayServer", "uvicorn_overrides"]
 def uvicorn_overrides(gateway: GatewaySettings) -> dict[str, Any]:
     """The uvicorn settings the gateway's client side needs (same limit as the backend hop,
     keepalive pings toward the client, data frames read and written without websockets'
-    machinery: see :mod:`.clientside`)."""
+    machinery when the installed uvicorn and websockets allow it: see :mod:`.fastpath`)."""
     overrides: dict[str, Any] = {
         "ws_max_size": gateway.max_message_bytes,
         "ws_ping_interval": gateway.ping_interval_s or None,
@@ -35,9 +36,8 @@ def uvicorn_overrides(gateway: GatewaySettings) -> dict[str, Any]:
         # The gateway is the edge: the client address is the peer's, and an incoming
         # X-Forwarded-For chain is passed on with the peer appended, not trusted.
         "proxy_headers": False,
+        "ws": client_protocol(gateway.fast_path, structlog.get_logger("aivtuber_gateway")),
     }
-    if SUPPORTED:
-        overrides["ws"] = GatewayWebSocketProtocol
     return overrides
 
 
