@@ -1,4 +1,4 @@
-"""The readable tables: GitHub-flavoured Markdown, so stdout can be pasted into the README.
+"""The readable tables: GitHub-flavoured Markdown, pasted into docs by bench/docs.py.
 
 Every figure is the median over rounds; a ratio is the median over rounds of that round's
 ratio (variant and anchor measured a few seconds apart), so it can differ slightly from the
