@@ -76,7 +76,11 @@ def gateway_tables(hop: dict[str, Any]) -> list[str]:
         (f"proxy CPU per msg, {conns} conns (µs)", "cpu_us_per_msg_conns", "1"),
         ("proxy CPU per msg, stream (µs)", "cpu_us_per_msg_stream", "1"),
     ]
-    anchors = [a for a in ("direct", "nginx", "bare") if a in variants and "gateway" in variants]
+    anchors = [
+        a
+        for a in ("direct", "gateway-plain", "nginx", "bare")
+        if a in variants and "gateway" in variants
+    ]
     header = ["gateway hop", *variants, *(f"gateway ÷ {a}" for a in anchors), "target"]
     rows = []
     for label, metric, kind in rows_spec:
@@ -98,6 +102,11 @@ def gateway_tables(hop: dict[str, Any]) -> list[str]:
     notes = [
         "* direct: the echo backend's own memory per connection (there is no proxy).",
     ]
+    if "gateway-plain" in variants:
+        notes.append(
+            'gateway-plain: the same gateway with gateway.fast_path "off" (uvicorn\'s own '
+            "WebSocket path on the client hop); gateway ÷ gateway-plain is the fast path's effect."
+        )
     if "bare" in variants:
         notes.append(
             "bare: the barest proxy on the gateway's own stack (raw ASGI on uvicorn + a "

@@ -50,15 +50,18 @@ def test_gateway_hop_smoke_run_measures_every_variant_and_prints_a_table(
     assert results["machine"]["cpu_count"] >= 1
     assert results["machine"]["python"].startswith("3.")
     hop = results["scenarios"]["gateway"]
-    expected = ["direct", "gateway", "nginx"] if find_nginx() else ["direct", "gateway"]
+    expected = ["direct", "gateway", "gateway-plain"] + (["nginx"] if find_nginx() else [])
     assert hop["variants"] == expected
     for variant in expected:
         assert HOP_METRICS <= hop["medians"][variant].keys()
         assert all(value is not None for value in hop["medians"][variant].values())
     assert hop["medians"]["gateway"]["rtt1_added_p50_us"] is not None
     assert "conns_round_trips_per_s" in hop["ratios"]["gateway"]["direct"]
+    # The fast path against the plain path, side by side in the same rounds.
+    assert "cpu_us_per_msg_1conn" in hop["ratios"]["gateway"]["gateway-plain"]
     table = capsys.readouterr().out
     assert "| gateway hop" in table
+    assert "gateway ÷ gateway-plain" in table
     assert "round trips/s" in table
 
 
