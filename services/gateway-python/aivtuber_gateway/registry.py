@@ -8,7 +8,6 @@ plus a sum over the live connections, and forwarding a message costs no metrics 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ class Registry:
 
     def __init__(self, route_names: list[str], log: structlog.typing.FilteringBoundLogger) -> None:
         self.log = log
-        self.started_at = time.time()
         self._live: dict[str, ProxyConnection] = {}
         self.totals = {name: RouteTotals() for name in route_names}
         self.closes: Counter[tuple[str, str, int]] = Counter()  # (route, closed_by, code)

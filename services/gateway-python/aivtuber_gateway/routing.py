@@ -61,7 +61,6 @@ class Route:
     def __init__(self, name: str, settings: RouteSettings) -> None:
         self.name = name
         self.settings = settings
-        self.path = settings.path
         self.regex: re.Pattern[str] = compile_path(settings.path)[0]
         self.backends = [Backend(url) for url in settings.backends]
         self.compression = settings.compression

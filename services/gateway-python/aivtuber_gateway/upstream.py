@@ -21,12 +21,11 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from .headers import ForwardedRequest
-from .link import CLOSE_TIMEOUT_S, MAX_QUEUE, BackendLink
+from .link import CLOSE_TIMEOUT_S, BackendLink
 from .registry import Registry
 from .routing import Backend, Route
 
 __all__ = [
-    "BACKEND_MAX_QUEUE",
     "CLOSE_TIMEOUT_S",
     "BackendRejected",
     "BackendUnavailable",
@@ -34,9 +33,6 @@ __all__ = [
     "open_backend",
     "open_link",
 ]
-
-# Messages buffered from the backend before it stops being read.
-BACKEND_MAX_QUEUE = MAX_QUEUE
 
 
 class BackendUnavailable(Exception):
