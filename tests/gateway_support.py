@@ -59,24 +59,19 @@ class RunningGateway:
         assert len(connections) == 1, connections
         return connections[0]
 
+    def client_protocol(self) -> Any:
+        """uvicorn's protocol object of the one open WebSocket client connection."""
+        (protocol,) = [
+            conn for conn in self.server.server.server_state.connections if hasattr(conn, "conn")
+        ]
+        return protocol
+
     async def settled(self) -> None:
-        """Wait until no proxied connection is left and their tasks are gone."""
+        """Wait until no proxied connection is left and every task uvicorn started for a
+        connection (the ASGI task, which owns and awaits the connection's other tasks) has
+        ended: uvicorn's own record of them, its ServerState."""
         await wait_until(lambda: len(self.registry) == 0)
-        await wait_until(lambda: not _proxy_tasks())
-
-
-# The ASGI task of each client socket, the backend pump, the backend client's keepalive.
-_PROXY_TASKS = ("WebSocketsSansIOProtocol.run_asgi", "ProxyConnection.", "Connection.keepalive")
-
-
-def _proxy_tasks() -> list[asyncio.Task[Any]]:
-    tasks = []
-    for task in asyncio.all_tasks():
-        coro = task.get_coro()
-        name = getattr(coro, "__qualname__", "")
-        if name.startswith(_PROXY_TASKS):
-            tasks.append(task)
-    return tasks
+        await wait_until(lambda: not self.server.server.server_state.tasks)
 
 
 @contextlib.asynccontextmanager

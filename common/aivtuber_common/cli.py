@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +33,15 @@ class GracefulServer(uvicorn.Server):
     down, so the process dies of the signal (exit -15, or a KeyboardInterrupt traceback)
     instead of exiting 0. A second SIGINT still forces the exit, as in uvicorn.
     """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            # The port actually bound: with --port 0 the kernel picks it, and whoever
+            # started the process (a test, a supervisor) reads it from this line.
+            bound = [sock.getsockname() for server in self.servers for sock in server.sockets]
+            if bound:
+                structlog.get_logger().info("listening", host=bound[0][0], port=bound[0][1])
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit and sig == signal.SIGINT:
