@@ -12,7 +12,10 @@ from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.config import GatewaySettings, LoggingSettings, RouteSettings, Settings
 from aivtuber_gateway import GatewayApp, create_app
+from aivtuber_gateway.app import Runtime
 from aivtuber_gateway.clientside import GatewayWebSocketProtocol
+from aivtuber_gateway.proxy import ProxyConnection
+from aivtuber_gateway.registry import Registry
 from aivtuber_gateway.server import uvicorn_overrides
 from tests.support import RunningServer, run_server
 
@@ -50,11 +53,16 @@ class RunningGateway:
         self.ws_url = server.ws_url
 
     @property
-    def registry(self):  # type: ignore[no-untyped-def]
-        assert self.app.runtime is not None
-        return self.app.runtime.registry
+    def runtime(self) -> Runtime:
+        """The running gateway, from the lifespan state uvicorn keeps."""
+        runtime: Runtime = self.server.server.lifespan.state["runtime"]
+        return runtime
 
-    def only_connection(self):  # type: ignore[no-untyped-def]
+    @property
+    def registry(self) -> Registry[ProxyConnection]:
+        return self.runtime.registry
+
+    def only_connection(self) -> ProxyConnection:
         connections = list(self.registry)
         assert len(connections) == 1, connections
         return connections[0]

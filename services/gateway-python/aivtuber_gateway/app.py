@@ -2,9 +2,10 @@
 else (monitoring, lifespan) handled by a Starlette app.
 
 ``create_app(settings)`` builds it; the Starlette lifespan owns the registry of live
-connections and the httpx client of the health probes. On shutdown every proxied
-connection is closed with 1001 "going away" on both sides (see :mod:`.server`, which does
-it before uvicorn closes sockets its own way).
+connections and the httpx client of the health probes, and hands them to every request
+and WebSocket as lifespan state (``scope["state"]["runtime"]``, a :class:`Runtime`). On
+shutdown every proxied connection is closed with 1001 "going away" on both sides (see
+:mod:`.server`, which does it before uvicorn closes sockets its own way).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 import structlog
@@ -28,12 +29,12 @@ from .keepalive import BackendKeepalive
 from .lifecycle import short_reason
 from .metrics import GatewayMetrics
 from .monitor import monitor_routes
-from .proxy import ProxyConnection, Receive, Send
+from .proxy import ProxyConnection, ProxyOptions, Receive, Send
 from .registry import Registry
 from .routing import RouteTable
-from .upstream import BackendRejected, BackendUnavailable, ProxyOptions, open_backend
+from .upstream import BackendRejected, BackendUnavailable, open_backend
 
-__all__ = ["GatewayApp", "Runtime", "create_app"]
+__all__ = ["GatewayApp", "GatewayState", "Runtime", "create_app"]
 
 GOING_AWAY = "going away"
 
@@ -41,12 +42,20 @@ GOING_AWAY = "going away"
 class Runtime:
     """What exists while the app is running (between lifespan startup and shutdown)."""
 
-    def __init__(self, registry: Registry, options: ProxyOptions, health: HealthChecker) -> None:
+    def __init__(
+        self, registry: Registry[ProxyConnection], options: ProxyOptions, health: HealthChecker
+    ) -> None:
         self.registry = registry
         self.options = options
         self.health = health
         self.started = time.monotonic()
         self.closing = False
+
+
+class GatewayState(TypedDict):
+    """The lifespan state: what every request and WebSocket of the app sees."""
+
+    runtime: Runtime
 
 
 class GatewayApp:
@@ -59,8 +68,10 @@ class GatewayApp:
         self.log: structlog.typing.FilteringBoundLogger = structlog.get_logger("aivtuber_gateway")
         self.routes = RouteTable(settings.gateway)
         self.metrics = GatewayMetrics(self.routes)
-        self.runtime: Runtime | None = None
-        self.http = Starlette(routes=monitor_routes(self), lifespan=self._lifespan)
+        # The running runtime, for the server's shutdown (it has no request to read the
+        # lifespan state from); None before startup and after shutdown.
+        self._runtime: Runtime | None = None
+        self.http = Starlette(routes=monitor_routes(self.metrics), lifespan=self._lifespan)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -70,18 +81,20 @@ class GatewayApp:
 
     async def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = GOING_AWAY) -> None:
         """Stop proxying new connections; close every open one on both sides."""
-        runtime = self.runtime
+        runtime = self._runtime
         if runtime is None:
             return
         runtime.closing = True
         await runtime.registry.close_all(code, reason, self.gateway.shutdown_timeout_s)
 
     @asynccontextmanager
-    async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
+    async def _lifespan(self, _: Starlette) -> AsyncIterator[GatewayState]:
         gateway = self.gateway
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=8)
         async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
-            registry = Registry([route.name for route in self.routes], self.log)
+            registry: Registry[ProxyConnection] = Registry(
+                [route.name for route in self.routes], self.log
+            )
             options = ProxyOptions(
                 registry=registry,
                 max_message_bytes=gateway.max_message_bytes,
@@ -95,7 +108,7 @@ class GatewayApp:
             health = HealthChecker(
                 self.routes, client, gateway.health_timeout_s, gateway.health_cache_s
             )
-            self.runtime = Runtime(registry, options, health)
+            runtime = self._runtime = Runtime(registry, options, health)
             self.metrics.bind(registry)
             keepalive = None
             if gateway.ping_interval_s:
@@ -104,18 +117,19 @@ class GatewayApp:
                 )
                 keepalive.start()
             try:
-                yield
+                yield {"runtime": runtime}
             finally:
                 await self.close_all()
                 if keepalive is not None:
                     await keepalive.stop()
-                self.runtime = None
+                self._runtime = None
+                self.metrics.bind(None)
 
     async def _websocket(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
             return  # the client left before the handshake finished
-        runtime = self.runtime
+        runtime: Runtime | None = scope.get("state", {}).get("runtime")
         if runtime is None or runtime.closing:
             await _refuse(send, CloseCode.GOING_AWAY, GOING_AWAY)
             return

@@ -54,6 +54,7 @@ class BackendLink(asyncio.Protocol):
         "protocol",
         "transport",
         "ping_payload",
+        "ping_at",
         "direct",
         "direct_done",
         "_loop",
@@ -76,8 +77,10 @@ class BackendLink(asyncio.Protocol):
     def __init__(self, protocol: ClientProtocol, loop: asyncio.AbstractEventLoop) -> None:
         self.protocol = protocol
         self.transport: asyncio.Transport | None = None
-        # The payload of the keepalive ping in flight, None once answered.
+        # The payload of the keepalive ping in flight, None once answered, and when the
+        # last one was sent (loop time; the connection's start before the first).
         self.ping_payload: bytes | None = None
+        self.ping_at = loop.time()
         # Takes a message straight from data_received when it can (True), else it queues;
         # direct_done() follows each read, so that the taker can write a batch at once.
         self.direct: Callable[[str | bytes], bool] | None = None
@@ -159,6 +162,7 @@ class BackendLink(asyncio.Protocol):
         self.protocol.send_ping(payload)
         self._flush()
         self.ping_payload = payload
+        self.ping_at = self._loop.time()
 
     async def close(self, code: int, reason: str) -> None:
         """Start the closing handshake (if nobody has) and wait until the TCP connection

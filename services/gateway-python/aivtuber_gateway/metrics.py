@@ -9,17 +9,17 @@ client: time to first audio and the gap between frames (a stall shows as a long 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .registry import Registry
 from .routing import RouteTable
 
-__all__ = ["GatewayMetrics", "CONTENT_TYPE"]
+__all__ = ["GatewayMetrics"]
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "aivtuber_gateway"
 
 
@@ -29,7 +29,7 @@ class GatewayMetrics:
     def __init__(self, routes: RouteTable) -> None:
         self.prometheus = CollectorRegistry(auto_describe=True)
         self._routes = routes
-        self._registry: Registry | None = None
+        self._registry: Registry[Any] | None = None
         self.prometheus.register(_RegistryCollector(self))
         self.first_audio = Histogram(
             f"{PREFIX}_time_to_first_audio_seconds",
@@ -53,7 +53,7 @@ class GatewayMetrics:
             registry=self.prometheus,
         )
 
-    def bind(self, registry: Registry | None) -> None:
+    def bind(self, registry: Registry[Any] | None) -> None:
         """Attach the lifespan's registry (None after shutdown)."""
         self._registry = registry
 
@@ -62,9 +62,6 @@ class GatewayMetrics:
 
     def audio_gap_observer(self, route: str) -> Callable[[float], None]:
         return self.audio_gap.labels(route).observe
-
-    def render(self) -> bytes:
-        return generate_latest(self.prometheus)
 
     def collect_registry(self) -> Iterator[Metric]:
         registry = self._registry

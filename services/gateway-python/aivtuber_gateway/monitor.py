@@ -1,6 +1,7 @@
 """Monitoring over HTTP on the gateway's port: /health, /healthz, /connections, /metrics, /.
 
-Plain Starlette endpoints: they are off the hot path.
+Plain Starlette endpoints: they are off the hot path. They read the running gateway from
+the lifespan state (``request.state.runtime``), absent before startup and after shutdown.
 """
 
 from __future__ import annotations
@@ -10,25 +11,27 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from .metrics import CONTENT_TYPE
+from aivtuber_common.metrics import metrics_endpoint
+
+from .metrics import GatewayMetrics
 
 if TYPE_CHECKING:
-    from .app import GatewayApp
+    from .app import Runtime
     from .proxy import ProxyConnection
 
 __all__ = ["monitor_routes", "snapshot"]
 
 
-def monitor_routes(gateway: GatewayApp) -> list[Route]:
+def monitor_routes(metrics: GatewayMetrics) -> list[Route]:
     status_page = (
         resources.files("aivtuber_gateway").joinpath("static/status.html").read_text("utf-8")
     )
 
-    async def health(_: Request) -> JSONResponse:
-        runtime = gateway.runtime
+    async def health(request: Request) -> JSONResponse:
+        runtime = _runtime(request)
         if runtime is None:
             return JSONResponse({"status": "degraded", "gateway": "stopping"}, status_code=503)
         ok, backends = await runtime.health.backends()
@@ -44,14 +47,11 @@ def monitor_routes(gateway: GatewayApp) -> list[Route]:
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    async def connections(_: Request) -> JSONResponse:
-        runtime = gateway.runtime
+    async def connections(request: Request) -> JSONResponse:
+        runtime = _runtime(request)
         live = [snapshot(conn) for conn in runtime.registry] if runtime else []
         live.sort(key=lambda conn: conn["connected_at"])
         return JSONResponse({"total_connections": len(live), "connections": live})
-
-    async def metrics(_: Request) -> Response:
-        return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
     async def index(_: Request) -> HTMLResponse:
         return HTMLResponse(status_page, headers={"cache-control": "no-store"})
@@ -61,8 +61,12 @@ def monitor_routes(gateway: GatewayApp) -> list[Route]:
         Route("/health", health, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/connections", connections, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/metrics", metrics_endpoint(metrics.prometheus), methods=["GET"]),
     ]
+
+
+def _runtime(request: Request) -> Runtime | None:
+    return getattr(request.state, "runtime", None)
 
 
 def snapshot(conn: ProxyConnection) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from starlette.types import Receive, Send
 from websockets.exceptions import ConnectionClosed
 
@@ -36,10 +37,35 @@ from .fastpath import EXTENSION
 from .framing import BINARY, TEXT
 from .lifecycle import End, Side, backend_end, client_end, short_reason, to_backend, to_client
 from .link import CLOSE_TIMEOUT_S, BackendGone, BackendLink
+from .registry import Registry
 from .routing import Backend, Route
-from .upstream import ProxyOptions
 
-__all__ = ["ProxyConnection", "Receive", "Send"]
+__all__ = ["ProxyConnection", "ProxyOptions", "Receive", "Send"]
+
+
+class ProxyOptions:
+    """The settings and shared objects every connection reads; built once per app."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry[ProxyConnection],
+        max_message_bytes: int,
+        connect_timeout_s: float,
+        idle_timeout_s: float,
+        debug: bool,
+        log: structlog.typing.FilteringBoundLogger,
+        observe_first_audio: Callable[[str], Callable[[float], None]] | None = None,
+        observe_audio_gap: Callable[[str], Callable[[float], None]] | None = None,
+    ) -> None:
+        self.registry: Registry[ProxyConnection] = registry
+        self.max_message_bytes = max_message_bytes
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.debug = debug
+        self.log = log
+        self.observe_first_audio = observe_first_audio
+        self.observe_audio_gap = observe_audio_gap
 
 
 class ProxyConnection:
@@ -68,7 +94,6 @@ class ProxyConnection:
         "_terminator",
         "_idle_timer",
         "_finishing",
-        "_ping_at",
         "_hook",
         "_sink",
         "_sending",
@@ -108,7 +133,6 @@ class ProxyConnection:
         self._terminator: asyncio.Task[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._finishing = False
-        self._ping_at = asyncio.get_running_loop().time()
         # The client's uvicorn protocol when it offers the fast path (see .fastpath), and
         # once it takes messages directly (see _forward_out).
         self._hook: ClientHook | None = scope.get("extensions", {}).get(EXTENSION)
@@ -133,22 +157,14 @@ class ProxyConnection:
         if self._terminator is None and not self._finishing and self._b2c is not None:
             self._terminator = asyncio.get_running_loop().create_task(self._terminate())
 
-    def keepalive(self, now: float, interval: float, timeout: float) -> None:
-        """Called by :class:`.keepalive.BackendKeepalive`: close the connection if the
-        backend left the last ping unanswered for ``timeout``; send a ping when one is
-        due."""
-        link = self._link
-        if link.ping_payload is not None:
-            # Unanswered, or still in the write buffer behind data the backend does not
-            # read: as dead as a missing pong either way.
-            if now - self._ping_at >= timeout:
-                link.ping_payload = None
-                self.terminate(1011, "backend: keepalive ping timeout", Side.BACKEND)
-            return
-        if now - self._ping_at < interval or self._finishing:
-            return
-        self._ping_at = now
-        link.ping()
+    @property
+    def link(self) -> BackendLink:
+        return self._link
+
+    @property
+    def finishing(self) -> bool:
+        """The client side has ended; the backend is being closed."""
+        return self._finishing
 
     async def run(self, receive: Receive) -> None:
         """Pump both ways until either side ends, then close both and deregister."""
