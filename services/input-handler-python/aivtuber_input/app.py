@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator
+from typing import TypedDict
 
 import httpx
 import structlog
@@ -37,6 +38,12 @@ __all__ = ["InputEndpoint", "create_app"]
 log = structlog.get_logger("aivtuber_input")
 
 
+class InputState(TypedDict):
+    """The lifespan state: what every request of the app sees (``request.state``)."""
+
+    submitter: HttpTaskSubmitter
+
+
 def create_app(
     settings: Settings,
     transport: httpx.AsyncBaseTransport | None = None,
@@ -46,10 +53,9 @@ def create_app(
     metrics = InputMetrics()
     started = time.monotonic()
     endpoint = InputEndpoint(settings, metrics)
-    workers: list[HttpTaskSubmitter | None] = [None]  # the lifespan's submitter, for /health
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[InputState]:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(transport=transport, limits=limits) as client:
             submitter = HttpTaskSubmitter(
@@ -58,18 +64,18 @@ def create_app(
                 timeout_s=config.worker_timeout_s,
                 token=settings.internal_token,
             )
-            endpoint.submitter = workers[0] = submitter
+            endpoint.submitter = submitter
             probes = asyncio.create_task(submitter.run_health_checks(config.health_interval_s))
             try:
-                yield
+                yield {"submitter": submitter}
             finally:
                 probes.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await probes
-                endpoint.submitter = workers[0] = None
+                endpoint.submitter = None
 
     async def health(request: Request) -> Response:
-        submitter = workers[0]
+        submitter: HttpTaskSubmitter | None = getattr(request.state, "submitter", None)
         states = [worker.as_dict() for worker in submitter.workers] if submitter else []
         return JSONResponse(
             {

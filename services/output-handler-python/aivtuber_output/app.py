@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import TypedDict
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,6 +36,12 @@ from .stream import OutputEndpoint
 __all__ = ["create_app"]
 
 
+class OutputState(TypedDict):
+    """The lifespan state: what every request of the app sees (``request.state``)."""
+
+    store: TaskStore
+
+
 def create_app(settings: Settings) -> Starlette:
     config = settings.output_handler
     metrics = OutputMetrics()
@@ -52,13 +59,14 @@ def create_app(settings: Settings) -> Starlette:
     started = time.monotonic()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[OutputState]:
         try:
-            yield
+            yield {"store": store}
         finally:
             store.close()  # TTL and watchdog timers
 
     async def task_audio(request: Request) -> Response:
+        store: TaskStore = request.state.store
         task_id = request.path_params["task_id"]
         if (bad := _check_id(task_id)) is not None:
             return bad
@@ -84,6 +92,7 @@ def create_app(settings: Settings) -> Starlette:
         )
 
     async def task_status(request: Request) -> Response:
+        store: TaskStore = request.state.store
         task_id = request.path_params["task_id"]
         if (bad := _check_id(task_id)) is not None:
             return bad
@@ -100,6 +109,7 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse(body)
 
     async def health(request: Request) -> Response:
+        store: TaskStore = request.state.store
         states = {state.value: 0 for state in TaskState}
         for snapshot in store.snapshots():
             states[snapshot.state.value] += 1
@@ -124,9 +134,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.store = store
-    return app
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def _check_id(task_id: str) -> Response | None:
