@@ -59,7 +59,10 @@ class Collector:
         self.frames: list[Parsed] = []
         self.fast: list[bool] = []
 
-    def __call__(self, opcode: int, frame: memoryview, header: int) -> bool:
+    def __call__(
+        self, opcode: int, view: memoryview, start: int, payload_at: int, end: int
+    ) -> bool:
+        frame, header = view[start:end], payload_at - start
         payload = frame[header:]
         if frame[1] & 0x80:  # the frame's own mask bit, whatever the scanner expects
             payload = apply_mask(payload, bytes(frame[header - 4 : header]))
@@ -145,9 +148,9 @@ def test_a_handler_that_stops_gets_the_rest_back() -> None:
     scanner = FrameScanner(masked=False, max_size=None)
     seen: list[int] = []
 
-    def stop_at_ping(opcode: int, frame: memoryview, header: int) -> bool:
-        seen.append(frame[0] & 0x0F)
-        return frame[0] & 0x0F != Opcode.PING
+    def stop_at_ping(opcode: int, view: memoryview, start: int, payload: int, end: int) -> bool:
+        seen.append(view[start] & 0x0F)
+        return view[start] & 0x0F != Opcode.PING
 
     rest = scanner.feed(stream, stop_at_ping)
     assert seen == [Opcode.TEXT, Opcode.BINARY, Opcode.PING]

@@ -81,7 +81,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._mode = Mode.FAST
             super().data_received(data)
 
-    def _frame_in(self, opcode: int, frame: memoryview, header: int) -> bool:
+    def _frame_in(self, opcode: int, view: memoryview, frame: int, start: int, end: int) -> bool:
         """A frame the scanner cut: a text or binary message to the app (or straight to
         :attr:`direct`), any other frame through uvicorn. False once uvicorn takes all."""
         conn = self.conn
@@ -92,10 +92,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             or conn.extensions
             or self.close_sent
         ):
-            super().data_received(bytes(frame))
+            super().data_received(bytes(view[frame:end]))
             # Closing: websockets discards the rest.
             return conn.state is OPEN or not self.handshake_complete
-        payload = apply_mask(frame[header:], bytes(frame[header - 4 : header]))
+        payload = apply_mask(view[start:end], bytes(view[start - 4 : start]))
         direct = self.direct
         if direct is not None and self.queue.empty() and _valid(opcode, payload):
             if direct(opcode, payload):

@@ -58,9 +58,10 @@ class Mode(enum.Enum):
 
 
 # Called with each complete frame a FrameScanner cuts: (opcode as scan_frame returns it,
-# the whole frame, its header length); True to go on, False to stop scanning (the frame
-# was handled; what follows it is handed back).
-FrameHandler = Callable[[int, memoryview, int], bool]
+# a view of the bytes, where the frame starts, where its payload starts, where it ends);
+# True to go on, False to stop scanning (the frame was handled; what follows it is handed
+# back). Positions rather than a slice per frame: the hot path slices only what it uses.
+FrameHandler = Callable[[int, memoryview, int, int, int], bool]
 
 _pack_short = struct.Struct("!BBH").pack
 _pack_long = struct.Struct("!BBQ").pack
@@ -185,9 +186,9 @@ class FrameScanner:
                 return None
             if opcode >= 0 and max_size is not None and end - pos - header > max_size:
                 break
-            frame = view[pos:end]
+            start = pos
             pos = end
-            if not handler(opcode, frame, header):
+            if not handler(opcode, view, start, start + header, end):
                 break
         return bytes(view[pos:]) if pos < size else None
 

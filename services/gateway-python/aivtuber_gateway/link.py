@@ -268,20 +268,20 @@ class BackendLink(asyncio.Protocol):
         if rest:
             self.data_received(bytes(rest))
 
-    def _frame_in(self, opcode: int, frame: memoryview, header: int) -> bool:
+    def _frame_in(self, opcode: int, view: memoryview, frame: int, start: int, end: int) -> bool:
         """A frame the scanner cut: text and binary messages straight to the queue, any
         other frame through the Protocol. False once frames are no longer cut here."""
         if opcode < 0 or self.protocol.current_size is not None:
-            self._feed(bytes(frame))  # a control frame or a fragment: rare
+            self._feed(bytes(view[frame:end]))  # a control frame or a fragment: rare
             return self._mode is Mode.FAST
         if opcode == TEXT:
             try:
-                message: str | bytes = str(frame[header:], "utf-8")
+                message: str | bytes = str(view[start:end], "utf-8")
             except UnicodeDecodeError as exc:
                 self._invalid_text(exc)
                 return False
         else:
-            message = bytes(frame[header:])
+            message = bytes(view[start:end])
         self._deliver(message)
         return True
 
