@@ -3,6 +3,9 @@ does, however TCP splits it: text, binary, ping, fragmented, close, every length
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import pytest
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
@@ -156,3 +159,23 @@ def test_a_handler_that_stops_gets_the_rest_back() -> None:
     assert seen == [Opcode.TEXT, Opcode.BINARY, Opcode.PING]
     assert rest is not None
     assert _websockets_frames(rest, masked=False) == expected[3:]
+
+
+def test_without_websockets_c_extension_masking_falls_back_to_pure_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As websockets.frames does: a build of websockets without its C extension (no
+    # compiler, PyPy) must not take the gateway down.
+    from websockets.utils import apply_mask as pure_apply_mask
+
+    monkeypatch.setitem(sys.modules, "websockets.speedups", None)  # import fails
+    spec = importlib.util.find_spec("aivtuber_gateway.framing")
+    assert spec is not None and spec.loader is not None
+    framing = importlib.util.module_from_spec(spec)  # a fresh copy, not the one in use
+    spec.loader.exec_module(framing)
+    assert framing.apply_mask is pure_apply_mask
+    head, *rest = framing.encode_frame(TEXT, b"masked by Python")
+    receiver = ServerProtocol(state=OPEN)
+    receiver.receive_data(head + b"".join(rest))
+    (frame,) = receiver.events_received()
+    assert isinstance(frame, Frame) and frame.data == b"masked by Python"

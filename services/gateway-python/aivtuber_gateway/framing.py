@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 try:  # as websockets.frames does: its C extension when built, else pure Python
     from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
+except ImportError:  # tests/test_frame_scanner.py simulates it
     from websockets.utils import apply_mask
 
 __all__ = [
