@@ -39,6 +39,7 @@ __all__ = [
     "RouteSettings",
     "Settings",
     "TenantSettings",
+    "TlsSettings",
     "TtsWorkerSettings",
     "VoiceSettings",
     "default_config_path",
@@ -121,6 +122,15 @@ def _default_routes() -> dict[str, RouteSettings]:
     }
 
 
+class TlsSettings(StrictModel):
+    """PEM files for serving wss:// and https:// directly (no reverse proxy in front)."""
+
+    # The certificate chain, leaf first (e.g. Let's Encrypt's fullchain.pem).
+    certfile: Annotated[str, Field(min_length=1)]
+    # Its private key (privkey.pem); readable by the gateway's user only.
+    keyfile: Annotated[str, Field(min_length=1)]
+
+
 class GatewaySettings(StrictModel):
     host: str = "0.0.0.0"
     port: Port = 8000
@@ -133,6 +143,9 @@ class GatewaySettings(StrictModel):
     health_timeout_s: Seconds = 1.0
     health_cache_s: Annotated[float, Field(ge=0)] = 1.5
     shutdown_timeout_s: Seconds = 3.0
+    # Serve TLS directly (wss://, https://); unset: plain ws:// and http:// (loopback, or
+    # behind a TLS-terminating reverse proxy such as deploy/nginx/).
+    tls: TlsSettings | None = None
 
 
 class LimitsSettings(StrictModel):

@@ -41,6 +41,10 @@ def configure_logging(
     ]
     if service:
         shared.append(_add_service(service))
+    if level != "debug":
+        # A whole task id is all it takes to hear someone's speech: at info and above a
+        # prefix is enough to correlate the services' lines.
+        shared.append(_shorten_task_ids)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
@@ -109,6 +113,27 @@ class _RedactQueryStrings(logging.Filter):
                 for arg in record.args
             )
         return True
+
+
+TASK_ID_FIELDS = ("task_id", "task_ids", "tasks")
+TASK_ID_PREFIX = 8
+
+
+def _short_id(value: object) -> object:
+    if isinstance(value, str) and len(value) > TASK_ID_PREFIX + 4:
+        return value[:TASK_ID_PREFIX] + "…"
+    if isinstance(value, list | tuple):
+        return [_short_id(item) for item in value]
+    return value
+
+
+def _shorten_task_ids(
+    _: object, __: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    for name in TASK_ID_FIELDS:
+        if name in event:
+            event[name] = _short_id(event[name])
+    return event
 
 
 def _add_service(service: str) -> structlog.typing.Processor:

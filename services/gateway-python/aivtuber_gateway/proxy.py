@@ -35,6 +35,7 @@ from .clientside import GatewayWebSocketProtocol
 from .framing import BINARY, TEXT
 from .lifecycle import End, Side, backend_end, client_end, short_reason, to_backend, to_client
 from .link import CLOSE_TIMEOUT_S, BackendGone, BackendLink
+from .redact import short_path
 from .routing import Backend, Route
 from .upstream import ProxyOptions
 
@@ -88,7 +89,7 @@ class ProxyConnection:
         self.id = os.urandom(6).hex()
         self.route = route
         self.backend = backend
-        self.path = scope["path"]
+        self.path = short_path(scope["path"])  # never a whole task id in logs or pages
         client = scope.get("client")
         self.client = f"{client[0]}:{client[1]}" if client else "unknown"
         self.request_id = request_id
