@@ -23,6 +23,7 @@ from aivtuber_common.config import (
     TenantSettings,
     TtsWorkerSettings,
 )
+from aivtuber_common.say import SayError, say
 from aivtuber_gateway import create_app as gateway_app
 from aivtuber_input import create_app as input_app
 from aivtuber_output import create_app as output_app
@@ -165,3 +166,15 @@ async def test_a_client_reaching_the_output_handler_directly_cannot_claim_a_tena
             )
             gate.release()
     assert forged["close"] == (4404, "task_not_found")
+
+
+async def test_aivtuber_say_speaks_as_the_tenant_of_its_api_key() -> None:
+    async with tenant_stack() as (url, _, _gate):
+        result = await say("Hi chat!", url, voice="sine", timeout_s=20, api_key=ALICE_KEY)
+        refused: SayError | None = None
+        try:
+            await say("Hi chat!", url, voice="sine", timeout_s=20)
+        except SayError as exc:
+            refused = exc
+    assert result.chunks > 0 and result.pcm
+    assert refused is not None and refused.code == "connection_closed" and "4401" in str(refused)
