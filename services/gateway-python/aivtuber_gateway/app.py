@@ -61,10 +61,10 @@ class GatewayApp:
         # One logger per app, not per module: tests capture each app's logs on their own.
         self.log: structlog.typing.FilteringBoundLogger = structlog.get_logger("aivtuber_gateway")
         self.routes = RouteTable(settings.gateway)
-        self.metrics = GatewayMetrics(self.routes)
         # Credentials, tickets, Origin, admin access, the connection quota: every route
         # (WebSocket or HTTP) is resolved through self.edge.resolve(scope) first.
         self.edge = Edge(settings)
+        self.metrics = GatewayMetrics(self.routes, self.edge.open_by_tenant)
         self.runtime: Runtime | None = None
         self.http = Starlette(routes=monitor_routes(self), lifespan=self._lifespan)
 

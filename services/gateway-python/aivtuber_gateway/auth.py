@@ -188,6 +188,16 @@ class Edge:
     def open_connections(self, identity: Identity) -> int:
         return self._open.get(identity.limits_key, 0)
 
+    def open_by_tenant(self) -> dict[str, int]:
+        """Open connections per tenant; anonymous clients together under "" (per-IP counts
+        would make one metrics series per address)."""
+        counts = dict.fromkeys(self._max_connections, 0)
+        for key, count in self._open.items():
+            kind, _, name = key.partition(":")
+            tenant = name if kind == "tenant" else ""
+            counts[tenant] = counts.get(tenant, 0) + count
+        return counts
+
     # -- what the backend is told ----------------------------------------------------------
 
     def backend_headers(self, identity: Identity) -> list[tuple[str, str]]:
