@@ -39,3 +39,18 @@ def test_task_ids_are_a_prefix_in_logs_at_info_and_whole_at_debug(
         assert line["task_id"] == task_id[:8] + "…" and line["tasks"] == [other[:8] + "…"]
         assert task_id not in json.dumps(line)
     assert line["chars"] == 12
+
+
+def test_uvicorn_request_lines_show_no_whole_task_id_and_no_query(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    task_id = str(uuid.uuid4())
+    configure_logging("info", "json", service="test")
+    logging.getLogger("uvicorn.error").info(
+        '%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", f"/ws/output/{task_id}?ticket=t1.x"
+    )
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (
+        line["event"]
+        == f'127.0.0.1:5000 - "WebSocket /ws/output/{task_id[:8]}…?<redacted>" [accepted]'
+    )

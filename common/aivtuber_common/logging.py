@@ -13,6 +13,8 @@ from typing import Literal
 
 import structlog
 
+from .redact import short_path
+
 __all__ = ["configure_logging", "level_number"]
 
 _LEVELS = {
@@ -84,7 +86,8 @@ def configure_logging(
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     # uvicorn logs each request's path with its query string, where browsers put tokens
-    # (they cannot set headers on a WebSocket): keep the path, drop the query.
+    # (they cannot set headers on a WebSocket), at info for every WebSocket handshake: keep
+    # the path with long segments (task ids) cut, drop the query.
     for name in ("uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _RedactQueryStrings) for f in logger.filters):
@@ -106,13 +109,19 @@ _QUERY = re.compile(r"\?[^\s\"']*")
 class _RedactQueryStrings(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and any(
-            isinstance(arg, str) and "?" in arg for arg in record.args
+            isinstance(arg, str) and ("?" in arg or arg.startswith("/")) for arg in record.args
         ):
             record.args = tuple(
-                _QUERY.sub("?<redacted>", arg) if isinstance(arg, str) else arg
-                for arg in record.args
+                _redact_request(arg) if isinstance(arg, str) else arg for arg in record.args
             )
         return True
+
+
+def _redact_request(arg: str) -> str:
+    if arg.startswith("/"):  # a request path: "/ws/output/<task id>?api_key=..."
+        path, query, _ = arg.partition("?")
+        return short_path(path) + ("?<redacted>" if query else "")
+    return _QUERY.sub("?<redacted>", arg)
 
 
 TASK_ID_FIELDS = ("task_id", "task_ids", "tasks")

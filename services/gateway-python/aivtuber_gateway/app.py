@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from aivtuber_common.closecodes import AppCloseCode, CloseCode
 from aivtuber_common.config import Settings
 from aivtuber_common.identity import Identity
+from aivtuber_common.redact import short_path
 
 from .auth import Edge, Refusal
 from .headers import forwarded_request
@@ -31,7 +32,6 @@ from .lifecycle import short_reason
 from .metrics import GatewayMetrics
 from .monitor import monitor_routes
 from .proxy import ProxyConnection, Receive, Send
-from .redact import short_path
 from .registry import Registry
 from .routing import Route, RouteTable
 from .upstream import BackendRejected, BackendUnavailable, ProxyOptions, open_backend

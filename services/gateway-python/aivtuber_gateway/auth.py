@@ -16,8 +16,8 @@ Credentials, tried in this order, the first valid one wins:
 With no tenant configured every client is anonymous (protected mode keeps that to loopback
 unless ``auth.anonymous``: :mod:`aivtuber_common.protected`). Keys are looked up by their
 SHA-256 digest, so the time taken says nothing about how much of a presented key was
-right (only about its digest), and stays the same for any number of tenants; the admin
-key is compared with ``hmac.compare_digest``.
+right (only about its digest) and stays the same for any number of tenants, then compared
+with ``hmac.compare_digest``, like the admin key.
 
 Refusals (the client's handshake is accepted, then closed, so a browser can read why):
 
@@ -268,10 +268,13 @@ class Edge:
     def _tenant_of(self, key: str) -> str | None:
         if len(key) > _MAX_CREDENTIAL_CHARS:
             return None
-        # A lookup by SHA-256 digest: its timing can only tell something about the digest
-        # of the guess (useless without a preimage), never about the key itself, and it
-        # costs the same for one tenant or ten thousand.
-        return self._by_digest.get(_digest(key))
+        # Found by SHA-256 digest: the lookup's timing can only tell something about the
+        # digest of the guess (useless without a preimage), never about the key, and costs
+        # the same for one tenant or ten thousand; then confirmed in constant time.
+        tenant = self._by_digest.get(_digest(key))
+        if tenant is None or not token_matches(key, self._keys[tenant]):
+            return None
+        return tenant
 
 
 def is_local(scope: Scope) -> bool:

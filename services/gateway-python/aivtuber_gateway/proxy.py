@@ -31,11 +31,12 @@ from typing import Any
 from starlette.types import Receive, Send
 from websockets.exceptions import ConnectionClosed
 
+from aivtuber_common.redact import short_path
+
 from .clientside import GatewayWebSocketProtocol
 from .framing import BINARY, TEXT
 from .lifecycle import End, Side, backend_end, client_end, short_reason, to_backend, to_client
 from .link import CLOSE_TIMEOUT_S, BackendGone, BackendLink
-from .redact import short_path
 from .routing import Backend, Route
 from .upstream import ProxyOptions
 

@@ -1,9 +1,10 @@
-"""What the gateway may show of a request: paths with long segments cut, no query string.
+"""What a log line or a page may show of a request: long path segments cut, no query.
 
 A whole task id is all it takes to hear someone's speech, and browsers put credentials in
-query strings, so neither appears in a log line at info, in ``/connections`` or on the
-status page: a path segment longer than :data:`KEEP` characters is shown as its first
-:data:`KEEP` and an ellipsis (enough to correlate), and the query string is never shown.
+query strings, so neither appears in a log line at info, in the gateway's ``/connections``
+or on its status page: a path segment longer than :data:`KEEP` + 4 characters is shown as
+its first :data:`KEEP` and an ellipsis (enough to correlate), and the query string is
+never shown.
 """
 
 from __future__ import annotations
