@@ -97,7 +97,9 @@ TICKET_REFUSALS = {
     TicketProblem.EXPIRED: _unauthorized("ticket expired"),
 }
 BAD_ORIGIN = Refusal(FORBIDDEN, 403, "origin_not_allowed", "origin not allowed")
-ADMIN_KEY_NEEDED = _unauthorized("admin key required")
+ADMIN_KEY_NEEDED = _unauthorized(
+    "admin key required: Authorization: Bearer <key> or ?admin_key=<key>"
+)
 ADMIN_LOOPBACK_ONLY = Refusal(
     FORBIDDEN,
     403,
