@@ -16,11 +16,12 @@ from aivtuber_common.logging import configure_logging
 @pytest.fixture(autouse=True)
 def restore_root_logger() -> Iterator[None]:
     """configure_logging() points the root logger at this test's captured stdout."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    root, uvicorn_error = logging.getLogger(), logging.getLogger("uvicorn.error")
+    handlers, level, uvicorn_level = root.handlers[:], root.level, uvicorn_error.level
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    uvicorn_error.setLevel(uvicorn_level)
 
 
 @pytest.mark.parametrize(("level", "whole"), [("info", False), ("debug", True)])
@@ -46,7 +47,10 @@ def test_uvicorn_request_lines_show_no_whole_task_id_and_no_query(
 ) -> None:
     task_id = str(uuid.uuid4())
     configure_logging("info", "json", service="test")
-    logging.getLogger("uvicorn.error").info(
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    # As uvicorn sets it at log level info (an earlier test's server may have raised it).
+    uvicorn_error.setLevel(logging.INFO)
+    uvicorn_error.info(
         '%s - "WebSocket %s" [accepted]', "127.0.0.1:5000", f"/ws/output/{task_id}?ticket=t1.x"
     )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
