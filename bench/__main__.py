@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from . import BENCH_VERSION, nginx, report
+from .edge_auth import EdgeAuthParams, run_edge_auth
 from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
@@ -46,7 +47,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "its numbers mean nothing",
     )
     parser.add_argument(
-        "--scenario", choices=["gateway", "speech", "all"], default="all", help="what to run"
+        "--scenario",
+        choices=["gateway", "speech", "edge", "all"],
+        default="all",
+        help="what to run (edge: the cost of authentication, fairness, memory under attack)",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
@@ -88,6 +92,17 @@ def build_params(args: argparse.Namespace) -> tuple[str, HopParams, SpeechParams
     return mode, hop, speech
 
 
+def edge_auth_params(args: argparse.Namespace) -> EdgeAuthParams:
+    params = (
+        EdgeAuthParams.smoke()
+        if args.smoke
+        else EdgeAuthParams.quick()
+        if args.quick
+        else EdgeAuthParams()
+    )
+    return dataclasses.replace(params, rounds=args.rounds) if args.rounds else params
+
+
 def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     mode, hop_params, speech_params = build_params(args)
     started = time.perf_counter()
@@ -106,6 +121,10 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         )
     if args.scenario in ("speech", "all"):
         results["scenarios"]["speech"] = run_speech_path(speech_params, work_dir, say=_say)
+    if args.scenario in ("edge", "all"):
+        # Parts: auth (bench/edge_auth.py); fairness and memory join the same section.
+        edge = results["scenarios"]["edge"] = {}
+        edge["auth"] = run_edge_auth(edge_auth_params(args), work_dir, say=_say)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
 

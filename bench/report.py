@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["gateway_tables", "markdown_table", "render", "speech_tables"]
+__all__ = ["edge_tables", "gateway_tables", "markdown_table", "render", "speech_tables"]
 
 NA = "n/a"
 RATIO_TARGET = 0.8
@@ -30,6 +30,8 @@ def render(results: dict[str, Any]) -> str:
         parts.extend(gateway_tables(scenarios["gateway"]))
     if "speech" in scenarios:
         parts.extend(speech_tables(scenarios["speech"]))
+    if "edge" in scenarios:
+        parts.extend(edge_tables(scenarios["edge"]))
     machine = results.get("machine", {})
     parts.append(
         f"_{results.get('mode', '?')} run, {machine.get('date', '?')}, "
@@ -233,6 +235,45 @@ def speech_tables(speech: dict[str, Any]) -> list[str]:
         markdown_table(level_header, level_rows),
         summary,
     ]
+
+
+def edge_tables(edge: dict[str, Any]) -> list[str]:
+    """The edge scenario: each part that ran (auth: bench/edge_auth.py)."""
+    parts: list[str] = []
+    if "auth" in edge:
+        parts.extend(edge_auth_tables(edge["auth"]))
+    return parts
+
+
+def edge_auth_tables(auth: dict[str, Any]) -> list[str]:
+    """The edge scenario's authentication part (bench/edge_auth.py)."""
+    medians, ratios = auth["medians"], auth["ratios"]
+    rows_spec = [
+        ("connect p50 (µs)", "connect_p50_us", "int"),
+        ("connect p99 (µs)", "connect_p99_us", "int"),
+        ("gateway CPU per connect (µs)", "cpu_us_per_connect", "int"),
+        ("of which the edge check (µs)", "resolve_us", "1"),
+        (f"RTT {auth['params']['text_bytes']} B p50 (µs)", "rtt_p50_us", "int"),
+        ("gateway CPU per message (µs)", "cpu_us_per_msg", "1"),
+    ]
+    authed = list(auth["variants"][1:])
+    header = ["edge: authentication", *auth["variants"], *(f"{v} ÷ anonymous" for v in authed)]
+    rows = []
+    for label, metric, kind in rows_spec:
+        cells = [label]
+        cells += [_fmt(medians.get(v, {}).get(metric), kind) for v in auth["variants"]]
+        cells += [_ratio(ratios.get(v, {}).get(metric)) for v in authed]
+        rows.append(cells)
+    title = (
+        f"### Edge: the cost of authentication ({_rounds(auth['params']['rounds'])}, "
+        f"{auth['params']['connects']} connects per variant, {auth['tenants']} tenants, medians)"
+    )
+    note = (
+        "anonymous: the gateway without tenants; the others: the gateway with tenants, the "
+        "credential as an Authorization header, an ?api_key= parameter or a ?ticket=. "
+        "A connect includes the backend dial; messages are never re-checked."
+    )
+    return [title, markdown_table(header, rows), note]
 
 
 def _rounds(count: int) -> str:

@@ -84,6 +84,22 @@ def test_speech_path_smoke_run_goes_through_the_whole_stack(
     assert "Real-time streams on this machine" in table
 
 
+def test_edge_smoke_run_measures_authentication_next_to_the_anonymous_gateway(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = run_bench(tmp_path, "--scenario", "edge")
+
+    auth = results["scenarios"]["edge"]["auth"]
+    assert auth["variants"] == ["anonymous", "bearer", "api_key", "ticket"]
+    for variant in auth["variants"]:
+        medians = auth["medians"][variant]
+        assert medians["connect_p50_us"] > 0 and medians["rtt_p50_us"] > 0
+        assert medians["cpu_us_per_connect"] is not None
+    assert auth["ratios"]["ticket"]["connect_p50_us"] is not None
+    table = capsys.readouterr().out
+    assert "Edge: the cost of authentication" in table and "bearer ÷ anonymous" in table
+
+
 def test_report_without_nginx_shows_the_skip_reason_and_no_nginx_column() -> None:
     medians = {metric: 1.0 for metric in HOP_METRICS}
     params = {"rounds": 3, "text_bytes": 100, "conns": 50, "stream_bytes": 4096}

@@ -219,7 +219,9 @@ async def test_speak_is_queued_on_the_worker_under_the_assigned_id() -> None:
                 "task_id": assigned,
                 "request_id": "r1",
             }
-    assert fake.submitted == [{"task_id": assigned, "text": "Hello!", "voice": None}]
+    assert fake.submitted == [
+        {"task_id": assigned, "text": "Hello!", "voice": None, "tenant": None}
+    ]
 
 
 async def test_several_speak_messages_on_one_connection_get_distinct_ids() -> None:
@@ -347,7 +349,7 @@ async def test_cancel_reaches_the_worker_that_took_the_task() -> None:
                     assert reply == {"type": "system", "action": "cancelled", "task_id": task_id}
                 unknown = str(uuid.uuid4())
                 reply = await ask(ws, {"type": "cancel", "task_id": unknown})
-                assert reply["code"] == "task_not_running" and reply["task_id"] == unknown
+                assert reply["code"] == "task_not_found" and reply["task_id"] == unknown
     assert sorted(first.cancelled + second.cancelled) == sorted(queued)
     owners = {task["task_id"]: w for w in (first, second) for task in w.submitted}
     assert all(task_id in w.cancelled for task_id, w in owners.items())

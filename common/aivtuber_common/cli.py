@@ -20,6 +20,7 @@ import uvicorn
 
 from .config import ConfigError, Settings, load_settings
 from .logging import configure_logging
+from .protected import check_exposure
 
 __all__ = ["GracefulServer", "ServiceSpec", "parse_args", "run_service", "uvicorn_config"]
 
@@ -124,6 +125,7 @@ def run_service(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     args = parse_args(spec.name, argv)
     try:
         settings = apply_overrides(load_settings(args.config), spec.section, args)
+        check_exposure(settings, spec.section)  # protected mode: never wide open by accident
         if spec.check is not None:
             spec.check(settings)
     except ConfigError as exc:

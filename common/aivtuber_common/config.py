@@ -39,6 +39,7 @@ __all__ = [
     "RouteSettings",
     "Settings",
     "TenantSettings",
+    "TlsSettings",
     "TtsWorkerSettings",
     "VoiceSettings",
     "default_config_path",
@@ -126,6 +127,15 @@ def _default_routes() -> dict[str, RouteSettings]:
     }
 
 
+class TlsSettings(StrictModel):
+    """PEM files for serving wss:// and https:// directly (no reverse proxy in front)."""
+
+    # The certificate chain, leaf first (e.g. Let's Encrypt's fullchain.pem).
+    certfile: Annotated[str, Field(min_length=1)]
+    # Its private key (privkey.pem); readable by the gateway's user only.
+    keyfile: Annotated[str, Field(min_length=1)]
+
+
 class GatewaySettings(StrictModel):
     # Interface to listen on.
     host: str = "0.0.0.0"
@@ -156,6 +166,9 @@ class GatewaySettings(StrictModel):
     # the installed uvicorn and websockets are the tested ones and an in-memory self-test
     # passes (else one warning and the plain path); "off": always uvicorn's own path.
     fast_path: Literal["auto", "off"] = "auto"
+    # Serve TLS directly (wss://, https://); unset: plain ws:// and http:// (loopback, or
+    # behind a TLS-terminating reverse proxy such as deploy/nginx/).
+    tls: TlsSettings | None = None
 
 
 class LimitsSettings(StrictModel):

@@ -14,13 +14,26 @@ from typing import Protocol
 
 from .internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen
 
-__all__ = ["FrameEvent", "FrameSink", "FrameSource", "TaskSubmitter", "TransportError"]
+__all__ = [
+    "FrameEvent",
+    "FrameSink",
+    "FrameSource",
+    "TaskNotFound",
+    "TaskSubmitter",
+    "TransportError",
+]
 
 
 class TransportError(Exception):
     """Base of the transport errors; ``code`` is the snake_case code the client sees."""
 
     code = "tts_unavailable"
+
+
+class TaskNotFound(TransportError):
+    """No such task for this tenant: unknown, or another tenant's (never said which)."""
+
+    code = "task_not_found"
 
 
 class TaskSubmitter(Protocol):
@@ -30,8 +43,9 @@ class TaskSubmitter(Protocol):
         """Raises TransportError (code tts_unavailable, unknown_voice, ...) when refused."""
         ...
 
-    async def cancel(self, task_id: str) -> bool:
-        """True when a worker had the task and stopped it."""
+    async def cancel(self, task_id: str, tenant: str | None = None) -> bool:
+        """True when a worker had the task and stopped it. Raises TaskNotFound when the
+        task is unknown or belongs to another tenant than ``tenant`` (None: anonymous)."""
         ...
 
 
@@ -51,4 +65,8 @@ FrameEvent = TaskOpen | tuple[int, float, bytes] | TaskEnd
 class FrameSource(Protocol):
     """Output side: read a task's events from a chunk position, waiting for what is to come."""
 
-    def read(self, task_id: str, from_chunk: int = 0) -> AsyncIterator[FrameEvent]: ...
+    def read(
+        self, task_id: str, from_chunk: int = 0, tenant: str | None = None
+    ) -> AsyncIterator[FrameEvent]:
+        """A task of another tenant than ``tenant`` is read exactly like an unknown one."""
+        ...

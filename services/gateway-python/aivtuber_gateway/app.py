@@ -22,7 +22,10 @@ from starlette.applications import Starlette
 
 from aivtuber_common.closecodes import AppCloseCode, CloseCode
 from aivtuber_common.config import Settings
+from aivtuber_common.identity import Identity
+from aivtuber_common.redact import short_path
 
+from .auth import Edge, Refusal
 from .headers import forwarded_request
 from .health import HealthChecker
 from .keepalive import BackendKeepalive
@@ -31,7 +34,7 @@ from .metrics import GatewayMetrics
 from .monitor import monitor_routes
 from .proxy import ProxyConnection, ProxyOptions, Receive, Send
 from .registry import Registry
-from .routing import RouteTable
+from .routing import Route, RouteTable
 from .upstream import BackendRejected, BackendUnavailable, open_backend
 
 __all__ = ["GatewayApp", "GatewayState", "Runtime", "create_app"]
@@ -67,11 +70,16 @@ class GatewayApp:
         # One logger per app, not per module: tests capture each app's logs on their own.
         self.log: structlog.typing.FilteringBoundLogger = structlog.get_logger("aivtuber_gateway")
         self.routes = RouteTable(settings.gateway)
-        self.metrics = GatewayMetrics(self.routes)
+        # Credentials, tickets, Origin, admin access, the connection quota: every route
+        # (WebSocket or HTTP) is resolved through self.edge.resolve(scope) first.
+        self.edge = Edge(settings)
+        self.metrics = GatewayMetrics(self.routes, self.edge.open_by_tenant)
         # The running runtime, for the server's shutdown (it has no request to read the
         # lifespan state from); None before startup and after shutdown.
         self._runtime: Runtime | None = None
-        self.http = Starlette(routes=monitor_routes(self.metrics), lifespan=self._lifespan)
+        self.http = Starlette(
+            routes=monitor_routes(self.metrics, self.edge), lifespan=self._lifespan
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -134,12 +142,54 @@ class GatewayApp:
             await _refuse(send, CloseCode.GOING_AWAY, GOING_AWAY)
             return
         route = self.routes.match(scope["path"])
+        identity = self.edge.resolve(scope)  # strips the credential from the scope
+        if isinstance(identity, Refusal):
+            name = route.name if route else "unmatched"
+            await self._refuse_edge(send, scope, runtime, name, identity)
+            return
         if route is None:
             runtime.registry.rejected["unmatched", AppCloseCode.NOT_FOUND] += 1
-            self.log.info("no_route", path=scope["path"], client=_client(scope))
+            self.log.info("no_route", path=short_path(scope["path"]), client=_client(scope))
             await _refuse(send, AppCloseCode.NOT_FOUND, "no route for this path")
             return
+        # limits.max_connections: counted per tenant (per IP if anonymous), all routes.
+        if (over := self.edge.open_connection(identity)) is not None:
+            await self._refuse_edge(send, scope, runtime, route.name, over)
+            return
+        try:
+            await self._proxy(scope, receive, send, runtime, route, identity)
+        finally:
+            self.edge.close_connection(identity)
+
+    async def _refuse_edge(
+        self,
+        send: Send,
+        scope: dict[str, Any],
+        runtime: Runtime,
+        route: str,
+        refusal: Refusal,
+    ) -> None:
+        runtime.registry.rejected[route, refusal.close_code] += 1
+        self.log.info(
+            "connection_refused",
+            route=route,
+            client=_client(scope),
+            code=refusal.close_code,
+            reason=refusal.reason,
+        )
+        await _refuse(send, refusal.close_code, refusal.reason)
+
+    async def _proxy(
+        self,
+        scope: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        runtime: Runtime,
+        route: Route,
+        identity: Identity,
+    ) -> None:
         request = forwarded_request(scope)
+        request.headers.extend(self.edge.backend_headers(identity))
         # uvicorn keeps the scope for the connection's lifetime; the headers have been
         # read (and may hold cookies): drop them rather than keep a copy per connection.
         scope["headers"] = ()
@@ -153,7 +203,7 @@ class GatewayApp:
             self.log.warning(
                 "backend_unavailable",
                 route=route.name,
-                path=scope["path"],
+                path=short_path(scope["path"]),
                 client=_client(scope),
                 backends=[url for url, _ in exc.failures],
                 errors=[f"{url}: {error}" for url, error in exc.failures],
@@ -169,9 +219,9 @@ class GatewayApp:
             self.log.info(
                 "backend_rejected",
                 route=route.name,
-                path=scope["path"],
+                path=short_path(scope["path"]),
                 client=_client(scope),
-                backend=exc.backend.url + scope["path"],
+                backend=exc.backend.url + short_path(scope["path"]),
                 status=exc.status,
                 request_id=request.request_id,
             )

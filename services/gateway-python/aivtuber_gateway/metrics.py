@@ -26,9 +26,12 @@ PREFIX = "aivtuber_gateway"
 class GatewayMetrics:
     """One Prometheus registry per app (never the global one: tests build many apps)."""
 
-    def __init__(self, routes: RouteTable) -> None:
+    def __init__(
+        self, routes: RouteTable, tenants: Callable[[], dict[str, int]] | None = None
+    ) -> None:
         self.prometheus = CollectorRegistry(auto_describe=True)
         self._routes = routes
+        self._tenants = tenants  # open connections per tenant (the edge's quota)
         self._registry: Registry[Any] | None = None
         self.prometheus.register(_RegistryCollector(self))
         self.first_audio = Histogram(
@@ -112,7 +115,15 @@ class GatewayMetrics:
                 closes.add_metric([name, by, str(code)], count)
             for (name, code), count in registry.rejected.items():
                 rejected.add_metric([name, str(code)], count)
-        yield from (open_, total, messages, sizes, failures, closes, rejected)
+        tenants = GaugeMetricFamily(
+            f"{PREFIX}_tenant_connections_open",
+            'Open connections per tenant, all routes (limits.max_connections); "": anonymous.',
+            labels=["tenant"],
+        )
+        if self._tenants is not None:
+            for tenant, count in sorted(self._tenants().items()):
+                tenants.add_metric([tenant], count)
+        yield from (open_, total, messages, sizes, failures, closes, rejected, tenants)
 
 
 class _RegistryCollector(Collector):

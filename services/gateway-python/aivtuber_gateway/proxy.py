@@ -32,6 +32,8 @@ import structlog
 from starlette.types import Receive, Send
 from websockets.exceptions import ConnectionClosed
 
+from aivtuber_common.redact import short_path
+
 from .clientside import ClientHook
 from .fastpath import EXTENSION
 from .framing import BINARY, TEXT
@@ -115,7 +117,7 @@ class ProxyConnection:
         self.id = os.urandom(6).hex()
         self.route = route
         self.backend = backend
-        self.path = scope["path"]
+        self.path = short_path(scope["path"])  # never a whole task id in logs or pages
         client = scope.get("client")
         self.client = f"{client[0]}:{client[1]}" if client else "unknown"
         self.request_id = request_id

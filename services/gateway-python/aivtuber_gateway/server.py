@@ -38,6 +38,9 @@ def uvicorn_overrides(gateway: GatewaySettings) -> dict[str, Any]:
         "proxy_headers": False,
         "ws": client_protocol(gateway.fast_path, structlog.get_logger("aivtuber_gateway")),
     }
+    if gateway.tls is not None:  # wss:// and https:// served directly
+        overrides["ssl_certfile"] = gateway.tls.certfile
+        overrides["ssl_keyfile"] = gateway.tls.keyfile
     return overrides
 
 

@@ -24,6 +24,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aivtuber_common.config import Settings
+from aivtuber_common.identity import read_identity
 from aivtuber_common.internal import SubmitTask
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import ErrorMessage, dump
@@ -101,6 +102,7 @@ class InputEndpoint:
 
     def __init__(self, settings: Settings, metrics: InputMetrics) -> None:
         self.config = settings.input_handler
+        self.internal_token = settings.internal_token
         self.metrics = metrics
         self.submitter: TaskSubmitter | None = None  # set by the lifespan
         self.connections = 0
@@ -108,6 +110,9 @@ class InputEndpoint:
 
     async def handle(self, websocket: WebSocket) -> None:
         await websocket.accept()
+        # Who this is, as the gateway says (believed only from it: see read_identity).
+        peer = websocket.client.host if websocket.client else None
+        tenant = read_identity(websocket.headers.items(), peer, self.internal_token).tenant
         session = InputSession(
             max_text_chars=self.config.max_text_chars,
             max_message_bytes=self.config.max_message_bytes,
@@ -116,8 +121,8 @@ class InputEndpoint:
         self.connections += 1
         self.metrics.connections.inc()
         try:
-            if await self._carry_out(websocket, session, session.opening()):
-                await self._serve(websocket, session)
+            if await self._carry_out(websocket, session, session.opening(), tenant):
+                await self._serve(websocket, session, tenant)
         except WebSocketDisconnect:
             pass  # the client left while we were answering: nothing left to do
         finally:
@@ -125,7 +130,7 @@ class InputEndpoint:
             self.metrics.connections.dec()
             structlog.contextvars.unbind_contextvars("conn")
 
-    async def _serve(self, websocket: WebSocket, session: InputSession) -> None:
+    async def _serve(self, websocket: WebSocket, session: InputSession, tenant: str | None) -> None:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -134,11 +139,11 @@ class InputEndpoint:
                 events = session.receive_text(text)
             else:
                 events = session.receive_bytes(message.get("bytes") or b"")
-            if not await self._carry_out(websocket, session, events):
+            if not await self._carry_out(websocket, session, events, tenant):
                 return
 
     async def _carry_out(
-        self, websocket: WebSocket, session: InputSession, events: list[Event]
+        self, websocket: WebSocket, session: InputSession, events: list[Event], tenant: str | None
     ) -> bool:
         """Do what the session asked; False once the socket is closed."""
         pending = list(events)
@@ -150,9 +155,9 @@ class InputEndpoint:
                         self.metrics.errors.labels(message.code).inc()
                     await websocket.send_text(dump(message))
                 case Submit():
-                    pending[:0] = await self._submit(session, event)
+                    pending[:0] = await self._submit(session, event, tenant)
                 case CancelTask(task_id):
-                    pending[:0] = await self._cancel(session, task_id)
+                    pending[:0] = await self._cancel(session, task_id, tenant)
                 case Close(code, reason):
                     self.metrics.errors.labels("message_too_big").inc()
                     log.warning("closing", code=code, reason=reason)
@@ -160,9 +165,13 @@ class InputEndpoint:
                     return False
         return True
 
-    async def _submit(self, session: InputSession, submit: Submit) -> list[Event]:
+    async def _submit(
+        self, session: InputSession, submit: Submit, tenant: str | None
+    ) -> list[Event]:
         assert self.submitter is not None
-        task = SubmitTask(task_id=submit.task_id, text=submit.text, voice=submit.voice)
+        task = SubmitTask(
+            task_id=submit.task_id, text=submit.text, voice=submit.voice, tenant=tenant
+        )
         started = time.perf_counter()
         try:
             accepted = await self.submitter.submit(task)
@@ -175,10 +184,11 @@ class InputEndpoint:
         log.info("task_queued", task_id=submit.task_id, voice=accepted.voice, chars=len(task.text))
         return session.queued(submit)
 
-    async def _cancel(self, session: InputSession, task_id: str) -> list[Event]:
+    async def _cancel(self, session: InputSession, task_id: str, tenant: str | None) -> list[Event]:
         assert self.submitter is not None
         try:
-            stopped = await self.submitter.cancel(task_id)
+            # Another tenant's task raises TaskNotFound, exactly like an unknown one.
+            stopped = await self.submitter.cancel(task_id, tenant)
         except TransportError as exc:
             return session.cancel_failed(task_id, exc.code, str(exc))
         self.metrics.cancels.labels(str(stopped).lower()).inc()

@@ -26,15 +26,20 @@ import httpx
 import structlog
 from pydantic import ValidationError
 
+from aivtuber_common.identity import TENANT_HEADER
 from aivtuber_common.internal import TASKS_PATH, SubmitAccepted, SubmitTask, WorkerRefusal
-from aivtuber_common.transport import TransportError
+from aivtuber_common.transport import TaskNotFound, TransportError
 
 __all__ = ["HttpTaskSubmitter", "SubmitRefused", "WorkerStatus"]
 
 log = structlog.get_logger("aivtuber_input.workers")
 
-# Which worker took which task, so a cancel goes to the right one; bounded, oldest dropped.
+# Which worker took which task for which tenant, so a cancel goes to the right one and only
+# from its tenant; bounded, oldest dropped.
 MAX_REMEMBERED_TASKS = 10_000
+# What a worker said to DELETE: stopped, had it but not running, does not have it (or not
+# for this tenant), or could not be asked.
+_GONE = "gone"
 
 
 class SubmitRefused(TransportError):
@@ -86,7 +91,7 @@ class HttpTaskSubmitter:
         self.timeout = httpx.Timeout(timeout_s)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._rotation = itertools.count()
-        self._owners: OrderedDict[str, WorkerStatus] = OrderedDict()
+        self._owners: OrderedDict[str, tuple[WorkerStatus, str | None]] = OrderedDict()
 
     async def submit(self, task: SubmitTask) -> SubmitAccepted:
         problems: list[str] = []  # one short reason per worker, in the order tried
@@ -102,13 +107,21 @@ class HttpTaskSubmitter:
             f"No TTS worker is available right now ({summary}); try again in a moment."
         )
 
-    async def cancel(self, task_id: str) -> bool:
+    async def cancel(self, task_id: str, tenant: str | None = None) -> bool:
         owner = self._owners.get(task_id)
-        targets = [owner] if owner is not None else self.workers
-        results = await asyncio.gather(*(self._delete(worker, task_id) for worker in targets))
+        if owner is not None and owner[1] != tenant:
+            raise _not_found(task_id)  # another tenant's: exactly like an unknown task
+        targets = [owner[0]] if owner is not None else self.workers
+        results = await asyncio.gather(
+            *(self._delete(worker, task_id, tenant) for worker in targets)
+        )
         if all(result is None for result in results):
             raise TransportError("No TTS worker could be reached to cancel the task.")
-        return any(results)
+        if any(result is True for result in results):
+            return True
+        if owner is None and all(result in (_GONE, None) for result in results):
+            raise _not_found(task_id)  # no worker has it for this tenant
+        return False  # it was this tenant's, and it already ended
 
     async def refresh(self) -> None:
         """Probe every worker's ``GET /health`` once (concurrently)."""
@@ -152,7 +165,7 @@ class HttpTaskSubmitter:
         if response.status_code in (200, 201, 202):
             worker.healthy, worker.busy, worker.last_error = True, False, None
             worker.given += 1
-            self._remember(task.task_id, worker)
+            self._remember(task.task_id, worker, task.tenant)
             return _accepted(response, task)
         refusal = _refusal(response)
         log.info(
@@ -175,17 +188,23 @@ class HttpTaskSubmitter:
         problems.append(f"{worker.url} {refusal.code}")
         return None
 
-    async def _delete(self, worker: WorkerStatus, task_id: str) -> bool | None:
-        """True: stopped; False: the worker does not have it; None: unreachable."""
+    async def _delete(
+        self, worker: WorkerStatus, task_id: str, tenant: str | None
+    ) -> bool | str | None:
+        """True: stopped; False: not running any more; _GONE: the worker does not have it
+        for this tenant; None: unreachable."""
+        headers = dict(self.headers)
+        if tenant is not None:
+            headers[TENANT_HEADER] = tenant
         try:
             response = await self.client.delete(
-                f"{worker.url}{TASKS_PATH}/{task_id}", headers=self.headers, timeout=self.timeout
+                f"{worker.url}{TASKS_PATH}/{task_id}", headers=headers, timeout=self.timeout
             )
         except httpx.HTTPError as exc:
             log.warning("cancel_failed", worker=worker.url, error=type(exc).__name__)
             return None
         if response.status_code == 404:
-            return False
+            return _GONE
         if response.status_code != 200:
             log.warning("cancel_refused", worker=worker.url, status=response.status_code)
             return None
@@ -227,10 +246,14 @@ class HttpTaskSubmitter:
         worker.healthy = False
         worker.last_error = why
 
-    def _remember(self, task_id: str, worker: WorkerStatus) -> None:
-        self._owners[task_id] = worker
+    def _remember(self, task_id: str, worker: WorkerStatus, tenant: str | None) -> None:
+        self._owners[task_id] = (worker, tenant)
         if len(self._owners) > MAX_REMEMBERED_TASKS:
             self._owners.popitem(last=False)
+
+
+def _not_found(task_id: str) -> TaskNotFound:
+    return TaskNotFound(f"No task {task_id} is known: it never existed or is not yours.")
 
 
 def _accepted(response: httpx.Response, task: SubmitTask) -> SubmitAccepted:

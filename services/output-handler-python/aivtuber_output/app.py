@@ -127,7 +127,10 @@ def create_app(settings: Settings) -> Starlette:
 
     ingest = IngestEndpoint(store, metrics, settings.internal_token)
     routes = [
-        WebSocketRoute("/ws/output/{task_id}", OutputEndpoint(store, metrics).handle),
+        WebSocketRoute(
+            "/ws/output/{task_id}",
+            OutputEndpoint(store, metrics, settings.internal_token).handle,
+        ),
         WebSocketRoute(INGEST_PATH, ingest.handle),
         Route("/tasks/{task_id}/audio.wav", task_audio),
         Route("/status/{task_id}", task_status),

@@ -19,7 +19,8 @@ holds it for ``task_wait_s``. Finished tasks stay ``task_ttl_s``; beyond
 Exceptions::
 
     TransportError (aivtuber_common.transport)
-     ├── TaskNotFound      code "task_not_found": nothing announced within task_wait_s
+     ├── TaskNotFound      code "task_not_found": nothing announced within task_wait_s (for
+     │                     this tenant: another tenant's task is not found, after the same wait)
      └── IngestError       code "ingest_error": a worker sent something that does not fit
 """
 
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from aivtuber_common.internal import TaskEnd, TaskOpen
-from aivtuber_common.transport import FrameEvent, TransportError
+from aivtuber_common.transport import FrameEvent, TaskNotFound, TransportError
 
 __all__ = ["IngestError", "TaskNotFound", "TaskSnapshot", "TaskState", "TaskStore"]
 
@@ -46,10 +47,6 @@ class TaskState(StrEnum):
     COMPLETED = "completed"
     CANCELLED = "cancelled"
     FAILED = "failed"
-
-
-class TaskNotFound(TransportError):
-    code = "task_not_found"
 
 
 class IngestError(TransportError):
@@ -189,19 +186,23 @@ class TaskStore:
 
     # --- reader side (subscribers, HTTP) --------------------------------------------------
 
-    async def read(self, task_id: str, from_chunk: int = 0) -> AsyncGenerator[FrameEvent, None]:
+    async def read(
+        self, task_id: str, from_chunk: int = 0, tenant: str | None = None
+    ) -> AsyncGenerator[FrameEvent, None]:
         """TaskOpen, then frames ``(chunk_id, level, pcm)`` from ``from_chunk``, then TaskEnd.
 
-        Raises TaskNotFound when the task is not announced within ``task_wait_s``. Use it
-        inside ``contextlib.aclosing`` so an abandoned read is counted out at once.
+        Raises TaskNotFound when the task is not announced for ``tenant`` (None: anonymous)
+        within ``task_wait_s``: a task of another tenant waits the same and fails the same
+        as one that does not exist, so a subscriber cannot learn that it does. Use it inside
+        ``contextlib.aclosing`` so an abandoned read is counted out at once.
         """
         task = self._tasks.get(task_id)
         if task is None:
             task = self._tasks[task_id] = _Task(task_id)
         task.subscribers += 1
         try:
-            if task.open is None:
-                await self._wait_for_open(task)
+            if task.open is None or task.open.tenant != tenant:
+                await self._wait_for_open(task, tenant)
             assert task.open is not None
             yield task.open
             position = max(0, from_chunk)
@@ -248,10 +249,10 @@ class TaskStore:
 
     # --- internals ------------------------------------------------------------------------
 
-    async def _wait_for_open(self, task: _Task) -> None:
+    async def _wait_for_open(self, task: _Task, tenant: str | None) -> None:
         try:
             async with asyncio.timeout(self.task_wait_s):
-                while task.open is None:
+                while task.open is None or task.open.tenant != tenant:
                     await task.changed.wait()
         except TimeoutError:
             raise TaskNotFound(

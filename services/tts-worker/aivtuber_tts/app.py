@@ -4,6 +4,9 @@ Routes::
 
     POST   /v1/tasks             SubmitTask -> 202 SubmitAccepted | WorkerRefusal (400/401/404/503)
     DELETE /v1/tasks/{task_id}   -> 200 {"task_id", "cancelled": bool}
+                                 -> 404 WorkerRefusal(code="task_not_found")
+                                    (x-aivtuber-tenant: the canceller's tenant; a task of
+                                    another tenant is not found, exactly like an unknown one)
     GET    /health               200 when ok, 503 while starting or degraded
     GET    /v1/voices            the configured voices, their engine, device and state
     GET    /metrics              Prometheus text
@@ -34,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from aivtuber_common.config import Settings, TtsWorkerSettings
+from aivtuber_common.identity import TENANT_HEADER
 from aivtuber_common.internal import TASKS_PATH, SubmitTask, WorkerRefusal
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
@@ -156,7 +160,12 @@ def create_app(
         if (denied := _check_token(request, token, worker)) is not None:
             return denied
         task_id = request.path_params["task_id"]
-        cancelled = await worker.manager.cancel(task_id)
+        # The input handler says whose cancel this is (it is trusted by the token above).
+        tenant = request.headers.get(TENANT_HEADER) or None
+        if not worker.manager.has(task_id, tenant):
+            message = f"No task {task_id} is queued or running here."
+            return _json(404, WorkerRefusal(code="task_not_found", message=message))
+        cancelled = await worker.manager.cancel(task_id, tenant)
         log.info("task_cancel_requested", task_id=task_id, cancelled=cancelled)
         return JSONResponse({"task_id": task_id, "cancelled": cancelled})
 

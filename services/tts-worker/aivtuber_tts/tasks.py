@@ -70,6 +70,7 @@ class _Job:
     task_id: str
     text: str
     voice: Voice
+    tenant: str | None = None  # who spoke it: only this tenant may cancel it
     accepted_at: float = field(default_factory=time.monotonic)
     started: bool = False  # its first piece reached an engine slot
     deadline: float = 0.0  # when its listener runs out of audio; see scheduler.py
@@ -119,7 +120,7 @@ class TaskManager:
         """Admit and announce a task, or raise :class:`Refusal`."""
         voice = self._admit(task)
         ahead = self.queued
-        job = _Job(task.task_id, task.text, voice)
+        job = _Job(task.task_id, task.text, voice, tenant=task.tenant)
         job.deadline = job.accepted_at + self.settings.first_chunk_slack_s
         self._jobs[task.task_id] = job  # reserved before the first await: no over-admission
         try:
@@ -130,6 +131,7 @@ class TaskManager:
                     voice=voice.id,
                     engine=voice.engine.name,
                     sample_rate=voice.engine.sample_rate,
+                    tenant=task.tenant,
                 )
             )
         except IngestLost as exc:
@@ -141,10 +143,17 @@ class TaskManager:
         log.info("task_accepted", task_id=task.task_id, voice=voice.id, chars=len(task.text))
         return SubmitAccepted(task_id=task.task_id, voice=voice.id, queued=ahead)
 
-    async def cancel(self, task_id: str) -> bool:
-        """Stop a task; True when it was running here. Returns once its TaskEnd is sent."""
+    def has(self, task_id: str, tenant: str | None) -> bool:
+        """Whether ``task_id`` is queued or running here for ``tenant`` (another tenant's
+        task is as unknown to it as a task that never was)."""
         job = self._jobs.get(task_id)
-        if job is None or not self._stop(job, StopReason.CANCELLED):
+        return job is not None and job.tenant == tenant
+
+    async def cancel(self, task_id: str, tenant: str | None = None) -> bool:
+        """Stop a task of ``tenant``; True when it was running here. Returns once its TaskEnd
+        is sent."""
+        job = self._jobs.get(task_id)
+        if job is None or job.tenant != tenant or not self._stop(job, StopReason.CANCELLED):
             return False
         try:
             async with asyncio.timeout(CANCEL_WAIT_S):
