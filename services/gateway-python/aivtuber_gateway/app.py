@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from aivtuber_common.closecodes import AppCloseCode, CloseCode
 from aivtuber_common.config import Settings
 
+from .bounds import limit_messages
 from .headers import forwarded_request
 from .health import HealthChecker
 from .keepalive import BackendKeepalive
@@ -84,7 +85,6 @@ class GatewayApp:
             registry = Registry([route.name for route in self.routes], self.log)
             options = ProxyOptions(
                 registry=registry,
-                max_message_bytes=gateway.max_message_bytes,
                 connect_timeout_s=gateway.connect_timeout_s,
                 idle_timeout_s=gateway.idle_timeout_s,
                 debug=self.settings.logging.level == "debug",
@@ -125,6 +125,7 @@ class GatewayApp:
             self.log.info("no_route", path=scope["path"], client=_client(scope))
             await _refuse(send, AppCloseCode.NOT_FOUND, "no route for this path")
             return
+        limit_messages(send, route.max_message_bytes)
         request = forwarded_request(scope)
         # uvicorn keeps the scope for the connection's lifetime; the headers have been
         # read (and may hold cookies): drop them rather than keep a copy per connection.

@@ -16,7 +16,9 @@ from aivtuber_common.cli import GracefulServer
 from aivtuber_common.config import GatewaySettings
 
 from .app import GatewayApp
-from .clientside import SUPPORTED, GatewayWebSocketProtocol
+from .bounds import BoundedWebSocketProtocol, bounded_http_protocol
+from .clientside import SUPPORTED
+from .routing import RouteTable
 
 __all__ = ["GatewayServer", "uvicorn_overrides"]
 
@@ -25,8 +27,13 @@ def uvicorn_overrides(gateway: GatewaySettings) -> dict[str, Any]:
     """The uvicorn settings the gateway's client side needs (same limit as the backend hop,
     keepalive pings toward the client, data frames read and written without websockets'
     machinery: see :mod:`.clientside`)."""
+    routes = RouteTable(gateway)
     overrides: dict[str, Any] = {
-        "ws_max_size": gateway.max_message_bytes,
+        # Per connection, each route's own limit applies once the route is known
+        # (bounds.limit_messages); until then, the largest of them.
+        "ws_max_size": max(route.max_message_bytes for route in routes),
+        # Request heads bounded in size and time (uvicorn has neither): see bounds.py.
+        "http": bounded_http_protocol(gateway.max_head_bytes, gateway.head_timeout_s),
         "ws_ping_interval": gateway.ping_interval_s or None,
         "ws_ping_timeout": gateway.ping_timeout_s if gateway.ping_interval_s else None,
         # uvicorn negotiates permessage-deflate for the whole server, not per path: it is
@@ -37,7 +44,7 @@ def uvicorn_overrides(gateway: GatewaySettings) -> dict[str, Any]:
         "proxy_headers": False,
     }
     if SUPPORTED:
-        overrides["ws"] = GatewayWebSocketProtocol
+        overrides["ws"] = BoundedWebSocketProtocol
     return overrides
 
 

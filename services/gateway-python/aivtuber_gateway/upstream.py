@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
-from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+from .bounds import BoundedClientProtocol
 from .headers import ForwardedRequest
 from .link import CLOSE_TIMEOUT_S, MAX_QUEUE, BackendLink
 from .registry import Registry
@@ -63,7 +63,6 @@ class ProxyOptions:
         self,
         *,
         registry: Registry,
-        max_message_bytes: int,
         connect_timeout_s: float,
         idle_timeout_s: float,
         debug: bool,
@@ -72,7 +71,6 @@ class ProxyOptions:
         observe_audio_gap: Callable[[str], Callable[[float], None]] | None = None,
     ) -> None:
         self.registry = registry
-        self.max_message_bytes = max_message_bytes
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.debug = debug
@@ -106,7 +104,7 @@ async def open_backend(
                     request.headers,
                     request.subprotocols,
                     compression=route.compression,
-                    max_size=options.max_message_bytes,
+                    max_size=route.max_message_bytes,
                 )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -138,7 +136,7 @@ async def open_link(
     Raises ``OSError`` (refused, unreachable) or the handshake's ``InvalidHandshake``
     (``InvalidStatus`` carries the HTTP response)."""
     uri = parse_uri(url)
-    protocol = ClientProtocol(
+    protocol = BoundedClientProtocol(
         uri,
         extensions=enable_client_permessage_deflate(None) if compression else None,
         subprotocols=[Subprotocol(name) for name in subprotocols] or None,
