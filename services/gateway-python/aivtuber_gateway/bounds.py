@@ -34,6 +34,7 @@ from websockets.server import ServerProtocol
 from .clientside import GatewayWebSocketProtocol
 
 __all__ = [
+    "CLIENT_KEEPALIVE",
     "FRAGMENT_OVERHEAD",
     "BoundedClientProtocol",
     "BoundedServerProtocol",
@@ -48,6 +49,8 @@ __all__ = [
 # before the socket is closed: closing with unread data sends a TCP reset, which can
 # destroy the answer before the client reads it ("lingering close", as Apache and nginx).
 LINGER_S = 2.0
+# The close reason when the client left a keepalive ping unanswered.
+CLIENT_KEEPALIVE = "client: keepalive ping timeout"
 # What one held fragment costs beyond its payload: a bytes object (33 bytes in CPython)
 # and its slot in a list, rounded up.
 FRAGMENT_OVERHEAD = 64
@@ -125,6 +128,22 @@ class BoundedWebSocketProtocol(GatewayWebSocketProtocol):
         super().data_received(data)
         if not self.handshake_initiated and self.conn.handshake_exc:
             self._refuse_head()
+
+    def keepalive_timeout(self) -> None:
+        # uvicorn closes a client that left a ping unanswered and reports it to the app as
+        # a lost connection (1005), which reads as if the client had vanished; say first
+        # that the client stopped answering (the log, /metrics and the backend see it).
+        if not self.close_sent and not self.transport.is_closing():
+            self.queue.put_nowait(
+                {"type": "websocket.disconnect", "code": 1011, "reason": CLIENT_KEEPALIVE}
+            )
+        super().keepalive_timeout()
+
+    def unanswered_ping_s(self) -> float | None:
+        """How long the client has left the gateway's ping unanswered (None: none is)."""
+        if self.pending_ping_payload is None:
+            return None
+        return self.loop.time() - self.ping_sent_at
 
     def _refuse_head(self) -> None:
         # websockets refused the request head (it logged "connection rejected (431 ...)")

@@ -31,6 +31,7 @@ from typing import Any
 from starlette.types import Receive, Send
 from websockets.exceptions import ConnectionClosed
 
+from .bounds import BoundedWebSocketProtocol
 from .clientside import GatewayWebSocketProtocol
 from .framing import BINARY, TEXT
 from .lifecycle import End, Side, backend_end, client_end, short_reason, to_backend, to_client
@@ -128,6 +129,21 @@ class ProxyConnection:
             self.end = End(by, code, reason)
         if self._terminator is None and not self._finishing and self._b2c is not None:
             self._terminator = asyncio.get_running_loop().create_task(self._terminate())
+
+    def unanswered_pings(self) -> dict[str, float | None]:
+        """Seconds each side has left the gateway's keepalive ping unanswered (None: no
+        ping pending), for /connections: who stopped answering."""
+        client = getattr(self._send, "__self__", None)
+        client_s = None
+        if isinstance(client, BoundedWebSocketProtocol):
+            client_s = client.unanswered_ping_s()
+        backend_s = None
+        if self._link.ping_payload is not None:
+            backend_s = asyncio.get_running_loop().time() - self._ping_at
+        return {
+            "client": None if client_s is None else round(client_s, 3),
+            "backend": None if backend_s is None else round(backend_s, 3),
+        }
 
     def keepalive(self, now: float, interval: float, timeout: float) -> None:
         """Called by :class:`.keepalive.BackendKeepalive`: close the connection if the
