@@ -10,6 +10,8 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from aivtuber_common.config import Settings, load_settings
+from aivtuber_gateway.routing import RouteTable
 from bench.edge_memory import MB, MIB, fragment_attack, gateway_under_attack, header_attack
 from tests.backends import EchoBackend
 from tests.gateway_support import WAIT_S, closed_with, gateway_settings, run_gateway
@@ -135,3 +137,17 @@ async def test_the_gateway_process_rss_stays_bounded_under_fragment_and_header_a
     assert all(answer.startswith("HTTP/1.1 431 ") for answer in heads.answers)
     assert fragment_growth < FRAGMENT_GROWTH_LIMIT_MB
     assert header_growth < HEADER_GROWTH_LIMIT_MB
+
+
+def test_each_default_route_is_limited_to_what_its_backend_accepts(tmp_path: Path) -> None:
+    settings = Settings()
+    routes = {route.name: route for route in RouteTable(settings.gateway)}
+    assert routes["input"].max_message_bytes == settings.input_handler.max_message_bytes == MIB
+    assert routes["output"].max_message_bytes == MIB
+    # A route without its own key takes the gateway-wide limit.
+    custom = gateway_settings({"echo": ["ws://127.0.0.1:1"]}, max_message_bytes=2 * MIB)
+    assert next(iter(RouteTable(custom.gateway))).max_message_bytes == 2 * MIB
+    # Pointing a default route elsewhere keeps its limit.
+    (tmp_path / "config.json").write_text("{}")
+    moved = load_settings(tmp_path / "config.json", environ={"INPUT_HANDLER_URL": "ws://h:1"})
+    assert moved.gateway.routes["input"].max_message_bytes == MIB
