@@ -12,7 +12,15 @@ from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.config import Settings, load_settings
 from aivtuber_gateway.routing import RouteTable
-from bench.edge_memory import MB, MIB, fragment_attack, gateway_under_attack, header_attack
+from bench.edge_memory import (
+    MB,
+    MIB,
+    EdgeMemoryParams,
+    fragment_attack,
+    gateway_under_attack,
+    header_attack,
+    run_edge_memory,
+)
 from tests.backends import EchoBackend
 from tests.gateway_support import WAIT_S, closed_with, gateway_settings, run_gateway
 
@@ -151,3 +159,10 @@ def test_each_default_route_is_limited_to_what_its_backend_accepts(tmp_path: Pat
     (tmp_path / "config.json").write_text("{}")
     moved = load_settings(tmp_path / "config.json", environ={"INPUT_HANDLER_URL": "ws://h:1"})
     assert moved.gateway.routes["input"].max_message_bytes == MIB
+
+
+def test_the_edge_memory_benchmark_part_reports_rss_under_both_attacks(tmp_path: Path) -> None:
+    result = run_edge_memory(tmp_path, EdgeMemoryParams.smoke())
+    assert {"baseline_mb", "fragments_mb", "headers_mb"} <= set(result)
+    assert result["fragments"]["closed_by_gateway"] == result["fragments"]["conns"]
+    assert result["headers"]["closed_by_gateway"] == result["headers"]["conns"]
