@@ -8,6 +8,7 @@ import contextlib
 from pathlib import Path
 
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.config import Settings, load_settings
@@ -166,3 +167,31 @@ def test_the_edge_memory_benchmark_part_reports_rss_under_both_attacks(tmp_path:
     assert {"baseline_mb", "fragments_mb", "headers_mb"} <= set(result)
     assert result["fragments"]["closed_by_gateway"] == result["fragments"]["conns"]
     assert result["headers"]["closed_by_gateway"] == result["headers"]["conns"]
+
+
+async def test_endless_empty_fragments_from_a_backend_close_both_sides_with_1009() -> None:
+    async def fragments():  # type: ignore[no-untyped-def]
+        yield b"x"
+        for _ in range(100_000):
+            yield b""
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(fragments())
+        await ws.wait_closed()
+        closes.put_nowait(ws.close_code)
+
+    closes: asyncio.Queue[int | None] = asyncio.Queue()
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        route = {"path": "/ws/input", "backends": [f"ws://127.0.0.1:{port}"]}
+        route["max_message_bytes"] = 64 * 1024  # type: ignore[assignment]
+        async with run_gateway(gateway_settings({"input": route})) as gateway:
+            async with connect(gateway.ws_url + "/ws/input") as ws:
+                await ws.send("go")
+                code, reason = await closed_with(ws)
+        backend_code = await asyncio.wait_for(closes.get(), WAIT_S)
+    assert code == 1009
+    assert reason == f"backend: fragmented message over {64 * 1024} bytes"
+    assert backend_code == 1009
