@@ -12,6 +12,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from aivtuber_input.workers import HttpTaskSubmitter
 from bench.procs import Proc, python_argv
 from bench.stack import MAIN, Ports, stack_config, write_config
 from tests.frontend import frontend, listen, speak
@@ -99,3 +100,24 @@ async def test_the_stack_started_at_once_speaks_as_soon_as_the_gateway_health_sa
             proc.stop()
     assert heard.end is not None and heard.end["type"] == "audio_complete", heard.end
     assert len(heard.pcm) > 0
+
+
+async def test_a_worker_whose_other_voice_failed_is_ready_for_its_default_voice() -> None:
+    degraded = {
+        "status": "degraded",
+        "ingest_connected": True,
+        "default_voice": "joe",
+        "voices": [{"id": "joe", "state": "ready"}, {"id": "broken", "state": "failed"}],
+    }
+    starting = {**degraded, "status": "starting", "voices": [{"id": "joe", "state": "loading"}]}
+    answers = {"http://a": (503, degraded), "http://b": (503, starting)}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        status, body = answers[f"http://{request.url.host}"]
+        return httpx.Response(status, json=body)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        submitter = HttpTaskSubmitter(http, list(answers), timeout_s=1.0)
+        await submitter.refresh()
+    assert submitter.ready
+    assert [worker.state for worker in submitter.workers] == ["ready", "starting"]

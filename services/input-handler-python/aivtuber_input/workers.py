@@ -9,7 +9,8 @@ itself (404 unknown_voice, 400 bad_request) is the same on every worker and goes
 back to the client.
 
 Readiness: a worker is *ready* once its ``GET /health`` answered 200 (voices warm, ingest
-connected). Until one is, a submission waits (``ready_wait_s``) while some worker is still
+connected), or 503 "degraded" only because a voice other than its default failed to load.
+Until one is, a submission waits (``ready_wait_s``) while some worker is still
 warming up (never probed yet, or answering 503 "starting"); when every worker is down it
 fails at once. The input handler's own ``/health`` is 200 only with a ready worker.
 
@@ -250,7 +251,8 @@ class HttpTaskSubmitter:
             data = {}
         if not isinstance(data, dict):
             data = {}
-        healthy = response.status_code == 200
+        # "degraded" because another voice failed to load: still fit for the default voice.
+        healthy = response.status_code == 200 or _default_voice_ready(data)
         if healthy and not worker.healthy:
             log.info("worker_up", worker=worker.url)
         worker.healthy = healthy
@@ -299,6 +301,18 @@ def _refusal(response: httpx.Response) -> WorkerRefusal:
             code="busy" if response.status_code == 503 else f"http_{response.status_code}",
             message=f"The TTS worker answered HTTP {response.status_code}.",
         )
+
+
+def _default_voice_ready(data: dict[str, Any]) -> bool:
+    """A worker "degraded" because another voice failed still speaks its default voice."""
+    if data.get("status") != "degraded" or data.get("ingest_connected") is not True:
+        return False
+    voices = data.get("voices")
+    default = data.get("default_voice")
+    return isinstance(voices, list) and any(
+        isinstance(voice, dict) and voice.get("id") == default and voice.get("state") == "ready"
+        for voice in voices
+    )
 
 
 def _count(data: dict[str, Any], key: str) -> int:
