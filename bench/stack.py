@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from aivtuber_common.config import ConfigError, Settings, VoiceSettings, load_settings
 
 from .procs import REPO_ROOT, BenchError, Proc, free_port, python_argv
@@ -145,22 +143,20 @@ class Stack:
 
     def start(self) -> None:
         # The three light services start together; the worker starts alone once they are up,
-        # so its start-to-ready time is not shared with their imports.
+        # so its start-to-ready time is not shared with their imports. The input handler's
+        # (and so the gateway's) /health says ok only once a worker is ready: until then
+        # their ports, and the gateway's liveness, tell that they are up.
         starting = [self._start(section) for section in ("output_handler", "input_handler")]
         gateway = self._start("gateway")
         for proc in starting:
-            proc.wait_http(self._health(proc.name), READY_TIMEOUT_S)
-        gateway.wait_http(self._health("gateway"), READY_TIMEOUT_S)
+            proc.wait_port(getattr(self.ports, proc.name), READY_TIMEOUT_S)
+        gateway.wait_http(self._health("gateway") + "z", READY_TIMEOUT_S)
         worker, self.worker_ready_s = start_worker(
             self.config_path, self.settings, self.work_dir, "tts_worker"
         )
         self.procs.append(worker)
-        health = self._health("input_handler")
-        inputs = self.proc("input_handler")
-        with httpx.Client(timeout=1.0) as client:
-            inputs.wait_ready(
-                lambda: _sees_worker(client, health), READY_TIMEOUT_S, "sees a TTS worker", 0.05
-            )
+        # 200 once the input handler has a ready worker and the output handler is up.
+        gateway.wait_http(self._health("gateway"), READY_TIMEOUT_S)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -177,12 +173,3 @@ class Stack:
 
     def _health(self, section: str) -> str:
         return f"http://127.0.0.1:{getattr(self.ports, section)}/health"
-
-
-def _sees_worker(client: httpx.Client, url: str) -> bool:
-    try:
-        body = client.get(url).json()
-    except (httpx.HTTPError, ValueError):
-        return False
-    # Older input handlers do not report it: then /health 200 is all there is to wait for.
-    return int(body.get("workers_available", 1)) >= 1

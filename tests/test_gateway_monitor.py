@@ -124,6 +124,7 @@ async def test_connections_shows_a_live_connection_with_counts_that_move() -> No
         "bytes_in",
         "bytes_out",
         "last_activity_at",
+        "unanswered_ping_s",
     }
     assert conn["route"] == "output"
     assert conn["path"] == "/ws/output/task-1"

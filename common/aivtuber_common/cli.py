@@ -61,6 +61,7 @@ class ServiceSpec:
         create_app: Callable[[Settings], Any],
         server_class: type[uvicorn.Server] = GracefulServer,
         check: Callable[[Settings], None] | None = None,
+        overrides: Callable[[Settings], dict[str, Any]] | None = None,
     ) -> None:
         self.name = name
         self.section = section  # the key of config.json this service reads
@@ -69,6 +70,8 @@ class ServiceSpec:
         # Extra start-up checks that need more than the schema (a model file, a GPU);
         # raise ConfigError with one line.
         self.check = check
+        # uvicorn settings of its own (keepalive pings where the service needs them).
+        self.overrides = overrides
 
 
 def parse_args(name: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -138,6 +141,8 @@ def run_service(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     section = getattr(settings, spec.section)
     app = spec.create_app(settings)
     config = uvicorn_config(app, section.host, section.port, settings.logging.level)
+    for key, value in (spec.overrides(settings) if spec.overrides else {}).items():
+        setattr(config, key, value)
     server = spec.server_class(config)
     structlog.get_logger().info("starting", host=section.host, port=section.port)
     server.run()

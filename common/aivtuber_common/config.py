@@ -110,6 +110,10 @@ class RouteSettings(StrictModel):
     compression: bool = False
     # Time to first audio and inter-frame gaps of binary frames backend -> client (/metrics).
     audio_metrics: bool = False
+    # Largest message either way on this route, on both hops; it also caps the bytes a
+    # connection may hold in an unfinished fragmented message. Set it to what the backend
+    # accepts; unset: gateway.max_message_bytes.
+    max_message_bytes: Annotated[int, Field(ge=1024)] | None = None
 
     @model_validator(mode="after")
     def _path_is_absolute(self) -> RouteSettings:
@@ -120,9 +124,17 @@ class RouteSettings(StrictModel):
 
 def _default_routes() -> dict[str, RouteSettings]:
     return {
-        "input": RouteSettings(path="/ws/input", backends=["ws://127.0.0.1:8001"]),
+        # The input handler refuses messages over input_handler.max_message_bytes (1 MiB).
+        "input": RouteSettings(
+            path="/ws/input", backends=["ws://127.0.0.1:8001"], max_message_bytes=MIB
+        ),
+        # The output handler takes only small control messages and sends JSON plus one audio
+        # frame a message (at most 1 s of 96 kHz 16-bit audio, 192 KB): 1 MiB leaves room.
         "output": RouteSettings(
-            path="/ws/output/{task_id}", backends=["ws://127.0.0.1:8002"], audio_metrics=True
+            path="/ws/output/{task_id}",
+            backends=["ws://127.0.0.1:8002"],
+            audio_metrics=True,
+            max_message_bytes=MIB,
         ),
     }
 
@@ -143,10 +155,13 @@ class GatewaySettings(StrictModel):
     port: Port = 8000
     # Route name -> route, matched in order; a third route is a config change.
     routes: dict[str, RouteSettings] = Field(default_factory=_default_routes)
-    # Largest message, both directions, both hops; a larger one closes with 1009.
+    # Largest message of a route that sets no max_message_bytes of its own.
     max_message_bytes: Annotated[int, Field(ge=1024)] = 16 * MIB
-    # Time to open the backend connection (TCP + WebSocket handshake), all backends
-    # of a route together; then the client is closed with 1013.
+    # An HTTP request head (request line and headers, upgrades included) longer than this is
+    # answered 431 and the connection closed: a client cannot make the gateway hold more.
+    max_head_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
+    # A request head not complete within this is answered 408 and closed (slowloris).
+    head_timeout_s: Seconds = 10.0
     connect_timeout_s: Seconds = 5.0
     # Keepalive ping toward the client and toward the backend; 0 turns pings off.
     ping_interval_s: Annotated[float, Field(ge=0)] = 20.0

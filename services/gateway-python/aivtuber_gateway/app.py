@@ -26,6 +26,7 @@ from aivtuber_common.identity import Identity
 from aivtuber_common.redact import short_path
 
 from .auth import Edge, Refusal
+from .bounds import limit_messages
 from .headers import forwarded_request
 from .health import HealthChecker
 from .keepalive import BackendKeepalive
@@ -105,7 +106,6 @@ class GatewayApp:
             )
             options = ProxyOptions(
                 registry=registry,
-                max_message_bytes=gateway.max_message_bytes,
                 connect_timeout_s=gateway.connect_timeout_s,
                 idle_timeout_s=gateway.idle_timeout_s,
                 debug=self.settings.logging.level == "debug",
@@ -188,6 +188,7 @@ class GatewayApp:
         route: Route,
         identity: Identity,
     ) -> None:
+        limit_messages(send, route.max_message_bytes)
         request = forwarded_request(scope)
         request.headers.extend(self.edge.backend_headers(identity))
         # uvicorn keeps the scope for the connection's lifetime; the headers have been

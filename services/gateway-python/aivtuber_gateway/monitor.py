@@ -117,6 +117,7 @@ def snapshot(conn: ProxyConnection) -> dict[str, Any]:
         "bytes_in": conn.bytes_in,
         "bytes_out": conn.bytes_out,
         "last_activity_at": _iso(conn.connected_at + (conn.last_activity - conn.opened)),
+        "unanswered_ping_s": conn.unanswered_pings(),
     }
 
 

@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.redact import short_path
 
+from .bounds import BoundedWebSocketProtocol
 from .clientside import ClientHook
 from .fastpath import EXTENSION
 from .framing import BINARY, TEXT
@@ -52,7 +53,6 @@ class ProxyOptions:
         self,
         *,
         registry: Registry[ProxyConnection],
-        max_message_bytes: int,
         connect_timeout_s: float,
         idle_timeout_s: float,
         debug: bool,
@@ -61,7 +61,6 @@ class ProxyOptions:
         observe_audio_gap: Callable[[str], Callable[[float], None]] | None = None,
     ) -> None:
         self.registry: Registry[ProxyConnection] = registry
-        self.max_message_bytes = max_message_bytes
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.debug = debug
@@ -167,6 +166,21 @@ class ProxyConnection:
     def finishing(self) -> bool:
         """The client side has ended; the backend is being closed."""
         return self._finishing
+
+    def unanswered_pings(self) -> dict[str, float | None]:
+        """Seconds each side has left the gateway's keepalive ping unanswered (None: no
+        ping pending), for /connections: who stopped answering."""
+        client = getattr(self._send, "__self__", None)
+        client_s = None
+        if isinstance(client, BoundedWebSocketProtocol):
+            client_s = client.unanswered_ping_s()
+        backend_s = None
+        if self._link.ping_payload is not None:
+            backend_s = asyncio.get_running_loop().time() - self._link.ping_at
+        return {
+            "client": None if client_s is None else round(client_s, 3),
+            "backend": None if backend_s is None else round(backend_s, 3),
+        }
 
     async def run(self, receive: Receive) -> None:
         """Pump both ways until either side ends, then close both and deregister."""

@@ -13,12 +13,12 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+from .bounds import BoundedClientProtocol
 from .headers import ForwardedRequest
 from .link import CLOSE_TIMEOUT_S, BackendLink
 from .routing import Backend, Route
@@ -77,7 +77,7 @@ async def open_backend(
                     request.headers,
                     request.subprotocols,
                     compression=route.compression,
-                    max_size=options.max_message_bytes,
+                    max_size=route.max_message_bytes,
                 )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -109,7 +109,7 @@ async def open_link(
     Raises ``OSError`` (refused, unreachable) or the handshake's ``InvalidHandshake``
     (``InvalidStatus`` carries the HTTP response)."""
     uri = parse_uri(url)
-    protocol = ClientProtocol(
+    protocol = BoundedClientProtocol(
         uri,
         extensions=enable_client_permessage_deflate(None) if compression else None,
         subprotocols=[Subprotocol(name) for name in subprotocols] or None,

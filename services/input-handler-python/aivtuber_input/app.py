@@ -64,6 +64,7 @@ def create_app(
                 list(config.workers),
                 timeout_s=config.worker_timeout_s,
                 token=settings.internal_token,
+                ready_wait_s=config.ready_wait_s,
             )
             endpoint.submitter = submitter
             probes = asyncio.create_task(submitter.run_health_checks(config.health_interval_s))
@@ -76,17 +77,22 @@ def create_app(
                 endpoint.submitter = None
 
     async def health(request: Request) -> Response:
+        # 200 only when a line can be spoken now: a worker answered its /health with 200
+        # (voices warm, ingest connected). Until then "degraded", 503: the gateway's /health
+        # (and whoever waits on it) does not say ok before a speak can succeed.
         submitter: HttpTaskSubmitter | None = getattr(request.state, "submitter", None)
         states = [worker.as_dict() for worker in submitter.workers] if submitter else []
+        ready = submitter is not None and submitter.ready
         return JSONResponse(
             {
-                "status": "ok",
+                "status": "ok" if ready else "degraded",
                 "service": "input_handler",
                 "uptime_s": round(time.monotonic() - started, 1),
                 "connections": endpoint.connections,
                 "workers_available": submitter.available if submitter else 0,
                 "workers": states,
-            }
+            },
+            status_code=200 if ready else 503,
         )
 
     routes = [

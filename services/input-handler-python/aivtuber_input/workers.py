@@ -8,6 +8,12 @@ every worker has been tried the client gets ``tts_unavailable``. A refusal about
 itself (404 unknown_voice, 400 bad_request) is the same on every worker and goes straight
 back to the client.
 
+Readiness: a worker is *ready* once its ``GET /health`` answered 200 (voices warm, ingest
+connected), or 503 "degraded" only because a voice other than its default failed to load.
+Until one is, a submission waits (``ready_wait_s``) while some worker is still
+warming up (never probed yet, or answering 503 "starting"); when every worker is down it
+fails at once. The input handler's own ``/health`` is 200 only with a ready worker.
+
 Exceptions::
 
     TransportError (aivtuber_common.transport)    code "tts_unavailable"
@@ -20,7 +26,7 @@ import asyncio
 import itertools
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import structlog
@@ -58,6 +64,13 @@ class WorkerStatus:
     capacity: int = 1
     given: int = 0  # tasks given since the last probe
     last_error: str | None = None
+    # What the last probe (or submission) said: ready (200), starting (503 "starting": voices
+    # still loading), down (anything else), unknown (not probed yet).
+    state: Literal["unknown", "starting", "ready", "down"] = "unknown"
+
+    @property
+    def warming(self) -> bool:
+        return self.state in ("unknown", "starting")
 
     @property
     def load(self) -> float:
@@ -71,6 +84,7 @@ class WorkerStatus:
             "running": self.running,
             "queued": self.queued,
             "capacity": self.capacity,
+            "state": self.state,
             "last_error": self.last_error,
         }
 
@@ -85,15 +99,20 @@ class HttpTaskSubmitter:
         *,
         timeout_s: float,
         token: str | None = None,
+        ready_wait_s: float = 0.0,
     ) -> None:
         self.client = client
+        self.ready_wait_s = ready_wait_s
         self.workers = [WorkerStatus(url) for url in workers]
         self.timeout = httpx.Timeout(timeout_s)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._rotation = itertools.count()
         self._owners: OrderedDict[str, tuple[WorkerStatus, str | None]] = OrderedDict()
+        # Set (and replaced) after every probe round: what wait_ready() waits on.
+        self._probed = asyncio.Event()
 
     async def submit(self, task: SubmitTask) -> SubmitAccepted:
+        await self.wait_ready(self.ready_wait_s)
         problems: list[str] = []  # one short reason per worker, in the order tried
         for worker in self._candidates():
             accepted = await self._try(worker, task, problems)
@@ -126,6 +145,29 @@ class HttpTaskSubmitter:
     async def refresh(self) -> None:
         """Probe every worker's ``GET /health`` once (concurrently)."""
         await asyncio.gather(*(self._probe(worker) for worker in self.workers))
+        probed, self._probed = self._probed, asyncio.Event()
+        probed.set()
+
+    @property
+    def ready(self) -> bool:
+        """A worker is ready for a task (warm and reachable)."""
+        return any(worker.state == "ready" for worker in self.workers)
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """Until a worker is ready, for ``timeout_s`` at most while any is still warming up
+        (not when all are down: that is not worth a wait). True if one is ready."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.ready and any(worker.warming for worker in self.workers):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._probed.wait()
+            except TimeoutError:
+                break
+        return self.ready
 
     async def run_health_checks(self, interval_s: float) -> None:
         """Probe forever; the lifespan owns (and cancels) the task running this."""
@@ -135,7 +177,7 @@ class HttpTaskSubmitter:
 
     @property
     def available(self) -> int:
-        return sum(1 for worker in self.workers if worker.healthy and not worker.busy)
+        return sum(1 for w in self.workers if w.state == "ready" and w.healthy and not w.busy)
 
     # --- internals ------------------------------------------------------------------------
 
@@ -164,6 +206,7 @@ class HttpTaskSubmitter:
             return None
         if response.status_code in (200, 201, 202):
             worker.healthy, worker.busy, worker.last_error = True, False, None
+            worker.state = "ready"
             worker.given += 1
             self._remember(task.task_id, worker, task.tenant)
             return _accepted(response, task)
@@ -227,10 +270,17 @@ class HttpTaskSubmitter:
             data = {}
         if not isinstance(data, dict):
             data = {}
-        healthy = response.status_code == 200
+        # "degraded" because another voice failed to load: still fit for the default voice.
+        healthy = response.status_code == 200 or _default_voice_ready(data)
         if healthy and not worker.healthy:
             log.info("worker_up", worker=worker.url)
         worker.healthy = healthy
+        if healthy:
+            worker.state = "ready"
+        elif response.status_code == 503 and data.get("status") == "starting":
+            worker.state = "starting"
+        else:
+            worker.state = "down"
         worker.busy = False
         worker.given = 0
         worker.running = _count(data, "running")
@@ -244,6 +294,7 @@ class HttpTaskSubmitter:
         if worker.healthy:
             log.warning("worker_down", worker=worker.url, reason=why)
         worker.healthy = False
+        worker.state = "down"
         worker.last_error = why
 
     def _remember(self, task_id: str, worker: WorkerStatus, tenant: str | None) -> None:
@@ -273,6 +324,18 @@ def _refusal(response: httpx.Response) -> WorkerRefusal:
             code="busy" if response.status_code == 503 else f"http_{response.status_code}",
             message=f"The TTS worker answered HTTP {response.status_code}.",
         )
+
+
+def _default_voice_ready(data: dict[str, Any]) -> bool:
+    """A worker "degraded" because another voice failed still speaks its default voice."""
+    if data.get("status") != "degraded" or data.get("ingest_connected") is not True:
+        return False
+    voices = data.get("voices")
+    default = data.get("default_voice")
+    return isinstance(voices, list) and any(
+        isinstance(voice, dict) and voice.get("id") == default and voice.get("state") == "ready"
+        for voice in voices
+    )
 
 
 def _count(data: dict[str, Any], key: str) -> int:

@@ -29,6 +29,7 @@ from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 
 from .ingest import IngestEndpoint
+from .keepalive import ping_settings
 from .metrics import OutputMetrics
 from .store import TaskState, TaskStore
 from .stream import OutputEndpoint
@@ -125,7 +126,8 @@ def create_app(settings: Settings) -> Starlette:
             }
         )
 
-    ingest = IngestEndpoint(store, metrics, settings.internal_token)
+    _, ping_timeout_s = ping_settings(config)
+    ingest = IngestEndpoint(store, metrics, settings.internal_token, stall_s=ping_timeout_s)
     routes = [
         WebSocketRoute(
             "/ws/output/{task_id}",

@@ -169,7 +169,12 @@ class TaskStore:
         self._finish(task, TaskEnd(task_id=task_id, status="failed", code=code, message=message))
         return True
 
-    def source_lost(self, source: Hashable) -> list[str]:
+    def source_lost(
+        self,
+        source: Hashable,
+        code: str = "worker_lost",
+        message: str = "The TTS worker's connection was lost before the task finished.",
+    ) -> list[str]:
         """The worker connection ``source`` is gone: fail its unfinished tasks."""
         lost = [
             task.task_id
@@ -177,11 +182,7 @@ class TaskStore:
             if task.source == source and task.end is None and task.open is not None
         ]
         for task_id in lost:
-            self.fail(
-                task_id,
-                "worker_lost",
-                "The TTS worker's connection was lost before the task finished.",
-            )
+            self.fail(task_id, code, message)
         return lost
 
     # --- reader side (subscribers, HTTP) --------------------------------------------------
