@@ -87,7 +87,7 @@ async def run_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
     app = create_app(settings)
     overrides = uvicorn_overrides(settings.gateway)
     # The mode asked for is the mode tested: "auto" must not quietly fall back to plain.
-    fast = overrides["ws"] is GatewayWebSocketProtocol
+    fast = issubclass(overrides["ws"], GatewayWebSocketProtocol)
     assert fast is (settings.gateway.fast_path == "auto"), overrides["ws"]
     async with run_server(app, **overrides) as server:
         gateway = RunningGateway(server, app)

@@ -7,6 +7,7 @@ import uuid
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 from websockets.asyncio.client import connect
 
@@ -135,7 +136,7 @@ async def test_connections_over_max_connections_are_closed_with_4429_per_tenant(
             async with connect(alice) as first, connect(output) as second:
                 await backend_info(first)
                 await backend_info(second)
-                quota = gateway.app.metrics.render().decode()
+                quota = generate_latest(gateway.app.metrics.prometheus).decode()
                 async with connect(alice) as third:
                     assert await closed_with(third) == (4429, "too many connections (limit 2)")
                 # Another tenant is not affected.
@@ -145,7 +146,7 @@ async def test_connections_over_max_connections_are_closed_with_4429_per_tenant(
             await wait_until(lambda: len(gateway.registry) == 0)
             async with connect(alice) as again:
                 await backend_info(again)
-            metrics = gateway.app.metrics.render().decode()
+            metrics = generate_latest(gateway.app.metrics.prometheus).decode()
     assert 'aivtuber_gateway_rejected_total{code="4429",route="echo"} 1.0' in metrics
     assert 'aivtuber_gateway_tenant_connections_open{tenant="alice"} 2.0' in quota
     assert 'aivtuber_gateway_tenant_connections_open{tenant="bob"} 0.0' in quota
