@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,8 +81,10 @@ class HttpTaskSubmitter:
         *,
         timeout_s: float,
         token: str | None = None,
+        on_accepted: Callable[[str, str], None] | None = None,
     ) -> None:
         self.client = client
+        self.on_accepted = on_accepted  # (task id, worker URL): who took which task
         self.workers = [WorkerStatus(url) for url in workers]
         self.timeout = httpx.Timeout(timeout_s)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -153,6 +156,8 @@ class HttpTaskSubmitter:
             worker.healthy, worker.busy, worker.last_error = True, False, None
             worker.given += 1
             self._remember(task.task_id, worker)
+            if self.on_accepted is not None:
+                self.on_accepted(task.task_id, worker.url)
             return _accepted(response, task)
         refusal = _refusal(response)
         log.info(
