@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.config import (
     AuthSettings,
@@ -30,7 +31,7 @@ from aivtuber_common.config import (
     VoiceSettings,
 )
 from aivtuber_common.identity import CLIENT_HEADER, TENANT_HEADER
-from aivtuber_common.internal import TaskSnapshot
+from aivtuber_common.internal import TASK_EVENTS_PATH, TaskSnapshot
 from aivtuber_input import create_app as input_app
 from aivtuber_input.activity import ORPHAN_GRACE_S, ActiveTasks
 from aivtuber_output import create_app as output_app
@@ -369,3 +370,17 @@ def test_a_task_whose_end_arrives_before_its_acceptance_is_not_counted() -> None
     active.ended("t1")  # the events socket was faster than the POST's answer
     active.accepted("t1", "w")
     assert active.count("k") == 0
+
+
+async def test_the_workers_events_socket_needs_the_internal_token() -> None:
+    async with running_recorder("s3cret") as recorder:
+        async with running_worker(sine_settings(recorder.url, token="s3cret")) as worker:
+            url = worker.server.ws_url + TASK_EVENTS_PATH
+            async with connect(url) as ws:
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+            assert ws.close_code == 4401
+            headers = {"Authorization": "Bearer s3cret"}
+            async with connect(url, additional_headers=headers) as ws:
+                first = json.loads(await ws.recv())
+    assert first == {"type": "task_snapshot", "active": [], "ended": []}

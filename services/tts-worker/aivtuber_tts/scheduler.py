@@ -60,8 +60,12 @@ class _Group:
 
 
 class PieceScheduler:
-    def __init__(self, slots: int, executor: Executor) -> None:
+    def __init__(
+        self, slots: int, executor: Executor, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        """``clock`` times the pieces (engine seconds); tests may hand in their own."""
         self.slots = slots
+        self._clock = clock
         self.busy = 0  # slots whose thread is running a piece
         self._executor = executor
         self._groups: dict[str, _Group] = {}
@@ -91,11 +95,11 @@ class PieceScheduler:
 
         def timed() -> T:
             nonlocal elapsed
-            started = time.perf_counter()
+            started = self._clock()
             try:
                 return work()
             finally:
-                elapsed = time.perf_counter() - started
+                elapsed = self._clock() - started
 
         try:
             future = self._executor.submit(timed)

@@ -135,6 +135,7 @@ class TaskManager:
         metrics.running.set_function(lambda: self.running)
         metrics.queued.set_function(lambda: self.queued)
         metrics.engine_busy.set_function(lambda: scheduler.busy)
+        metrics.pieces_waiting.set_function(lambda: scheduler.waiting)
 
     @property
     def running(self) -> int:
