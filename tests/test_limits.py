@@ -230,6 +230,8 @@ async def test_active_tasks_are_capped_and_freed_when_tasks_complete() -> None:
             await queued_once_allowed(one, "Hi.", voice="sine")
             await queued_once_allowed(two, "Hi.", voice="sine")
     assert all(task.end is not None for task in recorder.tasks.values())
+    # The tenant travels with the task, for the output handler's ownership checks.
+    assert recorder.tasks[first].open.tenant == "alpha"
 
 
 async def test_a_cancelled_task_frees_its_place() -> None:

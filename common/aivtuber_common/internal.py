@@ -6,9 +6,9 @@ Input handler -> TTS worker, over HTTP::
                                                   -> 503 WorkerRefusal(code="busy"|"not_ready")
                                                   -> 400/404 WorkerRefusal(code="unknown_voice"...)
     DELETE /v1/tasks/{task_id}  cancel            -> 200 {"task_id", "cancelled": bool}
-    GET    /v1/tasks/events     newline-delimited JSON, never ending: a TaskSnapshot first and
-                                then every TASK_SNAPSHOT_INTERVAL_S, a TaskEnd whenever a task
-                                ends (how the input handler counts each tenant's active tasks)
+    WS     /v1/tasks/events     JSON text messages: a TaskSnapshot first and after every
+                                TASK_SNAPSHOT_INTERVAL_S without a message, a TaskEnd whenever
+                                a task ends (how the input handlers count active tasks)
 
 TTS worker -> output handler, over one reused WebSocket to ``/internal/ingest``: text frames
 carry the JSON models below; each audio frame is one binary message laid out by
@@ -101,7 +101,8 @@ class TaskSnapshot(_Internal):
 
 TaskEvent = Annotated[TaskSnapshot | TaskEnd, Field(discriminator="type")]
 TaskEventAdapter: TypeAdapter[TaskEvent] = TypeAdapter(TaskEvent)
-# The events stream repeats the snapshot this often: a keepalive, so a hung worker is noticed.
+# The events socket sends a snapshot after this long without a message: a keepalive, so a
+# hung worker is noticed.
 TASK_SNAPSHOT_INTERVAL_S = 2.0
 TASK_EVENTS_PATH = "/v1/tasks/events"
 

@@ -162,6 +162,7 @@ class TaskManager:
                     voice=voice.id,
                     engine=voice.engine.name,
                     sample_rate=voice.engine.sample_rate,
+                    tenant=task.tenant,
                 )
             )
         except IngestLost as exc:
