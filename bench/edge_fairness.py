@@ -211,17 +211,20 @@ async def _measure(stack: Stack, params: FairnessParams, say: Callable[[str], No
     await speak_timed(input_url, output_url, lines[0])  # warm the path once, not measured
     alone: list[float] = []
     flooded: list[float] = []
-    held: list[int] = []
+    held: list[int] = []  # tasks the flooder had submitted when the listener spoke
+    refused: list[int] = []  # times the worker had refused the flooder as full by then
     for round_no in range(params.rounds):
         line = lines[(2 * round_no + 1) % len(lines)]
         alone.append(await speak_timed(input_url, output_url, line))
         async with flooding(input_url, flood_text) as state:
             held.append(len(state.task_ids))
+            refused.append(state.refused_full)
             line = lines[(2 * round_no + 2) % len(lines)]
             flooded.append(await speak_timed(input_url, output_url, line))
         say(
             f"edge fairness round {round_no + 1}/{params.rounds}: {LISTENER} alone "
-            f"{alone[-1]:.0f} ms, while {FLOODER} floods ({held[-1]} tasks) {flooded[-1]:.0f} ms"
+            f"{alone[-1]:.0f} ms, while {FLOODER} keeps its share full ({held[-1]} tasks sent) "
+            f"{flooded[-1]:.0f} ms"
         )
     alone_ms, flood_ms = median(alone), median(flooded)
     assert alone_ms is not None and flood_ms is not None  # rounds >= 1, every line measured
@@ -232,7 +235,8 @@ async def _measure(stack: Stack, params: FairnessParams, say: Callable[[str], No
         "ratio": ratio,
         "target_ratio": TARGET_RATIO,
         "meets_target": ratio <= TARGET_RATIO,
-        "flooder_tasks_held": held,
+        "flooder_tasks_submitted": held,
+        "flooder_refused_full": refused,
         "alone_ttfa_ms_each": alone,
         "flood_ttfa_ms_each": flooded,
         "flood_chars_per_task": len(flood_text),
