@@ -14,7 +14,8 @@ Each round, interleaved so the machine's drift hits both sides alike:
 2. *flood*: alpha fills its share of the worker with long lines and keeps it full (it
    speaks again as soon as one of its tasks ends); once the worker has refused alpha for
    being full, beta speaks the next line;
-3. alpha cancels everything it has, so the next round starts idle.
+3. alpha cancels everything it has, and the round waits until the engine is idle (a piece
+   already in a thread runs to its end), so the next *alone* line has the worker to itself.
 
 Time to first audio: ``speak`` sent -> the first *audible* sample received on
 ``/ws/output/{task_id}`` (both sockets open before the clock starts). Target: flood / alone
@@ -38,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -203,11 +205,24 @@ async def flooding(input_url: str, text: str) -> AsyncIterator[_Flood]:
         await runner
 
 
+async def wait_engine_idle(worker_url: str) -> None:
+    """Until no engine slot is busy and no piece waits (the worker's gauges)."""
+    gauges = ("aivtuber_tts_engine_slots_busy ", "aivtuber_tts_pieces_waiting ")
+    async with httpx.AsyncClient(timeout=5.0) as http, asyncio.timeout(LINE_TIMEOUT_S):
+        while True:
+            text = (await http.get(f"{worker_url}/metrics")).text
+            values = [line.split()[-1] for line in text.splitlines() if line.startswith(gauges)]
+            if values and all(float(value) == 0 for value in values):
+                return
+            await asyncio.sleep(0.02)
+
+
 async def _measure(stack: Stack, params: FairnessParams, say: Callable[[str], None]) -> dict:
     lines = read_lines()
     flood_text = " ".join(lines[: params.flood_lines])
     input_url = f"ws://127.0.0.1:{stack.ports.input_handler}"
     output_url = f"ws://127.0.0.1:{stack.ports.output_handler}"
+    worker_url = f"http://127.0.0.1:{stack.ports.tts_worker}"
     await speak_timed(input_url, output_url, lines[0])  # warm the path once, not measured
     alone: list[float] = []
     flooded: list[float] = []
@@ -215,6 +230,7 @@ async def _measure(stack: Stack, params: FairnessParams, say: Callable[[str], No
     refused: list[int] = []  # times the worker had refused the flooder as full by then
     for round_no in range(params.rounds):
         line = lines[(2 * round_no + 1) % len(lines)]
+        await wait_engine_idle(worker_url)
         alone.append(await speak_timed(input_url, output_url, line))
         async with flooding(input_url, flood_text) as state:
             held.append(len(state.task_ids))

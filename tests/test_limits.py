@@ -386,3 +386,15 @@ async def test_the_workers_events_socket_needs_the_internal_token() -> None:
             async with connect(url, additional_headers=headers) as ws:
                 first = json.loads(await ws.recv())
     assert first == {"type": "task_snapshot", "active": [], "ended": []}
+
+
+def test_orphans_of_clients_that_never_come_back_are_swept() -> None:
+    clock = Clock()
+    active = ActiveTasks(clock)
+    for n in range(40):  # forty addresses, one task each, on a worker that then hangs
+        active.admitted(f"old-{n}", f"ip:192.0.2.{n}", 10)
+        active.accepted(f"old-{n}", "w")
+    clock.now += ORPHAN_GRACE_S
+    for n in range(30):  # others keep speaking; nobody asks about the old addresses
+        active.admitted(f"new-{n}", f"ip:198.51.100.{n}", 10)
+    assert len(active) == 30

@@ -75,6 +75,7 @@ class ActiveTasks:
         self._by_key: defaultdict[str, dict[str, _Active]] = defaultdict(dict)
         self._following: set[str] = set()  # workers whose events stream is up
         self._s_per_char = INITIAL_S_PER_CHAR
+        self._sweep_at = 64  # table size that triggers a sweep of expired orphans
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -88,6 +89,11 @@ class ActiveTasks:
         task = _Active(task_id, key, chars, self._clock())
         self._tasks[task_id] = task
         self._by_key[key][task_id] = task
+        if len(self._tasks) >= self._sweep_at:
+            # Orphans of keys that never speak again expire here, not only in count().
+            for orphan_key in [t.key for t in self._tasks.values() if t.orphaned_at is not None]:
+                self.count(orphan_key)
+            self._sweep_at = max(64, 2 * len(self._tasks))
 
     def accepted(self, task_id: str, worker: str | None) -> None:
         """A worker took it. Nothing happens when its end was already heard of."""
