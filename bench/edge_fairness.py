@@ -50,7 +50,7 @@ from .speech_path import read_lines
 from .stack import Stack
 from .stats import median
 
-__all__ = ["FairnessParams", "run_edge_fairness"]
+__all__ = ["FairnessParams", "render", "run_edge_fairness"]
 
 FLOODER, LISTENER = "alpha", "beta"
 TARGET_RATIO = 2.0
@@ -271,6 +271,19 @@ def run_edge_fairness(
     return {"params": asdict(params), "flooder_share": int(share), **result}
 
 
+def render(result: dict[str, Any]) -> str:
+    """The result as a Markdown table, for the edge scenario's report."""
+    verdict = "meets" if result["meets_target"] else "misses"
+    return (
+        f"Fair sharing ({result['params']['voice']}, {len(result['alone_ttfa_ms_each'])} rounds): "
+        f"{LISTENER}'s time to first audible sample, medians\n\n"
+        f"| {LISTENER} alone | while {FLOODER} holds its share ({result['flooder_share']} tasks) "
+        "| ratio |\n|---|---|---|\n"
+        f"| {result['alone_ttfa_ms']:.0f} ms | {result['flood_ttfa_ms']:.0f} ms "
+        f"| {result['ratio']:.2f}x ({verdict} the {result['target_ratio']:.0f}x target) |\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.edge_fairness", description=__doc__)
     parser.add_argument("--voice", default="joe")
@@ -286,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: error: {exc}", file=sys.stderr)
             return 1
     print(json.dumps(result, indent=2))
+    print(render(result), file=sys.stderr)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.edge_fairness import FairnessParams, run_edge_fairness
+from bench.edge_fairness import FairnessParams, render, run_edge_fairness
 
 
 def test_smoke_run_measures_the_listener_alone_and_under_a_flood(tmp_path: Path) -> None:
@@ -21,3 +21,5 @@ def test_smoke_run_measures_the_listener_alone_and_under_a_flood(tmp_path: Path)
     assert result["flooder_refused_full"][0] >= 1
     assert len(result["alone_ttfa_ms_each"]) == len(result["flood_ttfa_ms_each"]) == 1
     assert any("round 1/1" in line for line in said)
+    table = render(result)
+    assert "| beta alone |" in table and f"{result['ratio']:.2f}x" in table
