@@ -32,6 +32,7 @@ from aivtuber_common.config import (
 )
 from aivtuber_common.identity import CLIENT_HEADER, TENANT_HEADER
 from aivtuber_common.internal import TASK_EVENTS_PATH, TaskSnapshot
+from aivtuber_input import activity
 from aivtuber_input import create_app as input_app
 from aivtuber_input.activity import ORPHAN_GRACE_S, ActiveTasks
 from aivtuber_output import create_app as output_app
@@ -255,8 +256,16 @@ async def test_a_failed_task_frees_its_place() -> None:
             await queued_once_allowed(ws)
 
 
-async def test_the_tasks_of_a_killed_worker_stop_counting(tmp_path: Path) -> None:
-    """SIGKILL: no goodbye from the worker; its task must not stay active forever."""
+@pytest.mark.parametrize("failure", ["killed", "hung"])
+async def test_the_tasks_of_a_dead_or_hung_worker_stop_counting(
+    tmp_path: Path, failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL: no goodbye from the worker; SIGSTOP: it just stops answering. Either way
+    its task must not stay active forever."""
+    # A hung worker is noticed after SILENCE_LIMIT_S and its tasks released ORPHAN_GRACE_S
+    # later; shortened here (still above the worker's 2 s snapshot interval).
+    monkeypatch.setattr(activity, "SILENCE_LIMIT_S", 3.0)
+    monkeypatch.setattr(activity, "ORPHAN_GRACE_S", 1.0)
     tts = HoldingTts()
     port = free_port()
     worker_url = f"http://127.0.0.1:{port}"
@@ -278,15 +287,19 @@ async def test_the_tasks_of_a_killed_worker_stop_counting(tmp_path: Path) -> Non
                 assert held["action"] == "upload_processed", held
                 reply = await ask(ws, {"type": "speak", "text": "Another HOLD line."})
                 assert_rate_limited(reply)
-                process.send_signal(signal.SIGKILL)
-                process.wait(WAIT_S)
-                # The place is free again: the worker is gone, so is its task. (No worker
-                # is left, so the next speak is tts_unavailable, no longer rate_limited.)
+                if failure == "killed":
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(WAIT_S)
+                else:
+                    process.send_signal(signal.SIGSTOP)
+                    stack.callback(process.send_signal, signal.SIGCONT)
+                # The place is free again. (The next speak meets no working worker, so it
+                # is tts_unavailable, no longer rate_limited.)
                 async with asyncio.timeout(WAIT_S):
                     while (reply := await ask(ws, {"type": "speak", "text": "Hi."}))[
                         "code"
                     ] == "rate_limited":
-                        await asyncio.sleep(0.02)
+                        await asyncio.sleep(0.05)
                 assert reply["code"] == "tts_unavailable", reply
 
 
