@@ -205,14 +205,18 @@ class WorkerEvents:
             gone = False
             try:
                 await self._read(worker, url, asked_at)
-                delay = 0.05
             except (OSError, TimeoutError, WebSocketException, ValidationError) as exc:
                 # Refused: nothing listens there any more, so the worker's tasks are gone.
                 gone = isinstance(exc, ConnectionRefusedError)
                 if worker not in self._warned:
                     log.warning("task_events_lost", worker=worker, error=type(exc).__name__)
                     self._warned.add(worker)
+            except Exception:  # a bug: logged, and the stream is treated as lost, not dropped
+                log.exception("task_events_error", worker=worker)
             self.active.stream_lost(worker, worker_gone=gone)
+            # A stream that lived a while is tried again at once; failures back off.
+            if self.active.now() - asked_at > RECONNECT_MAX_S:
+                delay = 0.05
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
 
