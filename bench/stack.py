@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,12 @@ MAIN = {
 }
 # The voices a config without a "voices" key gets (see aivtuber_common.config).
 DEFAULT_VOICES = {"joe": VoiceSettings(engine="piper"), "sine": VoiceSettings(engine="sine")}
+UNLIMITED = {
+    "max_connections": 100_000,
+    "speaks_per_minute": 1_000_000,
+    "chars_per_minute": 10**9,
+    "max_active_tasks": 10_000,
+}
 READY_TIMEOUT_S = 60.0  # a cold Piper load on a busy 2-core machine takes a few seconds
 
 
@@ -79,6 +86,10 @@ def stack_config(ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json
         raise BenchError(f"voice {voice!r} is not configured in {base.name} (known: {known})")
     # Only the voice under test is loaded: another one would lengthen the worker's start.
     worker["voices"] = {voice: voices[voice]}
+    # Every listener of the bench is one anonymous client (loopback): the per-client limits
+    # and the worker's per-client share of its queue would measure themselves, not speech.
+    data["limits"] = {**data.get("limits", {}), **UNLIMITED}
+    worker["tenant_share"] = 1.0
     return data
 
 
@@ -122,10 +133,19 @@ def start_worker(config: Path, settings: Settings, work_dir: Path, name: str) ->
 class Stack:
     """The four services; use as a context manager so every process is stopped."""
 
-    def __init__(self, work_dir: Path, voice: str) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        voice: str,
+        customize: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """``customize`` may change the generated config before it is validated and written."""
         self.work_dir = work_dir
         self.ports = Ports.pick()
-        self.config_path, self.settings = write_config(work_dir, stack_config(self.ports, voice))
+        data = stack_config(self.ports, voice)
+        if customize is not None:
+            customize(data)
+        self.config_path, self.settings = write_config(work_dir, data)
         self.procs: list[Proc] = []
         self.worker_ready_s: float | None = None
         self.gateway_ws = f"ws://127.0.0.1:{self.ports.gateway}"

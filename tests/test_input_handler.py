@@ -220,7 +220,13 @@ async def test_speak_is_queued_on_the_worker_under_the_assigned_id() -> None:
                 "request_id": "r1",
             }
     assert fake.submitted == [
-        {"task_id": assigned, "text": "Hello!", "voice": None, "tenant": None}
+        {
+            "task_id": assigned,
+            "text": "Hello!",
+            "voice": None,
+            "tenant": None,
+            "client": "127.0.0.1",
+        }
     ]
 
 

@@ -350,6 +350,10 @@ class TtsWorkerSettings(StrictModel):
     )
     # Tasks admitted beyond max_concurrent; more and the worker answers busy.
     max_queued: Annotated[int, Field(ge=0)] = 32
+    # The most of this worker's room (max_concurrent + max_queued, rounded up) that one
+    # tenant, or one anonymous client IP, may hold; the rest stays free so that a tenant
+    # filling the queue cannot make the worker answer busy to everyone. 1: no reserve.
+    tenant_share: Annotated[float, Field(gt=0, le=1)] = 0.75
     # How long a new task's first piece may wait for the next pieces of streams that would
     # otherwise run dry. 0 puts every first chunk first: the lowest time to first audio, but
     # 16 streams started at once then all stutter on 2 cores; 1.5 still left 6 of them

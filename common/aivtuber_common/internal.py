@@ -6,6 +6,9 @@ Input handler -> TTS worker, over HTTP::
                                                   -> 503 WorkerRefusal(code="busy"|"not_ready")
                                                   -> 400/404 WorkerRefusal(code="unknown_voice"...)
     DELETE /v1/tasks/{task_id}  cancel            -> 200 {"task_id", "cancelled": bool}
+    WS     /v1/tasks/events     JSON text messages: a TaskSnapshot first and after every
+                                TASK_SNAPSHOT_INTERVAL_S without a message, a TaskEnd whenever
+                                a task ends (how the input handlers count active tasks)
 
 TTS worker -> output handler, over one reused WebSocket to ``/internal/ingest``: text frames
 carry the JSON models below; each audio frame is one binary message laid out by
@@ -30,7 +33,10 @@ __all__ = [
     "SubmitAccepted",
     "SubmitTask",
     "TaskEnd",
+    "TaskEvent",
+    "TaskEventAdapter",
     "TaskOpen",
+    "TaskSnapshot",
     "WorkerRefusal",
     "decode_frame",
     "encode_frame",
@@ -50,6 +56,8 @@ class SubmitTask(_Internal):
     voice: str | None = None
     # Who spoke it (auth tenant name; None: anonymous). Owner checks and fair sharing.
     tenant: str | None = None
+    # The client's IP address: anonymous clients share the worker fairly per address.
+    client: str | None = None
 
 
 class SubmitAccepted(_Internal):
@@ -82,6 +90,21 @@ class TaskEnd(_Internal):
     code: str | None = None  # set when failed: engine_error, timeout, ...
     message: str | None = None
 
+
+class TaskSnapshot(_Internal):
+    """The worker's tasks now: those it holds, and the latest ones that ended."""
+
+    type: Literal["task_snapshot"] = "task_snapshot"
+    active: list[str]
+    ended: list[str]
+
+
+TaskEvent = Annotated[TaskSnapshot | TaskEnd, Field(discriminator="type")]
+TaskEventAdapter: TypeAdapter[TaskEvent] = TypeAdapter(TaskEvent)
+# The events socket sends a snapshot after this long without a message: a keepalive, so a
+# hung worker is noticed.
+TASK_SNAPSHOT_INTERVAL_S = 2.0
+TASK_EVENTS_PATH = "/v1/tasks/events"
 
 IngestMessage = Annotated[TaskOpen | TaskEnd, Field(discriminator="type")]
 IngestMessageAdapter: TypeAdapter[IngestMessage] = TypeAdapter(IngestMessage)

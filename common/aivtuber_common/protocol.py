@@ -115,6 +115,8 @@ class ErrorMessage(_Message):
     message: str
     task_id: str | None = None
     request_id: str | None = None
+    # rate_limited: when to try again (milliseconds).
+    retry_after_ms: int | None = None
 
 
 # --- output handler -> client --------------------------------------------------------------

@@ -4,6 +4,11 @@ The WebSocket layer is thin: it moves messages into :class:`~aivtuber_input.sess
 InputSession` and carries out the events it returns. Messages of one connection are handled
 one after the other, so replies keep the order of the requests (a cancel is answered after
 the speak before it was queued).
+
+Who a connection is comes from the gateway's identity headers (``aivtuber_common.identity``);
+each speak passes the tenant's limits (:mod:`aivtuber_input.limits`) before any worker is
+asked, and its task counts as active until the worker reports its end
+(:mod:`aivtuber_input.activity`).
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aivtuber_common.config import Settings
-from aivtuber_common.identity import read_identity
+from aivtuber_common.identity import Identity, read_identity
 from aivtuber_common.internal import SubmitTask
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import ErrorMessage, dump
 from aivtuber_common.transport import TaskSubmitter, TransportError
 
+from .activity import ActiveTasks, WorkerEvents
+from .limits import SpeakLimiter
 from .metrics import InputMetrics
 from .session import CancelTask, Close, Event, InputSession, Reply, Submit
 from .workers import HttpTaskSubmitter
@@ -65,15 +72,25 @@ def create_app(
                 timeout_s=config.worker_timeout_s,
                 token=settings.internal_token,
                 ready_wait_s=config.ready_wait_s,
+                on_accepted=endpoint.active.accepted,
             )
             endpoint.submitter = submitter
-            probes = asyncio.create_task(submitter.run_health_checks(config.health_interval_s))
+            events = WorkerEvents(
+                endpoint.active,
+                list(config.workers),
+                settings.internal_token,
+                config.worker_timeout_s,
+            )
+            background = [
+                asyncio.create_task(submitter.run_health_checks(config.health_interval_s)),
+                asyncio.create_task(events.run()),
+            ]
             try:
                 yield {"submitter": submitter}
             finally:
-                probes.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await probes
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
                 endpoint.submitter = None
 
     async def health(request: Request) -> Response:
@@ -107,9 +124,13 @@ class InputEndpoint:
     """``/ws/input``: drives one :class:`InputSession` per connection."""
 
     def __init__(self, settings: Settings, metrics: InputMetrics) -> None:
+        self.settings = settings
         self.config = settings.input_handler
         self.internal_token = settings.internal_token
         self.metrics = metrics
+        self.active = ActiveTasks()
+        self.limiter = SpeakLimiter(self.active)
+        metrics.active_tasks.set_function(lambda: len(self.active))
         self.submitter: TaskSubmitter | None = None  # set by the lifespan
         self.connections = 0
         self._ids = itertools.count(1)
@@ -118,7 +139,7 @@ class InputEndpoint:
         await websocket.accept()
         # Who this is, as the gateway says (believed only from it: see read_identity).
         peer = websocket.client.host if websocket.client else None
-        tenant = read_identity(websocket.headers.items(), peer, self.internal_token).tenant
+        identity = read_identity(websocket.headers.items(), peer, self.internal_token)
         session = InputSession(
             max_text_chars=self.config.max_text_chars,
             max_message_bytes=self.config.max_message_bytes,
@@ -127,8 +148,8 @@ class InputEndpoint:
         self.connections += 1
         self.metrics.connections.inc()
         try:
-            if await self._carry_out(websocket, session, session.opening(), tenant):
-                await self._serve(websocket, session, tenant)
+            if await self._carry_out(websocket, session, identity, session.opening()):
+                await self._serve(websocket, session, identity)
         except WebSocketDisconnect:
             pass  # the client left while we were answering: nothing left to do
         finally:
@@ -136,7 +157,7 @@ class InputEndpoint:
             self.metrics.connections.dec()
             structlog.contextvars.unbind_contextvars("conn")
 
-    async def _serve(self, websocket: WebSocket, session: InputSession, tenant: str | None) -> None:
+    async def _serve(self, websocket: WebSocket, session: InputSession, identity: Identity) -> None:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -145,11 +166,11 @@ class InputEndpoint:
                 events = session.receive_text(text)
             else:
                 events = session.receive_bytes(message.get("bytes") or b"")
-            if not await self._carry_out(websocket, session, events, tenant):
+            if not await self._carry_out(websocket, session, identity, events):
                 return
 
     async def _carry_out(
-        self, websocket: WebSocket, session: InputSession, events: list[Event], tenant: str | None
+        self, websocket: WebSocket, session: InputSession, identity: Identity, events: list[Event]
     ) -> bool:
         """Do what the session asked; False once the socket is closed."""
         pending = list(events)
@@ -161,9 +182,9 @@ class InputEndpoint:
                         self.metrics.errors.labels(message.code).inc()
                     await websocket.send_text(dump(message))
                 case Submit():
-                    pending[:0] = await self._submit(session, event, tenant)
+                    pending[:0] = await self._submit(session, identity, event)
                 case CancelTask(task_id):
-                    pending[:0] = await self._cancel(session, task_id, tenant)
+                    pending[:0] = await self._cancel(session, task_id, identity.tenant)
                 case Close(code, reason):
                     self.metrics.errors.labels("message_too_big").inc()
                     log.warning("closing", code=code, reason=reason)
@@ -172,16 +193,34 @@ class InputEndpoint:
         return True
 
     async def _submit(
-        self, session: InputSession, submit: Submit, tenant: str | None
+        self, session: InputSession, identity: Identity, submit: Submit
     ) -> list[Event]:
         assert self.submitter is not None
+        key = identity.limits_key
+        limits = self.settings.limits_for(identity.tenant)
+        limited = self.limiter.admit(key, limits, len(submit.text))
+        if limited is not None:
+            self.metrics.submissions.labels(limited.code).inc()
+            log.info("task_limited", tenant=identity.tenant, code=limited.code)
+            if limited.retry_after_ms is None:
+                return session.refused(submit, limited.code, limited.message)
+            return session.rate_limited(submit, limited.message, limited.retry_after_ms)
         task = SubmitTask(
-            task_id=submit.task_id, text=submit.text, voice=submit.voice, tenant=tenant
+            task_id=submit.task_id,
+            text=submit.text,
+            voice=submit.voice,
+            tenant=identity.tenant,
+            client=identity.client_ip,
         )
+        self.active.admitted(task.task_id, key, len(task.text))
         started = time.perf_counter()
         try:
             accepted = await self.submitter.submit(task)
+        except asyncio.CancelledError:
+            self.active.abandoned(task.task_id)
+            raise
         except TransportError as exc:
+            self.active.refused(task.task_id)
             self.metrics.submissions.labels(exc.code).inc()
             log.info("task_refused", task_id=submit.task_id, code=exc.code)
             return session.refused(submit, exc.code, str(exc))

@@ -186,6 +186,18 @@ class InputSession:
             self._assigned_in_use = False  # still unused: the next utterance takes it
         return [_error(code, message, task_id=submit.task_id, request_id=submit.request_id)]
 
+    def rate_limited(self, submit: Submit, message: str, retry_after_ms: int) -> list[Event]:
+        """Over a per-tenant limit: the task was not submitted; its id stays for the next try."""
+        if submit.task_id == self.assigned_id:
+            self._assigned_in_use = False
+        error = ErrorMessage(
+            code="rate_limited",
+            message=message,
+            retry_after_ms=retry_after_ms,
+            request_id=submit.request_id,
+        )
+        return [Reply(error)]
+
     def cancel_result(self, task_id: str, stopped: bool) -> list[Event]:
         if stopped:
             return [Reply(Cancelled(task_id=task_id))]

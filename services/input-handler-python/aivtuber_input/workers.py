@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -100,9 +101,11 @@ class HttpTaskSubmitter:
         timeout_s: float,
         token: str | None = None,
         ready_wait_s: float = 0.0,
+        on_accepted: Callable[[str, str], None] | None = None,
     ) -> None:
         self.client = client
         self.ready_wait_s = ready_wait_s
+        self.on_accepted = on_accepted  # (task id, worker URL): who took which task
         self.workers = [WorkerStatus(url) for url in workers]
         self.timeout = httpx.Timeout(timeout_s)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -209,6 +212,8 @@ class HttpTaskSubmitter:
             worker.state = "ready"
             worker.given += 1
             self._remember(task.task_id, worker, task.tenant)
+            if self.on_accepted is not None:
+                self.on_accepted(task.task_id, worker.url)
             return _accepted(response, task)
         refusal = _refusal(response)
         log.info(
