@@ -39,7 +39,7 @@ async def test_tasks_of_a_stopped_worker_fail_with_timeout(tmp_path: Path) -> No
         output = run_server(output_app(settings), **uvicorn_overrides(settings))
         async with output as handler, httpx.AsyncClient() as http:
             try:
-                with worker_process(tmp_path, port, handler, remote) as process:
+                async with worker_process(tmp_path, port, handler, remote) as (process, _):
                     await wait_healthy(worker_url)
                     ids = [new_task_id(), new_task_id()]
                     for task_id in ids:  # the first runs (and holds), the second may queue

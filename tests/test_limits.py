@@ -280,7 +280,7 @@ async def test_the_tasks_of_a_dead_or_hung_worker_stop_counting(
             input_handler=InputHandlerSettings(workers=[worker_url], worker_timeout_s=1.0),
         )
         handler = await stack.enter_async_context(run_server(input_app(settings)))
-        with worker_process(tmp_path, port, output, remote) as process:
+        async with worker_process(tmp_path, port, output, remote) as (process, _):
             await wait_healthy(worker_url)
             async with frontend(handler, "alpha") as ws:
                 held = await ask(ws, {"type": "speak", "text": "Please HOLD this line."})
@@ -289,10 +289,10 @@ async def test_the_tasks_of_a_dead_or_hung_worker_stop_counting(
                 assert_rate_limited(reply)
                 if failure == "killed":
                     process.send_signal(signal.SIGKILL)
-                    process.wait(WAIT_S)
+                    await asyncio.wait_for(process.wait(), WAIT_S)
                 else:
                     process.send_signal(signal.SIGSTOP)
-                    stack.callback(process.send_signal, signal.SIGCONT)
+                    stack.callback(_resume, process)
                 # The place is free again. (The next speak meets no working worker, so it
                 # is tts_unavailable, no longer rate_limited.)
                 async with asyncio.timeout(WAIT_S):
@@ -411,3 +411,9 @@ def test_orphans_of_clients_that_never_come_back_are_swept() -> None:
     for n in range(30):  # others keep speaking; nobody asks about the old addresses
         active.admitted(f"new-{n}", f"ip:198.51.100.{n}", 10)
     assert len(active) == 30
+
+
+def _resume(process: asyncio.subprocess.Process) -> None:
+    # SIGCONT for a stopped worker, unless its context already reaped it.
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGCONT)
