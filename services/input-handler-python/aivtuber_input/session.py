@@ -37,6 +37,7 @@ from aivtuber_common.protocol import (
     Cancelled,
     ClientMessageAdapter,
     ErrorMessage,
+    ListVoices,
     Speak,
     TaskIdAssigned,
     TextChunk,
@@ -46,9 +47,9 @@ from aivtuber_common.protocol import (
     new_task_id,
 )
 
-__all__ = ["CancelTask", "Close", "Event", "InputSession", "Reply", "Submit"]
+__all__ = ["CancelTask", "Close", "Event", "InputSession", "ListVoicesRequest", "Reply", "Submit"]
 
-KNOWN_TYPES = ("speak", "text", "cancel", "upload_complete", "audio")
+KNOWN_TYPES = ("speak", "text", "cancel", "upload_complete", "audio", "list_voices")
 # UTF-8 needs at most 4 bytes a character: an upload longer than this cannot fit the limit.
 MAX_UTF8_BYTES_PER_CHAR = 4
 
@@ -77,7 +78,14 @@ class Close:
     reason: str
 
 
-Event = Reply | Submit | CancelTask | Close
+@dataclass(frozen=True)
+class ListVoicesRequest:
+    """Answer with the workers' voices (VoiceList)."""
+
+    request_id: str | None = None
+
+
+Event = Reply | Submit | CancelTask | Close | ListVoicesRequest
 
 
 @dataclass
@@ -213,8 +221,8 @@ class InputSession:
             return [
                 _error(
                     "unknown_type",
-                    f"Unknown message type {kind!r}: expected speak, text, upload_complete "
-                    "or cancel.",
+                    f"Unknown message type {kind!r}: expected speak, text, upload_complete, "
+                    "cancel or list_voices.",
                     request_id=_str_or_none(data.get("request_id")),
                 )
             ]
@@ -239,6 +247,8 @@ class InputSession:
                         )
                     ]
                 return [CancelTask(message.task_id)]
+            case ListVoices():
+                return [ListVoicesRequest(message.request_id)]
             case AudioUpload():
                 self._discard_bytes = True  # an audio chunk's binary may follow
                 return [

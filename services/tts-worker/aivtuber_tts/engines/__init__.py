@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 import httpx
@@ -21,9 +22,12 @@ import httpx
 from aivtuber_common.config import VoiceSettings
 
 from ..errors import EngineError
-from ..splitting import split_sentences, split_text
+from ..splitting import split_sentences
+from ..visemes import pcm_of
 from .base import Engine, LocalEngine, RunPiece
+from .hibari import HibariEngine
 from .http import HttpEngine
+from .kokoro_ja import KokoroJaEngine
 from .piper import PiperEngine, cuda_available
 from .sine import SineEngine
 
@@ -32,7 +36,9 @@ __all__ = [
     "EngineError",
     "EngineFactory",
     "EngineTiming",
+    "HibariEngine",
     "HttpEngine",
+    "KokoroJaEngine",
     "LocalEngine",
     "PiperEngine",
     "RunPiece",
@@ -45,10 +51,18 @@ __all__ = [
 
 
 def intra_op_threads(voice: VoiceSettings, max_concurrent: int, cpus: int | None = None) -> int:
-    """The voice's setting, else the cores shared evenly among the engine slots."""
+    """The voice's setting, else the engine's default: hibari one thread (it runs ~130x real
+    time on one core), kokoro_ja every core, piper the cores shared among the slots."""
     if voice.intra_op_threads:
         return voice.intra_op_threads
-    return max(1, (cpus or os.cpu_count() or 1) // max(1, max_concurrent))
+    cores = cpus or os.cpu_count() or 1
+    if voice.engine == "hibari":
+        return 1
+    if voice.engine == "kokoro_ja":
+        # Its calls last 0.5-2 s whatever the text: latency needs every core (idle threads
+        # sleep, so two calls at once share the cores rather than spin against each other).
+        return cores
+    return max(1, cores // max(1, max_concurrent))
 
 
 class EngineFactory(Protocol):
@@ -79,6 +93,24 @@ def build_engine(
                 device=voice.device,
                 intra_op_threads=intra_op_threads(voice, max_concurrent),
                 warmup=warmup,
+                visemes=voice.visemes,
+                language=voice.language,
+            )
+        case "hibari":
+            return HibariEngine(
+                voice.bundled_speaker,
+                intra_op_threads=intra_op_threads(voice, max_concurrent),
+                warmup=warmup,
+                visemes=voice.visemes,
+            )
+        case "kokoro_ja":
+            # Voices fills cache_dir in from tts_worker.data_dir; None: $KOKORO_JA_CACHE.
+            return KokoroJaEngine(
+                voice.bundled_speaker,
+                cache_dir=Path(voice.cache_dir).expanduser() if voice.cache_dir else None,
+                intra_op_threads=intra_op_threads(voice, max_concurrent),
+                warmup=warmup,
+                visemes=voice.visemes,
             )
         case "sine":
             return SineEngine(voice.sample_rate, voice.frequency_hz, voice.ms_per_char)
@@ -116,14 +148,14 @@ class EngineTiming:
 
 def measure(engine: LocalEngine, text: str) -> EngineTiming:
     """Blocking. Time ``text`` on ``engine`` (loaded and warmed up) without the worker."""
-    pieces = split_text(text)
+    pieces = engine.split(text)
     if not pieces:
         raise ValueError("nothing to synthesise in an empty text")
     started = time.perf_counter()
     audio_bytes = 0
     first_chunk = 0.0
     for index, piece in enumerate(pieces):
-        audio_bytes += len(engine.synthesize_piece(piece))
+        audio_bytes += len(pcm_of(engine.synthesize_piece(piece)))
         if index == 0:
             first_chunk = time.perf_counter() - started
     total = time.perf_counter() - started
