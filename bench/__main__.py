@@ -1,4 +1,4 @@
-"""``./bench [--quick] [--scenario gateway|speech|all]``: measure, print the tables, write JSON.
+"""``./bench [--quick] [--scenario gateway|speech|voices|all]``: measure, print tables, write JSON.
 
 Progress goes to stderr, the Markdown tables to stdout, everything measured (medians, each
 round's values, per-line timings, the machine) to ``bench/results/latest.json``.
@@ -27,6 +27,7 @@ from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
 from .speech_path import SpeechParams, run_speech_path
+from .voices import VoicesParams, run_voices
 
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "latest.json"
 
@@ -46,7 +47,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "its numbers mean nothing",
     )
     parser.add_argument(
-        "--scenario", choices=["gateway", "speech", "all"], default="all", help="what to run"
+        "--scenario",
+        choices=["gateway", "speech", "voices", "all"],
+        default="all",
+        help="what to run",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
@@ -106,6 +110,11 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         )
     if args.scenario in ("speech", "all"):
         results["scenarios"]["speech"] = run_speech_path(speech_params, work_dir, say=_say)
+    if args.scenario in ("voices", "all") and mode != "smoke":
+        voices_params = VoicesParams.quick() if mode == "quick" else VoicesParams()
+        if args.rounds:
+            voices_params = dataclasses.replace(voices_params, rounds=args.rounds)
+        results["scenarios"]["voices"] = run_voices(voices_params, work_dir, say=_say)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
 

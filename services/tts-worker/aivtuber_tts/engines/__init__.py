@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 import httpx
+import numpy as np
 
 from aivtuber_common.config import VoiceSettings
 
@@ -45,6 +46,7 @@ __all__ = [
     "SineEngine",
     "build_engine",
     "cuda_available",
+    "first_audible_sample",
     "intra_op_threads",
     "measure",
 ]
@@ -136,6 +138,8 @@ class EngineTiming:
     """One text synthesised directly on a loaded engine, piece by piece as the worker does."""
 
     first_chunk_ms: float  # the first piece (first clause) alone: the engine's own TTFA
+    # when the first sample above -40 dBFS would be heard, playing each piece on arrival
+    first_audible_ms: float | None
     first_sentence_ms: float  # the whole first sentence in one call, for comparison
     total_ms: float  # every piece, one after the other
     audio_ms: float
@@ -146,6 +150,15 @@ class EngineTiming:
         return asdict(self)
 
 
+AUDIBLE = 328  # -40 dBFS of int16 full scale (32768 * 10 ** (-40 / 20))
+
+
+def first_audible_sample(pcm: bytes) -> int | None:
+    """Index of the first sample above -40 dBFS in s16le ``pcm``, None when all is quieter."""
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32)) > AUDIBLE)
+    return int(loud[0]) if loud.size else None
+
+
 def measure(engine: LocalEngine, text: str) -> EngineTiming:
     """Blocking. Time ``text`` on ``engine`` (loaded and warmed up) without the worker."""
     pieces = engine.split(text)
@@ -154,10 +167,18 @@ def measure(engine: LocalEngine, text: str) -> EngineTiming:
     started = time.perf_counter()
     audio_bytes = 0
     first_chunk = 0.0
+    first_audible: float | None = None
+    play_end = 0.0  # when the audio made so far has finished playing
     for index, piece in enumerate(pieces):
-        audio_bytes += len(pcm_of(engine.synthesize_piece(piece)))
+        pcm = pcm_of(engine.synthesize_piece(piece))
+        made = time.perf_counter() - started
         if index == 0:
-            first_chunk = time.perf_counter() - started
+            first_chunk = made
+        play_start = max(made, play_end)
+        if first_audible is None and (at := first_audible_sample(pcm)) is not None:
+            first_audible = play_start + at / engine.sample_rate
+        play_end = play_start + len(pcm) / 2 / engine.sample_rate
+        audio_bytes += len(pcm)
     total = time.perf_counter() - started
     sentence_started = time.perf_counter()
     engine.synthesize_piece(split_sentences(text)[0])
@@ -165,6 +186,7 @@ def measure(engine: LocalEngine, text: str) -> EngineTiming:
     audio_s = audio_bytes / 2 / engine.sample_rate
     return EngineTiming(
         first_chunk_ms=first_chunk * 1000,
+        first_audible_ms=None if first_audible is None else first_audible * 1000,
         first_sentence_ms=first_sentence * 1000,
         total_ms=total * 1000,
         audio_ms=audio_s * 1000,
