@@ -144,11 +144,18 @@ def speech_tables(speech: dict[str, Any]) -> list[str]:
     )
     rows = [
         [
-            "time to first audio p50 (ms)",
+            "time to first byte p50 (ms)",
             _fmt(stack.get("ttfa_p50_ms"), "int"),
             _fmt(engine.get("first_chunk_p50_ms"), "int"),
             _ratio(ttfa_ratio),
             f"{ttfa_target}; {ratio_target}",
+        ],
+        [
+            "time to first audible sample p50 (ms, -40 dBFS)",
+            _fmt(stack.get("ttfa_audible_p50_ms"), "int"),
+            _fmt(engine.get("first_audible_p50_ms"), "int"),
+            _ratio(_div(stack.get("ttfa_audible_p50_ms"), engine.get("first_audible_p50_ms"))),
+            "",
         ],
         [
             "time to first audio p95 (ms)",

@@ -19,6 +19,7 @@ from aivtuber_common.config import (
     TtsWorkerSettings,
     VoiceSettings,
 )
+from aivtuber_common.say import say
 from aivtuber_gateway import create_app as gateway_app
 from aivtuber_input import create_app as input_app
 from aivtuber_output import create_app as output_app
@@ -138,3 +139,10 @@ async def test_the_viseme_track_reaches_the_client_for_timed_voices_only(voice: 
             shapes.append(shape)
     assert heard.chunks[0]["visemes"][0] == [0, "n"]
     assert {"a", "e", "i"} <= set(shapes)
+
+
+async def test_say_speaks_with_the_heart_voice() -> None:
+    async with two_workers() as stack:
+        result = await say("Hello chat!", stack.url, "heart")
+    assert (result.voice, result.engine, result.sample_rate) == ("heart", "hibari", 24000)
+    assert len(result.pcm) > 24000  # over half a second of speech

@@ -11,7 +11,7 @@ package (nothing is written to disk, the package's files are never touched).
 * trims the silent pads the models put around every call: the first id (a pad) lasts
   300-350 ms, so the first audible sound would come that late. The cut keeps
   ``lead_keep`` samples of it, because the synthesis windows spread a phoneme's onset
-  that far before its duration boundary (measured on hibari: up to ~1450 samples);
+  before its duration boundary;
 * caps the trailing pause: the end pad goes, and the final punctuation's silence is kept
   only up to ``max_tail_pause`` so consecutive pieces keep a natural, not a half-second, gap;
 * normalises loudness to Piper's target (Piper scales each sentence to a peak of full scale;

@@ -31,9 +31,11 @@ log = structlog.get_logger("aivtuber_tts.engines.hibari")
 
 BUNDLED_SPEAKERS = ("heart",)
 DURATIONS = "/Round_output_0"
-# Onsets start up to ~1450 samples before their duration boundary (the 1200-sample synthesis
-# window plus interpolation): keep 1500 of the lead pad, 62 ms, of which ~0-40 ms is silent.
-LEAD_KEEP = 1500
+# Keep half a synthesis window (1200 samples, centred) of the lead pad: the first frame's
+# energy spreads that far before its boundary. The model's onsets start a little earlier
+# still (up to ~1450 samples, measured, at -40 dBFS after normalisation), but that is the
+# window's faint ramp; keeping it all cost 27 ms of silence before the first audible sample.
+LEAD_KEEP = 600
 MAX_TAIL_PAUSE = 4800  # 200 ms: a natural pause after a sentence or clause
 PAUSES = ".,!?;:…—–\"'()“” "
 
