@@ -22,6 +22,7 @@ from aivtuber_common.config import (
 from aivtuber_common.say import say
 from aivtuber_gateway import create_app as gateway_app
 from aivtuber_input import create_app as input_app
+from aivtuber_input.session import InputSession, ListVoicesRequest
 from aivtuber_output import create_app as output_app
 from aivtuber_tts import create_app as worker_app
 from tests.frontend import ask, frontend, listen, speak
@@ -146,3 +147,10 @@ async def test_say_speaks_with_the_heart_voice() -> None:
         result = await say("Hello chat!", stack.url, "heart")
     assert (result.voice, result.engine, result.sample_rate) == ("heart", "hibari", 24000)
     assert len(result.pcm) > 24000  # over half a second of speech
+
+
+def test_the_input_session_turns_list_voices_into_a_request() -> None:
+    session = InputSession(max_text_chars=100, max_message_bytes=4096)
+    assert session.receive_text('{"type":"list_voices","request_id":"a"}') == [
+        ListVoicesRequest("a")
+    ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,9 @@ log = structlog.get_logger("aivtuber_input.workers")
 MAX_REMEMBERED_TASKS = 10_000
 VOICES_PATH = "/v1/voices"
 MAX_VOICES = 1000  # per worker: a broken or hostile worker cannot flood a client
+# list_voices answers from a list at most this old, fetched once for concurrent askers: a
+# client repeating list_voices cannot turn into a stream of requests to every worker.
+VOICES_CACHE_S = 1.0
 
 
 class SubmitRefused(TransportError):
@@ -92,6 +96,8 @@ class HttpTaskSubmitter:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._rotation = itertools.count()
         self._owners: OrderedDict[str, WorkerStatus] = OrderedDict()
+        self._voices_lock = asyncio.Lock()
+        self._voices_cache: tuple[float, list[VoiceInfo]] | None = None
 
     async def submit(self, task: SubmitTask) -> SubmitAccepted:
         problems: list[str] = []  # one short reason per worker, in the order tried
@@ -127,6 +133,15 @@ class HttpTaskSubmitter:
 
     async def voices(self) -> list[VoiceInfo]:
         """Every worker's voices, merged by name (ready if ready on any worker), sorted."""
+        async with self._voices_lock:
+            cached = self._voices_cache
+            if cached is not None and time.monotonic() - cached[0] < VOICES_CACHE_S:
+                return cached[1]
+            voices = await self._gather_voices()
+            self._voices_cache = (time.monotonic(), voices)
+            return voices
+
+    async def _gather_voices(self) -> list[VoiceInfo]:
         answers = await asyncio.gather(*(self._voices_of(worker) for worker in self.workers))
         if all(answer is None for answer in answers):
             raise TransportError("No TTS worker answered the voice list; try again in a moment.")
