@@ -54,7 +54,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
-        "--voice", help="speech path voice (default: joe, the Piper voice; sine in --smoke)"
+        "--voice",
+        help="speech path voice (default: joe, the Piper voice; sine in --smoke); "
+        "voices scenario: only this one of heart, joe, jf_alpha",
     )
     parser.add_argument(
         "--output",
@@ -114,6 +116,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         voices_params = VoicesParams.quick() if mode == "quick" else VoicesParams()
         if args.rounds:
             voices_params = dataclasses.replace(voices_params, rounds=args.rounds)
+        if args.voice:
+            voices_params = dataclasses.replace(voices_params, voices=(args.voice,))
         results["scenarios"]["voices"] = run_voices(voices_params, work_dir, say=_say)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
