@@ -127,3 +127,34 @@ def test_piper_alignments_give_mouth_shapes_inside_the_audio() -> None:
     assert isinstance(plain, PiperEngine)
     plain.load()
     assert isinstance(plain.synthesize_piece("Hello."), bytes)
+
+
+def test_piper_lead_cut_takes_the_bos_pad_but_never_sound() -> None:
+    from aivtuber_tts.engines.piper import _lead_cut
+
+    audio = np.zeros(3000, np.int16)
+    audio[1000:] = 1000  # sound from sample 1000 on
+    assert _lead_cut(audio, bos_samples=1024) == 1024 - 512  # keeps two hops of the pad
+    assert _lead_cut(audio, bos_samples=2000) == 1000 - 256  # but stops short of sound
+    assert _lead_cut(audio, bos_samples=300) == 0
+
+
+@pytest.mark.piper
+def test_a_timed_piper_piece_starts_sooner() -> None:
+    from aivtuber_tts.engines import first_audible_sample
+    from aivtuber_tts.visemes import Speech
+
+    engine = build_engine("joe", VoiceSettings(engine="piper"), max_concurrent=2, warmup=False)
+    assert isinstance(engine, PiperEngine)
+    engine.load()
+    assert engine._voice is not None
+    [chunk] = list(engine._voice.synthesize("Hello everyone.", include_alignments=True))
+    assert chunk.phoneme_alignments
+    bos = chunk.phoneme_alignments[0].num_samples
+    speech = engine.synthesize_piece("Hello everyone.")
+    assert isinstance(speech, Speech)
+    plain_start = first_audible_sample(chunk.audio_int16_bytes)
+    timed_start = first_audible_sample(speech.pcm)
+    assert plain_start is not None and timed_start is not None
+    assert bos >= 768  # Piper's BOS pad: 35 ms or more of near silence
+    assert timed_start < plain_start  # most of it cut (the onset itself never)

@@ -14,7 +14,8 @@ slots need (measured: about 30 % more CPU per second of audio with spinning on).
 Mouth shapes come from Piper's own alignments (piper-tts 1.8): the model's per-phoneme
 sample counts (the ``Ceil`` tensor) are added as an output when the model is loaded, in
 memory with the ``onnx`` package (``piper.patch_voice_with_alignment``'s function), so
-nothing is written and a model patched on disk beforehand is used as it is.
+nothing is written and a model patched on disk beforehand is used as it is. The same
+alignments say how long the silent BOS pad at the start of a piece lasts: most of it is cut.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import onnxruntime
 import structlog
 from piper import PiperVoice
 from piper.config import PiperConfig
 
 from ..errors import EngineError
-from ..visemes import ENGLISH, Speech, marks_from_durations, table_for
+from ..visemes import ENGLISH, Mark, Speech, marks_from_durations, table_for, trim_marks
 from .base import LocalEngine, Piece
 
 __all__ = [
@@ -139,16 +141,19 @@ class PiperEngine(LocalEngine):
         if not self.visemes:
             return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(piece))
         pcm = bytearray()
-        marks = []
+        marks: list[Mark] = []
         for chunk in self._voice.synthesize(piece, include_alignments=True):
             base = len(pcm) // 2
-            audio = chunk.audio_int16_bytes
+            audio = chunk.audio_int16_array
             if chunk.phoneme_alignments:  # None when Piper could not align this sentence
                 segments = [(a.phoneme, int(a.num_samples)) for a in chunk.phoneme_alignments]
-                for offset, shape in marks_from_durations(segments, self._table):
-                    if offset < len(audio) // 2:
-                        marks.append((base + offset, shape))
-            pcm += audio
+                chunk_marks = marks_from_durations(segments, self._table)
+                if not pcm:  # the piece's start: the listener waits for this silence
+                    cut = _lead_cut(audio, segments[0][1])
+                    audio = _fade_in(audio[cut:], self.sample_rate)
+                    chunk_marks = trim_marks(chunk_marks, cut, cut + len(audio))
+                marks.extend((base + offset, shape) for offset, shape in chunk_marks)
+            pcm += audio.tobytes()
         return Speech(bytes(pcm), tuple(marks))
 
     def _model(self) -> str | bytes:
@@ -196,3 +201,27 @@ def _bcp47(espeak_voice: str) -> str:
     """espeak-ng's ``en-us`` as BCP 47 ``en-US``."""
     language, _, region = espeak_voice.partition("-")
     return f"{language}-{region.upper()}" if region else language or "und"
+
+
+# Piper starts every sentence with its BOS pad, 35-80 ms of near silence the listener waits
+# through. With the alignments the pad's length is known: cut it but keep LEAD_KEEP (two
+# hops; the vocoder spreads the first phoneme's onset into the pad), and never cut into
+# sound (AUDIBLE_GUARD before the first sample above -40 dBFS).
+LEAD_KEEP = 512
+AUDIBLE_GUARD = 256
+FADE_IN_S = 0.0025
+
+
+def _lead_cut(audio: np.ndarray, bos_samples: int) -> int:
+    loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > 328)
+    first_loud = int(loud[0]) if loud.size else len(audio)
+    return max(0, min(bos_samples - LEAD_KEEP, first_loud - AUDIBLE_GUARD))
+
+
+def _fade_in(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    fade = min(len(audio), int(FADE_IN_S * sample_rate))
+    if not fade:
+        return audio
+    faded = audio.astype(np.float32)
+    faded[:fade] *= np.linspace(0.0, 1.0, fade, dtype=np.float32)
+    return faded.astype(np.int16)
