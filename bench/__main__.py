@@ -1,4 +1,4 @@
-"""``./bench [--quick] [--scenario gateway|speech|all]``: measure, print the tables, write JSON.
+"""``./bench [--quick] [--scenario gateway|speech|voices|all]``: measure, print tables, write JSON.
 
 Progress goes to stderr, the Markdown tables to stdout, everything measured (medians, each
 round's values, per-line timings, the machine) to ``bench/results/latest.json``.
@@ -28,6 +28,7 @@ from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
 from .speech_path import SpeechParams, run_speech_path
+from .voices import VoicesParams, run_voices
 
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "latest.json"
 
@@ -48,13 +49,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenario",
-        choices=["gateway", "speech", "edge", "all"],
+        choices=["gateway", "speech", "edge", "voices", "all"],
         default="all",
         help="what to run (edge: the cost of authentication, fairness, memory under attack)",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
-        "--voice", help="speech path voice (default: joe, the Piper voice; sine in --smoke)"
+        "--voice",
+        help="speech path voice (default: joe, the Piper voice; sine in --smoke); "
+        "voices scenario: only this one of heart, joe, jf_alpha",
     )
     parser.add_argument(
         "--output",
@@ -125,6 +128,13 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         # Parts: auth (bench/edge_auth.py); fairness and memory join the same section.
         edge = results["scenarios"]["edge"] = {}
         edge["auth"] = run_edge_auth(edge_auth_params(args), work_dir, say=_say)
+    if args.scenario in ("voices", "all") and mode != "smoke":
+        voices_params = VoicesParams.quick() if mode == "quick" else VoicesParams()
+        if args.rounds:
+            voices_params = dataclasses.replace(voices_params, rounds=args.rounds)
+        if args.voice:
+            voices_params = dataclasses.replace(voices_params, voices=(args.voice,))
+        results["scenarios"]["voices"] = run_voices(voices_params, work_dir, say=_say)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
 

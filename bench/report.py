@@ -32,6 +32,8 @@ def render(results: dict[str, Any]) -> str:
         parts.extend(speech_tables(scenarios["speech"]))
     if "edge" in scenarios:
         parts.extend(edge_tables(scenarios["edge"]))
+    if "voices" in scenarios:
+        parts.extend(voices_tables(scenarios["voices"]))
     machine = results.get("machine", {})
     parts.append(
         f"_{results.get('mode', '?')} run, {machine.get('date', '?')}, "
@@ -153,11 +155,18 @@ def speech_tables(speech: dict[str, Any]) -> list[str]:
     )
     rows = [
         [
-            "time to first audio p50 (ms)",
+            "time to first byte p50 (ms)",
             _fmt(stack.get("ttfa_p50_ms"), "int"),
             _fmt(engine.get("first_chunk_p50_ms"), "int"),
             _ratio(ttfa_ratio),
             f"{ttfa_target}; {ratio_target}",
+        ],
+        [
+            "time to first audible sample p50 (ms, -40 dBFS)",
+            _fmt(stack.get("ttfa_audible_p50_ms"), "int"),
+            _fmt(engine.get("first_audible_p50_ms"), "int"),
+            _ratio(_div(stack.get("ttfa_audible_p50_ms"), engine.get("first_audible_p50_ms"))),
+            "",
         ],
         [
             "time to first audio p95 (ms)",
@@ -274,6 +283,80 @@ def edge_auth_tables(auth: dict[str, Any]) -> list[str]:
         "A connect includes the backend dial; messages are never re-checked."
     )
     return [title, markdown_table(header, rows), note]
+
+
+def voices_tables(voices: dict[str, Any]) -> list[str]:
+    """Scenario ``voices``: per voice, first byte vs first audible sample, stack vs engine,
+    timing on vs off, concurrency, Poisson arrivals, viseme/level agreement."""
+    rows, load_rows = [], []
+    for name, voice in voices["voices"].items():
+        one = voice["one_at_a_time"]
+        poisson = voice.get("poisson") or {}
+        agreement = voice["visemes"]
+        rows.append(
+            [
+                f"{name} ({voice['engine']['name']})",
+                _fmt(one["stack_ttfb_p50_ms"], "1"),
+                _fmt(one["stack_ttfa_audible_p50_ms"], "1"),
+                _fmt(one["engine_first_audible_p50_ms"], "1"),
+                _ratio(one["stack_over_engine_audible_p50"]),
+                _fmt(one["engine_first_chunk_p50_ms"], "1"),
+                _fmt(one["engine_without_timing_first_chunk_p50_ms"], "1"),
+                _fmt(one["engine_rtf_p50"], "3"),
+                _fmt(one["engine_without_timing_rtf_p50"], "3"),
+                _fmt(agreement.get("vowel_share_loud"), "2"),
+                _fmt(agreement.get("n_share_loud"), "2"),
+            ]
+        )
+        for level in voice["levels"]:
+            load_rows.append(
+                [
+                    name,
+                    str(level["level"]),
+                    _fmt(level["ttfb_p50_ms"], "1"),
+                    _fmt(level["ttfa_audible_p50_ms"], "1"),
+                    _fmt(level["ttfa_audible_p95_ms"], "1"),
+                    str(level["late_frames"]),
+                ]
+            )
+        if poisson:
+            load_rows.append(
+                [
+                    name,
+                    f"Poisson {poisson['arrivals']} at {poisson['rate_per_s']:.1f}/s "
+                    f"(~{poisson['mean_concurrent'] or 0:.0f} at once)",
+                    _fmt(poisson["ttfb_p50_ms"], "1"),
+                    _fmt(poisson["ttfa_audible_p50_ms"], "1"),
+                    _fmt(poisson["ttfa_audible_p95_ms"], "1"),
+                    str(poisson["late_frames"]),
+                ]
+            )
+    header = [
+        "voice",
+        "stack TTFB p50 ms",
+        "stack first audible p50 ms",
+        "engine first audible p50 ms",
+        "stack / engine (audible)",
+        "engine 1st chunk ms (timing on)",
+        "(timing off)",
+        "engine RTF (on)",
+        "(off)",
+        "vowel marks on loud frames",
+        "n marks on loud frames",
+    ]
+    capacity = ", ".join(
+        f"{name}: {voice['realtime_streams']}" for name, voice in voices["voices"].items()
+    )
+    return [
+        "## Voices: first byte vs first audible sample (-40 dBFS), per voice",
+        markdown_table(header, rows),
+        "## Voices under load",
+        markdown_table(
+            ["voice", "streams", "TTFB p50 ms", "audible p50 ms", "audible p95 ms", "late frames"],
+            load_rows,
+        ),
+        f"Largest level with no late frame: {capacity}.",
+    ]
 
 
 def _rounds(count: int) -> str:

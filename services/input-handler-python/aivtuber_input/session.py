@@ -38,6 +38,7 @@ from aivtuber_common.protocol import (
     Cancelled,
     ClientMessageAdapter,
     ErrorMessage,
+    ListVoices,
     Speak,
     TaskIdAssigned,
     TextChunk,
@@ -47,9 +48,9 @@ from aivtuber_common.protocol import (
     new_task_id,
 )
 
-__all__ = ["CancelTask", "Close", "Event", "InputSession", "Reply", "Submit"]
+__all__ = ["CancelTask", "Close", "Event", "InputSession", "ListVoicesRequest", "Reply", "Submit"]
 
-KNOWN_TYPES = ("speak", "text", "cancel", "upload_complete", "audio")
+KNOWN_TYPES = ("speak", "text", "cancel", "upload_complete", "audio", "list_voices")
 # UTF-8 needs at most 4 bytes a character: an upload longer than this cannot fit the limit.
 MAX_UTF8_BYTES_PER_CHAR = 4
 # Refused in text to speak: C0 controls but tab and newline (a NUL reaches the engine as a
@@ -82,7 +83,14 @@ class Close:
     reason: str
 
 
-Event = Reply | Submit | CancelTask | Close
+@dataclass(frozen=True)
+class ListVoicesRequest:
+    """Answer with the workers' voices (VoiceList)."""
+
+    request_id: str | None = None
+
+
+Event = Reply | Submit | CancelTask | Close | ListVoicesRequest
 
 
 @dataclass
@@ -240,8 +248,8 @@ class InputSession:
             return [
                 _error(
                     "unknown_type",
-                    f"Unknown message type {shown}: expected speak, text, upload_complete "
-                    "or cancel.",
+                    f"Unknown message type {shown}: expected speak, text, upload_complete, "
+                    "cancel or list_voices.",
                     request_id=_str_or_none(data.get("request_id")),
                 )
             ]
@@ -266,6 +274,8 @@ class InputSession:
                         )
                     ]
                 return [CancelTask(message.task_id)]
+            case ListVoices():
+                return [ListVoicesRequest(message.request_id)]
             case AudioUpload():
                 self._discard_bytes = True  # an audio chunk's binary may follow
                 return [

@@ -5,8 +5,10 @@ Choice of worker: the least busy healthy one. Each worker's load is what its las
 gave it since; ties go round-robin. A worker that refuses (503 busy / not_ready), does not
 answer within ``worker_timeout_s`` or cannot be reached is skipped for the next one; when
 every worker has been tried the client gets ``tts_unavailable``. A refusal about the task
-itself (404 unknown_voice, 400 bad_request) is the same on every worker and goes straight
-back to the client.
+itself (400 bad_request) is the same on every worker and goes straight back to the client;
+``unknown_voice`` only once every worker said so (each worker loads only the voices its
+config names). :meth:`HttpTaskSubmitter.voices` gathers every worker's ``GET /v1/voices``
+for ``list_voices``.
 
 Readiness: a worker is *ready* once its ``GET /health`` answered 200 (voices warm, ingest
 connected), or 503 "degraded" only because a voice other than its default failed to load.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ from pydantic import ValidationError
 
 from aivtuber_common.identity import TENANT_HEADER
 from aivtuber_common.internal import TASKS_PATH, SubmitAccepted, SubmitTask, WorkerRefusal
+from aivtuber_common.protocol import VoiceInfo
 from aivtuber_common.transport import TaskNotFound, TransportError
 
 __all__ = ["HttpTaskSubmitter", "SubmitRefused", "WorkerStatus"]
@@ -47,6 +51,11 @@ MAX_REMEMBERED_TASKS = 10_000
 # What a worker said to DELETE: stopped, had it but not running, does not have it (or not
 # for this tenant), or could not be asked.
 _GONE = "gone"
+VOICES_PATH = "/v1/voices"
+MAX_VOICES = 1000  # per worker: a broken or hostile worker cannot flood a client
+# list_voices answers from a list at most this old, fetched once for concurrent askers: a
+# client repeating list_voices cannot turn into a stream of requests to every worker.
+VOICES_CACHE_S = 1.0
 
 
 class SubmitRefused(TransportError):
@@ -113,14 +122,26 @@ class HttpTaskSubmitter:
         self._owners: OrderedDict[str, tuple[WorkerStatus, str | None]] = OrderedDict()
         # Set (and replaced) after every probe round: what wait_ready() waits on.
         self._probed = asyncio.Event()
+        self._voices_lock = asyncio.Lock()
+        self._voices_cache: tuple[float, list[VoiceInfo]] | None = None
 
     async def submit(self, task: SubmitTask) -> SubmitAccepted:
         await self.wait_ready(self.ready_wait_s)
         problems: list[str] = []  # one short reason per worker, in the order tried
+        unknown: SubmitRefused | None = None
         for worker in self._candidates():
-            accepted = await self._try(worker, task, problems)
+            try:
+                accepted = await self._try(worker, task, problems)
+            except SubmitRefused as refused:
+                if refused.code != "unknown_voice":
+                    raise
+                unknown = refused  # another worker may have the voice
+                problems.append(f"{worker.url} unknown_voice")
+                continue
             if accepted is not None:
                 return accepted
+        if unknown is not None and all(p.endswith(" unknown_voice") for p in problems):
+            raise unknown
         log.warning("no_worker_available", task_id=task.task_id, problems=problems)
         # The client learns why, not where: worker addresses stay in the log.
         reasons = Counter(problem.split(" ", 1)[1] for problem in problems)
@@ -144,6 +165,28 @@ class HttpTaskSubmitter:
         if owner is None and all(result in (_GONE, None) for result in results):
             raise _not_found(task_id)  # no worker has it for this tenant
         return False  # it was this tenant's, and it already ended
+
+    async def voices(self) -> list[VoiceInfo]:
+        """Every worker's voices, merged by name (ready if ready on any worker), sorted."""
+        async with self._voices_lock:
+            cached = self._voices_cache
+            if cached is not None and time.monotonic() - cached[0] < VOICES_CACHE_S:
+                return cached[1]
+            voices = await self._gather_voices()
+            self._voices_cache = (time.monotonic(), voices)
+            return voices
+
+    async def _gather_voices(self) -> list[VoiceInfo]:
+        answers = await asyncio.gather(*(self._voices_of(worker) for worker in self.workers))
+        if all(answer is None for answer in answers):
+            raise TransportError("No TTS worker answered the voice list; try again in a moment.")
+        merged: dict[str, VoiceInfo] = {}
+        for answer in answers:
+            for voice in answer or []:
+                known = merged.get(voice.name)
+                if known is None or (voice.ready and not known.ready):
+                    merged[voice.name] = voice
+        return [merged[name] for name in sorted(merged)]
 
     async def refresh(self) -> None:
         """Probe every worker's ``GET /health`` once (concurrently)."""
@@ -260,6 +303,30 @@ class HttpTaskSubmitter:
             return bool(response.json().get("cancelled", True))
         except (ValueError, AttributeError):
             return True
+
+    async def _voices_of(self, worker: WorkerStatus) -> list[VoiceInfo] | None:
+        """The worker's voices; None when it cannot be asked or answers nonsense."""
+        try:
+            response = await self.client.get(
+                worker.url + VOICES_PATH, headers=self.headers, timeout=self.timeout
+            )
+            data = response.json()
+            entries = data["voices"][:MAX_VOICES]
+            return [
+                VoiceInfo(
+                    name=entry["id"],
+                    language=entry.get("language") or "und",
+                    sample_rate=entry["sample_rate"],
+                    engine=entry["engine"],
+                    ready=entry.get("state") == "ready",
+                )
+                for entry in entries
+            ]
+        except httpx.HTTPError as exc:
+            log.warning("voices_unreachable", worker=worker.url, error=type(exc).__name__)
+        except (ValueError, KeyError, TypeError) as exc:  # JSON or shape or pydantic
+            log.warning("voices_unexpected", worker=worker.url, error=str(exc)[:200])
+        return None
 
     async def _probe(self, worker: WorkerStatus) -> None:
         try:

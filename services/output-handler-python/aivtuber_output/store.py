@@ -35,6 +35,7 @@ from enum import StrEnum
 
 from aivtuber_common.internal import TaskEnd, TaskOpen
 from aivtuber_common.transport import FrameEvent, TaskNotFound, TransportError
+from aivtuber_common.visemes import Track
 
 __all__ = ["IngestError", "TaskNotFound", "TaskSnapshot", "TaskState", "TaskStore"]
 
@@ -69,7 +70,7 @@ class TaskSnapshot:
 class _Task:
     task_id: str
     open: TaskOpen | None = None
-    frames: list[tuple[float, bytes]] = field(default_factory=list)
+    frames: list[tuple[float, bytes, Track | None]] = field(default_factory=list)
     end: TaskEnd | None = None
     source: Hashable | None = None
     subscribers: int = 0
@@ -126,8 +127,11 @@ class TaskStore:
         task.last_event_at = time.monotonic()
         task.notify()
 
-    def append(self, task_id: str, chunk_id: int, level: float, pcm: bytes) -> float:
-        """Store one frame; returns the seconds since the task's previous event."""
+    def append(
+        self, task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None = None
+    ) -> float:
+        """Store one frame (and its viseme track); returns the seconds since the task's
+        previous event."""
         task = self._live(task_id, "a frame")
         if chunk_id != len(task.frames):
             # A gap or a repeat means the stream is not what the worker made: fail it
@@ -148,7 +152,7 @@ class TaskStore:
         task.last_event_at = now
         if not task.frames:
             self._arm_watchdog(task, self.task_timeout_s)
-        task.frames.append((level, pcm))
+        task.frames.append((level, pcm, visemes))
         task.nbytes += len(pcm)
         task.samples += len(pcm) // SAMPLE_WIDTH
         self.buffered_bytes += len(pcm)
@@ -190,7 +194,7 @@ class TaskStore:
     async def read(
         self, task_id: str, from_chunk: int = 0, tenant: str | None = None
     ) -> AsyncGenerator[FrameEvent, None]:
-        """TaskOpen, then frames ``(chunk_id, level, pcm)`` from ``from_chunk``, then TaskEnd.
+        """TaskOpen, frames ``(chunk_id, level, pcm, visemes)`` from ``from_chunk``, TaskEnd.
 
         Raises TaskNotFound when the task is not announced for ``tenant`` (None: anonymous)
         within ``task_wait_s``: a task of another tenant waits the same and fails the same
@@ -210,8 +214,8 @@ class TaskStore:
             while True:
                 frames = task.frames
                 while position < len(frames):
-                    level, pcm = frames[position]
-                    yield (position, level, pcm)
+                    level, pcm, visemes = frames[position]
+                    yield (position, level, pcm, visemes)
                     position += 1
                 if task.end is not None:
                     yield task.end
@@ -236,7 +240,7 @@ class TaskStore:
         task = self._tasks.get(task_id)
         if task is None:
             return None
-        return _snapshot(task), b"".join(pcm for _, pcm in task.frames)
+        return _snapshot(task), b"".join(frame[1] for frame in task.frames)
 
     @property
     def subscriber_count(self) -> int:

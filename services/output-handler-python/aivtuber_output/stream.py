@@ -32,6 +32,7 @@ from aivtuber_common.protocol import (
     dump,
     is_canonical_uuid,
 )
+from aivtuber_common.visemes import Track
 
 from .metrics import OutputMetrics
 from .store import TaskNotFound, TaskStore
@@ -115,8 +116,9 @@ class OutputEndpoint:
                         case TaskOpen():
                             opened = event
                             await websocket.send_text(_audio_start(event))
-                        case (chunk_id, level, pcm):
-                            await websocket.send_text(_audio_chunk(task_id, chunk_id, level, pcm))
+                        case (chunk_id, level, pcm, visemes):
+                            chunk = _audio_chunk(task_id, chunk_id, level, pcm, visemes)
+                            await websocket.send_text(chunk)
                             await websocket.send_bytes(pcm)
                             next_chunk, samples = chunk_id + 1, samples + len(pcm) // SAMPLE_WIDTH
                             self.metrics.frames_sent.inc()
@@ -186,10 +188,16 @@ def _audio_start(event: TaskOpen) -> str:
     )
 
 
-def _audio_chunk(task_id: str, chunk_id: int, level: float, pcm: bytes) -> str:
+def _audio_chunk(
+    task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None
+) -> str:
     return dump(
         AudioChunk(
-            task_id=task_id, chunk_id=chunk_id, samples=len(pcm) // SAMPLE_WIDTH, level=level
+            task_id=task_id,
+            chunk_id=chunk_id,
+            samples=len(pcm) // SAMPLE_WIDTH,
+            level=level,
+            visemes=visemes,
         )
     )
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import structlog
 
-from aivtuber_common.audio import FrameCutter, level
+from aivtuber_common.audio import level
 from aivtuber_common.config import TtsWorkerSettings
 from aivtuber_common.identity import Identity
 from aivtuber_common.internal import (
@@ -51,10 +51,12 @@ from aivtuber_common.internal import (
     TaskSnapshot,
 )
 from aivtuber_common.transport import FrameSink
+from aivtuber_common.visemes import Track
 
 from .errors import EngineError, IngestLost
 from .metrics import TtsMetrics
 from .scheduler import PieceScheduler
+from .visemes import TrackCutter
 from .voices import Voice, Voices, VoiceState
 
 __all__ = ["Refusal", "StopReason", "TaskManager"]
@@ -380,7 +382,7 @@ class TaskManager:
 
     async def _synthesise(self, job: _Job) -> None:
         engine = job.voice.engine
-        cutter = FrameCutter(engine.sample_rate, self.settings.frame_ms)
+        cutter = TrackCutter(engine.sample_rate, self.settings.frame_ms)
 
         async def run_piece(work: Callable[[], Any], chars: int) -> Any:
             elapsed = 0.0
@@ -406,12 +408,12 @@ class TaskManager:
 
         # aclosing: a stopped task closes the engine's stream (and a remote request) at once.
         async with contextlib.aclosing(engine.stream(job.text, run_piece)) as pieces:
-            async for pcm in pieces:
+            async for piece in pieces:
                 job.started = True
-                for frame in cutter.push(pcm):
-                    await self._send(job, frame)
+                for frame, visemes in cutter.push(piece):
+                    await self._send(job, frame, visemes)
         if (last := cutter.flush()) is not None:
-            await self._send(job, last)
+            await self._send(job, *last)
 
     def _learn_cost(self, voice_id: str, elapsed: float, chars: int) -> None:
         if chars <= 0:
@@ -420,8 +422,8 @@ class TaskManager:
         previous = self._seconds_per_char.get(voice_id, sample)
         self._seconds_per_char[voice_id] = previous + (sample - previous) * COST_SMOOTHING
 
-    async def _send(self, job: _Job, frame: bytes) -> None:
-        await self.sink.append(job.task_id, job.chunks, level(frame), frame)
+    async def _send(self, job: _Job, frame: bytes, visemes: Track | None) -> None:
+        await self.sink.append(job.task_id, job.chunks, level(frame), frame, visemes)
         now = time.monotonic()
         if job.first_frame_at is None:
             job.first_frame_at = now
