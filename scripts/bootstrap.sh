@@ -9,6 +9,8 @@ if [ ! -f "$stamp" ]; then
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+    # The riva engine's client, without its websockets<16 pin (see pyproject.toml, riva).
+    "$VENV/bin/python" -m pip install --quiet --no-deps "nvidia-riva-client>=2.28,<3"
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi

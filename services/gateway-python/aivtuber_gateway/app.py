@@ -18,19 +18,21 @@ from typing import Any
 import httpx
 import structlog
 from starlette.applications import Starlette
+from starlette.routing import Match
 
 from aivtuber_common.closecodes import AppCloseCode, CloseCode
 from aivtuber_common.config import Settings
 
 from .headers import forwarded_request
 from .health import HealthChecker
+from .http_routes import HttpForwarder
 from .keepalive import BackendKeepalive
 from .lifecycle import short_reason
 from .metrics import GatewayMetrics
 from .monitor import monitor_routes
 from .proxy import ProxyConnection, Receive, Send
 from .registry import Registry
-from .routing import RouteTable
+from .routing import Route, RouteTable
 from .upstream import BackendRejected, BackendUnavailable, ProxyOptions, open_backend
 
 __all__ = ["GatewayApp", "Runtime", "create_app"]
@@ -61,12 +63,24 @@ class GatewayApp:
         self.metrics = GatewayMetrics(self.routes)
         self.runtime: Runtime | None = None
         self.http = Starlette(routes=monitor_routes(self), lifespan=self._lifespan)
+        # Routes with protocol "http" (the OpenAI-compatible API): forwarded, streamed.
+        self.forwarder = HttpForwarder(settings, self.log)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
+        elif scope["type"] == "http" and (route := self._http_route(scope)) is not None:
+            await self.forwarder.handle(route, scope, receive, send)
         else:
             await self.http(scope, receive, send)
+
+    def _http_route(self, scope: dict[str, Any]) -> Route | None:
+        """The http route for this request; the gateway's own endpoints come first."""
+        route = self.routes.match(scope["path"], protocol="http")
+        if route is None:
+            return None
+        own = any(r.matches(scope)[0] is not Match.NONE for r in self.http.routes)
+        return None if own else route
 
     async def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = GOING_AWAY) -> None:
         """Stop proxying new connections; close every open one on both sides."""
@@ -96,6 +110,7 @@ class GatewayApp:
                 self.routes, client, gateway.health_timeout_s, gateway.health_cache_s
             )
             self.runtime = Runtime(registry, options, health)
+            await self.forwarder.open()
             self.metrics.bind(registry)
             keepalive = None
             if gateway.ping_interval_s:
@@ -107,6 +122,7 @@ class GatewayApp:
                 yield
             finally:
                 await self.close_all()
+                await self.forwarder.aclose()
                 if keepalive is not None:
                     await keepalive.stop()
                 self.runtime = None

@@ -35,7 +35,7 @@ class Backend:
     def __init__(self, url: str) -> None:
         self.url = url
         parts = urlsplit(url)
-        scheme = "https" if parts.scheme == "wss" else "http"
+        scheme = "https" if parts.scheme in ("wss", "https") else "http"
         # The backend's own health endpoint: same host and port, path /health.
         self.health_url = f"{scheme}://{parts.netloc}/health"
         self.open_connections = 0
@@ -66,6 +66,7 @@ class Route:
         self.backends = [Backend(url) for url in settings.backends]
         self.compression = settings.compression
         self.audio_metrics = settings.audio_metrics
+        self.protocol = settings.protocol  # websocket or http (see http_routes.py)
         self.unavailable_reason = f"{name} backend unavailable"
         self._turn = itertools.count()
 
@@ -91,9 +92,9 @@ class RouteTable:
     def __init__(self, settings: GatewaySettings) -> None:
         self.routes = [Route(name, route) for name, route in settings.routes.items()]
 
-    def match(self, path: str) -> Route | None:
+    def match(self, path: str, protocol: str = "websocket") -> Route | None:
         for route in self.routes:
-            if route.regex.match(path):
+            if route.protocol == protocol and route.regex.match(path):
                 return route
         return None
 

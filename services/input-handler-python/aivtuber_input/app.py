@@ -30,6 +30,7 @@ from aivtuber_common.transport import TaskSubmitter, TransportError
 
 from .metrics import InputMetrics
 from .session import CancelTask, Close, Event, InputSession, Reply, Submit
+from .speech import SpeechApi
 from .workers import HttpTaskSubmitter
 
 __all__ = ["InputEndpoint", "create_app"]
@@ -46,6 +47,7 @@ def create_app(
     metrics = InputMetrics()
     started = time.monotonic()
     endpoint = InputEndpoint(settings, metrics)
+    speech = SpeechApi(settings, metrics)  # POST /v1/audio/speech and its discovery routes
     workers: list[HttpTaskSubmitter | None] = [None]  # the lifespan's submitter, for /health
 
     @contextlib.asynccontextmanager
@@ -58,7 +60,7 @@ def create_app(
                 timeout_s=config.worker_timeout_s,
                 token=settings.internal_token,
             )
-            endpoint.submitter = workers[0] = submitter
+            endpoint.submitter = speech.submitter = workers[0] = submitter
             probes = asyncio.create_task(submitter.run_health_checks(config.health_interval_s))
             try:
                 yield
@@ -66,7 +68,7 @@ def create_app(
                 probes.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await probes
-                endpoint.submitter = workers[0] = None
+                endpoint.submitter = speech.submitter = workers[0] = None
 
     async def health(request: Request) -> Response:
         submitter = workers[0]
@@ -86,6 +88,7 @@ def create_app(
         WebSocketRoute("/ws/input", endpoint.handle),
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
+        *speech.routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
