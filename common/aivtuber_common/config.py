@@ -425,6 +425,10 @@ def _first_error(exc: ValidationError) -> str:
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key"
     message = error["msg"].removeprefix("Value error, ")
+    # A model validator names the field at fault first: "backends.0: must be ...".
+    field, sep, rest = message.partition(": ")
+    if sep and field and all(part.isidentifier() or part.isdigit() for part in field.split(".")):
+        where, message = f"{where}.{field}", rest
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{where}: {message}{suffix}"
