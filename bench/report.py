@@ -30,6 +30,10 @@ def render(results: dict[str, Any]) -> str:
         parts.extend(gateway_tables(scenarios["gateway"]))
     if "speech" in scenarios:
         parts.extend(speech_tables(scenarios["speech"]))
+    if "openai" in scenarios:
+        from .openai_api import openai_tables
+
+        parts.extend(openai_tables(scenarios["openai"]))
     machine = results.get("machine", {})
     parts.append(
         f"_{results.get('mode', '?')} run, {machine.get('date', '?')}, "
