@@ -13,8 +13,9 @@ Exceptions::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -87,10 +88,32 @@ async def subscribe(
     task_id: str,
     headers: list[tuple[str, str]],
     open_timeout_s: float,
-) -> AsyncIterator[AsyncIterator[OutputEvent]]:
-    """Connect (raises OutputUnavailable), then iterate the task's events; always closed."""
+) -> AsyncIterator[Callable[[], Awaitable[AsyncIterator[OutputEvent]]]]:
+    """Start connecting at once, in the background; the caller awaits what it yields for the
+    task's events (raises OutputUnavailable) when it needs them. Always closed on exit.
+
+    Connecting while the task is being submitted takes the handshake off the time to first
+    audio; the output handler keeps every frame from chunk 0, so none can be missed."""
+    connecting = asyncio.create_task(_connect(output_url, task_id, headers, open_timeout_s))
+
+    async def events() -> AsyncIterator[OutputEvent]:
+        return _events(await connecting)
+
     try:
-        websocket = await connect(
+        yield events
+    finally:
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OutputUnavailable):
+            await connecting
+        if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+            await connecting.result().close()
+
+
+async def _connect(
+    output_url: str, task_id: str, headers: list[tuple[str, str]], open_timeout_s: float
+) -> ClientConnection:
+    try:
+        return await connect(
             f"{output_url}/ws/output/{task_id}",
             additional_headers=headers,
             open_timeout=open_timeout_s,
@@ -104,10 +127,6 @@ async def subscribe(
         raise OutputUnavailable(
             "The audio of the task cannot be read right now; try again in a moment."
         ) from exc
-    try:
-        yield _events(websocket)
-    finally:
-        await websocket.close()
 
 
 async def _events(websocket: ClientConnection) -> AsyncIterator[OutputEvent]:

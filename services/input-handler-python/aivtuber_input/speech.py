@@ -196,11 +196,10 @@ class SpeechApi:
                 task.task_id,
                 identity_headers(identity, self.settings.internal_token),
                 self.config.worker_timeout_s,
-            ) as events:
-                # Subscribed first: the output handler waits for a task it does not know yet,
-                # so not a frame can be missed.
+            ) as subscription:
                 await self._submit(task)
                 submitted = True
+                events = await subscription()
                 started, first = await _first_audio(events)
                 await _start_response(send, speech, started.sample_rate)
                 ttfb_ms = (time.perf_counter() - started_at) * 1000
