@@ -64,7 +64,7 @@ class GatewayApp:
         self.runtime: Runtime | None = None
         self.http = Starlette(routes=monitor_routes(self), lifespan=self._lifespan)
         # Routes with protocol "http" (the OpenAI-compatible API): forwarded, streamed.
-        self.forwarder = HttpForwarder(settings, self.log)
+        self.forwarder = HttpForwarder(settings, self.log, self.metrics)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -44,6 +44,7 @@ from aivtuber_common.identity import (
 from aivtuber_common.openai_errors import openai_error
 
 from .headers import forwarded_request
+from .metrics import GatewayMetrics
 from .proxy import Receive, Send
 from .routing import Route
 
@@ -90,8 +91,14 @@ class _BodyTooLarge(Exception):
 class HttpForwarder:
     """Forwards requests on the http routes; :meth:`open`/:meth:`aclose` from the lifespan."""
 
-    def __init__(self, settings: Settings, log: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log: structlog.typing.FilteringBoundLogger,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.gateway = settings.gateway
         self.log = log
         idle = self.gateway.idle_timeout_s or None
@@ -150,18 +157,37 @@ class HttpForwarder:
         started = time.perf_counter()
         request = forwarded_request(scope)
         status, backend_url, sizes = 0, None, [0, 0]
+        first_byte: list[float] = []
         try:
             try:
                 identity = await self.authenticate(scope)  # EDGE: the one credential check
             finally:
                 scope["headers"] = ()  # read; holds credentials: not kept for longer
+            if any(part in (".", "..") for part in scope["path"].split("/")):
+                # A back end (or httpx) would resolve them: /v1/../metrics is not /v1/.
+                raise HttpRefusal(
+                    400,
+                    "The path must not hold '.' or '..' segments.",
+                    "invalid_path",
+                    "invalid_request_error",
+                )
             status, backend_url = await self._forward(
-                route, scope, receive, send, self._headers(request.headers, identity), sizes
+                route,
+                scope,
+                receive,
+                send,
+                self._headers(request.headers, identity),
+                sizes,
+                lambda: first_byte.append(time.perf_counter() - started),
             )
         except HttpRefusal as refusal:
             status = refusal.status
             await refusal.send(send)
         finally:
+            if self.metrics is not None:
+                self.metrics.http_requests.labels(route.name, str(status)).inc()
+                if first_byte:
+                    self.metrics.http_first_byte.labels(route.name).observe(first_byte[0])
             self.log.info(
                 "http_request",
                 route=route.name,
@@ -201,6 +227,7 @@ class HttpForwarder:
         send: Send,
         headers: list[tuple[str, str]],
         sizes: list[int],
+        on_first_byte: Callable[[], None],
     ) -> tuple[int, str | None]:
         client = self._client
         if client is None:
@@ -245,7 +272,7 @@ class HttpForwarder:
                 failures.append(f"{backend.url}: {exc or type(exc).__name__}")
                 break
             backend.mark_up()
-            await self._relay(response, receive, send, body_done, sizes)
+            await self._relay(response, receive, send, body_done, sizes, on_first_byte)
             return response.status_code, backend.url
         self.log.warning(
             "backend_unavailable",
@@ -269,6 +296,7 @@ class HttpForwarder:
         send: Send,
         body_done: asyncio.Event,
         sizes: list[int],
+        on_first_byte: Callable[[], None],
     ) -> None:
         """Stream the answer to the client; stop at once when the client hangs up."""
 
@@ -282,6 +310,8 @@ class HttpForwarder:
                 {"type": "http.response.start", "status": response.status_code, "headers": headers}
             )
             async for data in response.aiter_raw():
+                if not sizes[1]:
+                    on_first_byte()
                 sizes[1] += len(data)
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
