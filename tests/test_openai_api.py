@@ -14,6 +14,7 @@ import time
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -220,6 +221,19 @@ async def test_the_first_audio_arrives_while_the_rest_of_the_text_is_still_being
     assert held and first
     assert first_byte_s < duration_s  # streamed: not after the whole text's audio
     assert first + rest == sine_pcm(text)
+
+
+async def test_the_documented_three_line_example_writes_an_mp3(tmp_path: Path) -> None:
+    out = tmp_path / "hi.mp3"
+
+    def example(base_url: str) -> None:  # docs/openai.md, with our address and voice
+        client = openai.OpenAI(base_url=base_url, api_key="your-api-key")
+        client.audio.speech.create(model="tts-1", voice="sine", input="Hi chat!").write_to_file(out)
+
+    async with stack() as s:
+        await asyncio.to_thread(example, s.base_url)
+    mp3 = out.read_bytes()
+    assert mp3[0] == 0xFF and mp3[1] & 0xE6 == 0xE2  # MPEG frame sync, Layer III
 
 
 async def test_a_client_that_hangs_up_mid_stream_cancels_the_task_on_its_worker() -> None:
