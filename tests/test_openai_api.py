@@ -37,16 +37,36 @@ from aivtuber_gateway import create_app as gateway_app
 from aivtuber_input import create_app as input_app
 from aivtuber_output import create_app as output_app
 from aivtuber_tts import create_app as worker_app
-from aivtuber_tts.engines import SineEngine
+from aivtuber_tts.engines import Engine, SineEngine
+from aivtuber_tts.errors import EngineError
 from aivtuber_tts.splitting import split_text
 from tests.support import RunningServer, run_server
-from tests.test_end_to_end import HOLD, Gate, held_factory, wait_ready
+from tests.test_end_to_end import HOLD, Gate, HeldSine, wait_ready
 
 RATE = 16000
 MS_PER_CHAR = 30.0
 KEY = "tenant-key-0123456789"
 TEXT = "Hi chat! Welcome back to the stream, it is so good to see you all again."
 WAIT_S = 15.0
+
+
+FAIL = "FAIL"
+
+
+class FailingSine(HeldSine):
+    """The test voice, held at HOLD, and failing at any piece with FAIL in it."""
+
+    def synthesize_piece(self, piece: str) -> bytes:
+        if FAIL in piece:
+            raise EngineError("The sine engine failed: on purpose")
+        return super().synthesize_piece(piece)
+
+
+def failing_factory(gate: Gate) -> Any:
+    def factory(voice_id: str, voice: VoiceSettings, *args: Any, **kwargs: Any) -> Engine:
+        return FailingSine(gate, voice.sample_rate, voice.frequency_hz, voice.ms_per_char)
+
+    return factory
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):
@@ -103,7 +123,9 @@ async def stack(auth: AuthSettings | None = None, **input_options: Any) -> Async
         )
         worker = await outer.enter_async_context(
             run_server(
-                worker_app(Settings(tts_worker=worker_settings), engine_factory=held_factory(gate))
+                worker_app(
+                    Settings(tts_worker=worker_settings), engine_factory=failing_factory(gate)
+                )
             )
         )
         outer.callback(gate.release)  # never leave an engine thread waiting
@@ -255,6 +277,27 @@ async def test_a_client_that_hangs_up_mid_stream_cancels_the_task_on_its_worker(
     requests = [entry for entry in logs if entry["event"] == "http_request"]
     assert requests and requests[0]["path"] == "/v1/audio/speech"
     assert "s3cret" not in repr(logs)  # no query string in any log line
+
+
+async def test_a_failure_after_the_first_audio_ends_sse_with_an_error_and_cuts_raw_audio() -> None:
+    text = f"Hello there, everyone. {FAIL} here."
+    async with stack() as s, httpx.AsyncClient(base_url=s.base_url) as http:
+        sse = await http.post("/audio/speech", json=speech_body(input=text, stream_format="sse"))
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.post("/audio/speech", json=speech_body(input=text))
+    events = [json.loads(line.removeprefix("data: ")) for line in sse.text.split("\n\n") if line]
+    assert sse.status_code == 200 and events[0]["type"] == "speech.audio.delta"
+    assert events[-1]["type"] == "error"
+    assert events[-1]["error"]["code"] == "engine_error"
+    assert "on purpose" in events[-1]["error"]["message"]
+
+
+async def test_a_failure_before_any_audio_is_an_http_error() -> None:
+    async with stack() as s, httpx.AsyncClient(base_url=s.base_url) as http:
+        response = await http.post("/audio/speech", json=speech_body(input=f"{FAIL} at once."))
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "engine_error"
+    assert response.json()["error"]["type"] == "server_error"
 
 
 async def test_models_and_voices_can_be_discovered() -> None:

@@ -203,7 +203,8 @@ class SpeechApi:
                 started, first = await _first_audio(events)
                 await _start_response(send, speech, started.sample_rate)
                 ttfb_ms = (time.perf_counter() - started_at) * 1000
-                finished = await self._stream(send, speech, started, first, events)
+                end = await self._stream(send, speech, started, first, events)
+                finished = True  # completed, cancelled elsewhere or failed: nothing to stop
                 log.info(
                     "speech_streamed",
                     task_id=task.task_id,
@@ -212,7 +213,7 @@ class SpeechApi:
                     sse=speech.stream_format == "sse",
                     chars=len(speech.input),
                     first_byte_ms=round(ttfb_ms, 1),
-                    completed=finished,
+                    end=end,
                 )
         except OutputUnavailable as exc:
             await self._refuse(error_for_code(exc.code, str(exc)), scope, receive, send)
@@ -266,8 +267,8 @@ class SpeechApi:
         started: Started,
         first: Pcm | Finished,
         events: AsyncIterator[OutputEvent],
-    ) -> bool:
-        """Send every frame as it comes; True when the task completed."""
+    ) -> str:
+        """Send every frame as it comes; how the task ended (completed, cancelled, a code)."""
         encoder = make_encoder(speech.response_format, started.sample_rate)
         sse = speech.stream_format == "sse"
 
@@ -297,12 +298,13 @@ class SpeechApi:
             if sse:
                 error = error_for_code(end.code, end.message)
                 await send({"type": "http.response.body", "body": sse_error(error)})
-            return True  # a raw body is left incomplete on purpose: the client must not
-            # take a cut-off stream for a whole file
+            # A raw body is left incomplete on purpose (uvicorn closes the connection): the
+            # client must not take a cut-off stream for a whole file.
+            return end.code
         await out(encoder.finish())
         tail = sse_done(len(speech.input)) if sse else b""
         await send({"type": "http.response.body", "body": tail})
-        return True
+        return "cancelled" if isinstance(end, Finished) and end.cancelled else "completed"
 
 
 async def _first_audio(events: AsyncIterator[OutputEvent]) -> tuple[Started, Pcm | Finished]:
