@@ -8,10 +8,12 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import trustme
 from riva.client.proto import riva_audio_pb2, riva_tts_pb2, riva_tts_pb2_grpc
 
 from aivtuber_common.config import VoiceSettings
@@ -64,14 +66,20 @@ class FakeRiva(riva_tts_pb2_grpc.RivaSpeechSynthesisServicer):
 
 
 @contextlib.asynccontextmanager
-async def fake_riva() -> AsyncIterator[tuple[FakeRiva, str]]:
+async def fake_riva(tls: trustme.CA | None = None) -> AsyncIterator[tuple[FakeRiva, str]]:
     server = grpc.aio.server()
     servicer = FakeRiva()
     riva_tts_pb2_grpc.add_RivaSpeechSynthesisServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        cert = tls.issue_cert("localhost")
+        key, chain = cert.private_key_pem.bytes(), b"".join(p.bytes() for p in cert.cert_chain_pems)
+        credentials = grpc.ssl_server_credentials([(key, chain)])
+        port = server.add_secure_port("localhost:0", credentials)
     await server.start()
     try:
-        yield servicer, f"127.0.0.1:{port}"
+        yield servicer, f"{'localhost' if tls else '127.0.0.1'}:{port}"
     finally:
         servicer.hold.set()
         await server.stop(grace=None)
@@ -122,6 +130,20 @@ async def test_riva_streams_each_clause_as_the_server_sends_it_with_voice_and_ke
     assert request.encoding == riva_audio_pb2.AudioEncoding.LINEAR_PCM
     assert all(m["authorization"] == f"Bearer {KEY}" for m in server.metadata)
     assert engine.name == "riva" and engine.device == "remote" and engine.sample_rate == RATE
+
+
+async def test_tls_with_the_configured_root_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca_file = tmp_path / "riva-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    async with fake_riva(tls=ca) as (server, address):
+        voice = riva_voice(address, use_ssl=True, ssl_cert=str(ca_file))
+        async with started(voice) as engine:
+            audio = b"".join([pcm async for pcm in engine.stream(TEXT, no_slots)])
+        untrusted = build_engine("narrator", riva_voice(address, use_ssl=True, timeout_s=2.0))
+        with pytest.raises(EngineUnavailable, match="cannot be reached"):
+            await untrusted.start()  # the system roots do not know the test's CA
+    assert audio == b"".join(server.sine.synthesize_piece(p) for p in split_text(TEXT))
 
 
 async def test_a_riva_server_that_cannot_be_reached_fails_at_start_naming_it() -> None:
