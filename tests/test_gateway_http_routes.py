@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from aivtuber_gateway import create_app
 from tests.gateway_support import WAIT_S, gateway_settings, run_gateway
 from tests.support import free_port, run_server
 
@@ -166,3 +168,45 @@ async def test_the_gateways_own_endpoints_win_over_a_catch_all_http_route(
             echoed = await http.get("/v1/echo")
     assert health.json() == {"status": "ok"}
     assert echoed.json()["path"] == "/v1/echo"
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_request_closed(
+    backend: tuple[Backend, str],
+) -> None:
+    """The gateway app driven on its ASGI interface: the client's ``send`` never completes
+    after the first piece, as with a peer whose socket buffer is full and never drained."""
+    fake, url = backend
+    route = {"path": "/v1/{endpoint:path}", "protocol": "http", "backends": [url]}
+    settings = gateway_settings({"api": route}, ping_timeout_s=0.2)  # type: ignore[arg-type]
+    app = create_app(settings)
+    sent: list[dict[str, object]] = []
+    stuck = asyncio.Event()  # never set
+
+    async def receive() -> dict[str, object]:
+        if not sent:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await stuck.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            await stuck.wait()
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/stream",
+        "raw_path": b"/v1/stream",
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 5000),
+        "scheme": "http",
+    }
+    async with run_server(app):  # its lifespan opens the forwarder's client
+        with structlog.testing.capture_logs() as logs:
+            async with asyncio.timeout(WAIT_S):
+                await app(scope, receive, send)
+                await fake.stream_closed.wait()
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert any(entry["event"] == "client_stalled" for entry in logs)

@@ -88,6 +88,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _ClientStalled(Exception):
+    pass
+
+
 class HttpForwarder:
     """Forwards requests on the http routes; :meth:`open`/:meth:`aclose` from the lifespan."""
 
@@ -298,7 +302,17 @@ class HttpForwarder:
         sizes: list[int],
         on_first_byte: Callable[[], None],
     ) -> None:
-        """Stream the answer to the client; stop at once when the client hangs up."""
+        """Stream the answer to the client; stop at once when the client hangs up, or when it
+        has taken nothing for ``ping_timeout_s`` (a reader that stalls holds a task and a
+        back-end connection: it gets what a WebSocket peer that stops answering pings gets)."""
+        stall_s = self.gateway.ping_timeout_s
+
+        async def to_client(message: dict[str, Any]) -> None:
+            try:
+                async with asyncio.timeout(stall_s):
+                    await send(message)
+            except TimeoutError:
+                raise _ClientStalled from None
 
         async def pump() -> None:
             headers = [
@@ -306,15 +320,15 @@ class HttpForwarder:
                 for name, value in response.headers.raw
                 if name.lower() not in _RESPONSE_DROP
             ]
-            await send(
+            await to_client(
                 {"type": "http.response.start", "status": response.status_code, "headers": headers}
             )
             async for data in response.aiter_raw():
                 if not sizes[1]:
                     on_first_byte()
                 sizes[1] += len(data)
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+                await to_client({"type": "http.response.body", "body": data, "more_body": True})
+            await to_client({"type": "http.response.body", "body": b""})
 
         async def hangup() -> None:
             await body_done.wait()  # until then the request body owns receive()
@@ -330,9 +344,12 @@ class HttpForwarder:
             await asyncio.gather(*tasks, return_exceptions=True)
             await response.aclose()  # closes the back-end connection if unfinished
         if not tasks[0].cancelled() and (exc := tasks[0].exception()) is not None:
-            if not isinstance(exc, httpx.HTTPError):
+            if isinstance(exc, _ClientStalled):
+                self.log.warning("client_stalled", timeout_s=stall_s, bytes_out=sizes[1])
+            elif isinstance(exc, httpx.HTTPError):
+                self.log.warning("backend_stream_failed", error=str(exc) or type(exc).__name__)
+            else:
                 raise exc  # a bug: uvicorn logs it
-            self.log.warning("backend_stream_failed", error=str(exc) or type(exc).__name__)
 
     async def _body(
         self, scope: dict[str, Any], receive: Receive, done: asyncio.Event, sizes: list[int]
