@@ -193,20 +193,52 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_backend_request_cl
         if message["type"] == "http.response.body":
             await stuck.wait()
 
-    scope = {
+    async with run_server(app):  # its lifespan opens the forwarder's client
+        with structlog.testing.capture_logs() as logs:
+            async with asyncio.timeout(WAIT_S):
+                await app(asgi_scope("/v1/stream"), receive, send)
+                await fake.stream_closed.wait()
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert any(entry["event"] == "client_stalled" for entry in logs)
+
+
+async def test_a_client_that_leaves_while_sending_its_body_aborts_the_backend_request(
+    backend: tuple[Backend, str],
+) -> None:
+    _, url = backend
+    route = {"path": "/v1/{endpoint:path}", "protocol": "http", "backends": [url]}
+    app = create_app(gateway_settings({"api": route}))  # type: ignore[dict-item]
+    messages = iter(
+        [
+            {"type": "http.request", "body": b"x" * 100, "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return next(messages)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async with run_server(app):
+        with structlog.testing.capture_logs() as logs:
+            async with asyncio.timeout(WAIT_S):
+                await app(asgi_scope("/v1/echo"), receive, send)
+    assert sent == []  # nobody to answer, and the back end never saw a whole request
+    [request] = [entry for entry in logs if entry["event"] == "http_request"]
+    assert request["status"] == 0 and request["bytes_in"] == 100
+
+
+def asgi_scope(path: str) -> dict[str, object]:
+    return {
         "type": "http",
         "method": "POST",
-        "path": "/v1/stream",
-        "raw_path": b"/v1/stream",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "headers": [],
         "client": ("127.0.0.1", 5000),
         "scheme": "http",
     }
-    async with run_server(app):  # its lifespan opens the forwarder's client
-        with structlog.testing.capture_logs() as logs:
-            async with asyncio.timeout(WAIT_S):
-                await app(scope, receive, send)
-                await fake.stream_closed.wait()
-    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
-    assert any(entry["event"] == "client_stalled" for entry in logs)

@@ -92,6 +92,10 @@ class _ClientStalled(Exception):
     pass
 
 
+class _ClientLeft(Exception):
+    """The client hung up while its request body was being forwarded."""
+
+
 class HttpForwarder:
     """Forwards requests on the http routes; :meth:`open`/:meth:`aclose` from the lifespan."""
 
@@ -258,6 +262,8 @@ class HttpForwarder:
                 if sizes[0]:
                     break  # the body is on its way out: it cannot be sent twice
                 continue
+            except _ClientLeft:
+                return 0, backend.url  # nobody to answer
             except _BodyTooLarge:
                 raise HttpRefusal(
                     413,
@@ -359,7 +365,7 @@ class HttpForwarder:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    return
+                    raise _ClientLeft  # aborts the back-end request: never a truncated body
                 data = message.get("body", b"")
                 sizes[0] += len(data)
                 if sizes[0] > limit:

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -162,6 +162,8 @@ class SpeechApi:
             self.metrics.errors.labels(exc.code).inc()
             await exc.response()(scope, receive, send)
             return
+        except ClientDisconnect:
+            return  # left while sending the request: nothing was started
         identity = read_identity(
             [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
             request.client.host if request.client else None,
