@@ -23,9 +23,10 @@ off. Logs: one ``http_request`` line per request, without query string or header
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import httpx
@@ -241,49 +242,50 @@ class HttpForwarder:
         if client is None:
             raise HttpRefusal(503, "The gateway is shutting down.", "going_away", "server_error")
         body_done = asyncio.Event()
-        body = self._body(scope, receive, body_done, sizes)
-        raw_path = scope.get("raw_path")
-        path = raw_path.decode("latin-1") if raw_path else scope["path"]
-        query = scope.get("query_string", b"").decode("latin-1")
-        failures: list[str] = []
-        for backend in route.candidates():
-            request = client.build_request(
-                scope["method"],
-                backend.target(path, query),
-                headers=headers,
-                content=body,
-                timeout=self.timeout,
-            )
-            try:
-                response = await client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                backend.mark_down()
-                failures.append(f"{backend.url}: {exc or type(exc).__name__}")
-                if sizes[0]:
-                    break  # the body is on its way out: it cannot be sent twice
-                continue
-            except _ClientLeft:
-                return 0, backend.url  # nobody to answer
-            except _BodyTooLarge:
-                raise HttpRefusal(
-                    413,
-                    f"The request body is larger than {self.gateway.max_message_bytes} bytes.",
-                    "body_too_large",
-                    "invalid_request_error",
-                ) from None
-            except httpx.TimeoutException:
-                raise HttpRefusal(
-                    504,
-                    f"The {route.name} back end did not answer in time.",
-                    "backend_timeout",
-                    "server_error",
-                ) from None
-            except httpx.HTTPError as exc:
-                failures.append(f"{backend.url}: {exc or type(exc).__name__}")
-                break
-            backend.mark_up()
-            await self._relay(response, receive, send, body_done, sizes, on_first_byte)
-            return response.status_code, backend.url
+        # Closed on every path: a back end may answer before it has read the whole body.
+        async with contextlib.aclosing(self._body(scope, receive, body_done, sizes)) as body:
+            raw_path = scope.get("raw_path")
+            path = raw_path.decode("latin-1") if raw_path else scope["path"]
+            query = scope.get("query_string", b"").decode("latin-1")
+            failures: list[str] = []
+            for backend in route.candidates():
+                request = client.build_request(
+                    scope["method"],
+                    backend.target(path, query),
+                    headers=headers,
+                    content=body,
+                    timeout=self.timeout,
+                )
+                try:
+                    response = await client.send(request, stream=True)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    backend.mark_down()
+                    failures.append(f"{backend.url}: {exc or type(exc).__name__}")
+                    if sizes[0]:
+                        break  # the body is on its way out: it cannot be sent twice
+                    continue
+                except _ClientLeft:
+                    return 0, backend.url  # nobody to answer
+                except _BodyTooLarge:
+                    raise HttpRefusal(
+                        413,
+                        f"The request body is larger than {self.gateway.max_message_bytes} bytes.",
+                        "body_too_large",
+                        "invalid_request_error",
+                    ) from None
+                except httpx.TimeoutException:
+                    raise HttpRefusal(
+                        504,
+                        f"The {route.name} back end did not answer in time.",
+                        "backend_timeout",
+                        "server_error",
+                    ) from None
+                except httpx.HTTPError as exc:
+                    failures.append(f"{backend.url}: {exc or type(exc).__name__}")
+                    break
+                backend.mark_up()
+                await self._relay(response, receive, send, body_done, sizes, on_first_byte)
+                return response.status_code, backend.url
         self.log.warning(
             "backend_unavailable",
             route=route.name,
@@ -359,7 +361,7 @@ class HttpForwarder:
 
     async def _body(
         self, scope: dict[str, Any], receive: Receive, done: asyncio.Event, sizes: list[int]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         limit = self.gateway.max_message_bytes
         try:
             while True:
