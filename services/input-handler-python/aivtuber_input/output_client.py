@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -95,13 +95,17 @@ async def subscribe(
     Connecting while the task is being submitted takes the handshake off the time to first
     audio; the output handler keeps every frame from chunk 0, so none can be missed."""
     connecting = asyncio.create_task(_connect(output_url, task_id, headers, open_timeout_s))
+    reading: list[AsyncGenerator[OutputEvent, None]] = []
 
     async def events() -> AsyncIterator[OutputEvent]:
-        return _events(await connecting)
+        reading.append(_events(await connecting))
+        return reading[-1]
 
     try:
         yield events
     finally:
+        for generator in reading:
+            await generator.aclose()
         connecting.cancel()
         with contextlib.suppress(asyncio.CancelledError, OutputUnavailable):
             await connecting
@@ -129,7 +133,7 @@ async def _connect(
         ) from exc
 
 
-async def _events(websocket: ClientConnection) -> AsyncIterator[OutputEvent]:
+async def _events(websocket: ClientConnection) -> AsyncGenerator[OutputEvent, None]:
     try:
         async for message in websocket:
             if isinstance(message, bytes):
