@@ -26,6 +26,7 @@ from . import BENCH_VERSION, nginx, report
 from .edge_auth import EdgeAuthParams, run_edge_auth
 from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
+from .openai_api import OpenAIParams, run_openai_api
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
 from .speech_path import SpeechParams, run_speech_path
 from .voices import VoicesParams, run_voices
@@ -49,9 +50,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenario",
-        choices=["gateway", "speech", "edge", "voices", "all"],
+        choices=["gateway", "speech", "edge", "voices", "openai", "all"],
         default="all",
-        help="what to run (edge: the cost of authentication, fairness, memory under attack)",
+        help="what to run (edge: the cost of authentication, fairness, memory under attack; "
+        "openai: /v1/audio/speech next to the WebSocket path)",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
@@ -135,8 +137,19 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         if args.voice:
             voices_params = dataclasses.replace(voices_params, voices=(args.voice,))
         results["scenarios"]["voices"] = run_voices(voices_params, work_dir, say=_say)
+    if args.scenario in ("openai", "all"):
+        results["scenarios"]["openai"] = run_openai_api(
+            _openai_params(mode, args, speech_params.voice), work_dir, say=_say
+        )
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
+
+
+def _openai_params(mode: str, args: argparse.Namespace, voice: str) -> OpenAIParams:
+    params = {"smoke": OpenAIParams.smoke, "quick": OpenAIParams.quick}.get(mode, OpenAIParams)()
+    if args.rounds:
+        params = dataclasses.replace(params, rounds=args.rounds)
+    return dataclasses.replace(params, voice=voice)
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:

@@ -34,6 +34,10 @@ def render(results: dict[str, Any]) -> str:
         parts.extend(edge_tables(scenarios["edge"]))
     if "voices" in scenarios:
         parts.extend(voices_tables(scenarios["voices"]))
+    if "openai" in scenarios:
+        from .openai_api import openai_tables
+
+        parts.extend(openai_tables(scenarios["openai"]))
     machine = results.get("machine", {})
     parts.append(
         f"_{results.get('mode', '?')} run, {machine.get('date', '?')}, "

@@ -178,3 +178,17 @@ def test_ratios_are_paired_by_round_and_percentiles_interpolate() -> None:
 def test_the_bench_texts_ship_with_the_repository() -> None:
     assert TEXTS.is_relative_to(Path(__file__).resolve().parent.parent / "bench")
     assert len(read_lines()) >= 10
+
+
+def test_openai_smoke_run_times_the_http_endpoint_next_to_the_websocket_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = run_bench(tmp_path, "--scenario", "openai")
+
+    api = results["scenarios"]["openai"]
+    assert api["voice"] == "sine" and api["params"]["lines"] == 2
+    assert [(row["round"], row["line"]) for row in api["per_line"]] == [(1, 1), (1, 2)]
+    assert all(row["ws_ttfa_ms"] > 0 and row["http_ttfb_ms"] > 0 for row in api["per_line"])
+    assert api["medians"]["http_over_ws_p50"] > 0
+    table = capsys.readouterr().out
+    assert "POST /v1/audio/speech" in table and "HTTP ÷ WS" in table

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -46,6 +46,20 @@ class GatewayMetrics:
             "Time between consecutive binary frames sent to the client.",
             ["route"],
             buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1, 2, 5),
+            registry=self.prometheus,
+        )
+        # Plain HTTP routes (protocol "http"): one observation per request, off the WS path.
+        self.http_requests = Counter(
+            f"{PREFIX}_http_requests",
+            "Requests on http routes by status (0: the client left before an answer).",
+            ["route", "status"],
+            registry=self.prometheus,
+        )
+        self.http_first_byte = Histogram(
+            f"{PREFIX}_http_first_byte_seconds",
+            "Request received -> first body byte of the back end's answer sent to the client.",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 5, 10, 30),
             registry=self.prometheus,
         )
         self.connect_seconds = Histogram(

@@ -39,6 +39,7 @@ from .activity import ActiveTasks, WorkerEvents
 from .limits import SpeakLimiter
 from .metrics import InputMetrics
 from .session import CancelTask, Close, Event, InputSession, ListVoicesRequest, Reply, Submit
+from .speech import SpeechApi
 from .workers import HttpTaskSubmitter
 
 __all__ = ["InputEndpoint", "create_app"]
@@ -61,6 +62,7 @@ def create_app(
     metrics = InputMetrics()
     started = time.monotonic()
     endpoint = InputEndpoint(settings, metrics)
+    speech = SpeechApi(settings, metrics)  # POST /v1/audio/speech and its discovery routes
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[InputState]:
@@ -74,7 +76,7 @@ def create_app(
                 ready_wait_s=config.ready_wait_s,
                 on_accepted=endpoint.active.accepted,
             )
-            endpoint.submitter = submitter
+            endpoint.submitter = speech.submitter = submitter
             events = WorkerEvents(
                 endpoint.active,
                 list(config.workers),
@@ -91,7 +93,7 @@ def create_app(
                 for task in background:
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
-                endpoint.submitter = None
+                endpoint.submitter = speech.submitter = None
 
     async def health(request: Request) -> Response:
         # 200 only when a line can be spoken now: a worker answered its /health with 200
@@ -116,6 +118,7 @@ def create_app(
         WebSocketRoute("/ws/input", endpoint.handle),
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
+        *speech.routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
