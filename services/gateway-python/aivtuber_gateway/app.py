@@ -28,6 +28,7 @@ from .keepalive import BackendKeepalive
 from .lifecycle import short_reason
 from .metrics import GatewayMetrics
 from .monitor import monitor_routes
+from .pages import page_routes
 from .proxy import ProxyConnection, Receive, Send
 from .registry import Registry
 from .routing import RouteTable
@@ -60,7 +61,9 @@ class GatewayApp:
         self.routes = RouteTable(settings.gateway)
         self.metrics = GatewayMetrics(self.routes)
         self.runtime: Runtime | None = None
-        self.http = Starlette(routes=monitor_routes(self), lifespan=self._lifespan)
+        self.http = Starlette(
+            routes=[*monitor_routes(self), *page_routes(self)], lifespan=self._lifespan
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
