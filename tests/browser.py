@@ -64,6 +64,7 @@ class PageLog:
     """What went wrong in the page: console errors, page errors, failed requests."""
 
     problems: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)  # every URL the page asked for
 
     def assert_clean(self) -> None:
         assert self.problems == [], "\n".join(self.problems)
@@ -86,6 +87,7 @@ async def open_page(url: str) -> AsyncIterator[tuple[Any, PageLog]]:
                 "console",
                 lambda msg: msg.type == "error" and log.problems.append(f"console: {msg.text}"),
             )
+            page.on("request", lambda request: log.requests.append(request.url))
             page.on("pageerror", lambda exc: log.problems.append(f"page error: {exc}"))
             page.on(
                 "requestfailed",
