@@ -33,9 +33,13 @@ CHROMIUM_ARGS = [
 
 
 def find_chromium() -> str | None:
-    """``$CHROMIUM`` if set, else Debian's ``/usr/bin/chromium``, else one on PATH."""
-    candidates = [os.environ.get("CHROMIUM"), "/usr/bin/chromium"]
-    candidates += [shutil.which(name) for name in ("chromium", "chromium-browser")]
+    """``$CHROMIUM`` when set (only it: ``CHROMIUM=none`` skips the browser tests), else
+    Debian's ``/usr/bin/chromium``, else one on PATH."""
+    if "CHROMIUM" in os.environ:
+        candidates: list[str | None] = [os.environ["CHROMIUM"]]
+    else:
+        candidates = ["/usr/bin/chromium"]
+        candidates += [shutil.which(name) for name in ("chromium", "chromium-browser")]
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
@@ -52,7 +56,7 @@ def _playwright_missing() -> bool:
 
 CHROMIUM = find_chromium()
 SKIP_REASON = (
-    "browser tests skipped: no Chromium found (install Debian's: apt-get install -y chromium)"
+    "browser tests skipped: no Chromium found (apt-get install -y chromium, or set $CHROMIUM)"
     if CHROMIUM is None
     else "browser tests skipped: playwright is not installed (pip install -e '.[dev]')"
 )
