@@ -1,4 +1,4 @@
-"""``./bench [--quick] [--scenario gateway|speech|all]``: measure, print the tables, write JSON.
+"""``./bench [--quick] [--scenario gateway|speech|browser|all]``: measure, print, write JSON.
 
 Progress goes to stderr, the Markdown tables to stdout, everything measured (medians, each
 round's values, per-line timings, the machine) to ``bench/results/latest.json``.
@@ -23,6 +23,8 @@ from typing import Any
 import structlog
 
 from . import BENCH_VERSION, nginx, report
+from .browser_path import BrowserParams, run_browser_path
+from .chromium import find_chromium
 from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
@@ -46,7 +48,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "its numbers mean nothing",
     )
     parser.add_argument(
-        "--scenario", choices=["gateway", "speech", "all"], default="all", help="what to run"
+        "--scenario",
+        choices=["gateway", "speech", "browser", "all"],
+        default="all",
+        help="what to run (all: browser only when a Chromium is found)",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
@@ -88,6 +93,20 @@ def build_params(args: argparse.Namespace) -> tuple[str, HopParams, SpeechParams
     return mode, hop, speech
 
 
+def browser_params(args: argparse.Namespace) -> BrowserParams:
+    if args.smoke:
+        params = BrowserParams.smoke()
+    elif args.quick:
+        params = BrowserParams.quick()
+    else:
+        params = BrowserParams()
+    if args.rounds:
+        params = dataclasses.replace(params, rounds=args.rounds)
+    if args.voice:
+        params = dataclasses.replace(params, voice=args.voice)
+    return params
+
+
 def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     mode, hop_params, speech_params = build_params(args)
     started = time.perf_counter()
@@ -106,6 +125,10 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         )
     if args.scenario in ("speech", "all"):
         results["scenarios"]["speech"] = run_speech_path(speech_params, work_dir, say=_say)
+    if args.scenario == "browser" or (args.scenario == "all" and find_chromium()):
+        results["scenarios"]["browser"] = run_browser_path(browser_params(args), work_dir, say=_say)
+    elif args.scenario == "all":
+        _say("browser scenario skipped: no Chromium found (apt-get install -y chromium)")
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
 

@@ -1,5 +1,5 @@
 """Debian's Chromium, driven by Playwright for Python, for the tests/test_browser_*.py tests
-(and ``./benchmark --scenario browser``).
+(the Chromium is found by bench.chromium, shared with ``./benchmark --scenario browser``).
 
 Never a browser download: Playwright's bundled driver talks to the system Chromium given by
 ``executable_path``. Headless, autoplay allowed (the pages play sound without a click), and
@@ -11,8 +11,6 @@ test can assert there were none.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,30 +18,10 @@ from typing import Any
 
 import pytest
 
+from bench.chromium import CHROMIUM_ARGS, find_chromium
+
 # Screenshots and other artifacts of the browser tests (gitignored).
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-
-
-def find_chromium() -> str | None:
-    """``$CHROMIUM`` when set (only it: ``CHROMIUM=none`` skips the browser tests), else
-    Debian's ``/usr/bin/chromium``, else one on PATH."""
-    if "CHROMIUM" in os.environ:
-        candidates: list[str | None] = [os.environ["CHROMIUM"]]
-    else:
-        candidates = ["/usr/bin/chromium"]
-        candidates += [shutil.which(name) for name in ("chromium", "chromium-browser")]
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def _playwright_missing() -> bool:

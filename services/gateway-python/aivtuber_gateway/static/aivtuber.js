@@ -42,6 +42,7 @@ const RESUME_BASE_DELAY_MS = 100;
 const CANCEL_CONFIRM_MS = 3000; // wait this long for the server's cancelled audio_complete
 const REPLY_TIMEOUT_MS = 10000;
 const VOICES_TIMEOUT_MS = 3000;
+const GREETING_TIMEOUT_MS = 2000;
 const FATAL_OUTPUT_CLOSES = new Set([4400, 4401, 4403, 4404, 4429, 1008, 1009, 1011]);
 
 /** An error with the protocol's code (the `code` of error messages, or a close's meaning). */
@@ -188,6 +189,7 @@ export class AIVTuberClient extends EventTarget {
       state: line ? line.state : "idle",
       taskId: line ? line.taskId : null,
       ttfaMs: line ? line.ttfaMs : null,
+      firstFrameMs: line ? line.firstFrameMs : null,
       chunksReceived: line ? line.received : 0,
       chunksPlayed: line ? line.played : 0,
       totalChunks: line ? line.totalChunks : null,
@@ -233,9 +235,19 @@ export class AIVTuberClient extends EventTarget {
     this._inputOpen = (async () => {
       const ws = new WebSocket(await this._socketUrl("/ws/input"));
       this._input = ws;
+      // Open once the handler greeted with the id of the connection's first task (the first
+      // line then listens on it while its speak is on the way).
       await new Promise((resolve, reject) => {
-        ws.onopen = resolve;
-        ws.onclose = (event) => reject(closeError(event, "input") || new AIVTuberError("connection_lost", "input closed"));
+        const timer = setTimeout(resolve, GREETING_TIMEOUT_MS);
+        ws.onmessage = (event) => {
+          this._onInput(event);
+          clearTimeout(timer);
+          resolve();
+        };
+        ws.onclose = (event) => {
+          clearTimeout(timer);
+          reject(closeError(event, "input") || new AIVTuberError("connection_lost", "input closed"));
+        };
       });
       ws.onmessage = (event) => this._onInput(event);
       ws.onclose = (event) => this._onInputClosed(ws, event);
@@ -409,7 +421,8 @@ class Line {
     this.underruns = 0;
     this.resumes = 0;
     this.duplicates = 0;
-    this.ttfaMs = null;
+    this.ttfaMs = null; // speak() -> first sample heard, by the audio clock
+    this.firstFrameMs = null; // speak() -> first frame arrived
     this.level = 0;
     this.lastViseme = null;
     this.cancelled = false;
@@ -557,6 +570,7 @@ class Line {
     const now = ctx.currentTime;
     const quantum = 128 / ctx.sampleRate;
     if (this.startTime === null) {
+      this.firstFrameMs = Math.round(performance.now() - this.startedAt);
       this.firstArrival = now;
       this.startTime = now + quantum + client._jitterS;
       this.nextTime = this.startTime;
