@@ -420,6 +420,7 @@ class Line {
     this.totalChunks = null; // from audio_complete
     this.underruns = 0;
     this.resumes = 0;
+    this.failedAttempts = 0; // reconnects in a row that got no message
     this.duplicates = 0;
     this.ttfaMs = null; // speak() -> first sample heard, by the audio clock
     this.firstFrameMs = null; // speak() -> first frame arrived
@@ -457,10 +458,10 @@ class Line {
     if (this.finished || this.taskId === taskId) return;
     if (this.socket) this._closeSocket();
     this.taskId = taskId;
-    this._connect(0);
+    this._connect();
   }
 
-  async _connect(attempt) {
+  async _connect() {
     const client = this.client;
     const query = this.received > 0 ? { from_chunk: String(this.received) } : {};
     let url;
@@ -475,13 +476,12 @@ class Line {
     this.socket = ws;
     this.meta = null;
     ws.onmessage = (event) => {
-      if (this.socket === ws) this._onMessage(event.data);
-    };
-    ws.onopen = () => {
-      if (this.socket === ws) this.attempt = 0;
+      if (this.socket !== ws) return;
+      this.failedAttempts = 0; // this socket works: a later drop gets a fresh set of tries
+      this._onMessage(event.data);
     };
     ws.onclose = (event) => {
-      if (this.socket === ws) this._onClose(event, attempt);
+      if (this.socket === ws) this._onClose(event);
     };
   }
 
@@ -496,19 +496,21 @@ class Line {
     if (this.socket) this.socket.close(4000, "dropped by the page");
   }
 
-  _onClose(event, attempt) {
+  _onClose(event) {
     this.socket = null;
     if (this.finished || this.completed) return;
     if (this.serverError) return this.fail(this.serverError);
     if (FATAL_OUTPUT_CLOSES.has(event.code)) return this.fail(closeError(event, "output"));
+    const attempt = this.failedAttempts;
     if (attempt >= RESUME_ATTEMPTS) {
       return this.fail(closeError(event, "output") || new AIVTuberError("connection_lost", "output closed"));
     }
     // A drop mid-line: come back where we stopped, ?from_chunk=<next id>, no gap, no repeat.
     this.resumes += 1;
+    this.failedAttempts += 1;
     const delay = attempt === 0 ? 0 : RESUME_BASE_DELAY_MS * 2 ** (attempt - 1);
     setTimeout(() => {
-      if (!this.finished) this._connect(attempt + 1);
+      if (!this.finished) this._connect();
     }, delay);
   }
 
