@@ -47,14 +47,16 @@ class PageLog:
 
     problems: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)  # every URL the page asked for
+    websockets: list[str] = field(default_factory=list)  # every WebSocket URL it opened
 
     def assert_clean(self) -> None:
         assert self.problems == [], "\n".join(self.problems)
 
 
 @contextlib.asynccontextmanager
-async def open_page(url: str) -> AsyncIterator[tuple[Any, PageLog]]:
-    """A fresh headless Chromium with one page at ``url`` (loaded), and its problem log."""
+async def open_page(url: str, bypass_csp: bool = False) -> AsyncIterator[tuple[Any, PageLog]]:
+    """A fresh headless Chromium with one page at ``url`` (loaded), and its problem log.
+    ``bypass_csp`` lets a test's own script reach a server of its own."""
     from playwright.async_api import async_playwright
 
     assert CHROMIUM is not None
@@ -64,7 +66,8 @@ async def open_page(url: str) -> AsyncIterator[tuple[Any, PageLog]]:
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
         try:
-            page = await browser.new_page()
+            page = await browser.new_page(bypass_csp=bypass_csp)
+            page.on("websocket", lambda ws: log.websockets.append(ws.url))
             page.on(
                 "console",
                 lambda msg: msg.type == "error" and log.problems.append(f"console: {msg.text}"),

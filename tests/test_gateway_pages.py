@@ -91,6 +91,7 @@ async def test_the_client_script_and_the_demo_page_are_served_openly_and_safely(
     async with stack() as s, httpx.AsyncClient(base_url=s.gateway.http_url) as http:
         script = await http.get("/static/aivtuber.js")
         demo = await http.get("/demo")
+        demo_script = await http.get("/static/demo.js")
         sneaky = await http.get("/static/../pages.py")
         missing = await http.get("/static/nothing.js")
     assert script.status_code == 200
@@ -99,3 +100,5 @@ async def test_the_client_script_and_the_demo_page_are_served_openly_and_safely(
     assert demo.status_code == 200 and '<script type="module" src="/static/demo.js">' in demo.text
     assert "default-src 'self'" in demo.headers["content-security-policy"]
     assert sneaky.status_code == 404 and missing.status_code == 404
+    for text in (demo.text, demo_script.text, script.text):  # offline: nothing from elsewhere
+        assert "https://" not in text and "//cdn" not in text and '<script src="http' not in text

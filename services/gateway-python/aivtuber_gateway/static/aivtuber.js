@@ -163,7 +163,9 @@ export class AIVTuberClient extends EventTarget {
       }
       ws.send(JSON.stringify(message));
       const reply = await accepted;
-      line.listen(reply.task_id);
+      // Cancelled while the speak was on its way: the task exists only now, cancel it now.
+      if (line.cancelled) this._sendCancel(reply.task_id);
+      else line.listen(reply.task_id);
     } catch (error) {
       line.fail(error);
     }
@@ -263,7 +265,12 @@ export class AIVTuberClient extends EventTarget {
 
   _onInput(event) {
     if (typeof event.data !== "string") return;
-    const message = JSON.parse(event.data);
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return this._emitError(new AIVTuberError("invalid_json", "the input handler sent bad JSON"));
+    }
     if (message.type === "system") {
       if (message.action === "task_id_assigned") this._assigned = message.task_id;
       else if (message.action === "upload_processed") this._settleReply(message.request_id, message);
@@ -287,9 +294,12 @@ export class AIVTuberClient extends EventTarget {
     this._inputOpen = null;
     this._assigned = null;
     const error = closeError(event, "input") || new AIVTuberError("connection_lost", "input closed");
+    const waiting = this._replies.size > 0;
     for (const id of [...this._replies.keys()]) this._settleReply(id, null, error);
     this._settleVoices([]);
-    if (event.code !== 1000) this._emitError(error);
+    // An idle socket the gateway let go is reopened by the next speak(); a refusal of this
+    // client (credential, origin, limit) or a loss with a request pending is worth an event.
+    if (waiting || CLOSE_CODES[event.code]) this._emitError(error); // once: see fail()
   }
 
   _awaitReply(requestId) {
@@ -397,6 +407,8 @@ export class AIVTuberClient extends EventTarget {
   }
 
   _emitError(error, taskId = null) {
+    if (error.reported) return; // one event per error, however many waiters it failed
+    error.reported = true;
     this._emit("error", {
       code: error.code || "client_error",
       message: error.message,
@@ -450,11 +462,6 @@ class Line {
   }
 
   listen(taskId) {
-    if (this.cancelled && this.taskId === null) {
-      this.taskId = taskId;
-      this.client._sendCancel(taskId); // cancelled before the server named the task
-      return;
-    }
     if (this.finished || this.taskId === taskId) return;
     if (this.socket) this._closeSocket();
     this.taskId = taskId;
@@ -516,7 +523,12 @@ class Line {
 
   _onMessage(data) {
     if (typeof data !== "string") return this._onFrame(data);
-    const message = JSON.parse(data);
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return this.fail(new AIVTuberError("invalid_json", "the output handler sent bad JSON"));
+    }
     switch (message.type) {
       case "audio_start":
         if (this.sampleRate === null) {
@@ -576,7 +588,7 @@ class Line {
       this.firstArrival = now;
       this.startTime = now + quantum + client._jitterS;
       this.nextTime = this.startTime;
-      this.state = "playing";
+      this.state = "buffering"; // "playing" once the audio clock reaches the first sample
     } else {
       // How late this frame came compared with a real-time stream starting with frame 0.
       const due = this.firstArrival + (this.nextTime - this.startTime);
@@ -618,6 +630,7 @@ class Line {
     if (this.finished) return;
     if (this.startTime !== null && this.ttfaMs === null && heard >= this.startTime) {
       this.ttfaMs = Math.round(client._perfTimeOf(this.startTime) - this.startedAt);
+      if (this.state === "buffering") this.state = "playing";
       client._emit("start", {
         taskId: this.taskId, sampleRate: this.sampleRate, voice: this.voice, engine: this.engine,
         ttfaMs: this.ttfaMs,

@@ -81,6 +81,7 @@ async function loadVoices() {
 
 async function speak(text, voice) {
   usesVisemes = false;
+  mouthTarget = 0;
   lastEnd = null;
   pcmDigest = 0x811c9dc5;
   showError("");
