@@ -96,7 +96,6 @@ export class AIVTuberClient extends EventTarget {
     this._requests = 0;
     this._tickTimer = null;
     this._rafPending = false;
-    this._totals = { lines: 0, underruns: 0 };
   }
 
   /** Subscribe to an event; returns the function that unsubscribes. */
@@ -109,7 +108,7 @@ export class AIVTuberClient extends EventTarget {
   get audioContext() {
     if (!this._ctx) this._ctx = new AudioContext({ latencyHint: "interactive" });
     if (!this._out) {
-      // sources -> gain (barge-in mutes at once) -> analyser (what is heard) -> destination
+      // sources -> gain (client.output.gain: the volume) -> analyser (what is heard) -> destination
       this._gain = this._ctx.createGain();
       this._analyser = this._ctx.createAnalyser();
       this._analyser.fftSize = 256;
@@ -119,6 +118,12 @@ export class AIVTuberClient extends EventTarget {
       this._probe = new Float32Array(this._analyser.fftSize);
     }
     return this._ctx;
+  }
+
+  /** The GainNode every line plays through (its `gain` is the volume). */
+  get output() {
+    this.audioContext;
+    return this._gain;
   }
 
   /** The voices the gateway offers; [] when it cannot tell (then the default voice is used). */
@@ -145,7 +150,6 @@ export class AIVTuberClient extends EventTarget {
     if (this._line) this.cancel();
     const line = new Line(this, text, performance.now());
     this._line = line;
-    this._totals.lines += 1;
     this._startTicking();
     try {
       const ws = await this._openInput();
@@ -596,7 +600,6 @@ class Line {
       if (this.nextTime <= now + quantum) {
         // Ran dry: the output went silent before this frame came. Buffer again.
         this.underruns += 1;
-        client._totals.underruns += 1;
         client._learnLateness(this.lateS, true);
         this.nextTime = now + quantum + client._jitterS;
       }
