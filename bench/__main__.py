@@ -1,4 +1,5 @@
-"""``./bench [--quick] [--scenario gateway|speech|voices|all]``: measure, print tables, write JSON.
+"""``./bench [--quick] [--scenario gateway|speech|edge|voices|openai|browser|all]``:
+measure, print tables, write JSON.
 
 Progress goes to stderr, the Markdown tables to stdout, everything measured (medians, each
 round's values, per-line timings, the machine) to ``bench/results/latest.json``.
@@ -23,6 +24,8 @@ from typing import Any
 import structlog
 
 from . import BENCH_VERSION, nginx, report
+from .browser_path import BrowserParams, run_browser_path
+from .chromium import find_chromium
 from .edge_auth import EdgeAuthParams, run_edge_auth
 from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
@@ -50,10 +53,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenario",
-        choices=["gateway", "speech", "edge", "voices", "openai", "all"],
+        choices=["gateway", "speech", "edge", "voices", "openai", "browser", "all"],
         default="all",
         help="what to run (edge: the cost of authentication, fairness, memory under attack; "
-        "openai: /v1/audio/speech next to the WebSocket path)",
+        "openai: /v1/audio/speech next to the WebSocket path; all: browser only when a "
+        "Chromium is found)",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
@@ -108,6 +112,20 @@ def edge_auth_params(args: argparse.Namespace) -> EdgeAuthParams:
     return dataclasses.replace(params, rounds=args.rounds) if args.rounds else params
 
 
+def browser_params(args: argparse.Namespace) -> BrowserParams:
+    if args.smoke:
+        params = BrowserParams.smoke()
+    elif args.quick:
+        params = BrowserParams.quick()
+    else:
+        params = BrowserParams()
+    if args.rounds:
+        params = dataclasses.replace(params, rounds=args.rounds)
+    if args.voice:
+        params = dataclasses.replace(params, voice=args.voice)
+    return params
+
+
 def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     mode, hop_params, speech_params = build_params(args)
     started = time.perf_counter()
@@ -141,6 +159,10 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         results["scenarios"]["openai"] = run_openai_api(
             _openai_params(mode, args, speech_params.voice), work_dir, say=_say
         )
+    if args.scenario == "browser" or (args.scenario == "all" and find_chromium()):
+        results["scenarios"]["browser"] = run_browser_path(browser_params(args), work_dir, say=_say)
+    elif args.scenario == "all":
+        _say("browser scenario skipped: no Chromium found (apt-get install -y chromium)")
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
 

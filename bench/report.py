@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["edge_tables", "gateway_tables", "markdown_table", "render", "speech_tables"]
+__all__ = [
+    "browser_tables",
+    "edge_tables",
+    "gateway_tables",
+    "markdown_table",
+    "render",
+    "speech_tables",
+]
 
 NA = "n/a"
 RATIO_TARGET = 0.8
@@ -38,6 +45,8 @@ def render(results: dict[str, Any]) -> str:
         from .openai_api import openai_tables
 
         parts.extend(openai_tables(scenarios["openai"]))
+    if "browser" in scenarios:
+        parts.extend(browser_tables(scenarios["browser"]))
     machine = results.get("machine", {})
     parts.append(
         f"_{results.get('mode', '?')} run, {machine.get('date', '?')}, "
@@ -361,6 +370,35 @@ def voices_tables(voices: dict[str, Any]) -> list[str]:
         ),
         f"Largest level with no late frame: {capacity}.",
     ]
+
+
+def browser_tables(browser: dict[str, Any]) -> list[str]:
+    params = browser["params"]
+    med = browser["medians"].get("browser", {})
+    rows = [
+        [
+            "time to first audio p50 (ms)",
+            _fmt(med.get("heard_ttfa_p50_ms"), "int"),
+            _fmt(med.get("python_ttfa_p50_ms"), "int"),
+            _ratio(med.get("heard_over_python_p50")),
+        ],
+        [
+            "time to first audio p95 (ms)",
+            _fmt(med.get("heard_ttfa_p95_ms"), "int"),
+            _fmt(med.get("python_ttfa_p95_ms"), "int"),
+            _ratio(_div(med.get("heard_ttfa_p95_ms"), med.get("python_ttfa_p95_ms"))),
+        ],
+        ["page: speak -> first frame p50 (ms)", _fmt(med.get("first_frame_p50_ms"), "int"), "", ""],
+        ["page: jitter buffer p50 (ms)", _fmt(med.get("jitter_p50_ms"), "int"), "", ""],
+        ["underruns heard in the page", _fmt(med.get("underruns"), "int"), "", ""],
+    ]
+    header = ["browser", "heard in the page", "Python client", "page ÷ Python"]
+    title = (
+        f"### Browser (voice {browser['voice']!r}, {params['lines']} lines, "
+        f"{_rounds(params['rounds'])}, medians): speak pressed -> first sample played by the "
+        "audio clock, next to the Python client's speak sent -> first PCM byte"
+    )
+    return [title, markdown_table(header, rows)]
 
 
 def _rounds(count: int) -> str:

@@ -119,7 +119,11 @@ async def wait_ready(server: RunningServer) -> None:
 
 @contextlib.asynccontextmanager
 async def stack(
-    workers: int = 1, piper: bool = False, dead_workers: int = 0, **input_options: Any
+    workers: int = 1,
+    piper: bool = False,
+    dead_workers: int = 0,
+    audio_metrics: bool = False,
+    **input_options: Any,
 ) -> AsyncIterator[Stack]:
     """Output handler, worker(s), input handler, gateway: started in the order each needs."""
     async with contextlib.AsyncExitStack() as outer:
@@ -160,7 +164,9 @@ async def stack(
         )
         routes = {
             "input": RouteSettings(path="/ws/input", backends=[handler.ws_url]),
-            "output": RouteSettings(path="/ws/output/{task_id}", backends=[output.ws_url]),
+            "output": RouteSettings(
+                path="/ws/output/{task_id}", backends=[output.ws_url], audio_metrics=audio_metrics
+            ),
         }
         gateway = await outer.enter_async_context(
             run_server(gateway_app(Settings(gateway=GatewaySettings(routes=routes))))

@@ -35,6 +35,7 @@ from .keepalive import BackendKeepalive
 from .lifecycle import short_reason
 from .metrics import GatewayMetrics
 from .monitor import monitor_routes
+from .pages import page_routes
 from .proxy import ProxyConnection, ProxyOptions, Receive, Send
 from .registry import Registry
 from .routing import Route, RouteTable
@@ -81,7 +82,8 @@ class GatewayApp:
         # lifespan state from); None before startup and after shutdown.
         self._runtime: Runtime | None = None
         self.http = Starlette(
-            routes=monitor_routes(self.metrics, self.edge), lifespan=self._lifespan
+            routes=[*monitor_routes(self.metrics, self.edge), *page_routes(self)],
+            lifespan=self._lifespan,
         )
         # Routes with protocol "http" (the OpenAI-compatible API): forwarded, streamed,
         # through the same edge (credentials, tenants, the connection quota).

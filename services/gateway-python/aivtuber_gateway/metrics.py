@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .recent import RecentSpeech
 from .registry import Registry
 from .routing import RouteTable
 
@@ -34,6 +35,7 @@ class GatewayMetrics:
         self._tenants = tenants  # open connections per tenant (the edge's quota)
         self._registry: Registry[Any] | None = None
         self.prometheus.register(_RegistryCollector(self))
+        self.recent = RecentSpeech()  # the last minutes, for the status page's speech view
         self.first_audio = Histogram(
             f"{PREFIX}_time_to_first_audio_seconds",
             "From the client's connection opening to the first binary frame sent to it.",
@@ -75,10 +77,10 @@ class GatewayMetrics:
         self._registry = registry
 
     def first_audio_observer(self, route: str) -> Callable[[float], None]:
-        return self.first_audio.labels(route).observe
+        return _both(self.first_audio.labels(route).observe, self.recent.first_audio)
 
     def audio_gap_observer(self, route: str) -> Callable[[float], None]:
-        return self.audio_gap.labels(route).observe
+        return _both(self.audio_gap.labels(route).observe, self.recent.frame_gap)
 
     def collect_registry(self) -> Iterator[Metric]:
         registry = self._registry
@@ -138,6 +140,16 @@ class GatewayMetrics:
             for tenant, count in sorted(self._tenants().items()):
                 tenants.add_metric([tenant], count)
         yield from (open_, total, messages, sizes, failures, closes, rejected, tenants)
+
+
+def _both(
+    first: Callable[[float], None], second: Callable[[float], None]
+) -> Callable[[float], None]:
+    def observe(value: float) -> None:
+        first(value)
+        second(value)
+
+    return observe
 
 
 class _RegistryCollector(Collector):
