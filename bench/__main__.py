@@ -27,6 +27,8 @@ from . import BENCH_VERSION, nginx, report
 from .browser_path import BrowserParams, run_browser_path
 from .chromium import find_chromium
 from .edge_auth import EdgeAuthParams, run_edge_auth
+from .edge_fairness import FairnessParams, run_edge_fairness
+from .edge_memory import EdgeMemoryParams, run_edge_memory
 from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
 from .openai_api import OpenAIParams, run_openai_api
@@ -145,9 +147,17 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     if args.scenario in ("speech", "all"):
         results["scenarios"]["speech"] = run_speech_path(speech_params, work_dir, say=_say)
     if args.scenario in ("edge", "all"):
-        # Parts: auth (bench/edge_auth.py); fairness and memory join the same section.
+        # Parts: auth (bench/edge_auth.py), fairness (edge_fairness.py), memory under
+        # attack (edge_memory.py), each with its own stack.
         edge = results["scenarios"]["edge"] = {}
         edge["auth"] = run_edge_auth(edge_auth_params(args), work_dir, say=_say)
+        fairness = {"quick": FairnessParams.quick(), "smoke": FairnessParams.smoke()}
+        edge["fairness"] = run_edge_fairness(
+            fairness.get(mode, FairnessParams()), work_dir, say=_say
+        )
+        memory = EdgeMemoryParams.smoke() if mode == "smoke" else EdgeMemoryParams()
+        _say("edge memory: the fragment and header attacks")
+        edge["memory"] = run_edge_memory(work_dir, memory)
     if args.scenario in ("voices", "all") and mode != "smoke":
         voices_params = VoicesParams.quick() if mode == "quick" else VoicesParams()
         if args.rounds:

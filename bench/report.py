@@ -264,6 +264,27 @@ def edge_tables(edge: dict[str, Any]) -> list[str]:
     parts: list[str] = []
     if "auth" in edge:
         parts.extend(edge_auth_tables(edge["auth"]))
+    if "fairness" in edge:
+        from .edge_fairness import render as fairness_table  # it imports this module
+
+        parts.append(fairness_table(edge["fairness"]))
+    if "memory" in edge:
+        memory = edge["memory"]
+        params = memory["params"]
+        rows = [
+            ["at rest", _fmt(memory["baseline_mb"], "1")],
+            [
+                f"{params['conns']} connections each sending a "
+                f"{params['fragment_bytes'] // 2**20} MB fragmented message",
+                _fmt(memory["fragments_mb"], "1"),
+            ],
+            [
+                f"{params['conns']} connections each sending a "
+                f"{params['header_bytes'] // 2**20} MB request head",
+                _fmt(memory["headers_mb"], "1"),
+            ],
+        ]
+        parts += ["### Edge: gateway memory under attack", markdown_table(["", "RSS (MB)"], rows)]
     return parts
 
 

@@ -97,8 +97,13 @@ def test_edge_smoke_run_measures_authentication_next_to_the_anonymous_gateway(
         assert medians["connect_p50_us"] > 0 and medians["rtt_p50_us"] > 0
         assert medians["cpu_us_per_connect"] is not None
     assert auth["ratios"]["ticket"]["connect_p50_us"] is not None
+    fairness = results["scenarios"]["edge"]["fairness"]
+    assert fairness["alone_ttfa_ms"] > 0 and fairness["flood_ttfa_ms"] > 0
+    memory = results["scenarios"]["edge"]["memory"]
+    assert memory["baseline_mb"] > 0 and memory["fragments_mb"] > 0 and memory["headers_mb"] > 0
     table = capsys.readouterr().out
     assert "Edge: the cost of authentication" in table and "bearer ÷ anonymous" in table
+    assert "Fair sharing" in table and "gateway memory under attack" in table
 
 
 def test_report_without_nginx_shows_the_skip_reason_and_no_nginx_column() -> None:
