@@ -177,6 +177,8 @@ class GatewaySettings(StrictModel):
     max_head_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
     # A request head not complete within this is answered 408 and closed (slowloris).
     head_timeout_s: Seconds = 10.0
+    # Time to open the backend connection (TCP + WebSocket handshake), all backends
+    # of a route together; then the client is closed with 1013.
     connect_timeout_s: Seconds = 5.0
     # Keepalive ping toward the client and toward the backend; 0 turns pings off.
     ping_interval_s: Annotated[float, Field(ge=0)] = 20.0
@@ -386,6 +388,7 @@ class VoiceSettings(StrictModel):
     # riva: TLS toward the server; ssl_cert is a PEM root certificate (empty: system roots).
     # api_key (above) is sent as "authorization: Bearer <key>" metadata.
     use_ssl: bool = False
+    # riva: a PEM root certificate to trust for the server (empty: the system's roots).
     ssl_cert: str | None = None
     # riva: the language_code of the request, passed through as it is.
     language_code: str = "en-US"
