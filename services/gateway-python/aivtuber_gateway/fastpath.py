@@ -38,7 +38,7 @@ PLAIN_PROTOCOL = "websockets-sansio"
 # (lowest tested, first untested) release of each package the fast path reaches into.
 VERSIONS: Mapping[str, tuple[str, str]] = {
     "uvicorn": ("0.53", "0.55"),
-    "websockets": ("16.0", "17.5"),
+    "websockets": ("17.0", "17.5"),
 }
 
 FastPathMode = Literal["auto", "off"]
