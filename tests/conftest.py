@@ -7,6 +7,9 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+# The ``bus`` fixture (both buses) and a real redis-server.
+pytest_plugins = ["tests.redis_support"]
+
 
 @pytest.fixture(autouse=True)
 def fresh_structlog() -> Iterator[None]:

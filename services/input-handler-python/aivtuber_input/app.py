@@ -22,13 +22,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from aivtuber_common.config import Settings
+from aivtuber_common.config import RedisBusSettings, Settings
 from aivtuber_common.internal import SubmitTask
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import ErrorMessage, dump
 from aivtuber_common.transport import TaskSubmitter, TransportError
 
 from .metrics import InputMetrics
+from .redis_submitter import RedisTaskSubmitter, redis_submitter
 from .session import CancelTask, Close, Event, InputSession, Reply, Submit
 from .workers import HttpTaskSubmitter
 
@@ -46,10 +47,18 @@ def create_app(
     metrics = InputMetrics()
     started = time.monotonic()
     endpoint = InputEndpoint(settings, metrics)
-    workers: list[HttpTaskSubmitter | None] = [None]  # the lifespan's submitter, for /health
+    workers: list[HttpTaskSubmitter | RedisTaskSubmitter | None] = [None]  # for /health
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if isinstance(settings.bus, RedisBusSettings):  # bus seam: workers found on Redis
+            async with redis_submitter(settings) as on_redis:
+                endpoint.submitter = workers[0] = on_redis
+                try:
+                    yield
+                finally:
+                    endpoint.submitter = workers[0] = None
+            return
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(transport=transport, limits=limits) as client:
             submitter = HttpTaskSubmitter(
@@ -71,16 +80,20 @@ def create_app(
     async def health(request: Request) -> Response:
         submitter = workers[0]
         states = [worker.as_dict() for worker in submitter.workers] if submitter else []
-        return JSONResponse(
-            {
-                "status": "ok",
-                "service": "input_handler",
-                "uptime_s": round(time.monotonic() - started, 1),
-                "connections": endpoint.connections,
-                "workers_available": submitter.available if submitter else 0,
-                "workers": states,
-            }
-        )
+        body = {
+            "status": "ok",
+            "service": "input_handler",
+            "uptime_s": round(time.monotonic() - started, 1),
+            "connections": endpoint.connections,
+            "workers_available": submitter.available if submitter else 0,
+            "workers": states,
+        }
+        if isinstance(submitter, RedisTaskSubmitter):  # bus seam: Redis down is a 503
+            body["bus"] = submitter.state()
+            if not submitter.link.up:
+                body["status"] = "unavailable"
+                return JSONResponse(body, status_code=503)
+        return JSONResponse(body)
 
     routes = [
         WebSocketRoute("/ws/input", endpoint.handle),

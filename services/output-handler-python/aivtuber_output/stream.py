@@ -33,6 +33,7 @@ from aivtuber_common.protocol import (
 )
 
 from .metrics import OutputMetrics
+from .redis_source import RedisFrameSource
 from .store import TaskNotFound, TaskStore
 
 __all__ = ["OutputEndpoint"]
@@ -43,7 +44,7 @@ SAMPLE_WIDTH = 2
 
 
 class OutputEndpoint:
-    def __init__(self, store: TaskStore, metrics: OutputMetrics) -> None:
+    def __init__(self, store: TaskStore | RedisFrameSource, metrics: OutputMetrics) -> None:
         self.store = store
         self.metrics = metrics
 
@@ -185,7 +186,10 @@ def _audio_chunk(task_id: str, chunk_id: int, level: float, pcm: bytes) -> str:
 
 
 def _audio_complete(
-    store: TaskStore, end: TaskEnd, opened: TaskOpen | None, seen: tuple[int, int]
+    store: TaskStore | RedisFrameSource,
+    end: TaskEnd,
+    opened: TaskOpen | None,
+    seen: tuple[int, int],
 ) -> str:
     snapshot = store.snapshot(end.task_id)
     # The whole task's totals, even for a subscriber that resumed from a later chunk; what

@@ -102,6 +102,9 @@ class TaskManager:
         self._jobs: dict[str, _Job] = {}
         self._seconds_per_char: dict[str, float] = {}  # per voice, a moving average
         self._runners: set[asyncio.Task[None]] = set()
+        # Bus seam: a pull-based bus (aivtuber_tts.redis_bus) learns here when a task is done
+        # (its TaskEnd, None when lost) and so when there is room to take the next one.
+        self.finished_hooks: list[Callable[[str, TaskEnd | None], None]] = []
         # Read when scraped, so the gauges are never stale.
         metrics.running.set_function(lambda: self.running)
         metrics.queued.set_function(lambda: self.queued)
@@ -114,6 +117,14 @@ class TaskManager:
     @property
     def queued(self) -> int:
         return len(self._jobs) - self.running
+
+    @property
+    def room(self) -> int:
+        """Tasks admission would take now (bus seam: a pull-based bus takes no more)."""
+        return max(0, self.capacity - len(self._jobs))
+
+    def holds(self, task_id: str) -> bool:
+        return task_id in self._jobs
 
     async def submit(self, task: SubmitTask) -> SubmitAccepted:
         """Admit and announce a task, or raise :class:`Refusal`."""
@@ -130,6 +141,7 @@ class TaskManager:
                     voice=voice.id,
                     engine=voice.engine.name,
                     sample_rate=voice.engine.sample_rate,
+                    tenant=task.tenant,
                 )
             )
         except IngestLost as exc:
@@ -271,6 +283,8 @@ class TaskManager:
     def _finish(self, job: _Job, end: TaskEnd | None) -> None:
         self._jobs.pop(job.task_id, None)
         job.done.set()
+        for hook in self.finished_hooks:
+            hook(job.task_id, end)
         outcome: str = end.status if end is not None else "lost"
         if job.stop_reason is StopReason.SHUTDOWN:
             outcome = "stopped"
