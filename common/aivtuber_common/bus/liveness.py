@@ -57,6 +57,10 @@ class Heartbeat:
                     await on_beat()
             except BusUnavailable:
                 pass  # logged once by the link; the next beat retries
+            except Exception:
+                # No caller to report to: say what broke, keep beating (a Redis restarted
+                # empty answers NOGROUP until the workers made their group again).
+                log.exception("heartbeat_step_failed", key=self.key)
             await asyncio.sleep(self.link.settings.heartbeat_interval_s)
 
     async def withdraw(self) -> None:

@@ -119,7 +119,11 @@ async def write_end(link: RedisLink, end: TaskEnd, ttl_ms: int) -> bool:
     try:
         with link.guard():
             async with link.client.pipeline(transaction=False) as pipe:
-                pipe.xadd(key, {KIND: K_END, DATA: end.model_dump_json()}, id=END_ID)
+                # nomkstream: a task whose stream expired (or a Redis restarted empty) needs
+                # no end, and an end alone would only be a stray key.
+                pipe.xadd(
+                    key, {KIND: K_END, DATA: end.model_dump_json()}, id=END_ID, nomkstream=True
+                )
                 pipe.pexpire(key, ttl_ms)
                 added, _ = await pipe.execute(raise_on_error=False)
     except BusUnavailable as exc:
@@ -183,12 +187,23 @@ class TaskConsumer:
             await self.heartbeat.withdraw()
 
     async def _forever(self, loop: Callable[[], Awaitable[None]]) -> None:
-        # Redis going away ends a loop's pass; it starts again once Redis is back.
+        # Redis going away ends a loop's pass; it starts again once Redis is back. A Redis
+        # that restarted empty has lost the group: it is made again. These loops have no
+        # caller to report to, so anything else is logged with its traceback and retried.
         while True:
             try:
                 await loop()
             except BusUnavailable:
                 await self.link.wait_up()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    log.exception("bus_loop_failed", loop=loop.__name__)
+                    await asyncio.sleep(self.link.settings.heartbeat_interval_s)
+                with contextlib.suppress(BusUnavailable):
+                    await ensure_group(self.link)
+            except Exception:
+                log.exception("bus_loop_failed", loop=loop.__name__)
+                await asyncio.sleep(self.link.settings.heartbeat_interval_s)
 
     # --- taking tasks ---------------------------------------------------------------------
 
