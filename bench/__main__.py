@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from . import BENCH_VERSION, nginx, report
+from .bus import BusParams, run_bus
 from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
@@ -46,7 +47,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "its numbers mean nothing",
     )
     parser.add_argument(
-        "--scenario", choices=["gateway", "speech", "all"], default="all", help="what to run"
+        "--scenario",
+        choices=["gateway", "speech", "bus", "all"],
+        default="all",
+        help="what to run (bus: direct vs Redis Streams; needs redis-server; not in all)",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
@@ -106,6 +110,11 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         )
     if args.scenario in ("speech", "all"):
         results["scenarios"]["speech"] = run_speech_path(speech_params, work_dir, say=_say)
+    if args.scenario == "bus":
+        bus_params = {"quick": BusParams.quick(), "smoke": BusParams.smoke()}.get(mode, BusParams())
+        if args.voice:
+            bus_params = dataclasses.replace(bus_params, voice=args.voice)
+        results["scenarios"]["bus"] = run_bus(bus_params, work_dir, say=_say)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
 

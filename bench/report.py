@@ -30,6 +30,10 @@ def render(results: dict[str, Any]) -> str:
         parts.extend(gateway_tables(scenarios["gateway"]))
     if "speech" in scenarios:
         parts.extend(speech_tables(scenarios["speech"]))
+    if "bus" in scenarios:
+        from .bus import bus_tables  # bus.py imports this module's markdown_table
+
+        parts.extend(bus_tables(scenarios["bus"]))
     machine = results.get("machine", {})
     parts.append(
         f"_{results.get('mode', '?')} run, {machine.get('date', '?')}, "
