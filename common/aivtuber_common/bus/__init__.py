@@ -8,6 +8,7 @@ What lives where (keys under the configured prefix ``P``; full description in do
                                position can be written once only (see :mod:`.streams`)
     P:cancel                   pub/sub channel: "stop this task now" for its holder
     P:live:<role>:<name>       heartbeat keys with a TTL (workers, input handlers)
+    P:live:<role>              set: the names of that role's heartbeat keys
 
 Modules: :mod:`.link` (the client, availability, one log line per outage), :mod:`.streams`
 (key names, entry IDs and entry encoding), :mod:`.liveness` (heartbeats). Each service's

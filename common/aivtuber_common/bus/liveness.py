@@ -1,6 +1,7 @@
 """Heartbeats: each worker and input handler renews a key with a TTL; who is alive is who
-has one. ``/health`` and the voice list of the input handler are computed from them, so no
-static worker list is needed on the Redis bus.
+has one (a set per role indexes the names, so nobody scans the keyspace). ``/health`` and
+the voice list of the input handler are computed from them, so no static worker list is
+needed on the Redis bus.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class Heartbeat:
         self, link: RedisLink, role: str, name: str, describe: Callable[[], dict[str, Any]]
     ) -> None:
         self.link = link
+        self.name = name
         self.key = link.keys.live(role, name)
+        self.index = link.keys.live_index(role)
         self.describe = describe
         self.beats = 0
 
@@ -44,7 +47,10 @@ class Heartbeat:
         settings = self.link.settings
         body = json.dumps(self.describe())
         with self.link.guard():
-            await self.link.client.set(self.key, body, px=int(settings.heartbeat_ttl_s * 1000))
+            async with self.link.client.pipeline(transaction=False) as pipe:
+                pipe.set(self.key, body, px=int(settings.heartbeat_ttl_s * 1000))
+                pipe.sadd(self.index, self.name)
+                await pipe.execute()
         self.link.mark_up()
         self.beats += 1
 
@@ -66,25 +72,30 @@ class Heartbeat:
     async def withdraw(self) -> None:
         """Remove the key at a clean shutdown, so others see the process gone at once."""
         try:
+            client: Any = self.link.client  # redis-py types set commands as sync-or-async
             with self.link.guard():
-                await self.link.client.delete(self.key)
+                await client.delete(self.key)
+                await client.srem(self.index, self.name)
         except BusUnavailable:
             pass
 
 
 async def read_live(link: RedisLink, role: str) -> list[dict[str, Any]]:
     """What every live process of ``role`` last said about itself. Raises BusUnavailable."""
-    keys: list[bytes] = []
+    index = link.keys.live_index(role)
+    client: Any = link.client  # redis-py types set commands as sync-or-async
     with link.guard():
-        async for key in link.client.scan_iter(match=link.keys.live(role), count=200):
-            keys.append(key)
-            if len(keys) >= MAX_LIVE:
-                break
-        values = await link.client.mget(keys) if keys else []
+        members = await client.srandmember(index, MAX_LIVE)
+        names = sorted(name.decode() for name in members)
+        values = await client.mget([link.keys.live(role, name) for name in names]) if names else []
+        # The index has no TTL of its own: a name whose heartbeat expired is taken out here.
+        gone = [name for name, value in zip(names, values, strict=True) if value is None]
+        if gone:
+            await client.srem(index, *gone)
     live = []
     for value in values:
         if value is None:
-            continue  # expired between SCAN and MGET
+            continue
         try:
             data = json.loads(value)
         except ValueError:

@@ -70,8 +70,11 @@ class Keys:
     def task(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}"
 
-    def live(self, role: str, name: str = "*") -> str:
+    def live(self, role: str, name: str) -> str:
         return f"{self.prefix}:live:{role}:{name}"
+
+    def live_index(self, role: str) -> str:
+        return f"{self.prefix}:live:{role}"
 
 
 def is_id_collision(error: Exception) -> bool:

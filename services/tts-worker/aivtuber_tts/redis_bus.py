@@ -254,6 +254,24 @@ class TaskConsumer:
                     continue  # trimmed from the stream meanwhile
                 self.claimed += 1
                 await self._take(entry_id, fields, claimed=True)
+            await self._forget_idle_consumers()
+
+    async def _forget_idle_consumers(self) -> None:
+        # Every worker start is a new consumer; the ones with nothing pending that have not
+        # read for a while are dead (a live one that is deleted is recreated by its next read,
+        # and having nothing pending, loses nothing).
+        idle_ms = int(self.link.settings.heartbeat_ttl_s * 1000)
+        with self.link.guard():
+            consumers: Any = await self.link.client.xinfo_consumers(self.link.keys.tasks, GROUP)
+            for consumer in consumers:
+                name = consumer.get("name", b"")
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                if (
+                    name != self.name
+                    and not consumer.get("pending")
+                    and consumer.get("idle", 0) > idle_ms
+                ):
+                    await self.link.client.xgroup_delconsumer(self.link.keys.tasks, GROUP, name)
 
     async def _take(self, entry_id: bytes, fields: dict[bytes, bytes], claimed: bool) -> None:
         try:

@@ -1,0 +1,177 @@
+"""The Redis bus's own rules over a real redis-server: config, the fixed entry IDs that keep
+one voice per task, cancels of tasks no worker took yet, and Redis absent at start.
+(The protocol suite runs on both buses in test_end_to_end.py; processes being killed in
+test_bus_scale.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from aivtuber_common.bus import END_ID, OPEN_ID, RedisLink
+from aivtuber_common.bus.liveness import Heartbeat
+from aivtuber_common.config import (
+    ConfigError,
+    DirectBusSettings,
+    OutputHandlerSettings,
+    RedisBusSettings,
+    Settings,
+    TtsWorkerSettings,
+    VoiceSettings,
+    load_settings,
+)
+from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen
+from aivtuber_input import create_app as input_app
+from aivtuber_input.redis_submitter import RedisTaskSubmitter
+from aivtuber_output import create_app as output_app
+from aivtuber_tts import create_app as worker_app
+from aivtuber_tts.errors import IngestLost
+from aivtuber_tts.redis_bus import RedisFrameSink
+from tests.frontend import ask, frontend, listen
+from tests.redis_support import RedisServer, redis_bus_settings
+from tests.support import free_port, run_server
+
+TIMEOUT_S = 15.0
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_bus_defaults_to_direct_and_redis_keys_are_validated(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, {}), environ={}).bus == DirectBusSettings()
+    redis = load_settings(write(tmp_path, {"bus": {"kind": "redis"}}), environ={}).bus
+    assert isinstance(redis, RedisBusSettings) and redis.url == "redis://127.0.0.1:6379/0"
+    bad = [
+        ({"kind": "direct", "url": "redis://x"}, "bus.direct.url: unknown key"),
+        ({"kind": "redis", "url": "http://x"}, "must be a redis://"),
+        ({"kind": "redis", "heartbeat_ttl_s": 1, "heartbeat_interval_s": 1}, "heartbeat_ttl_s"),
+        ({"kind": "kafka"}, "bus"),
+    ]
+    for bus, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            load_settings(write(tmp_path, {"bus": bus}), environ={})
+
+
+def opened(task_id: str) -> TaskOpen:
+    return TaskOpen(task_id=task_id, text="Hi", voice="sine", engine="sine", sample_rate=16000)
+
+
+async def test_a_second_writer_of_a_task_collides_so_a_task_never_has_two_voices(
+    redis_server: RedisServer,
+) -> None:
+    link = RedisLink(redis_bus_settings(redis_server.url))
+    first, second = (RedisFrameSink(link, 60, 1000) for _ in range(2))
+    task_id = str(uuid.uuid4())
+    try:
+        await first.open(opened(task_id))
+        await second.open(opened(task_id))  # a re-run of a task with no audio: allowed
+        await first.append(task_id, 0, 0.5, b"\x01\x00" * 8)
+        with pytest.raises(IngestLost):
+            await second.append(task_id, 0, 0.5, b"\x02\x00" * 8)
+        await first.end(TaskEnd(task_id=task_id, status="completed"))
+        with pytest.raises(IngestLost):  # nothing fits after the end
+            await first.append(task_id, 1, 0.5, b"\x01\x00" * 8)
+        await second.end(TaskEnd(task_id=task_id, status="failed", code="worker_lost"))
+        entries = await link.client.xrange(link.keys.task(task_id))
+    finally:
+        await link.aclose()
+    assert [entry_id.decode() for entry_id, _ in entries] == [OPEN_ID, "1-0", END_ID]
+    assert TaskEnd.model_validate_json(entries[-1][1][b"d"]).status == "completed"
+
+
+async def test_a_task_cancelled_before_any_worker_took_it_is_dropped_by_the_worker(
+    redis_server: RedisServer,
+) -> None:
+    bus = redis_bus_settings(redis_server.url)
+    link = RedisLink(bus)
+    worker_name = "stand-in"
+    stand_in = Heartbeat(
+        link,
+        "worker",
+        worker_name,
+        lambda: {
+            "name": worker_name,
+            "status": "ok",
+            "default_voice": "sine",
+            "voices": [{"id": "sine", "state": "ready"}],
+        },
+    )
+    submitter = RedisTaskSubmitter(link, 60)
+    task_id = str(uuid.uuid4())
+    try:
+        await link.ping()
+        await stand_in.beat()  # a worker that never reads: the task stays queued
+        await submitter.refresh()
+        await submitter.submit(SubmitTask(task_id=task_id, text="Never spoken."))
+        assert await submitter.cancel(task_id) is True
+        assert await submitter.cancel(task_id) is False  # ended already
+        assert await submitter.cancel(str(uuid.uuid4())) is False  # never existed
+        await stand_in.withdraw()
+        config = TtsWorkerSettings(
+            voices={"sine": VoiceSettings(engine="sine")}, default_voice="sine"
+        )
+        async with run_server(worker_app(Settings(bus=bus, tts_worker=config))):
+            async with asyncio.timeout(TIMEOUT_S):
+                while (await link.client.xpending(link.keys.tasks, "workers"))["pending"] or (
+                    await link.client.xinfo_groups(link.keys.tasks)
+                )[0]["lag"]:
+                    await asyncio.sleep(0.05)
+        entries = await link.client.xrange(link.keys.task(task_id))
+    finally:
+        await link.aclose()
+    kinds = [fields[b"k"] for _, fields in entries]
+    assert kinds == [b"queued", b"end"], "the worker took it, found it ended, spoke nothing"
+    assert TaskEnd.model_validate_json(entries[-1][1][b"d"]).status == "cancelled"
+
+
+async def test_redis_unreachable_at_start_is_a_503_and_clear_errors_never_a_hang() -> None:
+    bus = redis_bus_settings(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
+    settings = Settings(bus=bus, output_handler=OutputHandlerSettings(task_wait_s=TIMEOUT_S))
+    async with run_server(output_app(settings)) as output, run_server(input_app(settings)) as inp:
+        async with httpx.AsyncClient() as http:
+            for server in (output, inp):
+                async with asyncio.timeout(TIMEOUT_S):
+                    while (
+                        response := await http.get(f"{server.http_url}/health")
+                    ).status_code != 503:
+                        await asyncio.sleep(0.05)
+                assert response.json()["bus"]["connected"] is False
+        heard = await asyncio.wait_for(listen(output.ws_url, str(uuid.uuid4())), TIMEOUT_S)
+        async with frontend(inp.ws_url) as (ws, _):
+            reply = await asyncio.wait_for(ask(ws, {"type": "speak", "text": "Hi"}), TIMEOUT_S)
+    assert heard.end is not None and heard.end["code"] == "tts_unavailable", heard.end
+    assert heard.close_code == 1011
+    assert reply["type"] == "error" and reply["code"] == "tts_unavailable"
+
+
+async def test_heartbeats_list_live_workers_and_forget_expired_ones(
+    redis_server: RedisServer,
+) -> None:
+    link = RedisLink(
+        redis_bus_settings(redis_server.url, heartbeat_ttl_s=0.3, heartbeat_interval_s=0.1)
+    )
+    beat = Heartbeat(link, "worker", "w1", lambda: {"name": "w1", "status": "ok"})
+    submitter = RedisTaskSubmitter(link, 60)
+    client = Redis.from_url(redis_server.url)
+    try:
+        await beat.beat()
+        await submitter.refresh()
+        assert [worker.name for worker in submitter.workers] == ["w1"]
+        async with asyncio.timeout(TIMEOUT_S):
+            while await client.exists(beat.key):
+                await asyncio.sleep(0.05)
+        await submitter.refresh()
+        assert submitter.workers == []
+        assert not await client.smembers(link.keys.live_index("worker"))
+    finally:
+        await client.aclose()
+        await link.aclose()
