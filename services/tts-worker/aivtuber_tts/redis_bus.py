@@ -89,10 +89,13 @@ class RedisFrameSink:
         try:
             await self._add(task_id, frame_entry_id(chunk_id), fields, trim=True)
         except ResponseError as exc:
+            self._samples.pop(task_id, None)
             if not is_id_collision(exc):
                 raise
-            self._samples.pop(task_id, None)
             raise IngestLost("the task was ended elsewhere (cancelled or claimed)") from exc
+        except IngestLost:
+            self._samples.pop(task_id, None)  # the task stops here: no end will be written
+            raise
         self._samples[task_id] = samples
 
     async def end(self, end: TaskEnd) -> None:
