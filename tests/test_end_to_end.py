@@ -408,3 +408,21 @@ async def test_internal_endpoints_are_not_reachable_through_the_gateway(bus: Bus
         async with httpx.AsyncClient() as http:
             for path in (f"/status/{uuid.uuid4()}", "/v1/tasks"):
                 assert (await http.get(s.gateway.http_url + path)).status_code == 404
+
+
+async def test_a_finished_task_is_served_as_wav_with_its_status_on_the_output_handler(
+    bus: BusSettings,
+) -> None:
+    text = "A line to keep."
+    async with stack(bus) as s, frontend(s.url) as (ws, _):
+        task_id = await speak(ws, text)
+        heard = await listen(s.url, task_id)
+        async with httpx.AsyncClient(base_url=s.output.http_url) as http:
+            status = (await http.get(f"/status/{task_id}")).json()
+            wav = await http.get(f"/tasks/{task_id}/audio.wav")
+            unknown = await http.get(f"/tasks/{uuid.uuid4()}/audio.wav")
+    assert_complete(heard, text)
+    assert status["status"] == "completed" and status["chunks"] == len(heard.chunks)
+    assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav"
+    assert wav.content[44:] == heard.audio
+    assert unknown.status_code == 404 and unknown.json()["code"] == "task_not_found"
