@@ -14,7 +14,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from aivtuber_common.bus import END_ID, OPEN_ID, RedisLink
+from aivtuber_common.bus import END_ID, OPEN_ID, BusUnavailable, RedisLink
 from aivtuber_common.bus.liveness import Heartbeat
 from aivtuber_common.config import (
     ConfigError,
@@ -174,4 +174,25 @@ async def test_heartbeats_list_live_workers_and_forget_expired_ones(
         assert not await client.smembers(link.keys.live_index("worker"))
     finally:
         await client.aclose()
+        await link.aclose()
+
+
+async def test_a_full_connection_pool_refuses_the_call_without_calling_redis_down(
+    redis_server: RedisServer,
+) -> None:
+    link = RedisLink(redis_bus_settings(redis_server.url), max_connections=1)
+    try:
+        assert await link.ping()
+        blocked = asyncio.create_task(link.client.xread({"nothing": "$"}, block=2000))
+        await asyncio.sleep(0)  # let it take the only connection
+        async with asyncio.timeout(TIMEOUT_S):
+            while not link.client.connection_pool._in_use_connections:  # type: ignore[attr-defined]
+                await asyncio.sleep(0.01)
+        with pytest.raises(BusUnavailable, match="too many open reads"):
+            with link.guard():
+                await link.client.get("x")
+        assert link.up
+        blocked.cancel()
+        await asyncio.wait({blocked})
+    finally:
         await link.aclose()

@@ -31,7 +31,8 @@ __all__ = ["BusUnavailable", "RedisLink", "safe_url"]
 
 log = structlog.get_logger("aivtuber_common.bus")
 
-# Blocking reads hold a connection each (a subscriber, a worker's group read): room for many.
+# Blocking reads hold a connection each (a subscriber, a worker's group read): room for many;
+# beyond it a call is refused without counting Redis as down.
 MAX_CONNECTIONS = 1024
 PROBE_INTERVAL_S = 0.5
 
@@ -53,7 +54,12 @@ def safe_url(url: str) -> str:
 
 
 class RedisLink:
-    def __init__(self, settings: RedisBusSettings, client: Redis | None = None) -> None:
+    def __init__(
+        self,
+        settings: RedisBusSettings,
+        client: Redis | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.settings = settings
         self.keys = Keys(settings.prefix)
         self.url = safe_url(settings.url)
@@ -64,7 +70,7 @@ class RedisLink:
             socket_timeout=settings.timeout_s,
             socket_connect_timeout=settings.timeout_s,
             retry=Retry(NoBackoff(), 0),
-            max_connections=MAX_CONNECTIONS,
+            max_connections=max_connections,
             decode_responses=False,
         )
         self.up = False
@@ -82,7 +88,18 @@ class RedisLink:
         """
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except RedisConnectionError as exc:
+            if "Too many connections" in str(exc):
+                # This process's pool is full (every subscriber's blocking read holds one):
+                # refuse this call, but Redis itself is fine, so nothing is marked down.
+                raise BusUnavailable(
+                    "This service has too many open reads on the message bus; try again later."
+                ) from exc
+            self.mark_down(exc)
+            raise BusUnavailable(
+                "The message bus (Redis) cannot be reached; try again in a moment."
+            ) from exc
+        except (RedisTimeoutError, OSError) as exc:
             self.mark_down(exc)
             raise BusUnavailable(
                 "The message bus (Redis) cannot be reached; try again in a moment."
