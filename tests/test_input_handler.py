@@ -219,7 +219,9 @@ async def test_speak_is_queued_on_the_worker_under_the_assigned_id() -> None:
                 "task_id": assigned,
                 "request_id": "r1",
             }
-    assert fake.submitted == [{"task_id": assigned, "text": "Hello!", "voice": None}]
+    assert fake.submitted == [
+        {"task_id": assigned, "text": "Hello!", "voice": None, "tenant": None}
+    ]
 
 
 async def test_several_speak_messages_on_one_connection_get_distinct_ids() -> None:
