@@ -36,6 +36,7 @@ from aivtuber_tts.redis_bus import RedisFrameSink
 from tests.frontend import ask, frontend, listen
 from tests.redis_support import RedisServer, redis_bus_settings
 from tests.support import free_port, run_server
+from tests.test_end_to_end import Gate, held_factory
 
 TIMEOUT_S = 15.0
 
@@ -195,4 +196,35 @@ async def test_a_full_connection_pool_refuses_the_call_without_calling_redis_dow
         blocked.cancel()
         await asyncio.wait({blocked})
     finally:
+        await link.aclose()
+
+
+async def test_a_cancel_stops_the_task_on_the_worker_that_holds_it(
+    redis_server: RedisServer,
+) -> None:
+    bus = redis_bus_settings(redis_server.url)
+    gate = Gate()
+    sine = {"sine": VoiceSettings(engine="sine", sample_rate=16000)}
+    config = TtsWorkerSettings(voices=sine, default_voice="sine")
+    app = worker_app(Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate))
+    link = RedisLink(bus)
+    submitter = RedisTaskSubmitter(link, 60)
+    task_id = str(uuid.uuid4())
+    try:
+        async with run_server(app) as worker, httpx.AsyncClient() as http:
+            await link.ping()
+            async with asyncio.timeout(TIMEOUT_S):
+                while not submitter.available:
+                    await submitter.refresh()
+                    await asyncio.sleep(0.05)
+                await submitter.submit(SubmitTask(task_id=task_id, text="Go. Then HOLD on."))
+                while (await http.get(f"{worker.http_url}/health")).json()["running"] != 1:
+                    await asyncio.sleep(0.02)
+                assert await submitter.cancel(task_id) is True
+                # Stopped there while its engine thread is still held: the slot is free.
+                while (await http.get(f"{worker.http_url}/health")).json()["running"]:
+                    await asyncio.sleep(0.02)
+            gate.release()
+    finally:
+        gate.release()
         await link.aclose()
