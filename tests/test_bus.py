@@ -228,3 +228,41 @@ async def test_a_cancel_stops_the_task_on_the_worker_that_holds_it(
     finally:
         gate.release()
         await link.aclose()
+
+
+async def test_a_worker_shutting_down_hands_back_unspoken_tasks_to_another_worker(
+    redis_server: RedisServer,
+) -> None:
+    bus = redis_bus_settings(redis_server.url)
+    sine = {"sine": VoiceSettings(engine="sine", sample_rate=16000)}
+    config = TtsWorkerSettings(voices=sine, default_voice="sine")
+    gate = Gate()
+    leaving = worker_app(Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate))
+    link = RedisLink(bus)
+    submitter = RedisTaskSubmitter(link, 60)
+    task_id = str(uuid.uuid4())
+    text = "HOLD on, this is spoken by the next worker."
+    try:
+        await link.ping()
+        async with run_server(leaving) as worker, httpx.AsyncClient() as http:
+            async with asyncio.timeout(TIMEOUT_S):
+                while not submitter.available:
+                    await submitter.refresh()
+                    await asyncio.sleep(0.05)
+                await submitter.submit(SubmitTask(task_id=task_id, text=text))
+                while (await http.get(f"{worker.http_url}/health")).json()["running"] != 1:
+                    await asyncio.sleep(0.02)
+            worker.server.should_exit = True
+            gate.release()  # the engine thread it was in may end now; no frame will be sent
+        async with run_server(worker_app(Settings(bus=bus, tts_worker=config))):
+            kinds: list[bytes] = []
+            async with asyncio.timeout(TIMEOUT_S):
+                while b"end" not in kinds:
+                    entries = await link.client.xrange(link.keys.task(task_id))
+                    kinds = [fields[b"k"] for _, fields in entries]
+                    await asyncio.sleep(0.05)
+    finally:
+        gate.release()
+        await link.aclose()
+    assert kinds[:2] == [b"queued", b"open"] and kinds[-1] == b"end" and b"frame" in kinds
+    assert TaskEnd.model_validate_json(entries[-1][1][b"d"]).status == "completed"

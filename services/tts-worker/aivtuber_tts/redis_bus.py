@@ -19,7 +19,9 @@ task (a cancel, a worker that claimed it) stops the task like a lost ingest conn
 - cancel: the ``P:cancel`` channel; the holder stops the task at once.
 
 A task is acknowledged (``XACK``) when it has ended, so a worker that dies holding queued
-or running tasks leaves them pending for the others.
+or running tasks leaves them pending for the others; one that shuts down hands back the
+tasks it has not spoken a sample of (left pending, unended), and ends the others
+``worker_stopped``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class RedisFrameSink:
         self.ttl_ms = int(task_ttl_s * 1000)
         self.max_frames = max_frames
         self._samples: dict[str, int] = {}  # samples written so far, per open task
+        self.handed_back: set[str] = set()  # stopped before any audio: not to be acknowledged
 
     @property
     def is_connected(self) -> bool:
@@ -99,7 +102,12 @@ class RedisFrameSink:
         self._samples[task_id] = samples
 
     async def end(self, end: TaskEnd) -> None:
-        self._samples.pop(end.task_id, None)
+        samples = self._samples.pop(end.task_id, None)
+        if end.code == "worker_stopped" and not samples:
+            # A worker shutting down hands back what it has not spoken a sample of: left
+            # pending and unended, another worker claims it and speaks it whole.
+            self.handed_back.add(end.task_id)
+            return
         await write_end(self.link, end, self.ttl_ms)
 
     async def _add(
@@ -153,6 +161,7 @@ class TaskConsumer:
     def __init__(
         self,
         link: RedisLink,
+        sink: RedisFrameSink,
         manager: TaskManager,
         voices: Voices,
         name: str,
@@ -160,6 +169,7 @@ class TaskConsumer:
         describe: Callable[[], dict[str, Any]],
     ) -> None:
         self.link = link
+        self.sink = sink
         self.manager = manager
         self.voices = voices
         self.name = name
@@ -337,6 +347,10 @@ class TaskConsumer:
     def _finished(self, task_id: str, end: TaskEnd | None) -> None:
         entry_id = self.held.pop(task_id, None)
         self._room.set()
+        if task_id in self.sink.handed_back:
+            self.sink.handed_back.discard(task_id)
+            log.info("bus_task_handed_back", task_id=task_id)
+            return  # left pending: another worker claims it after claim_idle_s
         if entry_id is not None:
             self._done.put_nowait((task_id, entry_id, end))
 
@@ -419,6 +433,7 @@ class RedisWorkerBus:
         """The background tasks; the caller cancels and awaits them, then :meth:`aclose`."""
         self.consumer = TaskConsumer(
             self.link,
+            self.sink,
             manager,
             voices,
             self.name,
