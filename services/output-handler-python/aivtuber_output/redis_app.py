@@ -50,6 +50,7 @@ def create_redis_app(settings: Settings) -> Starlette:
         finally:
             probe.cancel()
             await asyncio.wait({probe})
+            await source.aclose()
             await link.aclose()
 
     async def task_audio(request: Request) -> Response:

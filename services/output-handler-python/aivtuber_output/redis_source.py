@@ -2,27 +2,33 @@
 
 :class:`RedisFrameSource` implements :class:`aivtuber_common.transport.FrameSource` (plus
 the ``snapshot`` the subscriber endpoint asks for the totals of ``audio_complete``). Any
-replica serves any task: a subscriber reads ``P:task:<id>`` with blocking ``XREAD``s from
-its own position, so it may come before the worker (it waits ``task_wait_s`` for the
-TaskOpen), join late, or resume with ``from_chunk`` after a replica died, and gets the very
-bytes the worker wrote. Nothing a restart could lose is kept here: the only memory is a
-small cache of finished tasks' totals, which the stream can always give again.
+replica serves any task: it reads ``P:task:<id>`` with blocking ``XREAD``s, one reader per
+task however many listen to it here (a feed, dropped with its last subscriber), and each
+subscriber takes the feed from its own position. So a subscriber may come before the
+worker (it waits ``task_wait_s`` for the TaskOpen), join late, or resume with
+``from_chunk`` after a replica died, and gets the very bytes the worker wrote. Nothing a
+restart could lose is kept here: the feeds and a small cache of finished tasks' totals are
+copies of what the stream can always give again.
 
 A task's end reaches the subscriber as the TaskEnd event; so do the failures seen here:
 ``timeout`` (no frame for ``task_timeout_s`` once speaking began), ``frame_lost`` (frames
-trimmed by ``max_frames_per_task`` before this subscriber read them), ``task_expired`` (the
+trimmed by ``max_frames_per_task`` before this replica read them), ``task_expired`` (the
 stream expired under a waiting reader) and ``tts_unavailable`` (Redis unreachable: the
 subscriber is closed at once and may resume with ``from_chunk`` once it is back).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 from typing import Any
 
-from aivtuber_common.bus import OPEN_ID, BusUnavailable, RedisLink
+import structlog
+
+from aivtuber_common.bus import BusUnavailable, RedisLink
 from aivtuber_common.bus.streams import DATA, K_END, K_FRAME, K_OPEN, KIND, SAMPLES
 from aivtuber_common.internal import TaskEnd, TaskOpen, decode_frame
 from aivtuber_common.transport import FrameEvent
@@ -30,6 +36,8 @@ from aivtuber_common.transport import FrameEvent
 from .store import TaskNotFound, TaskSnapshot, TaskState
 
 __all__ = ["RedisFrameSource"]
+
+log = structlog.get_logger("aivtuber_output.redis_source")
 
 FRAMES_PER_READ = 256
 MAX_REMEMBERED_TOTALS = 4096
@@ -45,6 +53,8 @@ class RedisFrameSource:
         self.block_ms = max(100, int(link.settings.timeout_s * 500))
         self.subscribers: Counter[str] = Counter()  # this replica's, per task
         self._totals: OrderedDict[str, tuple[TaskEnd, int, int]] = OrderedDict()
+        self._feeds: dict[str, _Feed] = {}  # tasks being listened to here
+        self._pumps: set[asyncio.Task[None]] = set()  # their readers, until they end
 
     @property
     def subscriber_count(self) -> int:
@@ -123,71 +133,93 @@ class RedisFrameSource:
                 if len(entries) < FRAMES_PER_READ:
                     return opened, end, b"".join(pcm)
 
+    async def aclose(self) -> None:
+        """Stop every feed's reader (the lifespan calls this at shutdown)."""
+        pumps = set(self._pumps)
+        for pump in pumps:
+            pump.cancel()
+        if pumps:
+            await asyncio.wait(pumps)
+        self._feeds.clear()
+
     # --- internals ------------------------------------------------------------------------
 
     async def _read(self, task_id: str, position: int) -> AsyncGenerator[FrameEvent, None]:
-        key = self.link.keys.task(task_id)
-        opened: TaskOpen | None = None
-        last_id: str | bytes = "0-0"
-        deadline = time.monotonic() + self.task_wait_s
-        while opened is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TaskNotFound(f"No task {task_id} was started within {self.task_wait_s:g} s.")
-            block = min(self.block_ms, max(1, int(remaining * 1000)))
-            for entry_id, fields in await self._next(key, last_id, block, count=2):
-                last_id = entry_id
-                kind = fields.get(KIND)
-                if kind == K_OPEN:
-                    opened = TaskOpen.model_validate_json(fields[DATA])
-                    break
-                if kind == K_END:  # cancelled before any worker took it
-                    yield TaskEnd.model_validate_json(fields[DATA])
-                    return
-        yield opened
-        # Chunk c is entry c+1-0: XREAD after c-0 starts at chunk c (the open is 0-2).
-        last_id = f"{position}-0" if position > 0 else OPEN_ID
-        assert opened is not None
-        expected, chunks, samples = position, 0, 0
-        quiet_since = time.monotonic()
-        while True:
-            entries = await self._next(key, last_id, self.block_ms, count=FRAMES_PER_READ)
-            if not entries:
-                if chunks and time.monotonic() - quiet_since >= self.task_timeout_s:
+        feed = self._feeds.get(task_id)
+        if feed is None:
+            feed = self._feeds[task_id] = _Feed(task_id)
+            feed.pump = asyncio.create_task(self._pump(feed), name="bus-feed")
+            self._pumps.add(feed.pump)
+            feed.pump.add_done_callback(self._pumps.discard)
+        feed.readers += 1
+        try:
+            deadline = time.monotonic() + self.task_wait_s
+            while feed.opened is None and feed.end is None:
+                try:
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        await feed.changed.wait()
+                except TimeoutError:
+                    raise TaskNotFound(
+                        f"No task {task_id} was started within {self.task_wait_s:g} s."
+                    ) from None
+            if feed.opened is None:  # cancelled before any worker took it, or Redis lost
+                assert feed.end is not None
+                yield feed.end
+                return
+            yield feed.opened
+            while True:
+                if position < feed.base:
                     yield _failed(
                         task_id,
-                        "timeout",
-                        f"The TTS worker sent nothing for {self.task_timeout_s:g} s.",
+                        "frame_lost",
+                        f"Chunk {position} is no longer kept (the first kept is {feed.base}).",
                     )
                     return
-                with self.link.guard():
-                    if not await self.link.client.exists(key):
-                        yield _failed(task_id, "task_expired", "The task expired.")
-                        return
-                continue
-            quiet_since = time.monotonic()
-            for entry_id, fields in entries:
-                last_id = entry_id
-                kind = fields.get(KIND)
-                if kind == K_FRAME:
-                    _, chunk_id, level, pcm = decode_frame(fields[DATA])
-                    if chunk_id != expected:
-                        yield _failed(
-                            task_id,
-                            "frame_lost",
-                            f"Chunk {expected} is no longer kept (the next is {chunk_id}).",
-                        )
-                        return
-                    yield (chunk_id, round(level, 4), bytes(pcm))
-                    expected = chunk_id + 1
-                    chunks, samples = expected, int(fields.get(SAMPLES, 0))
-                elif kind == K_END:
-                    end = TaskEnd.model_validate_json(fields[DATA])
-                    if not chunks:  # resumed past the last frame: read the totals from it
-                        chunks, samples = await self._totals_before(key, entry_id)
-                    self._remember(task_id, end, chunks, samples)
-                    yield end
+                while position - feed.base < len(feed.frames):
+                    level, pcm = feed.frames[position - feed.base]
+                    yield (position, level, pcm)
+                    position += 1
+                if feed.end is not None:
+                    self._remember(task_id, feed.end, feed.base + len(feed.frames), feed.samples)
+                    yield feed.end
                     return
+                await feed.changed.wait()
+        finally:
+            feed.readers -= 1
+            if feed.readers == 0 and self._feeds.get(task_id) is feed:
+                del self._feeds[task_id]
+                if feed.pump is not None:
+                    feed.pump.cancel()  # done at its next await; aclose() awaits the rest
+
+    async def _pump(self, feed: _Feed) -> None:
+        """Read the task's stream into ``feed`` for its subscribers on this replica: one
+        blocking read per task, however many listen to it."""
+        key = self.link.keys.task(feed.task_id)
+        last_id: str | bytes = "0-0"
+        quiet_since = time.monotonic()
+        try:
+            while feed.end is None:
+                entries = await self._next(key, last_id, self.block_ms, count=FRAMES_PER_READ)
+                if not entries:
+                    if feed.frames and time.monotonic() - quiet_since >= self.task_timeout_s:
+                        message = f"The TTS worker sent nothing for {self.task_timeout_s:g} s."
+                        feed.finish(_failed(feed.task_id, "timeout", message))
+                    elif feed.opened is not None:
+                        with self.link.guard():
+                            if not await self.link.client.exists(key):
+                                feed.finish(_failed(feed.task_id, "task_expired", "It expired."))
+                    continue
+                quiet_since = time.monotonic()
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    feed.take(fields)
+                feed.notify()
+        except BusUnavailable as exc:
+            feed.finish(_failed(feed.task_id, exc.code, str(exc)))
+        except Exception:
+            # No caller: say what broke, and end the stream for its listeners (never a hang).
+            log.exception("bus_feed_failed", task_id=feed.task_id)
+            feed.finish(_failed(feed.task_id, "internal_error", "The stream could not be read."))
 
     async def _next(
         self, key: str, last_id: str | bytes, block_ms: int, count: int
@@ -197,18 +229,56 @@ class RedisFrameSource:
         self.link.mark_up()
         return reply[0][1] if reply else []
 
-    async def _totals_before(self, key: str, end_id: bytes) -> tuple[int, int]:
-        with self.link.guard():
-            last: Any = await self.link.client.xrevrange(key, max="(" + end_id.decode(), count=1)
-        if last and last[0][1].get(KIND) == K_FRAME:
-            return _chunks_through(last[0][1]), int(last[0][1].get(SAMPLES, 0))
-        return 0, 0
-
     def _remember(self, task_id: str, end: TaskEnd, chunks: int, samples: int) -> None:
         self._totals[task_id] = (end, chunks, samples)
         self._totals.move_to_end(task_id)
         while len(self._totals) > MAX_REMEMBERED_TOTALS:
             self._totals.popitem(last=False)
+
+
+@dataclass(eq=False)
+class _Feed:
+    """One task's stream as this replica has read it so far, shared by its subscribers;
+    dropped with its last subscriber (a cache: the stream in Redis is the truth)."""
+
+    task_id: str
+    opened: TaskOpen | None = None
+    base: int = 0  # the first chunk kept (above 0 once MAXLEN trimmed the stream's start)
+    frames: list[tuple[float, bytes]] = field(default_factory=list)
+    samples: int = 0  # of the whole task up to the last frame, as the worker counted
+    end: TaskEnd | None = None
+    readers: int = 0
+    pump: asyncio.Task[None] | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def take(self, fields: dict[bytes, bytes]) -> None:
+        kind = fields.get(KIND)
+        if kind == K_OPEN:
+            self.opened = TaskOpen.model_validate_json(fields[DATA])
+        elif kind == K_FRAME:
+            _, chunk_id, level, pcm = decode_frame(fields[DATA])
+            if not self.frames:
+                self.base = chunk_id
+            elif chunk_id != self.base + len(self.frames):
+                self.finish(
+                    _failed(self.task_id, "frame_lost", f"Chunk {chunk_id} is out of order.")
+                )
+                return
+            # The level travels as a float32: rounded once, as on the direct bus.
+            self.frames.append((round(level, 4), bytes(pcm)))
+            self.samples = int(fields.get(SAMPLES, 0))
+        elif kind == K_END:
+            self.end = TaskEnd.model_validate_json(fields[DATA])
+
+    def finish(self, end: TaskEnd) -> None:
+        if self.end is None:
+            self.end = end
+        self.notify()
+
+    def notify(self) -> None:
+        # Wake every reader waiting now; later readers wait on the fresh event.
+        self.changed.set()
+        self.changed = asyncio.Event()
 
 
 def _chunks_through(fields: dict[bytes, bytes]) -> int:
