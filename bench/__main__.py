@@ -1,4 +1,4 @@
-"""``./bench [--quick] [--scenario gateway|speech|all]``: measure, print the tables, write JSON.
+"""``./bench [--quick] [--scenario gateway|speech|voices|all]``: measure, print tables, write JSON.
 
 Progress goes to stderr, the Markdown tables to stdout, everything measured (medians, each
 round's values, per-line timings, the machine) to ``bench/results/latest.json``.
@@ -24,10 +24,12 @@ import structlog
 
 from . import BENCH_VERSION, nginx, report
 from .bus import BusParams, run_bus
+from .edge_auth import EdgeAuthParams, run_edge_auth
 from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
 from .speech_path import SpeechParams, run_speech_path
+from .voices import VoicesParams, run_voices
 
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "latest.json"
 
@@ -48,13 +50,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenario",
-        choices=["gateway", "speech", "bus", "all"],
+        choices=["gateway", "speech", "edge", "voices", "bus", "all"],
         default="all",
-        help="what to run (bus: direct vs Redis Streams; needs redis-server; not in all)",
+        help=(
+            "what to run (edge: the cost of authentication, fairness, memory under attack;"
+            " bus: direct vs Redis Streams, needs redis-server, not in all)"
+        ),
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
-        "--voice", help="speech path voice (default: joe, the Piper voice; sine in --smoke)"
+        "--voice",
+        help="speech path voice (default: joe, the Piper voice; sine in --smoke); "
+        "voices scenario: only this one of heart, joe, jf_alpha",
     )
     parser.add_argument(
         "--output",
@@ -92,6 +99,17 @@ def build_params(args: argparse.Namespace) -> tuple[str, HopParams, SpeechParams
     return mode, hop, speech
 
 
+def edge_auth_params(args: argparse.Namespace) -> EdgeAuthParams:
+    params = (
+        EdgeAuthParams.smoke()
+        if args.smoke
+        else EdgeAuthParams.quick()
+        if args.quick
+        else EdgeAuthParams()
+    )
+    return dataclasses.replace(params, rounds=args.rounds) if args.rounds else params
+
+
 def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     mode, hop_params, speech_params = build_params(args)
     started = time.perf_counter()
@@ -110,6 +128,17 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         )
     if args.scenario in ("speech", "all"):
         results["scenarios"]["speech"] = run_speech_path(speech_params, work_dir, say=_say)
+    if args.scenario in ("edge", "all"):
+        # Parts: auth (bench/edge_auth.py); fairness and memory join the same section.
+        edge = results["scenarios"]["edge"] = {}
+        edge["auth"] = run_edge_auth(edge_auth_params(args), work_dir, say=_say)
+    if args.scenario in ("voices", "all") and mode != "smoke":
+        voices_params = VoicesParams.quick() if mode == "quick" else VoicesParams()
+        if args.rounds:
+            voices_params = dataclasses.replace(voices_params, rounds=args.rounds)
+        if args.voice:
+            voices_params = dataclasses.replace(voices_params, voices=(args.voice,))
+        results["scenarios"]["voices"] = run_voices(voices_params, work_dir, say=_say)
     if args.scenario == "bus":
         bus_params = {"quick": BusParams.quick(), "smoke": BusParams.smoke()}.get(mode, BusParams())
         if args.voice:

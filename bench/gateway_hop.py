@@ -24,9 +24,12 @@ from .stats import Samples
 
 __all__ = ["HopParams", "run_gateway_hop"]
 
-VARIANTS = ("direct", "gateway", "nginx")
+# The gateway twice: with its frame fast path, and on uvicorn's plain path (gateway.fast_path
+# "off", what runs when the installed uvicorn/websockets are not the tested ones).
+PLAIN = "gateway-plain"
+VARIANTS = ("direct", "gateway", PLAIN, "nginx")
 BARE = "bare"  # optional (--bare): the barest proxy on the gateway's own stack
-ANCHORS = ("direct", "nginx", BARE)
+ANCHORS = ("direct", PLAIN, "nginx", BARE)
 ROUTE_PATH = "/ws/echo"
 
 
@@ -131,6 +134,7 @@ def run_gateway_hop(
         "measured_process": {
             "direct": "echo backend",
             "gateway": "gateway",
+            PLAIN: "gateway (fast_path off)",
             "nginx": "nginx (master + worker)",
             BARE: "bare proxy (bench/bare_proxy.py)",
         },
@@ -162,8 +166,9 @@ def _variant(
             yield backend, f"ws://127.0.0.1:{backend_port}{ROUTE_PATH}"
             return
         port = free_port()
-        if variant == "gateway":
-            proxy = _gateway_proc(work_dir, port, backend_port, number)
+        if variant in ("gateway", PLAIN):
+            fast_path = "auto" if variant == "gateway" else "off"
+            proxy = _gateway_proc(work_dir, port, backend_port, f"{variant}-{number}", fast_path)
             proxy.start().wait_port(port, timeout_s=30.0)
         elif variant == BARE:
             backend_url = f"ws://127.0.0.1:{backend_port}"
@@ -183,22 +188,23 @@ def _variant(
         backend.stop()
 
 
-def _gateway_proc(work_dir: Path, port: int, backend_port: int, number: int) -> Proc:
+def _gateway_proc(work_dir: Path, port: int, backend_port: int, name: str, fast_path: str) -> Proc:
     config = {
         "logging": {"level": "warning", "format": "json"},
         "gateway": {
             "host": "127.0.0.1",
             "port": port,
+            "fast_path": fast_path,
             "routes": {
                 "echo": {"path": ROUTE_PATH, "backends": [f"ws://127.0.0.1:{backend_port}"]}
             },
         },
     }
-    path = work_dir / f"gateway-{number}.json"
+    path = work_dir / f"{name}.json"
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
     main_py = "services/gateway-python/main.py"
     argv = python_argv(main_py, "--config", str(path), "--log-level", "warning")
-    return Proc(f"gateway-{number}", argv, work_dir)
+    return Proc(name, argv, work_dir)
 
 
 def _measure(client: LoadClient, proc: Proc, url: str, p: HopParams) -> dict[str, float | None]:

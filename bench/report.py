@@ -1,4 +1,4 @@
-"""The readable tables: GitHub-flavoured Markdown, so stdout can be pasted into the README.
+"""The readable tables: GitHub-flavoured Markdown, pasted into docs by bench/docs.py.
 
 Every figure is the median over rounds; a ratio is the median over rounds of that round's
 ratio (variant and anchor measured a few seconds apart), so it can differ slightly from the
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["gateway_tables", "markdown_table", "render", "speech_tables"]
+__all__ = ["edge_tables", "gateway_tables", "markdown_table", "render", "speech_tables"]
 
 NA = "n/a"
 RATIO_TARGET = 0.8
@@ -30,6 +30,10 @@ def render(results: dict[str, Any]) -> str:
         parts.extend(gateway_tables(scenarios["gateway"]))
     if "speech" in scenarios:
         parts.extend(speech_tables(scenarios["speech"]))
+    if "edge" in scenarios:
+        parts.extend(edge_tables(scenarios["edge"]))
+    if "voices" in scenarios:
+        parts.extend(voices_tables(scenarios["voices"]))
     if "bus" in scenarios:
         from .bus import bus_tables  # bus.py imports this module's markdown_table
 
@@ -80,7 +84,11 @@ def gateway_tables(hop: dict[str, Any]) -> list[str]:
         (f"proxy CPU per msg, {conns} conns (µs)", "cpu_us_per_msg_conns", "1"),
         ("proxy CPU per msg, stream (µs)", "cpu_us_per_msg_stream", "1"),
     ]
-    anchors = [a for a in ("direct", "nginx", "bare") if a in variants and "gateway" in variants]
+    anchors = [
+        a
+        for a in ("direct", "gateway-plain", "nginx", "bare")
+        if a in variants and "gateway" in variants
+    ]
     header = ["gateway hop", *variants, *(f"gateway ÷ {a}" for a in anchors), "target"]
     rows = []
     for label, metric, kind in rows_spec:
@@ -102,6 +110,11 @@ def gateway_tables(hop: dict[str, Any]) -> list[str]:
     notes = [
         "* direct: the echo backend's own memory per connection (there is no proxy).",
     ]
+    if "gateway-plain" in variants:
+        notes.append(
+            'gateway-plain: the same gateway with gateway.fast_path "off" (uvicorn\'s own '
+            "WebSocket path on the client hop); gateway ÷ gateway-plain is the fast path's effect."
+        )
     if "bare" in variants:
         notes.append(
             "bare: the barest proxy on the gateway's own stack (raw ASGI on uvicorn + a "
@@ -146,11 +159,18 @@ def speech_tables(speech: dict[str, Any]) -> list[str]:
     )
     rows = [
         [
-            "time to first audio p50 (ms)",
+            "time to first byte p50 (ms)",
             _fmt(stack.get("ttfa_p50_ms"), "int"),
             _fmt(engine.get("first_chunk_p50_ms"), "int"),
             _ratio(ttfa_ratio),
             f"{ttfa_target}; {ratio_target}",
+        ],
+        [
+            "time to first audible sample p50 (ms, -40 dBFS)",
+            _fmt(stack.get("ttfa_audible_p50_ms"), "int"),
+            _fmt(engine.get("first_audible_p50_ms"), "int"),
+            _ratio(_div(stack.get("ttfa_audible_p50_ms"), engine.get("first_audible_p50_ms"))),
+            "",
         ],
         [
             "time to first audio p95 (ms)",
@@ -227,6 +247,119 @@ def speech_tables(speech: dict[str, Any]) -> list[str]:
         markdown_table(header, rows),
         markdown_table(level_header, level_rows),
         summary,
+    ]
+
+
+def edge_tables(edge: dict[str, Any]) -> list[str]:
+    """The edge scenario: each part that ran (auth: bench/edge_auth.py)."""
+    parts: list[str] = []
+    if "auth" in edge:
+        parts.extend(edge_auth_tables(edge["auth"]))
+    return parts
+
+
+def edge_auth_tables(auth: dict[str, Any]) -> list[str]:
+    """The edge scenario's authentication part (bench/edge_auth.py)."""
+    medians, ratios = auth["medians"], auth["ratios"]
+    rows_spec = [
+        ("connect p50 (µs)", "connect_p50_us", "int"),
+        ("connect p99 (µs)", "connect_p99_us", "int"),
+        ("gateway CPU per connect (µs)", "cpu_us_per_connect", "int"),
+        ("of which the edge check (µs)", "resolve_us", "1"),
+        (f"RTT {auth['params']['text_bytes']} B p50 (µs)", "rtt_p50_us", "int"),
+        ("gateway CPU per message (µs)", "cpu_us_per_msg", "1"),
+    ]
+    authed = list(auth["variants"][1:])
+    header = ["edge: authentication", *auth["variants"], *(f"{v} ÷ anonymous" for v in authed)]
+    rows = []
+    for label, metric, kind in rows_spec:
+        cells = [label]
+        cells += [_fmt(medians.get(v, {}).get(metric), kind) for v in auth["variants"]]
+        cells += [_ratio(ratios.get(v, {}).get(metric)) for v in authed]
+        rows.append(cells)
+    title = (
+        f"### Edge: the cost of authentication ({_rounds(auth['params']['rounds'])}, "
+        f"{auth['params']['connects']} connects per variant, {auth['tenants']} tenants, medians)"
+    )
+    note = (
+        "anonymous: the gateway without tenants; the others: the gateway with tenants, the "
+        "credential as an Authorization header, an ?api_key= parameter or a ?ticket=. "
+        "A connect includes the backend dial; messages are never re-checked."
+    )
+    return [title, markdown_table(header, rows), note]
+
+
+def voices_tables(voices: dict[str, Any]) -> list[str]:
+    """Scenario ``voices``: per voice, first byte vs first audible sample, stack vs engine,
+    timing on vs off, concurrency, Poisson arrivals, viseme/level agreement."""
+    rows, load_rows = [], []
+    for name, voice in voices["voices"].items():
+        one = voice["one_at_a_time"]
+        poisson = voice.get("poisson") or {}
+        agreement = voice["visemes"]
+        rows.append(
+            [
+                f"{name} ({voice['engine']['name']})",
+                _fmt(one["stack_ttfb_p50_ms"], "1"),
+                _fmt(one["stack_ttfa_audible_p50_ms"], "1"),
+                _fmt(one["engine_first_audible_p50_ms"], "1"),
+                _ratio(one["stack_over_engine_audible_p50"]),
+                _fmt(one["engine_first_chunk_p50_ms"], "1"),
+                _fmt(one["engine_without_timing_first_chunk_p50_ms"], "1"),
+                _fmt(one["engine_rtf_p50"], "3"),
+                _fmt(one["engine_without_timing_rtf_p50"], "3"),
+                _fmt(agreement.get("vowel_share_loud"), "2"),
+                _fmt(agreement.get("n_share_loud"), "2"),
+            ]
+        )
+        for level in voice["levels"]:
+            load_rows.append(
+                [
+                    name,
+                    str(level["level"]),
+                    _fmt(level["ttfb_p50_ms"], "1"),
+                    _fmt(level["ttfa_audible_p50_ms"], "1"),
+                    _fmt(level["ttfa_audible_p95_ms"], "1"),
+                    str(level["late_frames"]),
+                ]
+            )
+        if poisson:
+            load_rows.append(
+                [
+                    name,
+                    f"Poisson {poisson['arrivals']} at {poisson['rate_per_s']:.1f}/s "
+                    f"(~{poisson['mean_concurrent'] or 0:.0f} at once)",
+                    _fmt(poisson["ttfb_p50_ms"], "1"),
+                    _fmt(poisson["ttfa_audible_p50_ms"], "1"),
+                    _fmt(poisson["ttfa_audible_p95_ms"], "1"),
+                    str(poisson["late_frames"]),
+                ]
+            )
+    header = [
+        "voice",
+        "stack TTFB p50 ms",
+        "stack first audible p50 ms",
+        "engine first audible p50 ms",
+        "stack / engine (audible)",
+        "engine 1st chunk ms (timing on)",
+        "(timing off)",
+        "engine RTF (on)",
+        "(off)",
+        "vowel marks on loud frames",
+        "n marks on loud frames",
+    ]
+    capacity = ", ".join(
+        f"{name}: {voice['realtime_streams']}" for name, voice in voices["voices"].items()
+    )
+    return [
+        "## Voices: first byte vs first audible sample (-40 dBFS), per voice",
+        markdown_table(header, rows),
+        "## Voices under load",
+        markdown_table(
+            ["voice", "streams", "TTFB p50 ms", "audible p50 ms", "audible p95 ms", "late frames"],
+            load_rows,
+        ),
+        f"Largest level with no late frame: {capacity}.",
     ]
 
 

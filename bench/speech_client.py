@@ -19,10 +19,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
 __all__ = ["SpeechError", "Utterance", "prepare", "speak_and_listen"]
 
+AUDIBLE = 328  # -40 dBFS of int16 full scale: the first sample above it is "first audio"
 OPEN_TIMEOUT_S = 20.0
 STREAM_TIMEOUT_S = 120.0  # an utterance that stalls this long fails the run
 
@@ -34,6 +36,7 @@ class SpeechError(Exception):
 @dataclass
 class Utterance:
     text: str
+    voice: str | None = None  # None: the stack's default voice
     task_id: str = ""
     sent_at: float = 0.0  # time.perf_counter() when speak was sent
     first_pcm_at: float | None = None
@@ -41,6 +44,10 @@ class Utterance:
     sample_rate: int = 0
     frame_arrivals: list[float] = field(default_factory=list)
     frame_samples: list[int] = field(default_factory=list)
+    # the stream's first sample above -40 dBFS (index from the start of the audio)
+    first_audible_sample: int | None = None
+    # each audio_chunk's level and viseme track (None: the voice sends none)
+    frame_tracks: list[tuple[float, list[list[Any]] | None]] = field(default_factory=list)
     input_ws: ClientConnection | None = None
     output_ws: ClientConnection | None = None
 
@@ -49,6 +56,23 @@ class Utterance:
         if self.first_pcm_at is None:
             return None
         return (self.first_pcm_at - self.sent_at) * 1000
+
+    @property
+    def ttfa_audible_ms(self) -> float | None:
+        """Speak sent -> the listener hears the first audible sample (the playback model of
+        :meth:`underruns`: playing starts with the first frame, late frames leave a gap)."""
+        if self.first_audible_sample is None or not self.sample_rate:
+            return None
+        due = self.frame_arrivals[0]
+        before = 0  # samples in the frames before this one
+        for arrived, samples in zip(self.frame_arrivals, self.frame_samples, strict=True):
+            due = max(due, arrived)
+            if self.first_audible_sample < before + samples:
+                heard = due + (self.first_audible_sample - before) / self.sample_rate
+                return (heard - self.sent_at) * 1000
+            due += samples / self.sample_rate
+            before += samples
+        return None
 
     @property
     def audio_ms(self) -> float:
@@ -87,6 +111,7 @@ class Utterance:
         return {
             "chars": len(self.text),
             "ttfa_ms": self.ttfa_ms,
+            "ttfa_audible_ms": self.ttfa_audible_ms,
             "rtf": self.rtf,
             "audio_ms": self.audio_ms,
             "frames": len(self.frame_samples),
@@ -115,7 +140,10 @@ async def speak_and_listen(utterance: Utterance) -> Utterance:
     try:
         async with asyncio.timeout(STREAM_TIMEOUT_S):
             utterance.sent_at = time.perf_counter()
-            await utterance.input_ws.send(json.dumps({"type": "speak", "text": utterance.text}))
+            speak = {"type": "speak", "text": utterance.text}
+            if utterance.voice is not None:
+                speak["voice"] = utterance.voice
+            await utterance.input_ws.send(json.dumps(speak))
             # Watch /ws/input meanwhile: an error there (tts_unavailable) must end the wait
             # now, not when the output handler gives up on a task that never comes.
             tasks = {
@@ -164,6 +192,10 @@ async def _listen(utterance: Utterance, ws: ClientConnection) -> None:
             if utterance.first_pcm_at is None:
                 utterance.first_pcm_at = now
             arrivals.append(now)
+            if utterance.first_audible_sample is None:
+                at = _first_audible(message)
+                if at is not None:
+                    utterance.first_audible_sample = sum(utterance.frame_samples) + at
             utterance.frame_samples.append(len(message) // 2)
             expecting_pcm = False
             continue
@@ -173,12 +205,18 @@ async def _listen(utterance: Utterance, ws: ClientConnection) -> None:
                 utterance.sample_rate = int(event["sample_rate"])
             case "audio_chunk":
                 expecting_pcm = True
+                utterance.frame_tracks.append((float(event["level"]), event.get("visemes")))
             case "audio_complete":
                 utterance.completed_at = clock()
                 return
             case _:
                 raise SpeechError(f"task {utterance.task_id}: the output stream sent {event}")
     raise SpeechError(f"task {utterance.task_id}: output closed before audio_complete")
+
+
+def _first_audible(pcm: bytes) -> int | None:
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32)) > AUDIBLE)
+    return int(loud[0]) if loud.size else None
 
 
 async def _connect(url: str) -> ClientConnection:

@@ -166,6 +166,7 @@ def _one_line(gateway_ws: str, engine: Any, text: str) -> dict[str, Any]:
     timing = measure(engine, text)
     summary.update(
         engine_first_chunk_ms=timing.first_chunk_ms,
+        engine_first_audible_ms=timing.first_audible_ms,
         engine_first_sentence_ms=timing.first_sentence_ms,
         engine_rtf=timing.rtf,
         engine_audio_ms=timing.audio_ms,
@@ -193,6 +194,8 @@ def _add_round(samples: Samples, rows: list[dict[str, Any]]) -> None:
         {
             "ttfa_p50_ms": percentile(stack_ttfa, 50),
             "ttfa_p95_ms": percentile(stack_ttfa, 95),
+            # the first sample above -40 dBFS, where the listener hears it
+            "ttfa_audible_p50_ms": percentile(col("ttfa_audible_ms"), 50),
             "rtf_p50": percentile(col("rtf"), 50),
             "late_frames": float(sum(col("late_frames"))),
             "ttfa_over_engine_p50": percentile(paired, 50),
@@ -203,6 +206,7 @@ def _add_round(samples: Samples, rows: list[dict[str, Any]]) -> None:
         {
             "first_chunk_p50_ms": percentile(engine_first, 50),
             "first_chunk_p95_ms": percentile(engine_first, 95),
+            "first_audible_p50_ms": percentile(col("engine_first_audible_ms"), 50),
             "first_sentence_p50_ms": percentile(col("engine_first_sentence_ms"), 50),
             "first_sentence_p95_ms": percentile(col("engine_first_sentence_ms"), 95),
             "rtf_p50": percentile(col("engine_rtf"), 50),

@@ -7,8 +7,35 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from tests import gateway_support
+
 # The ``bus`` fixture (both buses) and a real redis-server.
 pytest_plugins = ["tests.redis_support"]
+
+# The gateway's client hop in both of its modes: its own frame fast path, and uvicorn's
+# plain path (what runs when the installed versions are not the tested ones).
+FAST_PATH_MODES = {"fast": "auto", "plain": "off"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test of the gateway (tests/test_gateway_*.py) runs once per mode."""
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if module.startswith("test_gateway_") and "fast_path_mode" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "fast_path_mode",
+            list(FAST_PATH_MODES.values()),
+            ids=list(FAST_PATH_MODES),
+            indirect=True,
+        )
+
+
+@pytest.fixture(autouse=True)
+def fast_path_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``gateway.fast_path`` of every gateway the test builds with
+    :func:`tests.gateway_support.gateway_settings` ("auto" outside the gateway's tests)."""
+    mode: str = getattr(request, "param", "auto")
+    monkeypatch.setattr(gateway_support, "FAST_PATH", mode)
+    return mode
 
 
 @pytest.fixture(autouse=True)

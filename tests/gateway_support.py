@@ -12,10 +12,17 @@ from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.config import GatewaySettings, LoggingSettings, RouteSettings, Settings
 from aivtuber_gateway import GatewayApp, create_app
+from aivtuber_gateway.app import Runtime
+from aivtuber_gateway.clientside import GatewayWebSocketProtocol
+from aivtuber_gateway.proxy import ProxyConnection
+from aivtuber_gateway.registry import Registry
 from aivtuber_gateway.server import uvicorn_overrides
 from tests.support import RunningServer, run_server
 
 WAIT_S = 15.0
+# gateway.fast_path of the gateways gateway_settings() builds: set per test by the
+# fast_path_mode fixture (tests/conftest.py), so that the whole suite runs in both modes.
+FAST_PATH = "auto"
 
 
 def gateway_settings(
@@ -33,7 +40,7 @@ def gateway_settings(
             built[name] = RouteSettings(path=f"/ws/{name}", backends=spec)  # type: ignore[arg-type]
     return Settings(
         logging=LoggingSettings(level=level),  # type: ignore[arg-type]
-        gateway=GatewaySettings(routes=built, **gateway),
+        gateway=GatewaySettings(routes=built, **{"fast_path": FAST_PATH, **gateway}),
     )
 
 
@@ -46,39 +53,43 @@ class RunningGateway:
         self.ws_url = server.ws_url
 
     @property
-    def registry(self):  # type: ignore[no-untyped-def]
-        assert self.app.runtime is not None
-        return self.app.runtime.registry
+    def runtime(self) -> Runtime:
+        """The running gateway, from the lifespan state uvicorn keeps."""
+        runtime: Runtime = self.server.server.lifespan.state["runtime"]
+        return runtime
 
-    def only_connection(self):  # type: ignore[no-untyped-def]
+    @property
+    def registry(self) -> Registry[ProxyConnection]:
+        return self.runtime.registry
+
+    def only_connection(self) -> ProxyConnection:
         connections = list(self.registry)
         assert len(connections) == 1, connections
         return connections[0]
 
+    def client_protocol(self) -> Any:
+        """uvicorn's protocol object of the one open WebSocket client connection."""
+        (protocol,) = [
+            conn for conn in self.server.server.server_state.connections if hasattr(conn, "conn")
+        ]
+        return protocol
+
     async def settled(self) -> None:
-        """Wait until no proxied connection is left and their tasks are gone."""
+        """Wait until no proxied connection is left and every task uvicorn started for a
+        connection (the ASGI task, which owns and awaits the connection's other tasks) has
+        ended: uvicorn's own record of them, its ServerState."""
         await wait_until(lambda: len(self.registry) == 0)
-        await wait_until(lambda: not _proxy_tasks())
-
-
-# The ASGI task of each client socket, the backend pump, the backend client's keepalive.
-_PROXY_TASKS = ("WebSocketsSansIOProtocol.run_asgi", "ProxyConnection.", "Connection.keepalive")
-
-
-def _proxy_tasks() -> list[asyncio.Task[Any]]:
-    tasks = []
-    for task in asyncio.all_tasks():
-        coro = task.get_coro()
-        name = getattr(coro, "__qualname__", "")
-        if name.startswith(_PROXY_TASKS):
-            tasks.append(task)
-    return tasks
+        await wait_until(lambda: not self.server.server.server_state.tasks)
 
 
 @contextlib.asynccontextmanager
 async def run_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
     app = create_app(settings)
-    async with run_server(app, **uvicorn_overrides(settings.gateway)) as server:
+    overrides = uvicorn_overrides(settings.gateway)
+    # The mode asked for is the mode tested: "auto" must not quietly fall back to plain.
+    fast = issubclass(overrides["ws"], GatewayWebSocketProtocol)
+    assert fast is (settings.gateway.fast_path == "auto"), overrides["ws"]
+    async with run_server(app, **overrides) as server:
         gateway = RunningGateway(server, app)
         yield gateway
         # Every test ends with nothing leaked: registry empty, proxy tasks gone.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -46,8 +47,25 @@ async def run_server(app: Any, **overrides: Any) -> AsyncIterator[RunningServer]
         await task
 
 
+async def listening_port(stream: asyncio.StreamReader, seen: list[str] | None = None) -> int:
+    """Read a service's JSON log lines (``--port 0``) until its ``listening`` event: the
+    port the kernel gave it. Lines read are appended to ``seen``."""
+    async with asyncio.timeout(START_TIMEOUT_S * 3):
+        while True:
+            line = (await stream.readline()).decode()
+            if not line:
+                raise RuntimeError("the service exited before it listened: " + "".join(seen or []))
+            if seen is not None:
+                seen.append(line)
+            if line.startswith("{"):
+                event = json.loads(line)
+                if event.get("event") == "listening":
+                    return int(event["port"])
+
+
 def free_port() -> int:
-    """A port that was free a moment ago (for subprocesses that must be told their port)."""
+    """A port that was free a moment ago: for a backend that must be down (nothing listens
+    there), or one started later on a port chosen in advance."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -50,15 +50,18 @@ def test_gateway_hop_smoke_run_measures_every_variant_and_prints_a_table(
     assert results["machine"]["cpu_count"] >= 1
     assert results["machine"]["python"].startswith("3.")
     hop = results["scenarios"]["gateway"]
-    expected = ["direct", "gateway", "nginx"] if find_nginx() else ["direct", "gateway"]
+    expected = ["direct", "gateway", "gateway-plain"] + (["nginx"] if find_nginx() else [])
     assert hop["variants"] == expected
     for variant in expected:
         assert HOP_METRICS <= hop["medians"][variant].keys()
         assert all(value is not None for value in hop["medians"][variant].values())
     assert hop["medians"]["gateway"]["rtt1_added_p50_us"] is not None
     assert "conns_round_trips_per_s" in hop["ratios"]["gateway"]["direct"]
+    # The fast path against the plain path, side by side in the same rounds.
+    assert "cpu_us_per_msg_1conn" in hop["ratios"]["gateway"]["gateway-plain"]
     table = capsys.readouterr().out
     assert "| gateway hop" in table
+    assert "gateway ÷ gateway-plain" in table
     assert "round trips/s" in table
 
 
@@ -77,8 +80,25 @@ def test_speech_path_smoke_run_goes_through_the_whole_stack(
     assert all(row["ttfa_p50_ms"] > 0 for row in speech["level_rounds"])
     assert speech["per_line"] and all(row["frames"] > 0 for row in speech["per_line"])
     table = capsys.readouterr().out
-    assert "time to first audio p50" in table
+    assert "time to first byte p50" in table
+    assert "time to first audible sample p50" in table
     assert "Real-time streams on this machine" in table
+
+
+def test_edge_smoke_run_measures_authentication_next_to_the_anonymous_gateway(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = run_bench(tmp_path, "--scenario", "edge")
+
+    auth = results["scenarios"]["edge"]["auth"]
+    assert auth["variants"] == ["anonymous", "bearer", "api_key", "ticket"]
+    for variant in auth["variants"]:
+        medians = auth["medians"][variant]
+        assert medians["connect_p50_us"] > 0 and medians["rtt_p50_us"] > 0
+        assert medians["cpu_us_per_connect"] is not None
+    assert auth["ratios"]["ticket"]["connect_p50_us"] is not None
+    table = capsys.readouterr().out
+    assert "Edge: the cost of authentication" in table and "bearer ÷ anonymous" in table
 
 
 def test_report_without_nginx_shows_the_skip_reason_and_no_nginx_column() -> None:

@@ -27,6 +27,7 @@ from aivtuber_common.config import (
     load_settings,
 )
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen
+from aivtuber_common.transport import TaskNotFound
 from aivtuber_input import create_app as input_app
 from aivtuber_input.redis_submitter import RedisTaskSubmitter
 from aivtuber_output import create_app as output_app
@@ -115,7 +116,8 @@ async def test_a_task_cancelled_before_any_worker_took_it_is_dropped_by_the_work
         await submitter.submit(SubmitTask(task_id=task_id, text="Never spoken."))
         assert await submitter.cancel(task_id) is True
         assert await submitter.cancel(task_id) is False  # ended already
-        assert await submitter.cancel(str(uuid.uuid4())) is False  # never existed
+        with pytest.raises(TaskNotFound):  # never existed
+            await submitter.cancel(str(uuid.uuid4()))
         await stand_in.withdraw()
         config = TtsWorkerSettings(
             voices={"sine": VoiceSettings(engine="sine")}, default_voice="sine"

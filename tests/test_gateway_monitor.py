@@ -73,10 +73,9 @@ async def test_health_probes_are_cached_so_health_cannot_flood_the_backends() ->
     async with EchoBackend().running() as backend:
         settings = gateway_settings({"input": [backend.url]}, health_cache_s=60)
         async with run_gateway(settings) as gateway:
-            assert gateway.app.runtime is not None
             # Inject a transport that counts requests instead of patching.
             counting = httpx.AsyncClient(transport=httpx.MockTransport(count))
-            gateway.app.runtime.health._client = counting
+            gateway.runtime.health._client = counting
             async with httpx.AsyncClient(base_url=gateway.http_url) as http:
                 responses = await asyncio.gather(*(http.get("/health") for _ in range(20)))
             await counting.aclose()
@@ -125,6 +124,7 @@ async def test_connections_shows_a_live_connection_with_counts_that_move() -> No
         "bytes_in",
         "bytes_out",
         "last_activity_at",
+        "unanswered_ping_s",
     }
     assert conn["route"] == "output"
     assert conn["path"] == "/ws/output/task-1"

@@ -11,31 +11,29 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.backends import EchoBackend
-from tests.support import free_port
+from tests.support import listening_port
 
 ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 20.0  # a hang guard, not a speed assertion
 
 
 class GatewayProcess:
-    def __init__(self, process: asyncio.subprocess.Process, port: int) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, port: int, output: str) -> None:
         self.process = process
         self.port = port
         self.ws_url = f"ws://127.0.0.1:{port}"
-        self.output = ""
+        self.output = output  # every line it printed: up to "listening", then all on stop
 
     async def stop(self, sig: int) -> int:
         self.process.send_signal(sig)
         async with asyncio.timeout(EXIT_TIMEOUT_S):
             stdout, _ = await self.process.communicate()
-        self.output = stdout.decode()
+        self.output += stdout.decode()
         assert self.process.returncode is not None
         return self.process.returncode
 
@@ -44,7 +42,6 @@ class GatewayProcess:
 async def gateway_process(
     tmp_path: Path, backend_url: str, *args: str
 ) -> AsyncIterator[GatewayProcess]:
-    port = free_port()
     config = tmp_path / "config.json"
     config.write_text(
         json.dumps(
@@ -55,6 +52,7 @@ async def gateway_process(
         )
     )
     env = {k: v for k, v in os.environ.items() if k not in ("INPUT_HANDLER_URL", "AIVTUBER_CONFIG")}
+    # Port 0: the kernel picks a free port and the gateway logs it ("listening").
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "services/gateway-python/main.py",
@@ -63,34 +61,23 @@ async def gateway_process(
         "--host",
         "127.0.0.1",
         "--port",
-        str(port),
+        "0",
         *args,
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    gateway = GatewayProcess(process, port)
     try:
-        await _wait_ready(gateway)
+        assert process.stdout is not None
+        seen: list[str] = []
+        port = await listening_port(process.stdout, seen)
+        gateway = GatewayProcess(process, port, "".join(seen))
         yield gateway
     finally:
         if process.returncode is None:
             process.kill()
             await process.communicate()
-
-
-async def _wait_ready(gateway: GatewayProcess) -> None:
-    async with httpx.AsyncClient() as http, asyncio.timeout(START_TIMEOUT_S):
-        while True:
-            if gateway.process.returncode is not None:
-                raise AssertionError("the gateway exited before it was ready")
-            try:
-                if (await http.get(f"http://127.0.0.1:{gateway.port}/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

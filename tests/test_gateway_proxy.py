@@ -163,9 +163,12 @@ async def test_a_slow_backend_slows_the_client_instead_of_filling_memory() -> No
                 message = b"m" * MIB
                 sender = asyncio.create_task(_send_all(ws, [message] * TOTAL_MESSAGES))
                 await wait_until(lambda: conn.bytes_in >= 2 * MIB)
-                # Give a runaway gateway every chance to read it all; it must not.
-                done, _ = await asyncio.wait({sender}, timeout=2.0)
-                assert not done, "the client could send everything: nothing pushed back"
+                # Backpressure engaged: the backend's write buffer is full, and the gateway
+                # stopped reading the client until it drains. A gateway without it would
+                # keep reading (and never pause the client's socket).
+                client = gateway.client_protocol()
+                await wait_until(lambda: conn._link.write_paused and client.read_paused)
+                assert not sender.done(), "the client could send everything: nothing pushed back"
                 assert conn.bytes_in - backend.received_bytes <= IN_FLIGHT_BOUND
                 backend.thaw_all()
                 await asyncio.wait_for(sender, TIMEOUT)
@@ -183,7 +186,10 @@ async def test_a_slow_client_slows_the_backend_instead_of_filling_memory() -> No
                 await ws.send(f"!burst {TOTAL_MESSAGES} {size}")
                 conn = gateway.only_connection()
                 await wait_until(lambda: conn.bytes_out >= 2 * MIB)
-                await asyncio.sleep(2.0)  # a runaway gateway would read the whole burst now
+                # Backpressure engaged: the client's socket is not writable, and the link
+                # stopped reading the backend (MAX_QUEUE messages wait for the client).
+                client = gateway.client_protocol()
+                await wait_until(lambda: conn._link._read_paused and not client.writable.is_set())
                 assert backend.burst_sent < TOTAL_MESSAGES
                 # Not yet read by the client: one queued message and the kernel buffers.
                 assert conn.bytes_out <= IN_FLIGHT_BOUND

@@ -220,7 +220,13 @@ async def test_speak_is_queued_on_the_worker_under_the_assigned_id() -> None:
                 "request_id": "r1",
             }
     assert fake.submitted == [
-        {"task_id": assigned, "text": "Hello!", "voice": None, "tenant": None}
+        {
+            "task_id": assigned,
+            "text": "Hello!",
+            "voice": None,
+            "tenant": None,
+            "client": "127.0.0.1",
+        }
     ]
 
 
@@ -349,7 +355,7 @@ async def test_cancel_reaches_the_worker_that_took_the_task() -> None:
                     assert reply == {"type": "system", "action": "cancelled", "task_id": task_id}
                 unknown = str(uuid.uuid4())
                 reply = await ask(ws, {"type": "cancel", "task_id": unknown})
-                assert reply["code"] == "task_not_running" and reply["task_id"] == unknown
+                assert reply["code"] == "task_not_found" and reply["task_id"] == unknown
     assert sorted(first.cancelled + second.cancelled) == sorted(queued)
     owners = {task["task_id"]: w for w in (first, second) for task in w.submitted}
     assert all(task_id in w.cancelled for task_id, w in owners.items())

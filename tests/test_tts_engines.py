@@ -76,8 +76,12 @@ def test_measure_times_the_pieces_as_the_worker_makes_them() -> None:
     assert timing.audio_ms == pytest.approx((8 + 53) * 10.0)
     assert 0 < timing.first_chunk_ms <= timing.total_ms
     assert timing.rtf == pytest.approx(timing.total_ms / timing.audio_ms)
+    # the tone fades in over 5 ms: its first audible sample comes right after the first chunk
+    assert timing.first_audible_ms is not None
+    assert timing.first_chunk_ms <= timing.first_audible_ms <= timing.first_chunk_ms + 5.0
     assert set(timing.as_dict()) == {
         "first_chunk_ms",
+        "first_audible_ms",
         "first_sentence_ms",
         "total_ms",
         "audio_ms",
@@ -91,6 +95,9 @@ def test_threads_are_shared_evenly_among_engine_slots_unless_set() -> None:
     assert intra_op_threads(VoiceSettings(), max_concurrent=1, cpus=2) == 2
     assert intra_op_threads(VoiceSettings(), max_concurrent=8, cpus=2) == 1
     assert intra_op_threads(VoiceSettings(intra_op_threads=3), max_concurrent=2, cpus=2) == 3
+    # hibari runs on one thread; kokoro_ja's long calls get every core
+    assert intra_op_threads(VoiceSettings(engine="hibari"), max_concurrent=1, cpus=8) == 1
+    assert intra_op_threads(VoiceSettings(engine="kokoro_ja"), max_concurrent=2, cpus=4) == 4
 
 
 async def test_the_factory_builds_each_engine_from_its_voice() -> None:

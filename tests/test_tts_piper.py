@@ -101,3 +101,60 @@ def test_a_missing_piper_model_stops_at_start_with_one_line(tmp_path: Path) -> N
     assert result.stderr.strip().splitlines() == [
         f"tts-worker: config error: tts_worker.voices.joe.model: no such Piper model file {model}"
     ]
+
+
+@pytest.mark.piper
+def test_piper_alignments_give_mouth_shapes_inside_the_audio() -> None:
+    from aivtuber_tts.visemes import Speech
+
+    engine = build_engine("joe", VoiceSettings(engine="piper"), max_concurrent=2, warmup=False)
+    assert isinstance(engine, PiperEngine)
+    engine.load()
+    assert engine.language == "en-US"
+    voice = engine._voice
+    assert voice is not None
+    [chunk] = list(voice.synthesize("Hi chat!", include_alignments=True))
+    assert chunk.phoneme_alignments  # the model was patched in memory at load
+    assert sum(a.num_samples for a in chunk.phoneme_alignments) == len(chunk.audio_float_array)
+    speech = engine.synthesize_piece("Hello everyone, welcome back.")
+    assert isinstance(speech, Speech)
+    samples = len(speech.pcm) // 2
+    offsets = [offset for offset, _ in speech.marks]
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] < samples
+    assert {"e", "o", "a"} <= {shape for _, shape in speech.marks}
+    # visemes: false skips the alignment work and sends plain PCM
+    plain = build_engine("joe", VoiceSettings(engine="piper", visemes=False), warmup=False)
+    assert isinstance(plain, PiperEngine)
+    plain.load()
+    assert isinstance(plain.synthesize_piece("Hello."), bytes)
+
+
+def test_piper_lead_cut_takes_the_bos_pad_but_never_sound() -> None:
+    from aivtuber_tts.engines.piper import _lead_cut
+
+    audio = np.zeros(3000, np.int16)
+    audio[1000:] = 1000  # sound from sample 1000 on
+    assert _lead_cut(audio, bos_samples=1024) == 1024 - 512  # keeps two hops of the pad
+    assert _lead_cut(audio, bos_samples=2000) == 1000 - 256  # but stops short of sound
+    assert _lead_cut(audio, bos_samples=300) == 0
+
+
+@pytest.mark.piper
+def test_a_timed_piper_piece_starts_sooner() -> None:
+    from aivtuber_tts.engines import first_audible_sample
+    from aivtuber_tts.visemes import Speech
+
+    engine = build_engine("joe", VoiceSettings(engine="piper"), max_concurrent=2, warmup=False)
+    assert isinstance(engine, PiperEngine)
+    engine.load()
+    assert engine._voice is not None
+    [chunk] = list(engine._voice.synthesize("Hello everyone.", include_alignments=True))
+    assert chunk.phoneme_alignments
+    bos = chunk.phoneme_alignments[0].num_samples
+    speech = engine.synthesize_piece("Hello everyone.")
+    assert isinstance(speech, Speech)
+    plain_start = first_audible_sample(chunk.audio_int16_bytes)
+    timed_start = first_audible_sample(speech.pcm)
+    assert plain_start is not None and timed_start is not None
+    assert bos >= 768  # Piper's BOS pad: 35 ms or more of near silence
+    assert timed_start < plain_start  # most of it cut (the onset itself never)

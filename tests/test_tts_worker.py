@@ -111,13 +111,13 @@ async def test_cancel_stops_the_task_at_once_and_its_in_flight_piece_sends_nothi
     assert 'aivtuber_tts_tasks_total{outcome="cancelled",voice="gated"} 1.0' in metrics
 
 
-async def test_cancel_of_an_unknown_task_says_it_cancelled_nothing() -> None:
+async def test_cancel_of_an_unknown_task_answers_404_task_not_found() -> None:
     async with running_recorder() as recorder:
         async with running_worker(sine_settings(recorder.url)) as worker:
             task_id = str(uuid.uuid4())
             response = await worker.http.delete(f"/v1/tasks/{task_id}")
-    assert response.status_code == 200
-    assert response.json() == {"task_id": task_id, "cancelled": False}
+    assert response.status_code == 404
+    assert response.json()["code"] == "task_not_found"
 
 
 async def test_worker_says_busy_when_slots_and_queue_are_full() -> None:

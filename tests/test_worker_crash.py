@@ -12,9 +12,8 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -35,7 +34,7 @@ from aivtuber_gateway import create_app as gateway_app
 from aivtuber_input import create_app as input_app
 from aivtuber_output import create_app as output_app
 from tests.frontend import Heard, ask, frontend, listen, speak
-from tests.support import RunningServer, free_port, run_server
+from tests.support import RunningServer, listening_port, run_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -62,10 +61,11 @@ class HoldingTts:
         return StreamingResponse(stream(), media_type="application/octet-stream")
 
 
-@contextlib.contextmanager
-def worker_process(
+@contextlib.asynccontextmanager
+async def worker_process(
     tmp: Path, port: int, output: RunningServer, tts: RunningServer
-) -> Iterator[subprocess.Popen[bytes]]:
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """The worker as a process on ``port`` (0: the kernel picks one); with the port bound."""
     config = {
         "logging": {"format": "json"},
         "tts_worker": {
@@ -84,18 +84,29 @@ def worker_process(
     }
     path = tmp / f"worker-{port}.json"
     path.write_text(json.dumps(config))
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "services/tts-worker/main.py"), "--config", str(path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "services/tts-worker/main.py"),
+        "--config",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "AIVTUBER_CONFIG": ""},
     )
+    drain: asyncio.Task[bytes] | None = None
     try:
-        yield process
+        assert process.stdout is not None
+        bound = await listening_port(process.stdout)
+        # Keep reading its log so that a full pipe never blocks it.
+        drain = asyncio.create_task(process.stdout.read())
+        yield process, bound
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             process.kill()
-        process.wait(timeout=TIMEOUT_S)
+        async with asyncio.timeout(TIMEOUT_S):
+            await process.wait()
+            if drain is not None:
+                await drain
 
 
 async def wait_healthy(url: str) -> None:
@@ -111,14 +122,15 @@ async def test_a_killed_worker_fails_its_stream_at_once_and_a_restarted_one_is_u
     tmp_path: Path,
 ) -> None:
     tts = HoldingTts()
-    port = free_port()
-    worker_url = f"http://127.0.0.1:{port}"
     async with contextlib.AsyncExitStack() as stack:
         remote = await stack.enter_async_context(run_server(tts.app))
         stack.callback(tts.release.set)
         output = await stack.enter_async_context(
             run_server(output_app(Settings(output_handler=OutputHandlerSettings())))
         )
+        # The worker first, on a port the kernel picks, so that the handler can be told it.
+        process, port = await stack.enter_async_context(worker_process(tmp_path, 0, output, remote))
+        worker_url = f"http://127.0.0.1:{port}"
         handler = await stack.enter_async_context(
             run_server(
                 input_app(Settings(input_handler=InputHandlerSettings(workers=[worker_url])))
@@ -133,17 +145,16 @@ async def test_a_killed_worker_fails_its_stream_at_once_and_a_restarted_one_is_u
         )
         url = gateway.ws_url
 
-        with worker_process(tmp_path, port, output, remote) as process:
-            await wait_healthy(worker_url)
-            async with frontend(url) as (ws, _):
-                finished_id = await speak(ws, "A short line that finishes.")
-                finished = await listen(url, finished_id)
-                doomed_id = await speak(ws, "This line will HOLD until the worker dies.")
-                doomed = Heard()
-                listening = asyncio.create_task(listen(url, doomed_id, doomed))
-                await asyncio.wait_for(doomed.first_frame.wait(), TIMEOUT_S)
-                process.send_signal(signal.SIGKILL)
-                await asyncio.wait_for(listening, TIMEOUT_S)
+        await wait_healthy(worker_url)
+        async with frontend(url) as (ws, _):
+            finished_id = await speak(ws, "A short line that finishes.")
+            finished = await listen(url, finished_id)
+            doomed_id = await speak(ws, "This line will HOLD until the worker dies.")
+            doomed = Heard()
+            listening = asyncio.create_task(listen(url, doomed_id, doomed))
+            await asyncio.wait_for(doomed.first_frame.wait(), TIMEOUT_S)
+            process.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(listening, TIMEOUT_S)
 
         assert doomed.end is not None and doomed.end["type"] == "error", doomed.end
         assert doomed.end["code"] == "worker_lost"
@@ -160,7 +171,8 @@ async def test_a_killed_worker_fails_its_stream_at_once_and_a_restarted_one_is_u
             reply = await asyncio.wait_for(ask(ws, {"type": "speak", "text": "Anyone?"}), TIMEOUT_S)
             assert reply["code"] == "tts_unavailable", reply
             # The worker comes back on its port: the input handler uses it again.
-            with worker_process(tmp_path, port, output, remote):
+            # The same port again (the killed worker's; the handler knows only that one).
+            async with worker_process(tmp_path, port, output, remote):
                 await wait_healthy(worker_url)
                 async with asyncio.timeout(TIMEOUT_S):
                     while True:

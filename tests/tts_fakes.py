@@ -25,6 +25,7 @@ from aivtuber_common.internal import (
     TaskOpen,
     decode_frame,
 )
+from aivtuber_common.visemes import Track
 from aivtuber_tts import create_app
 from aivtuber_tts.engines import Engine, LocalEngine, build_engine
 from tests.support import RunningServer, run_server
@@ -37,6 +38,7 @@ class Frame:
     chunk_id: int
     level: float
     pcm: bytes
+    visemes: Track | None = None
 
 
 @dataclass
@@ -87,8 +89,8 @@ class IngestRecorder:
                 if message["type"] == "websocket.disconnect":
                     break
                 if (data := message.get("bytes")) is not None:
-                    task_id, chunk_id, level, pcm = decode_frame(data)
-                    frame = Frame(chunk_id, level, bytes(pcm))
+                    task_id, chunk_id, level, pcm, visemes = decode_frame(data)
+                    frame = Frame(chunk_id, level, bytes(pcm), visemes)
                     await self._note(lambda t=task_id, f=frame: self._frame(t, f))
                     frames += 1
                     if self.drop_after_frames is not None and frames >= self.drop_after_frames:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import uvicorn
 
 from .config import ConfigError, Settings, load_settings
 from .logging import configure_logging
+from .protected import check_exposure
 
 __all__ = ["GracefulServer", "ServiceSpec", "parse_args", "run_service", "uvicorn_config"]
 
@@ -32,6 +34,15 @@ class GracefulServer(uvicorn.Server):
     down, so the process dies of the signal (exit -15, or a KeyboardInterrupt traceback)
     instead of exiting 0. A second SIGINT still forces the exit, as in uvicorn.
     """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            # The port actually bound: with --port 0 the kernel picks it, and whoever
+            # started the process (a test, a supervisor) reads it from this line.
+            bound = [sock.getsockname() for server in self.servers for sock in server.sockets]
+            if bound:
+                structlog.get_logger().info("listening", host=bound[0][0], port=bound[0][1])
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit and sig == signal.SIGINT:
@@ -50,6 +61,7 @@ class ServiceSpec:
         create_app: Callable[[Settings], Any],
         server_class: type[uvicorn.Server] = GracefulServer,
         check: Callable[[Settings], None] | None = None,
+        overrides: Callable[[Settings], dict[str, Any]] | None = None,
     ) -> None:
         self.name = name
         self.section = section  # the key of config.json this service reads
@@ -58,6 +70,8 @@ class ServiceSpec:
         # Extra start-up checks that need more than the schema (a model file, a GPU);
         # raise ConfigError with one line.
         self.check = check
+        # uvicorn settings of its own (keepalive pings where the service needs them).
+        self.overrides = overrides
 
 
 def parse_args(name: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -114,6 +128,7 @@ def run_service(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     args = parse_args(spec.name, argv)
     try:
         settings = apply_overrides(load_settings(args.config), spec.section, args)
+        check_exposure(settings, spec.section)  # protected mode: never wide open by accident
         if spec.check is not None:
             spec.check(settings)
     except ConfigError as exc:
@@ -126,6 +141,8 @@ def run_service(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     section = getattr(settings, spec.section)
     app = spec.create_app(settings)
     config = uvicorn_config(app, section.host, section.port, settings.logging.level)
+    for key, value in (spec.overrides(settings) if spec.overrides else {}).items():
+        setattr(config, key, value)
     server = spec.server_class(config)
     structlog.get_logger().info("starting", host=section.host, port=section.port)
     server.run()

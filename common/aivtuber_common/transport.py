@@ -13,14 +13,29 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from .internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen
+from .protocol import VoiceInfo
+from .visemes import Track
 
-__all__ = ["FrameEvent", "FrameSink", "FrameSource", "TaskSubmitter", "TransportError"]
+__all__ = [
+    "FrameEvent",
+    "FrameSink",
+    "FrameSource",
+    "TaskNotFound",
+    "TaskSubmitter",
+    "TransportError",
+]
 
 
 class TransportError(Exception):
     """Base of the transport errors; ``code`` is the snake_case code the client sees."""
 
     code = "tts_unavailable"
+
+
+class TaskNotFound(TransportError):
+    """No such task for this tenant: unknown, or another tenant's (never said which)."""
+
+    code = "task_not_found"
 
 
 class TaskSubmitter(Protocol):
@@ -30,8 +45,14 @@ class TaskSubmitter(Protocol):
         """Raises TransportError (code tts_unavailable, unknown_voice, ...) when refused."""
         ...
 
-    async def cancel(self, task_id: str) -> bool:
-        """True when a worker had the task and stopped it."""
+    async def cancel(self, task_id: str, tenant: str | None = None) -> bool:
+        """True when a worker had the task and stopped it. Raises TaskNotFound when the
+        task is unknown or belongs to another tenant than ``tenant`` (None: anonymous)."""
+        ...
+
+    async def voices(self) -> list[VoiceInfo]:
+        """Every voice the workers offer, merged by name. Raises TransportError when no
+        worker answers."""
         ...
 
 
@@ -40,15 +61,27 @@ class FrameSink(Protocol):
 
     async def open(self, task: TaskOpen) -> None: ...
 
-    async def append(self, task_id: str, chunk_id: int, level: float, pcm: bytes) -> None: ...
+    async def append(
+        self,
+        task_id: str,
+        chunk_id: int,
+        level: float,
+        pcm: bytes,
+        visemes: Track | None = None,
+    ) -> None: ...
 
     async def end(self, end: TaskEnd) -> None: ...
 
 
-FrameEvent = TaskOpen | tuple[int, float, bytes] | TaskEnd
+# A frame: (chunk_id, level, pcm, visemes); visemes is None when the engine has no timing.
+FrameEvent = TaskOpen | tuple[int, float, bytes, Track | None] | TaskEnd
 
 
 class FrameSource(Protocol):
     """Output side: read a task's events from a chunk position, waiting for what is to come."""
 
-    def read(self, task_id: str, from_chunk: int = 0) -> AsyncIterator[FrameEvent]: ...
+    def read(
+        self, task_id: str, from_chunk: int = 0, tenant: str | None = None
+    ) -> AsyncIterator[FrameEvent]:
+        """A task of another tenant than ``tenant`` is read exactly like an unknown one."""
+        ...

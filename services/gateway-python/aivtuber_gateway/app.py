@@ -2,9 +2,10 @@
 else (monitoring, lifespan) handled by a Starlette app.
 
 ``create_app(settings)`` builds it; the Starlette lifespan owns the registry of live
-connections and the httpx client of the health probes. On shutdown every proxied
-connection is closed with 1001 "going away" on both sides (see :mod:`.server`, which does
-it before uvicorn closes sockets its own way).
+connections and the httpx client of the health probes, and hands them to every request
+and WebSocket as lifespan state (``scope["state"]["runtime"]``, a :class:`Runtime`). On
+shutdown every proxied connection is closed with 1001 "going away" on both sides (see
+:mod:`.server`, which does it before uvicorn closes sockets its own way).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 import structlog
@@ -21,19 +22,23 @@ from starlette.applications import Starlette
 
 from aivtuber_common.closecodes import AppCloseCode, CloseCode
 from aivtuber_common.config import Settings
+from aivtuber_common.identity import Identity
+from aivtuber_common.redact import short_path
 
+from .auth import Edge, Refusal
+from .bounds import limit_messages
 from .headers import forwarded_request
 from .health import HealthChecker
 from .keepalive import BackendKeepalive
 from .lifecycle import short_reason
 from .metrics import GatewayMetrics
 from .monitor import monitor_routes
-from .proxy import ProxyConnection, Receive, Send
+from .proxy import ProxyConnection, ProxyOptions, Receive, Send
 from .registry import Registry
-from .routing import RouteTable
-from .upstream import BackendRejected, BackendUnavailable, ProxyOptions, open_backend
+from .routing import Route, RouteTable
+from .upstream import BackendRejected, BackendUnavailable, open_backend
 
-__all__ = ["GatewayApp", "Runtime", "create_app"]
+__all__ = ["GatewayApp", "GatewayState", "Runtime", "create_app"]
 
 GOING_AWAY = "going away"
 
@@ -41,12 +46,20 @@ GOING_AWAY = "going away"
 class Runtime:
     """What exists while the app is running (between lifespan startup and shutdown)."""
 
-    def __init__(self, registry: Registry, options: ProxyOptions, health: HealthChecker) -> None:
+    def __init__(
+        self, registry: Registry[ProxyConnection], options: ProxyOptions, health: HealthChecker
+    ) -> None:
         self.registry = registry
         self.options = options
         self.health = health
         self.started = time.monotonic()
         self.closing = False
+
+
+class GatewayState(TypedDict):
+    """The lifespan state: what every request and WebSocket of the app sees."""
+
+    runtime: Runtime
 
 
 class GatewayApp:
@@ -58,9 +71,16 @@ class GatewayApp:
         # One logger per app, not per module: tests capture each app's logs on their own.
         self.log: structlog.typing.FilteringBoundLogger = structlog.get_logger("aivtuber_gateway")
         self.routes = RouteTable(settings.gateway)
-        self.metrics = GatewayMetrics(self.routes)
-        self.runtime: Runtime | None = None
-        self.http = Starlette(routes=monitor_routes(self), lifespan=self._lifespan)
+        # Credentials, tickets, Origin, admin access, the connection quota: every route
+        # (WebSocket or HTTP) is resolved through self.edge.resolve(scope) first.
+        self.edge = Edge(settings)
+        self.metrics = GatewayMetrics(self.routes, self.edge.open_by_tenant)
+        # The running runtime, for the server's shutdown (it has no request to read the
+        # lifespan state from); None before startup and after shutdown.
+        self._runtime: Runtime | None = None
+        self.http = Starlette(
+            routes=monitor_routes(self.metrics, self.edge), lifespan=self._lifespan
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -70,21 +90,22 @@ class GatewayApp:
 
     async def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = GOING_AWAY) -> None:
         """Stop proxying new connections; close every open one on both sides."""
-        runtime = self.runtime
+        runtime = self._runtime
         if runtime is None:
             return
         runtime.closing = True
         await runtime.registry.close_all(code, reason, self.gateway.shutdown_timeout_s)
 
     @asynccontextmanager
-    async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
+    async def _lifespan(self, _: Starlette) -> AsyncIterator[GatewayState]:
         gateway = self.gateway
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=8)
         async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
-            registry = Registry([route.name for route in self.routes], self.log)
+            registry: Registry[ProxyConnection] = Registry(
+                [route.name for route in self.routes], self.log
+            )
             options = ProxyOptions(
                 registry=registry,
-                max_message_bytes=gateway.max_message_bytes,
                 connect_timeout_s=gateway.connect_timeout_s,
                 idle_timeout_s=gateway.idle_timeout_s,
                 debug=self.settings.logging.level == "debug",
@@ -95,7 +116,7 @@ class GatewayApp:
             health = HealthChecker(
                 self.routes, client, gateway.health_timeout_s, gateway.health_cache_s
             )
-            self.runtime = Runtime(registry, options, health)
+            runtime = self._runtime = Runtime(registry, options, health)
             self.metrics.bind(registry)
             keepalive = None
             if gateway.ping_interval_s:
@@ -104,28 +125,72 @@ class GatewayApp:
                 )
                 keepalive.start()
             try:
-                yield
+                yield {"runtime": runtime}
             finally:
                 await self.close_all()
                 if keepalive is not None:
                     await keepalive.stop()
-                self.runtime = None
+                self._runtime = None
+                self.metrics.bind(None)
 
     async def _websocket(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] != "websocket.connect":
             return  # the client left before the handshake finished
-        runtime = self.runtime
+        runtime: Runtime | None = scope.get("state", {}).get("runtime")
         if runtime is None or runtime.closing:
             await _refuse(send, CloseCode.GOING_AWAY, GOING_AWAY)
             return
         route = self.routes.match(scope["path"])
+        identity = self.edge.resolve(scope)  # strips the credential from the scope
+        if isinstance(identity, Refusal):
+            name = route.name if route else "unmatched"
+            await self._refuse_edge(send, scope, runtime, name, identity)
+            return
         if route is None:
             runtime.registry.rejected["unmatched", AppCloseCode.NOT_FOUND] += 1
-            self.log.info("no_route", path=scope["path"], client=_client(scope))
+            self.log.info("no_route", path=short_path(scope["path"]), client=_client(scope))
             await _refuse(send, AppCloseCode.NOT_FOUND, "no route for this path")
             return
+        # limits.max_connections: counted per tenant (per IP if anonymous), all routes.
+        if (over := self.edge.open_connection(identity)) is not None:
+            await self._refuse_edge(send, scope, runtime, route.name, over)
+            return
+        try:
+            await self._proxy(scope, receive, send, runtime, route, identity)
+        finally:
+            self.edge.close_connection(identity)
+
+    async def _refuse_edge(
+        self,
+        send: Send,
+        scope: dict[str, Any],
+        runtime: Runtime,
+        route: str,
+        refusal: Refusal,
+    ) -> None:
+        runtime.registry.rejected[route, refusal.close_code] += 1
+        self.log.info(
+            "connection_refused",
+            route=route,
+            client=_client(scope),
+            code=refusal.close_code,
+            reason=refusal.reason,
+        )
+        await _refuse(send, refusal.close_code, refusal.reason)
+
+    async def _proxy(
+        self,
+        scope: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        runtime: Runtime,
+        route: Route,
+        identity: Identity,
+    ) -> None:
+        limit_messages(send, route.max_message_bytes)
         request = forwarded_request(scope)
+        request.headers.extend(self.edge.backend_headers(identity))
         # uvicorn keeps the scope for the connection's lifetime; the headers have been
         # read (and may hold cookies): drop them rather than keep a copy per connection.
         scope["headers"] = ()
@@ -139,7 +204,7 @@ class GatewayApp:
             self.log.warning(
                 "backend_unavailable",
                 route=route.name,
-                path=scope["path"],
+                path=short_path(scope["path"]),
                 client=_client(scope),
                 backends=[url for url, _ in exc.failures],
                 errors=[f"{url}: {error}" for url, error in exc.failures],
@@ -155,9 +220,9 @@ class GatewayApp:
             self.log.info(
                 "backend_rejected",
                 route=route.name,
-                path=scope["path"],
+                path=short_path(scope["path"]),
                 client=_client(scope),
-                backend=exc.backend.url + scope["path"],
+                backend=exc.backend.url + short_path(scope["path"]),
                 status=exc.status,
                 request_id=request.request_id,
             )

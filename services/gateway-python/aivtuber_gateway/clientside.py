@@ -14,29 +14,37 @@ The ``ServerProtocol``'s parser must only ever see whole frames (or, from the fi
 it is given whole no more, everything): uvicorn feeds it the request head first, then
 each frame not taken here is given to it whole.
 
-Used when uvicorn's class has the methods relied on (:data:`SUPPORTED`); see
-:func:`.server.uvicorn_overrides`.
+The app finds it through the ASGI scope extension :data:`.fastpath.EXTENSION` (a
+:class:`ClientHook`). Used only for the uvicorn and websockets releases it was tested with,
+and after an in-memory self-test: see :mod:`.fastpath`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 from websockets.protocol import OPEN
-from websockets.speedups import apply_mask
 
-from .framing import BINARY, TEXT, encode_frame, scan_frame
+from .fastpath import EXTENSION
+from .framing import BINARY, TEXT, FrameScanner, Mode, apply_mask, encode_frame
 
-__all__ = ["SUPPORTED", "GatewayWebSocketProtocol"]
+__all__ = ["ClientHook", "GatewayWebSocketProtocol"]
 
-# The uvicorn internals this subclass builds on (uvicorn 0.3x-0.5x).
-SUPPORTED = all(
-    hasattr(WebSocketsSansIOProtocol, name)
-    for name in ("send_receive_event_to_app", "handle_events", "data_received", "send")
-)
+
+class ClientHook(Protocol):
+    """What the fast path offers the app in ``scope["extensions"][EXTENSION]``."""
+
+    # Takes a data message (opcode, payload) straight from the socket callback; True if
+    # it did, False to let it go to the app's receive() as usual.
+    direct: Callable[[int, bytes], bool] | None
+
+    def write_frame(self, opcode: int, payload: bytes, defer: bool = False) -> bool: ...
+
+    def flush_pending(self) -> None: ...
 
 
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -44,10 +52,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_seen = False  # the first bytes are the request head: uvicorn's
-        self._raw = False  # everything to uvicorn from now on (closing, or an error)
-        self._buffer: bytearray | None = None  # an incomplete frame
-        self._need = 0
+        # The first bytes are the request head (uvicorn's); then frames are cut here,
+        # until everything goes to uvicorn (closing, or an error).
+        self._mode = Mode.HANDSHAKE
+        self._scanner = FrameScanner(masked=True, max_size=self.conn.max_message_size)
         # Takes a data message straight from data_received when it can (True): the
         # gateway's proxy, which then forwards it without a queue or a task switch.
         self.direct: Callable[[int, bytes], bool] | None = None
@@ -55,62 +63,47 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         # backend messages read at once leaves in one syscall instead of one each.
         self._pending: list[bytes] | None = None
 
-    def data_received(self, data: bytes) -> None:
-        if self._raw or not self._head_seen:
-            self._head_seen = True
-            super().data_received(data)
-            return
-        buffer = self._buffer
-        if buffer is not None:
-            buffer += data
-            if len(buffer) < self._need:
-                return
-            self._buffer = None
-            self._scan(buffer)
-        else:
-            self._scan(data)
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # None when the handshake was refused
+        if scope is not None:
+            # The same dict the ASGI task (started above, not run yet) is handed.
+            scope.setdefault("extensions", {})[EXTENSION] = self
 
-    def _scan(self, data: bytes | bytearray) -> None:
+    def data_received(self, data: bytes) -> None:
+        if self._mode is Mode.FAST:
+            rest = self._scanner.feed(data, self._frame_in)
+            if rest is not None:
+                self._mode = Mode.PROTOCOL
+                super().data_received(rest)
+        else:
+            if self._mode is Mode.HANDSHAKE:
+                self._mode = Mode.FAST
+            super().data_received(data)
+
+    def _frame_in(self, opcode: int, view: memoryview, frame: int, start: int, end: int) -> bool:
+        """A frame the scanner cut: a text or binary message to the app (or straight to
+        :attr:`direct`), any other frame through uvicorn. False once uvicorn takes all."""
         conn = self.conn
-        max_size = conn.max_message_size
-        view = memoryview(data)
-        pos = 0
-        size = len(data)
-        while pos < size:
-            opcode, header, end = scan_frame(data, pos, masked=True)
-            if end < 0 or end > size:  # incomplete
-                if max_size is not None and end - pos - header > max_size:
-                    break  # over the limit: websockets closes 1009 without waiting for it
-                self._buffer = bytearray(view[pos:])
-                self._need = end - pos  # or -1: rescan on any byte until the header is in
-                return
-            if (
-                opcode < 0
-                or conn.state is not OPEN
-                or conn.current_size is not None
-                or conn.extensions
-                or self.close_sent
-            ):
-                super().data_received(bytes(view[pos:end]))
-                pos = end
-                if conn.state is not OPEN and self.handshake_complete:
-                    break  # closing: websockets discards the rest
-                continue
-            if max_size is not None and end - pos - header > max_size:
-                break
-            start = pos + header
-            payload = apply_mask(view[start:end], bytes(view[start - 4 : start]))
-            pos = end
-            direct = self.direct
-            if direct is not None and self.queue.empty() and _valid(opcode, payload):
-                if direct(opcode, payload):
-                    continue
-            self.curr_msg_data_type = "text" if opcode == TEXT else "bytes"
-            self.frames = [payload]
-            self.send_receive_event_to_app()
-        if pos < size:
-            self._raw = True
-            super().data_received(bytes(view[pos:]))
+        if (
+            opcode < 0
+            or conn.state is not OPEN
+            or conn.current_size is not None
+            or conn.extensions
+            or self.close_sent
+        ):
+            super().data_received(bytes(view[frame:end]))
+            # Closing: websockets discards the rest.
+            return conn.state is OPEN or not self.handshake_complete
+        payload = apply_mask(view[start:end], bytes(view[start - 4 : start]))
+        direct = self.direct
+        if direct is not None and self.queue.empty() and _valid(opcode, payload):
+            if direct(opcode, payload):
+                return True
+        self.curr_msg_data_type = "text" if opcode == TEXT else "bytes"
+        self.frames = [payload]
+        self.send_receive_event_to_app()
+        return True
 
     def write_frame(self, opcode: int, payload: bytes, defer: bool = False) -> bool:
         """Write one message if it can go now, as ``send`` would; False if not (not open,

@@ -14,15 +14,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
+from typing import Protocol
 
-from .registry import Registry
+from .lifecycle import Side
+from .link import BackendLink
 
-__all__ = ["BackendKeepalive"]
+__all__ = ["BackendKeepalive", "Pinged", "check"]
+
+
+class Pinged(Protocol):
+    """What keepalive needs from a connection (a :class:`.proxy.ProxyConnection`)."""
+
+    @property
+    def link(self) -> BackendLink: ...
+    @property
+    def finishing(self) -> bool: ...
+
+    def terminate(self, code: int, reason: str, by: Side = ...) -> None: ...
+
+
+def check(conn: Pinged, now: float, interval: float, timeout: float) -> None:
+    """Close ``conn`` if its backend left the last ping unanswered for ``timeout``; send a
+    ping when one is due (every ``interval``)."""
+    link = conn.link
+    if link.ping_payload is not None:
+        # Unanswered, or still in the write buffer behind data the backend does not read:
+        # as dead as a missing pong either way.
+        if now - link.ping_at >= timeout:
+            link.ping_payload = None
+            conn.terminate(1011, "backend: keepalive ping timeout", Side.BACKEND)
+        return
+    if now - link.ping_at >= interval and not conn.finishing:
+        link.ping()
 
 
 class BackendKeepalive:
-    def __init__(self, registry: Registry, interval: float, timeout: float) -> None:
-        self._registry = registry
+    """The one task that pings every backend connection."""
+
+    def __init__(self, connections: Iterable[Pinged], interval: float, timeout: float) -> None:
+        self._connections = connections
         self._interval = interval
         self._timeout = timeout
         self._task: asyncio.Task[None] | None = None
@@ -43,5 +74,5 @@ class BackendKeepalive:
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
-            for conn in self._registry:
-                conn.keepalive(now, self._interval, self._timeout)
+            for conn in self._connections:
+                check(conn, now, self._interval, self._timeout)

@@ -26,7 +26,7 @@ from websockets.http11 import Response
 from websockets.protocol import OPEN
 from websockets.typing import Subprotocol
 
-from .framing import TEXT, encode_frame, scan_frame
+from .framing import TEXT, FrameScanner, Mode, encode_frame
 
 __all__ = ["CLOSE_TIMEOUT_S", "MAX_QUEUE", "BackendGone", "BackendLink"]
 
@@ -40,9 +40,6 @@ WRITE_LIMIT = 32 * 1024
 CLOSE_TIMEOUT_S = 2.0
 _MAX_HEAD = 64 * 1024  # a longer response head goes to the Protocol, which rejects it
 
-# How incoming bytes are handled: the HTTP response head, then frames cut here (no
-# extension), or everything through the Protocol (compression, closing, after an error).
-_HANDSHAKE, _FAST, _PROTOCOL = range(3)
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
@@ -57,13 +54,13 @@ class BackendLink(asyncio.Protocol):
         "protocol",
         "transport",
         "ping_payload",
+        "ping_at",
         "direct",
         "direct_done",
         "_loop",
         "_mode",
-        "_max_size",
-        "_buffer",
-        "_need",
+        "_scanner",
+        "_head_buffer",
         "_fragments",
         "_fragment_text",
         "_messages",
@@ -80,17 +77,20 @@ class BackendLink(asyncio.Protocol):
     def __init__(self, protocol: ClientProtocol, loop: asyncio.AbstractEventLoop) -> None:
         self.protocol = protocol
         self.transport: asyncio.Transport | None = None
-        # The payload of the keepalive ping in flight, None once answered.
+        # The payload of the keepalive ping in flight, None once answered, and when the
+        # last one was sent (loop time; the connection's start before the first).
         self.ping_payload: bytes | None = None
+        self.ping_at = loop.time()
         # Takes a message straight from data_received when it can (True), else it queues;
         # direct_done() follows each read, so that the taker can write a batch at once.
         self.direct: Callable[[str | bytes], bool] | None = None
         self.direct_done: Callable[[], None] | None = None
         self._loop = loop
-        self._mode = _HANDSHAKE
-        self._max_size = protocol.max_message_size
-        self._buffer: bytearray | None = None  # an incomplete head or frame
-        self._need = 0  # bytes _buffer must hold before it is worth scanning again
+        # The HTTP response head, then frames cut here (no extension), or everything
+        # through the Protocol (compression, closing, after an error).
+        self._mode = Mode.HANDSHAKE
+        self._scanner = FrameScanner(masked=False, max_size=protocol.max_message_size)
+        self._head_buffer: bytearray | None = None  # an incomplete response head
         self._fragments: list[bytes] | None = None
         self._fragment_text = False
         self._messages: deque[str | bytes] = deque()
@@ -116,7 +116,7 @@ class BackendLink(asyncio.Protocol):
             raise BackendGone
         transport = self.transport
         assert transport is not None
-        if self._mode == _FAST:  # no extension: frame it here
+        if self._mode is Mode.FAST:  # no extension: frame it here
             transport.writelines(encode_frame(opcode, payload))
         else:
             if opcode == TEXT:
@@ -127,7 +127,7 @@ class BackendLink(asyncio.Protocol):
 
     @property
     def fast(self) -> bool:  # frames are cut here (no extension negotiated)
-        return self._mode == _FAST
+        return self._mode is Mode.FAST
 
     async def drain(self) -> None:
         """Wait until the backend has taken enough of what was written (or is gone)."""
@@ -162,6 +162,7 @@ class BackendLink(asyncio.Protocol):
         self.protocol.send_ping(payload)
         self._flush()
         self.ping_payload = payload
+        self.ping_at = self._loop.time()
 
     async def close(self, code: int, reason: str) -> None:
         """Start the closing handshake (if nobody has) and wait until the TCP connection
@@ -205,9 +206,12 @@ class BackendLink(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         mode = self._mode
-        if mode == _FAST:
-            self._scan(data)
-        elif mode == _PROTOCOL:
+        if mode is Mode.FAST:
+            rest = self._scanner.feed(data, self._frame_in)
+            if rest is not None:
+                self._mode = Mode.PROTOCOL
+                self._feed(rest)
+        elif mode is Mode.PROTOCOL:
             self._feed(data)
         else:
             self._head(data)
@@ -243,72 +247,43 @@ class BackendLink(asyncio.Protocol):
     def _head(self, data: bytes) -> None:
         """Before the handshake completes: hand the Protocol exactly the response head, so
         that frames right behind it can be cut here."""
-        buffer = self._buffer
+        buffer = self._head_buffer
         if buffer is None:
-            buffer = self._buffer = bytearray()
+            buffer = self._head_buffer = bytearray()
         buffer += data
         end = buffer.find(b"\r\n\r\n")
         if end < 0 and len(buffer) < _MAX_HEAD:
             return
         end = end + 4 if end >= 0 else len(buffer)
-        self._buffer = None
-        self._mode = _PROTOCOL
+        self._head_buffer = None
+        self._mode = Mode.PROTOCOL
         self._feed(bytes(buffer[:end]))
         if (
             self._opened.done()
             and self._opened.exception() is None
             and not self.protocol.extensions
         ):
-            self._mode = _FAST
+            self._mode = Mode.FAST
         rest = buffer[end:]
         if rest:
             self.data_received(bytes(rest))
 
-    def _scan(self, data: bytes | bytearray) -> None:
-        """Cut frames from the backend's bytes: text and binary messages straight to the
-        queue, any other frame through the Protocol."""
-        buffer = self._buffer
-        if buffer is not None:
-            buffer += data
-            if len(buffer) < self._need:
-                return
-            data = buffer
-            self._buffer = None
-        protocol = self.protocol
-        max_size = self._max_size
-        view = memoryview(data)
-        pos = 0
-        size = len(data)
-        while pos < size:
-            opcode, header, end = scan_frame(data, pos)
-            if end < 0 or end > size:  # incomplete
-                if max_size is not None and end - pos - header > max_size:
-                    break  # over the limit: the Protocol fails it without waiting for it
-                self._buffer = bytearray(view[pos:])
-                self._need = end - pos  # or -1: rescan on any byte until the header is in
-                return
-            if opcode < 0 or protocol.current_size is not None:
-                self._feed(bytes(view[pos:end]))  # a control frame or a fragment: rare
-                pos = end
-                if self._mode != _FAST:
-                    break
-                continue
-            if max_size is not None and end - pos - header > max_size:
-                break
-            start = pos + header
-            if opcode == TEXT:
-                try:
-                    message: str | bytes = str(view[start:end], "utf-8")
-                except UnicodeDecodeError as exc:
-                    self._invalid_text(exc)
-                    return
-            else:
-                message = bytes(view[start:end])
-            self._deliver(message)
-            pos = end
-        if pos < size:
-            self._mode = _PROTOCOL
-            self._feed(bytes(view[pos:]))
+    def _frame_in(self, opcode: int, view: memoryview, frame: int, start: int, end: int) -> bool:
+        """A frame the scanner cut: text and binary messages straight to the queue, any
+        other frame through the Protocol. False once frames are no longer cut here."""
+        if opcode < 0 or self.protocol.current_size is not None:
+            self._feed(bytes(view[frame:end]))  # a control frame or a fragment: rare
+            return self._mode is Mode.FAST
+        if opcode == TEXT:
+            try:
+                message: str | bytes = str(view[start:end], "utf-8")
+            except UnicodeDecodeError as exc:
+                self._invalid_text(exc)
+                return False
+        else:
+            message = bytes(view[start:end])
+        self._deliver(message)
+        return True
 
     def _feed(self, data: bytes | bytearray, eof: bool = False) -> None:
         protocol = self.protocol
@@ -324,7 +299,7 @@ class BackendLink(asyncio.Protocol):
             elif isinstance(event, Response):
                 self._response()
         if protocol.state is not OPEN:
-            self._mode = _PROTOCOL
+            self._mode = Mode.PROTOCOL
             if self._close_timer is None and protocol.close_expected() and not self._lost:
                 self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_S, self.abort)
 
@@ -384,7 +359,7 @@ class BackendLink(asyncio.Protocol):
 
     def _invalid_text(self, exc: UnicodeDecodeError) -> None:
         # As websockets: a text message that is not UTF-8 closes with 1007.
-        self._buffer = None
+        self._scanner.clear()
         if self.protocol.state is OPEN:
             self.protocol.fail(1007, f"{exc.reason} at position {exc.start}")
         self._feed(b"")

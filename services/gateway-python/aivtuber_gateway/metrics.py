@@ -9,27 +9,30 @@ client: time to first audio and the gap between frames (a stall shows as a long 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .registry import Registry
 from .routing import RouteTable
 
-__all__ = ["GatewayMetrics", "CONTENT_TYPE"]
+__all__ = ["GatewayMetrics"]
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "aivtuber_gateway"
 
 
 class GatewayMetrics:
     """One Prometheus registry per app (never the global one: tests build many apps)."""
 
-    def __init__(self, routes: RouteTable) -> None:
+    def __init__(
+        self, routes: RouteTable, tenants: Callable[[], dict[str, int]] | None = None
+    ) -> None:
         self.prometheus = CollectorRegistry(auto_describe=True)
         self._routes = routes
-        self._registry: Registry | None = None
+        self._tenants = tenants  # open connections per tenant (the edge's quota)
+        self._registry: Registry[Any] | None = None
         self.prometheus.register(_RegistryCollector(self))
         self.first_audio = Histogram(
             f"{PREFIX}_time_to_first_audio_seconds",
@@ -53,7 +56,7 @@ class GatewayMetrics:
             registry=self.prometheus,
         )
 
-    def bind(self, registry: Registry | None) -> None:
+    def bind(self, registry: Registry[Any] | None) -> None:
         """Attach the lifespan's registry (None after shutdown)."""
         self._registry = registry
 
@@ -62,9 +65,6 @@ class GatewayMetrics:
 
     def audio_gap_observer(self, route: str) -> Callable[[float], None]:
         return self.audio_gap.labels(route).observe
-
-    def render(self) -> bytes:
-        return generate_latest(self.prometheus)
 
     def collect_registry(self) -> Iterator[Metric]:
         registry = self._registry
@@ -115,7 +115,15 @@ class GatewayMetrics:
                 closes.add_metric([name, by, str(code)], count)
             for (name, code), count in registry.rejected.items():
                 rejected.add_metric([name, str(code)], count)
-        yield from (open_, total, messages, sizes, failures, closes, rejected)
+        tenants = GaugeMetricFamily(
+            f"{PREFIX}_tenant_connections_open",
+            'Open connections per tenant, all routes (limits.max_connections); "": anonymous.',
+            labels=["tenant"],
+        )
+        if self._tenants is not None:
+            for tenant, count in sorted(self._tenants().items()):
+                tenants.add_metric([tenant], count)
+        yield from (open_, total, messages, sizes, failures, closes, rejected, tenants)
 
 
 class _RegistryCollector(Collector):

@@ -28,17 +28,45 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from starlette.types import Receive, Send
 from websockets.exceptions import ConnectionClosed
 
-from .clientside import GatewayWebSocketProtocol
+from aivtuber_common.redact import short_path
+
+from .bounds import BoundedWebSocketProtocol
+from .clientside import ClientHook
+from .fastpath import EXTENSION
 from .framing import BINARY, TEXT
 from .lifecycle import End, Side, backend_end, client_end, short_reason, to_backend, to_client
 from .link import CLOSE_TIMEOUT_S, BackendGone, BackendLink
+from .registry import Registry
 from .routing import Backend, Route
-from .upstream import ProxyOptions
 
-__all__ = ["ProxyConnection", "Receive", "Send"]
+__all__ = ["ProxyConnection", "ProxyOptions", "Receive", "Send"]
+
+
+class ProxyOptions:
+    """The settings and shared objects every connection reads; built once per app."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry[ProxyConnection],
+        connect_timeout_s: float,
+        idle_timeout_s: float,
+        debug: bool,
+        log: structlog.typing.FilteringBoundLogger,
+        observe_first_audio: Callable[[str], Callable[[float], None]] | None = None,
+        observe_audio_gap: Callable[[str], Callable[[float], None]] | None = None,
+    ) -> None:
+        self.registry: Registry[ProxyConnection] = registry
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.debug = debug
+        self.log = log
+        self.observe_first_audio = observe_first_audio
+        self.observe_audio_gap = observe_audio_gap
 
 
 class ProxyConnection:
@@ -67,7 +95,7 @@ class ProxyConnection:
         "_terminator",
         "_idle_timer",
         "_finishing",
-        "_ping_at",
+        "_hook",
         "_sink",
         "_sending",
         "_first_audio",
@@ -88,7 +116,7 @@ class ProxyConnection:
         self.id = os.urandom(6).hex()
         self.route = route
         self.backend = backend
-        self.path = scope["path"]
+        self.path = short_path(scope["path"])  # never a whole task id in logs or pages
         client = scope.get("client")
         self.client = f"{client[0]}:{client[1]}" if client else "unknown"
         self.request_id = request_id
@@ -106,9 +134,10 @@ class ProxyConnection:
         self._terminator: asyncio.Task[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._finishing = False
-        self._ping_at = asyncio.get_running_loop().time()
-        # The client's uvicorn protocol when it takes messages directly (see _forward_out).
-        self._sink: GatewayWebSocketProtocol | None = None
+        # The client's uvicorn protocol when it offers the fast path (see .fastpath), and
+        # once it takes messages directly (see _forward_out).
+        self._hook: ClientHook | None = scope.get("extensions", {}).get(EXTENSION)
+        self._sink: ClientHook | None = None
         self._sending = False  # the backend pump holds a message not yet sent
         self._first_audio: Callable[[float], None] | None = None
         self._audio_gap: Callable[[float], None] | None = None
@@ -129,22 +158,29 @@ class ProxyConnection:
         if self._terminator is None and not self._finishing and self._b2c is not None:
             self._terminator = asyncio.get_running_loop().create_task(self._terminate())
 
-    def keepalive(self, now: float, interval: float, timeout: float) -> None:
-        """Called by :class:`.keepalive.BackendKeepalive`: close the connection if the
-        backend left the last ping unanswered for ``timeout``; send a ping when one is
-        due."""
-        link = self._link
-        if link.ping_payload is not None:
-            # Unanswered, or still in the write buffer behind data the backend does not
-            # read: as dead as a missing pong either way.
-            if now - self._ping_at >= timeout:
-                link.ping_payload = None
-                self.terminate(1011, "backend: keepalive ping timeout", Side.BACKEND)
-            return
-        if now - self._ping_at < interval or self._finishing:
-            return
-        self._ping_at = now
-        link.ping()
+    @property
+    def link(self) -> BackendLink:
+        return self._link
+
+    @property
+    def finishing(self) -> bool:
+        """The client side has ended; the backend is being closed."""
+        return self._finishing
+
+    def unanswered_pings(self) -> dict[str, float | None]:
+        """Seconds each side has left the gateway's keepalive ping unanswered (None: no
+        ping pending), for /connections: who stopped answering."""
+        client = getattr(self._send, "__self__", None)
+        client_s = None
+        if isinstance(client, BoundedWebSocketProtocol):
+            client_s = client.unanswered_ping_s()
+        backend_s = None
+        if self._link.ping_payload is not None:
+            backend_s = asyncio.get_running_loop().time() - self._link.ping_at
+        return {
+            "client": None if client_s is None else round(client_s, 3),
+            "backend": None if backend_s is None else round(backend_s, 3),
+        }
 
     async def run(self, receive: Receive) -> None:
         """Pump both ways until either side ends, then close both and deregister."""
@@ -165,8 +201,8 @@ class ProxyConnection:
         loop = asyncio.get_running_loop()
         if options.idle_timeout_s:
             self._idle_timer = loop.call_later(options.idle_timeout_s, self._check_idle)
-        sink = getattr(self._send, "__self__", None)
-        if isinstance(sink, GatewayWebSocketProtocol) and self._link.fast:
+        sink = self._hook
+        if sink is not None and self._link.fast:
             self._sink = sink
             sink.direct = self._forward_in
             self._link.direct = self._forward_out

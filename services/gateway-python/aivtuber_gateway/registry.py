@@ -8,18 +8,42 @@ plus a sum over the live connections, and forwarding a message costs no metrics 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 import structlog
 
-if TYPE_CHECKING:
-    from .proxy import ProxyConnection
+from .lifecycle import End
+from .routing import Route
 
-__all__ = ["Registry", "RouteTotals"]
+__all__ = ["LiveConnection", "Registry", "RouteTotals"]
+
+
+class LiveConnection(Protocol):
+    """What the registry needs from a live connection (a :class:`.proxy.ProxyConnection`)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def route(self) -> Route: ...
+    @property
+    def messages_in(self) -> int: ...
+    @property
+    def messages_out(self) -> int: ...
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def bytes_out(self) -> int: ...
+    @property
+    def end(self) -> End | None: ...
+
+    def terminate(self, code: int, reason: str) -> None:
+        """Close both sides with ``code``; returns at once."""
+
+
+C = TypeVar("C", bound=LiveConnection)
 
 
 @dataclass(slots=True)
@@ -33,13 +57,12 @@ class RouteTotals:
     bytes_out: int = 0
 
 
-class Registry:
+class Registry(Generic[C]):
     """Every proxied connection from accept to its last socket closed."""
 
     def __init__(self, route_names: list[str], log: structlog.typing.FilteringBoundLogger) -> None:
         self.log = log
-        self.started_at = time.time()
-        self._live: dict[str, ProxyConnection] = {}
+        self._live: dict[str, C] = {}
         self.totals = {name: RouteTotals() for name in route_names}
         self.closes: Counter[tuple[str, str, int]] = Counter()  # (route, closed_by, code)
         self.connect_failures: Counter[tuple[str, str]] = Counter()  # (route, backend url)
@@ -50,15 +73,15 @@ class Registry:
     def __len__(self) -> int:
         return len(self._live)
 
-    def __iter__(self) -> Iterator[ProxyConnection]:
+    def __iter__(self) -> Iterator[C]:
         return iter(list(self._live.values()))
 
-    def add(self, conn: ProxyConnection) -> None:
+    def add(self, conn: C) -> None:
         self._live[conn.id] = conn
         self.totals[conn.route.name].opened += 1
         self._empty.clear()
 
-    def remove(self, conn: ProxyConnection) -> None:
+    def remove(self, conn: C) -> None:
         if self._live.pop(conn.id, None) is None:
             return
         totals = self.totals[conn.route.name]

@@ -23,6 +23,9 @@ from aivtuber_common.config import GatewaySettings, RouteSettings
 
 __all__ = ["DOWN_FOR_S", "Backend", "Route", "RouteTable"]
 
+# gateway.max_message_bytes when no GatewaySettings is at hand.
+_DEFAULT_MAX_BYTES: int = GatewaySettings.model_fields["max_message_bytes"].default
+
 # How long a backend that refused stays behind the healthy ones.
 DOWN_FOR_S = 2.0
 
@@ -58,14 +61,17 @@ class Backend:
 class Route:
     """A configured route: its name, compiled path pattern and backends."""
 
-    def __init__(self, name: str, settings: RouteSettings) -> None:
+    def __init__(
+        self, name: str, settings: RouteSettings, default_max_bytes: int = _DEFAULT_MAX_BYTES
+    ) -> None:
         self.name = name
         self.settings = settings
-        self.path = settings.path
         self.regex: re.Pattern[str] = compile_path(settings.path)[0]
         self.backends = [Backend(url) for url in settings.backends]
         self.compression = settings.compression
         self.audio_metrics = settings.audio_metrics
+        # Both hops, whole messages and unfinished fragmented ones (see .bounds).
+        self.max_message_bytes = settings.max_message_bytes or default_max_bytes
         self.unavailable_reason = f"{name} backend unavailable"
         self._turn = itertools.count()
 
@@ -89,7 +95,10 @@ class RouteTable:
     """All routes, matched in config order."""
 
     def __init__(self, settings: GatewaySettings) -> None:
-        self.routes = [Route(name, route) for name, route in settings.routes.items()]
+        self.routes = [
+            Route(name, route, settings.max_message_bytes)
+            for name, route in settings.routes.items()
+        ]
 
     def match(self, path: str) -> Route | None:
         for route in self.routes:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import structlog
 import uvicorn
 
 from aivtuber_common.cli import GracefulServer
 from aivtuber_common.config import GatewaySettings
 
 from .app import GatewayApp
-from .clientside import SUPPORTED, GatewayWebSocketProtocol
+from .bounds import bounded_http_protocol, bounded_ws_protocol
+from .fastpath import client_protocol
+from .routing import RouteTable
 
 __all__ = ["GatewayServer", "uvicorn_overrides"]
 
@@ -24,9 +27,15 @@ __all__ = ["GatewayServer", "uvicorn_overrides"]
 def uvicorn_overrides(gateway: GatewaySettings) -> dict[str, Any]:
     """The uvicorn settings the gateway's client side needs (same limit as the backend hop,
     keepalive pings toward the client, data frames read and written without websockets'
-    machinery: see :mod:`.clientside`)."""
+    machinery when the installed uvicorn and websockets allow it: see :mod:`.fastpath`).; fragments
+    and refused handshakes bounded: see :mod:`.bounds`)."""
+    routes = RouteTable(gateway)
     overrides: dict[str, Any] = {
-        "ws_max_size": gateway.max_message_bytes,
+        # Per connection, each route's own limit applies once the route is known
+        # (bounds.limit_messages); until then, the largest of them.
+        "ws_max_size": max(route.max_message_bytes for route in routes),
+        # Request heads bounded in size and time (uvicorn has neither): see bounds.py.
+        "http": bounded_http_protocol(gateway.max_head_bytes, gateway.head_timeout_s),
         "ws_ping_interval": gateway.ping_interval_s or None,
         "ws_ping_timeout": gateway.ping_timeout_s if gateway.ping_interval_s else None,
         # uvicorn negotiates permessage-deflate for the whole server, not per path: it is
@@ -35,9 +44,14 @@ def uvicorn_overrides(gateway: GatewaySettings) -> dict[str, Any]:
         # The gateway is the edge: the client address is the peer's, and an incoming
         # X-Forwarded-For chain is passed on with the peer appended, not trusted.
         "proxy_headers": False,
+        # The fast path's class or uvicorn's own, with the client hop's bounds on top.
+        "ws": bounded_ws_protocol(
+            client_protocol(gateway.fast_path, structlog.get_logger("aivtuber_gateway"))
+        ),
     }
-    if SUPPORTED:
-        overrides["ws"] = GatewayWebSocketProtocol
+    if gateway.tls is not None:  # wss:// and https:// served directly
+        overrides["ssl_certfile"] = gateway.tls.certfile
+        overrides["ssl_keyfile"] = gateway.tls.keyfile
     return overrides
 
 

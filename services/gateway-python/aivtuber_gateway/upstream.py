@@ -10,33 +10,29 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import structlog
-from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+from .bounds import BoundedClientProtocol
 from .headers import ForwardedRequest
-from .link import CLOSE_TIMEOUT_S, MAX_QUEUE, BackendLink
-from .registry import Registry
+from .link import CLOSE_TIMEOUT_S, BackendLink
 from .routing import Backend, Route
 
+if TYPE_CHECKING:
+    from .proxy import ProxyOptions
+
 __all__ = [
-    "BACKEND_MAX_QUEUE",
     "CLOSE_TIMEOUT_S",
     "BackendRejected",
     "BackendUnavailable",
-    "ProxyOptions",
     "open_backend",
     "open_link",
 ]
-
-# Messages buffered from the backend before it stops being read.
-BACKEND_MAX_QUEUE = MAX_QUEUE
 
 
 class BackendUnavailable(Exception):
@@ -54,31 +50,6 @@ class BackendRejected(Exception):
         super().__init__(f"backend answered HTTP {status}")
         self.backend = backend
         self.status = status
-
-
-class ProxyOptions:
-    """The settings and shared objects every connection reads; built once per app."""
-
-    def __init__(
-        self,
-        *,
-        registry: Registry,
-        max_message_bytes: int,
-        connect_timeout_s: float,
-        idle_timeout_s: float,
-        debug: bool,
-        log: structlog.typing.FilteringBoundLogger,
-        observe_first_audio: Callable[[str], Callable[[float], None]] | None = None,
-        observe_audio_gap: Callable[[str], Callable[[float], None]] | None = None,
-    ) -> None:
-        self.registry = registry
-        self.max_message_bytes = max_message_bytes
-        self.connect_timeout_s = connect_timeout_s
-        self.idle_timeout_s = idle_timeout_s
-        self.debug = debug
-        self.log = log
-        self.observe_first_audio = observe_first_audio
-        self.observe_audio_gap = observe_audio_gap
 
 
 async def open_backend(
@@ -106,7 +77,7 @@ async def open_backend(
                     request.headers,
                     request.subprotocols,
                     compression=route.compression,
-                    max_size=options.max_message_bytes,
+                    max_size=route.max_message_bytes,
                 )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -138,7 +109,7 @@ async def open_link(
     Raises ``OSError`` (refused, unreachable) or the handshake's ``InvalidHandshake``
     (``InvalidStatus`` carries the HTTP response)."""
     uri = parse_uri(url)
-    protocol = ClientProtocol(
+    protocol = BoundedClientProtocol(
         uri,
         extensions=enable_client_permessage_deflate(None) if compression else None,
         subprotocols=[Subprotocol(name) for name in subprotocols] or None,

@@ -14,6 +14,11 @@ class InputMetrics:
         self.connections = Gauge(
             "aivtuber_input_connections", "Frontend connections open on /ws/input.", registry=r
         )
+        self.active_tasks = Gauge(
+            "aivtuber_input_active_tasks",
+            "Tasks given to workers (or being given) that have not ended, all tenants.",
+            registry=r,
+        )
         self.submissions = Counter(
             "aivtuber_input_submissions",
             "Utterances handed to workers, by result (queued or the error code).",

@@ -24,6 +24,7 @@ from chunk 0); the binary message that belonged to a refused chunk is discarded 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from aivtuber_common.protocol import (
     Cancelled,
     ClientMessageAdapter,
     ErrorMessage,
+    ListVoices,
     Speak,
     TaskIdAssigned,
     TextChunk,
@@ -46,11 +48,15 @@ from aivtuber_common.protocol import (
     new_task_id,
 )
 
-__all__ = ["CancelTask", "Close", "Event", "InputSession", "Reply", "Submit"]
+__all__ = ["CancelTask", "Close", "Event", "InputSession", "ListVoicesRequest", "Reply", "Submit"]
 
-KNOWN_TYPES = ("speak", "text", "cancel", "upload_complete", "audio")
+KNOWN_TYPES = ("speak", "text", "cancel", "upload_complete", "audio", "list_voices")
 # UTF-8 needs at most 4 bytes a character: an upload longer than this cannot fit the limit.
 MAX_UTF8_BYTES_PER_CHAR = 4
+# Refused in text to speak: C0 controls but tab and newline (a NUL reaches the engine as a
+# failure), and lone surrogates (from a "\ud800" escape: no UTF-8 can carry them).
+_BAD_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,14 @@ class Close:
     reason: str
 
 
-Event = Reply | Submit | CancelTask | Close
+@dataclass(frozen=True)
+class ListVoicesRequest:
+    """Answer with the workers' voices (VoiceList)."""
+
+    request_id: str | None = None
+
+
+Event = Reply | Submit | CancelTask | Close | ListVoicesRequest
 
 
 @dataclass
@@ -181,6 +194,18 @@ class InputSession:
             self._assigned_in_use = False  # still unused: the next utterance takes it
         return [_error(code, message, task_id=submit.task_id, request_id=submit.request_id)]
 
+    def rate_limited(self, submit: Submit, message: str, retry_after_ms: int) -> list[Event]:
+        """Over a per-tenant limit: the task was not submitted; its id stays for the next try."""
+        if submit.task_id == self.assigned_id:
+            self._assigned_in_use = False
+        error = ErrorMessage(
+            code="rate_limited",
+            message=message,
+            retry_after_ms=retry_after_ms,
+            request_id=submit.request_id,
+        )
+        return [Reply(error)]
+
     def cancel_result(self, task_id: str, stopped: bool) -> list[Event]:
         if stopped:
             return [Reply(Cancelled(task_id=task_id))]
@@ -202,19 +227,29 @@ class InputSession:
             data: Any = json.loads(text)
         except json.JSONDecodeError as exc:
             return [_error("invalid_json", f"The message is not valid JSON: {exc.msg}.")]
+        except RecursionError:
+            return [_error("invalid_json", "The message is nested too deeply.")]
+        except ValueError as exc:  # an integer of more than 4300 digits
+            return [_error("invalid_json", f"The message cannot be read: {exc}.")]
         if not isinstance(data, dict):
             return [_error("invalid_message", "A message must be a JSON object.")]
+        if problem := _unencodable_field(data):
+            # A lone surrogate cannot be encoded again (for the worker, or in a reply).
+            if problem == "text":
+                return [_error("invalid_text", _BAD_TEXT_MESSAGE)]
+            return [_error("invalid_message", f'"{problem}" holds a lone surrogate.')]
         if "type" not in data and data.get("action") == "upload_complete":
             data = {**data, "type": "upload_complete"}  # the legacy shape has no type
         kind = data.get("type")
         if kind is None:
             return [_error("missing_type", 'The message has no "type" field.')]
         if kind not in KNOWN_TYPES:
+            shown = repr(kind) if isinstance(kind, str) and len(kind) <= 40 else "given"
             return [
                 _error(
                     "unknown_type",
-                    f"Unknown message type {kind!r}: expected speak, text, upload_complete "
-                    "or cancel.",
+                    f"Unknown message type {shown}: expected speak, text, upload_complete, "
+                    "cancel or list_voices.",
                     request_id=_str_or_none(data.get("request_id")),
                 )
             ]
@@ -239,6 +274,8 @@ class InputSession:
                         )
                     ]
                 return [CancelTask(message.task_id)]
+            case ListVoices():
+                return [ListVoicesRequest(message.request_id)]
             case AudioUpload():
                 self._discard_bytes = True  # an audio chunk's binary may follow
                 return [
@@ -253,6 +290,8 @@ class InputSession:
     def _speak(self, text: str, voice: str | None, request_id: str | None) -> list[Event]:
         if not text.strip():
             return [_error("empty_text", "The text to speak is empty.", request_id=request_id)]
+        if _BAD_TEXT.search(text):
+            return [_error("invalid_text", _BAD_TEXT_MESSAGE, request_id=request_id)]
         if len(text) > self.max_text_chars:
             return [
                 _error(
@@ -333,6 +372,22 @@ def _error(
     code: str, message: str, *, task_id: str | None = None, request_id: str | None = None
 ) -> Reply:
     return Reply(ErrorMessage(code=code, message=message, task_id=task_id, request_id=request_id))
+
+
+_BAD_TEXT_MESSAGE = (
+    "The text holds a character that cannot be spoken: a NUL or other control character "
+    "(tab and newline are fine) or a lone surrogate."
+)
+
+
+def _unencodable_field(data: dict[str, Any]) -> str | None:
+    """The first top-level key (or string value's key) holding a lone surrogate."""
+    for key, value in data.items():
+        if _SURROGATE.search(key):
+            return "(a key)"
+        if isinstance(value, str) and _SURROGATE.search(value):
+            return key
+    return None
 
 
 def _str_or_none(value: object) -> str | None:

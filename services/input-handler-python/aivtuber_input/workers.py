@@ -5,8 +5,16 @@ Choice of worker: the least busy healthy one. Each worker's load is what its las
 gave it since; ties go round-robin. A worker that refuses (503 busy / not_ready), does not
 answer within ``worker_timeout_s`` or cannot be reached is skipped for the next one; when
 every worker has been tried the client gets ``tts_unavailable``. A refusal about the task
-itself (404 unknown_voice, 400 bad_request) is the same on every worker and goes straight
-back to the client.
+itself (400 bad_request) is the same on every worker and goes straight back to the client;
+``unknown_voice`` only once every worker said so (each worker loads only the voices its
+config names). :meth:`HttpTaskSubmitter.voices` gathers every worker's ``GET /v1/voices``
+for ``list_voices``.
+
+Readiness: a worker is *ready* once its ``GET /health`` answered 200 (voices warm, ingest
+connected), or 503 "degraded" only because a voice other than its default failed to load.
+Until one is, a submission waits (``ready_wait_s``) while some worker is still
+warming up (never probed yet, or answering 503 "starting"); when every worker is down it
+fails at once. The input handler's own ``/health`` is 200 only with a ready worker.
 
 Exceptions::
 
@@ -18,23 +26,36 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import structlog
 from pydantic import ValidationError
 
+from aivtuber_common.identity import TENANT_HEADER
 from aivtuber_common.internal import TASKS_PATH, SubmitAccepted, SubmitTask, WorkerRefusal
-from aivtuber_common.transport import TransportError
+from aivtuber_common.protocol import VoiceInfo
+from aivtuber_common.transport import TaskNotFound, TransportError
 
 __all__ = ["HttpTaskSubmitter", "SubmitRefused", "WorkerStatus"]
 
 log = structlog.get_logger("aivtuber_input.workers")
 
-# Which worker took which task, so a cancel goes to the right one; bounded, oldest dropped.
+# Which worker took which task for which tenant, so a cancel goes to the right one and only
+# from its tenant; bounded, oldest dropped.
 MAX_REMEMBERED_TASKS = 10_000
+# What a worker said to DELETE: stopped, had it but not running, does not have it (or not
+# for this tenant), or could not be asked.
+_GONE = "gone"
+VOICES_PATH = "/v1/voices"
+MAX_VOICES = 1000  # per worker: a broken or hostile worker cannot flood a client
+# list_voices answers from a list at most this old, fetched once for concurrent askers: a
+# client repeating list_voices cannot turn into a stream of requests to every worker.
+VOICES_CACHE_S = 1.0
 
 
 class SubmitRefused(TransportError):
@@ -53,6 +74,13 @@ class WorkerStatus:
     capacity: int = 1
     given: int = 0  # tasks given since the last probe
     last_error: str | None = None
+    # What the last probe (or submission) said: ready (200), starting (503 "starting": voices
+    # still loading), down (anything else), unknown (not probed yet).
+    state: Literal["unknown", "starting", "ready", "down"] = "unknown"
+
+    @property
+    def warming(self) -> bool:
+        return self.state in ("unknown", "starting")
 
     @property
     def load(self) -> float:
@@ -66,6 +94,7 @@ class WorkerStatus:
             "running": self.running,
             "queued": self.queued,
             "capacity": self.capacity,
+            "state": self.state,
             "last_error": self.last_error,
         }
 
@@ -80,20 +109,39 @@ class HttpTaskSubmitter:
         *,
         timeout_s: float,
         token: str | None = None,
+        ready_wait_s: float = 0.0,
+        on_accepted: Callable[[str, str], None] | None = None,
     ) -> None:
         self.client = client
+        self.ready_wait_s = ready_wait_s
+        self.on_accepted = on_accepted  # (task id, worker URL): who took which task
         self.workers = [WorkerStatus(url) for url in workers]
         self.timeout = httpx.Timeout(timeout_s)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._rotation = itertools.count()
-        self._owners: OrderedDict[str, WorkerStatus] = OrderedDict()
+        self._owners: OrderedDict[str, tuple[WorkerStatus, str | None]] = OrderedDict()
+        # Set (and replaced) after every probe round: what wait_ready() waits on.
+        self._probed = asyncio.Event()
+        self._voices_lock = asyncio.Lock()
+        self._voices_cache: tuple[float, list[VoiceInfo]] | None = None
 
     async def submit(self, task: SubmitTask) -> SubmitAccepted:
+        await self.wait_ready(self.ready_wait_s)
         problems: list[str] = []  # one short reason per worker, in the order tried
+        unknown: SubmitRefused | None = None
         for worker in self._candidates():
-            accepted = await self._try(worker, task, problems)
+            try:
+                accepted = await self._try(worker, task, problems)
+            except SubmitRefused as refused:
+                if refused.code != "unknown_voice":
+                    raise
+                unknown = refused  # another worker may have the voice
+                problems.append(f"{worker.url} unknown_voice")
+                continue
             if accepted is not None:
                 return accepted
+        if unknown is not None and all(p.endswith(" unknown_voice") for p in problems):
+            raise unknown
         log.warning("no_worker_available", task_id=task.task_id, problems=problems)
         # The client learns why, not where: worker addresses stay in the log.
         reasons = Counter(problem.split(" ", 1)[1] for problem in problems)
@@ -102,17 +150,70 @@ class HttpTaskSubmitter:
             f"No TTS worker is available right now ({summary}); try again in a moment."
         )
 
-    async def cancel(self, task_id: str) -> bool:
+    async def cancel(self, task_id: str, tenant: str | None = None) -> bool:
         owner = self._owners.get(task_id)
-        targets = [owner] if owner is not None else self.workers
-        results = await asyncio.gather(*(self._delete(worker, task_id) for worker in targets))
+        if owner is not None and owner[1] != tenant:
+            raise _not_found(task_id)  # another tenant's: exactly like an unknown task
+        targets = [owner[0]] if owner is not None else self.workers
+        results = await asyncio.gather(
+            *(self._delete(worker, task_id, tenant) for worker in targets)
+        )
         if all(result is None for result in results):
             raise TransportError("No TTS worker could be reached to cancel the task.")
-        return any(results)
+        if any(result is True for result in results):
+            return True
+        if owner is None and all(result in (_GONE, None) for result in results):
+            raise _not_found(task_id)  # no worker has it for this tenant
+        return False  # it was this tenant's, and it already ended
+
+    async def voices(self) -> list[VoiceInfo]:
+        """Every worker's voices, merged by name (ready if ready on any worker), sorted."""
+        async with self._voices_lock:
+            cached = self._voices_cache
+            if cached is not None and time.monotonic() - cached[0] < VOICES_CACHE_S:
+                return cached[1]
+            voices = await self._gather_voices()
+            self._voices_cache = (time.monotonic(), voices)
+            return voices
+
+    async def _gather_voices(self) -> list[VoiceInfo]:
+        answers = await asyncio.gather(*(self._voices_of(worker) for worker in self.workers))
+        if all(answer is None for answer in answers):
+            raise TransportError("No TTS worker answered the voice list; try again in a moment.")
+        merged: dict[str, VoiceInfo] = {}
+        for answer in answers:
+            for voice in answer or []:
+                known = merged.get(voice.name)
+                if known is None or (voice.ready and not known.ready):
+                    merged[voice.name] = voice
+        return [merged[name] for name in sorted(merged)]
 
     async def refresh(self) -> None:
         """Probe every worker's ``GET /health`` once (concurrently)."""
         await asyncio.gather(*(self._probe(worker) for worker in self.workers))
+        probed, self._probed = self._probed, asyncio.Event()
+        probed.set()
+
+    @property
+    def ready(self) -> bool:
+        """A worker is ready for a task (warm and reachable)."""
+        return any(worker.state == "ready" for worker in self.workers)
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """Until a worker is ready, for ``timeout_s`` at most while any is still warming up
+        (not when all are down: that is not worth a wait). True if one is ready."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.ready and any(worker.warming for worker in self.workers):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._probed.wait()
+            except TimeoutError:
+                break
+        return self.ready
 
     async def run_health_checks(self, interval_s: float) -> None:
         """Probe forever; the lifespan owns (and cancels) the task running this."""
@@ -122,7 +223,7 @@ class HttpTaskSubmitter:
 
     @property
     def available(self) -> int:
-        return sum(1 for worker in self.workers if worker.healthy and not worker.busy)
+        return sum(1 for w in self.workers if w.state == "ready" and w.healthy and not w.busy)
 
     # --- internals ------------------------------------------------------------------------
 
@@ -151,8 +252,11 @@ class HttpTaskSubmitter:
             return None
         if response.status_code in (200, 201, 202):
             worker.healthy, worker.busy, worker.last_error = True, False, None
+            worker.state = "ready"
             worker.given += 1
-            self._remember(task.task_id, worker)
+            self._remember(task.task_id, worker, task.tenant)
+            if self.on_accepted is not None:
+                self.on_accepted(task.task_id, worker.url)
             return _accepted(response, task)
         refusal = _refusal(response)
         log.info(
@@ -175,17 +279,23 @@ class HttpTaskSubmitter:
         problems.append(f"{worker.url} {refusal.code}")
         return None
 
-    async def _delete(self, worker: WorkerStatus, task_id: str) -> bool | None:
-        """True: stopped; False: the worker does not have it; None: unreachable."""
+    async def _delete(
+        self, worker: WorkerStatus, task_id: str, tenant: str | None
+    ) -> bool | str | None:
+        """True: stopped; False: not running any more; _GONE: the worker does not have it
+        for this tenant; None: unreachable."""
+        headers = dict(self.headers)
+        if tenant is not None:
+            headers[TENANT_HEADER] = tenant
         try:
             response = await self.client.delete(
-                f"{worker.url}{TASKS_PATH}/{task_id}", headers=self.headers, timeout=self.timeout
+                f"{worker.url}{TASKS_PATH}/{task_id}", headers=headers, timeout=self.timeout
             )
         except httpx.HTTPError as exc:
             log.warning("cancel_failed", worker=worker.url, error=type(exc).__name__)
             return None
         if response.status_code == 404:
-            return False
+            return _GONE
         if response.status_code != 200:
             log.warning("cancel_refused", worker=worker.url, status=response.status_code)
             return None
@@ -193,6 +303,30 @@ class HttpTaskSubmitter:
             return bool(response.json().get("cancelled", True))
         except (ValueError, AttributeError):
             return True
+
+    async def _voices_of(self, worker: WorkerStatus) -> list[VoiceInfo] | None:
+        """The worker's voices; None when it cannot be asked or answers nonsense."""
+        try:
+            response = await self.client.get(
+                worker.url + VOICES_PATH, headers=self.headers, timeout=self.timeout
+            )
+            data = response.json()
+            entries = data["voices"][:MAX_VOICES]
+            return [
+                VoiceInfo(
+                    name=entry["id"],
+                    language=entry.get("language") or "und",
+                    sample_rate=entry["sample_rate"],
+                    engine=entry["engine"],
+                    ready=entry.get("state") == "ready",
+                )
+                for entry in entries
+            ]
+        except httpx.HTTPError as exc:
+            log.warning("voices_unreachable", worker=worker.url, error=type(exc).__name__)
+        except (ValueError, KeyError, TypeError) as exc:  # JSON or shape or pydantic
+            log.warning("voices_unexpected", worker=worker.url, error=str(exc)[:200])
+        return None
 
     async def _probe(self, worker: WorkerStatus) -> None:
         try:
@@ -208,10 +342,17 @@ class HttpTaskSubmitter:
             data = {}
         if not isinstance(data, dict):
             data = {}
-        healthy = response.status_code == 200
+        # "degraded" because another voice failed to load: still fit for the default voice.
+        healthy = response.status_code == 200 or _default_voice_ready(data)
         if healthy and not worker.healthy:
             log.info("worker_up", worker=worker.url)
         worker.healthy = healthy
+        if healthy:
+            worker.state = "ready"
+        elif response.status_code == 503 and data.get("status") == "starting":
+            worker.state = "starting"
+        else:
+            worker.state = "down"
         worker.busy = False
         worker.given = 0
         worker.running = _count(data, "running")
@@ -225,12 +366,17 @@ class HttpTaskSubmitter:
         if worker.healthy:
             log.warning("worker_down", worker=worker.url, reason=why)
         worker.healthy = False
+        worker.state = "down"
         worker.last_error = why
 
-    def _remember(self, task_id: str, worker: WorkerStatus) -> None:
-        self._owners[task_id] = worker
+    def _remember(self, task_id: str, worker: WorkerStatus, tenant: str | None) -> None:
+        self._owners[task_id] = (worker, tenant)
         if len(self._owners) > MAX_REMEMBERED_TASKS:
             self._owners.popitem(last=False)
+
+
+def _not_found(task_id: str) -> TaskNotFound:
+    return TaskNotFound(f"No task {task_id} is known: it never existed or is not yours.")
 
 
 def _accepted(response: httpx.Response, task: SubmitTask) -> SubmitAccepted:
@@ -250,6 +396,18 @@ def _refusal(response: httpx.Response) -> WorkerRefusal:
             code="busy" if response.status_code == 503 else f"http_{response.status_code}",
             message=f"The TTS worker answered HTTP {response.status_code}.",
         )
+
+
+def _default_voice_ready(data: dict[str, Any]) -> bool:
+    """A worker "degraded" because another voice failed still speaks its default voice."""
+    if data.get("status") != "degraded" or data.get("ingest_connected") is not True:
+        return False
+    voices = data.get("voices")
+    default = data.get("default_voice")
+    return isinstance(voices, list) and any(
+        isinstance(voice, dict) and voice.get("id") == default and voice.get("state") == "ready"
+        for voice in voices
+    )
 
 
 def _count(data: dict[str, Any], key: str) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import TypedDict
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,11 +29,18 @@ from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 
 from .ingest import IngestEndpoint
+from .keepalive import ping_settings
 from .metrics import OutputMetrics
 from .store import TaskState, TaskStore
 from .stream import OutputEndpoint
 
 __all__ = ["create_app"]
+
+
+class OutputState(TypedDict):
+    """The lifespan state: what every request of the app sees (``request.state``)."""
+
+    store: TaskStore
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -56,13 +64,14 @@ def create_app(settings: Settings) -> Starlette:
     started = time.monotonic()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[OutputState]:
         try:
-            yield
+            yield {"store": store}
         finally:
             store.close()  # TTL and watchdog timers
 
     async def task_audio(request: Request) -> Response:
+        store: TaskStore = request.state.store
         task_id = request.path_params["task_id"]
         if (bad := _check_id(task_id)) is not None:
             return bad
@@ -88,6 +97,7 @@ def create_app(settings: Settings) -> Starlette:
         )
 
     async def task_status(request: Request) -> Response:
+        store: TaskStore = request.state.store
         task_id = request.path_params["task_id"]
         if (bad := _check_id(task_id)) is not None:
             return bad
@@ -104,6 +114,7 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse(body)
 
     async def health(request: Request) -> Response:
+        store: TaskStore = request.state.store
         states = {state.value: 0 for state in TaskState}
         for snapshot in store.snapshots():
             states[snapshot.state.value] += 1
@@ -119,18 +130,20 @@ def create_app(settings: Settings) -> Starlette:
             }
         )
 
-    ingest = IngestEndpoint(store, metrics, settings.internal_token)
+    _, ping_timeout_s = ping_settings(config)
+    ingest = IngestEndpoint(store, metrics, settings.internal_token, stall_s=ping_timeout_s)
     routes = [
-        WebSocketRoute("/ws/output/{task_id}", OutputEndpoint(store, metrics).handle),
+        WebSocketRoute(
+            "/ws/output/{task_id}",
+            OutputEndpoint(store, metrics, settings.internal_token).handle,
+        ),
         WebSocketRoute(INGEST_PATH, ingest.handle),
         Route("/tasks/{task_id}/audio.wav", task_audio),
         Route("/status/{task_id}", task_status),
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.store = store
-    return app
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def _check_id(task_id: str) -> Response | None:

@@ -4,7 +4,9 @@ One WebSocket per worker carries many interleaved tasks (protocol in
 :mod:`aivtuber_common.internal`): TaskOpen JSON, binary frames (header + PCM), TaskEnd JSON.
 The endpoint only moves messages into the :class:`~aivtuber_output.store.TaskStore`; it
 never waits for a subscriber. When the connection drops, every unfinished task it carried
-fails with ``worker_lost``.
+fails with ``worker_lost``; when it was closed after the worker had been silent for the
+keepalive timeout (it stopped answering pings: hung, see :mod:`.keepalive`), with
+``timeout``.
 
 A message that does not fit (bad JSON, a frame for an unknown task) is logged and counted,
 and the connection stays up: one bad message must not fail every task of the worker.
@@ -12,6 +14,7 @@ and the connection stays up: one bad message must not fail every task of the wor
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
 
@@ -41,10 +44,18 @@ def authorized(headers: object, token: str | None) -> bool:
 class IngestEndpoint:
     """The ASGI WebSocket endpoint; one instance per app."""
 
-    def __init__(self, store: TaskStore, metrics: OutputMetrics, token: str | None) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        metrics: OutputMetrics,
+        token: str | None,
+        stall_s: float | None = None,
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.token = token
+        # Silent this long before the connection dropped: the worker stopped answering.
+        self.stall_s = stall_s
         self._ids = itertools.count(1)
         self.connections = 0
 
@@ -59,24 +70,38 @@ class IngestEndpoint:
         log.info("ingest_connected", client=_client(websocket))
         self.metrics.ingest_connections.inc()
         self.connections += 1
+        silent_for = 0.0
         try:
-            await self._pump(websocket, source)
+            silent_for = await self._pump(websocket, source)
         finally:
             self.metrics.ingest_connections.dec()
             self.connections -= 1
-            lost = self.store.source_lost(source)
+            if self.stall_s is not None and silent_for >= self.stall_s:
+                lost = self.store.source_lost(
+                    source,
+                    "timeout",
+                    f"The TTS worker stopped answering (silent for {silent_for:.0f} s, "
+                    "no reply to keepalive pings).",
+                )
+                log.warning("ingest_stalled", silent_s=round(silent_for, 1), tasks_lost=len(lost))
+            else:
+                lost = self.store.source_lost(source)
             log.info("ingest_disconnected", tasks_lost=len(lost))
             structlog.contextvars.unbind_contextvars("ingest")
 
-    async def _pump(self, websocket: WebSocket, source: str) -> None:
+    async def _pump(self, websocket: WebSocket, source: str) -> float:
+        """Until the connection drops; how long the worker had been silent by then."""
         # Tasks opened on this connection are tagged with ``source`` so they fail if it drops.
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
             try:
                 message = await websocket.receive()
             except WebSocketDisconnect:
-                return
+                return loop.time() - last
             if message["type"] == "websocket.disconnect":
-                return
+                return loop.time() - last
+            last = loop.time()
             try:
                 if (data := message.get("bytes")) is not None:
                     self._frame(data)
@@ -88,12 +113,12 @@ class IngestEndpoint:
 
     def _frame(self, data: bytes) -> None:
         try:
-            task_id, chunk_id, level, pcm = decode_frame(data)
+            task_id, chunk_id, level, pcm, visemes = decode_frame(data)
         except ValueError as exc:
             raise IngestError(str(exc)) from exc
         # The level travels as a float32: round it once so every subscriber's JSON reads
         # 0.1234, not 0.12340000271797180.
-        gap = self.store.append(task_id, chunk_id, round(level, 4), bytes(pcm))
+        gap = self.store.append(task_id, chunk_id, round(level, 4), bytes(pcm), visemes)
         (self.metrics.first_frame if chunk_id == 0 else self.metrics.frame_gap).observe(gap)
         self.metrics.frames.inc()
         self.metrics.bytes.inc(len(pcm))

@@ -106,7 +106,9 @@ def create_redis_app(settings: Settings) -> Starlette:
         return JSONResponse(body, status_code=200 if link.up else 503)
 
     routes = [
-        WebSocketRoute("/ws/output/{task_id}", OutputEndpoint(source, metrics).handle),
+        WebSocketRoute(
+            "/ws/output/{task_id}", OutputEndpoint(source, metrics, settings.internal_token).handle
+        ),
         Route("/tasks/{task_id}/audio.wav", task_audio),
         Route("/status/{task_id}", task_status),
         Route("/health", health),

@@ -29,9 +29,10 @@ from typing import Any
 import structlog
 
 from aivtuber_common.bus import BusUnavailable, RedisLink
-from aivtuber_common.bus.streams import DATA, K_END, K_FRAME, K_OPEN, KIND, SAMPLES
-from aivtuber_common.internal import TaskEnd, TaskOpen, decode_frame
+from aivtuber_common.bus.streams import DATA, K_END, K_FRAME, K_OPEN, K_QUEUED, KIND, SAMPLES
+from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, decode_frame
 from aivtuber_common.transport import FrameEvent
+from aivtuber_common.visemes import Track
 
 from .store import TaskNotFound, TaskSnapshot, TaskState
 
@@ -60,14 +61,18 @@ class RedisFrameSource:
     def subscriber_count(self) -> int:
         return sum(self.subscribers.values())
 
-    async def read(self, task_id: str, from_chunk: int = 0) -> AsyncGenerator[FrameEvent, None]:
-        """TaskOpen, frames ``(chunk_id, level, pcm)`` from ``from_chunk``, then TaskEnd.
+    async def read(
+        self, task_id: str, from_chunk: int = 0, tenant: str | None = None
+    ) -> AsyncGenerator[FrameEvent, None]:
+        """TaskOpen, frames ``(chunk_id, level, pcm, visemes)`` from ``from_chunk``, TaskEnd.
 
-        Raises TaskNotFound when no worker opens the task within ``task_wait_s``.
+        Raises TaskNotFound when no worker opens the task within ``task_wait_s``, and
+        likewise (after the same wait) when the task is another tenant's than ``tenant``
+        (None: anonymous), so a subscriber cannot learn that it exists.
         """
         self.subscribers[task_id] += 1
         try:
-            async for event in self._read(task_id, max(0, from_chunk)):
+            async for event in self._read(task_id, max(0, from_chunk), tenant):
                 yield event
         except BusUnavailable as exc:
             yield TaskEnd(task_id=task_id, status="failed", code=exc.code, message=str(exc))
@@ -126,7 +131,7 @@ class RedisFrameSource:
                     if kind == K_OPEN:
                         opened = TaskOpen.model_validate_json(fields[DATA])
                     elif kind == K_FRAME:
-                        pcm.append(bytes(decode_frame(fields[DATA])[3]))
+                        pcm.append(bytes(decode_frame(fields[DATA]).pcm))
                     elif kind == K_END:
                         end = TaskEnd.model_validate_json(fields[DATA])
                     start = "(" + entry_id.decode()
@@ -144,7 +149,9 @@ class RedisFrameSource:
 
     # --- internals ------------------------------------------------------------------------
 
-    async def _read(self, task_id: str, position: int) -> AsyncGenerator[FrameEvent, None]:
+    async def _read(
+        self, task_id: str, position: int, tenant: str | None
+    ) -> AsyncGenerator[FrameEvent, None]:
         feed = self._feeds.get(task_id)
         if feed is None:
             feed = self._feeds[task_id] = _Feed(task_id)
@@ -154,14 +161,19 @@ class RedisFrameSource:
         feed.readers += 1
         try:
             deadline = time.monotonic() + self.task_wait_s
+            not_found = TaskNotFound(
+                f"No task {task_id} was started within {self.task_wait_s:g} s."
+            )
             while feed.opened is None and feed.end is None:
                 try:
                     async with asyncio.timeout(deadline - time.monotonic()):
                         await feed.changed.wait()
                 except TimeoutError:
-                    raise TaskNotFound(
-                        f"No task {task_id} was started within {self.task_wait_s:g} s."
-                    ) from None
+                    raise not_found from None
+            if not feed.owned_by(tenant):
+                # Another tenant's task: the same wait and the same answer as an unknown one.
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                raise not_found
             if feed.opened is None:  # cancelled before any worker took it, or Redis lost
                 assert feed.end is not None
                 yield feed.end
@@ -176,8 +188,8 @@ class RedisFrameSource:
                     )
                     return
                 while position - feed.base < len(feed.frames):
-                    level, pcm = feed.frames[position - feed.base]
-                    yield (position, level, pcm)
+                    level, pcm, visemes = feed.frames[position - feed.base]
+                    yield (position, level, pcm, visemes)
                     position += 1
                 if feed.end is not None:
                     self._remember(task_id, feed.end, feed.base + len(feed.frames), feed.samples)
@@ -243,8 +255,10 @@ class _Feed:
 
     task_id: str
     opened: TaskOpen | None = None
+    queued_by: str | None = None  # the tenant of the SubmitTask (until the TaskOpen says)
+    queued: bool = False
     base: int = 0  # the first chunk kept (above 0 once MAXLEN trimmed the stream's start)
-    frames: list[tuple[float, bytes]] = field(default_factory=list)
+    frames: list[tuple[float, bytes, Track | None]] = field(default_factory=list)
     samples: int = 0  # of the whole task up to the last frame, as the worker counted
     end: TaskEnd | None = None
     readers: int = 0
@@ -253,10 +267,12 @@ class _Feed:
 
     def take(self, fields: dict[bytes, bytes]) -> None:
         kind = fields.get(KIND)
-        if kind == K_OPEN:
+        if kind == K_QUEUED:
+            self.queued, self.queued_by = True, SubmitTask.model_validate_json(fields[DATA]).tenant
+        elif kind == K_OPEN:
             self.opened = TaskOpen.model_validate_json(fields[DATA])
         elif kind == K_FRAME:
-            _, chunk_id, level, pcm = decode_frame(fields[DATA])
+            _, chunk_id, level, pcm, visemes = decode_frame(fields[DATA])
             if not self.frames:
                 self.base = chunk_id
             elif chunk_id != self.base + len(self.frames):
@@ -265,10 +281,20 @@ class _Feed:
                 )
                 return
             # The level travels as a float32: rounded once, as on the direct bus.
-            self.frames.append((round(level, 4), bytes(pcm)))
+            self.frames.append((round(level, 4), bytes(pcm), visemes))
             self.samples = int(fields.get(SAMPLES, 0))
         elif kind == K_END:
             self.end = TaskEnd.model_validate_json(fields[DATA])
+
+    def owned_by(self, tenant: str | None) -> bool:
+        """Whether ``tenant`` may read this task: its TaskOpen's tenant, else its
+        SubmitTask's. A task with neither (entries trimmed, or failed here before any
+        was read) is nobody's to tell apart: readable, as it holds nothing to leak."""
+        if self.opened is not None:
+            return self.opened.tenant == tenant
+        if self.queued:
+            return self.queued_by == tenant
+        return True
 
     def finish(self, end: TaskEnd) -> None:
         if self.end is None:

@@ -19,7 +19,8 @@ holds it for ``task_wait_s``. Finished tasks stay ``task_ttl_s``; beyond
 Exceptions::
 
     TransportError (aivtuber_common.transport)
-     ├── TaskNotFound      code "task_not_found": nothing announced within task_wait_s
+     ├── TaskNotFound      code "task_not_found": nothing announced within task_wait_s (for
+     │                     this tenant: another tenant's task is not found, after the same wait)
      └── IngestError       code "ingest_error": a worker sent something that does not fit
 """
 
@@ -33,7 +34,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from aivtuber_common.internal import TaskEnd, TaskOpen
-from aivtuber_common.transport import FrameEvent, TransportError
+from aivtuber_common.transport import FrameEvent, TaskNotFound, TransportError
+from aivtuber_common.visemes import Track
 
 __all__ = ["IngestError", "TaskNotFound", "TaskSnapshot", "TaskState", "TaskStore"]
 
@@ -46,10 +48,6 @@ class TaskState(StrEnum):
     COMPLETED = "completed"
     CANCELLED = "cancelled"
     FAILED = "failed"
-
-
-class TaskNotFound(TransportError):
-    code = "task_not_found"
 
 
 class IngestError(TransportError):
@@ -72,7 +70,7 @@ class TaskSnapshot:
 class _Task:
     task_id: str
     open: TaskOpen | None = None
-    frames: list[tuple[float, bytes]] = field(default_factory=list)
+    frames: list[tuple[float, bytes, Track | None]] = field(default_factory=list)
     end: TaskEnd | None = None
     source: Hashable | None = None
     subscribers: int = 0
@@ -129,8 +127,11 @@ class TaskStore:
         task.last_event_at = time.monotonic()
         task.notify()
 
-    def append(self, task_id: str, chunk_id: int, level: float, pcm: bytes) -> float:
-        """Store one frame; returns the seconds since the task's previous event."""
+    def append(
+        self, task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None = None
+    ) -> float:
+        """Store one frame (and its viseme track); returns the seconds since the task's
+        previous event."""
         task = self._live(task_id, "a frame")
         if chunk_id != len(task.frames):
             # A gap or a repeat means the stream is not what the worker made: fail it
@@ -151,7 +152,7 @@ class TaskStore:
         task.last_event_at = now
         if not task.frames:
             self._arm_watchdog(task, self.task_timeout_s)
-        task.frames.append((level, pcm))
+        task.frames.append((level, pcm, visemes))
         task.nbytes += len(pcm)
         task.samples += len(pcm) // SAMPLE_WIDTH
         self.buffered_bytes += len(pcm)
@@ -172,7 +173,12 @@ class TaskStore:
         self._finish(task, TaskEnd(task_id=task_id, status="failed", code=code, message=message))
         return True
 
-    def source_lost(self, source: Hashable) -> list[str]:
+    def source_lost(
+        self,
+        source: Hashable,
+        code: str = "worker_lost",
+        message: str = "The TTS worker's connection was lost before the task finished.",
+    ) -> list[str]:
         """The worker connection ``source`` is gone: fail its unfinished tasks."""
         lost = [
             task.task_id
@@ -180,36 +186,36 @@ class TaskStore:
             if task.source == source and task.end is None and task.open is not None
         ]
         for task_id in lost:
-            self.fail(
-                task_id,
-                "worker_lost",
-                "The TTS worker's connection was lost before the task finished.",
-            )
+            self.fail(task_id, code, message)
         return lost
 
     # --- reader side (subscribers, HTTP) --------------------------------------------------
 
-    async def read(self, task_id: str, from_chunk: int = 0) -> AsyncGenerator[FrameEvent, None]:
-        """TaskOpen, then frames ``(chunk_id, level, pcm)`` from ``from_chunk``, then TaskEnd.
+    async def read(
+        self, task_id: str, from_chunk: int = 0, tenant: str | None = None
+    ) -> AsyncGenerator[FrameEvent, None]:
+        """TaskOpen, frames ``(chunk_id, level, pcm, visemes)`` from ``from_chunk``, TaskEnd.
 
-        Raises TaskNotFound when the task is not announced within ``task_wait_s``. Use it
-        inside ``contextlib.aclosing`` so an abandoned read is counted out at once.
+        Raises TaskNotFound when the task is not announced for ``tenant`` (None: anonymous)
+        within ``task_wait_s``: a task of another tenant waits the same and fails the same
+        as one that does not exist, so a subscriber cannot learn that it does. Use it inside
+        ``contextlib.aclosing`` so an abandoned read is counted out at once.
         """
         task = self._tasks.get(task_id)
         if task is None:
             task = self._tasks[task_id] = _Task(task_id)
         task.subscribers += 1
         try:
-            if task.open is None:
-                await self._wait_for_open(task)
+            if task.open is None or task.open.tenant != tenant:
+                await self._wait_for_open(task, tenant)
             assert task.open is not None
             yield task.open
             position = max(0, from_chunk)
             while True:
                 frames = task.frames
                 while position < len(frames):
-                    level, pcm = frames[position]
-                    yield (position, level, pcm)
+                    level, pcm, visemes = frames[position]
+                    yield (position, level, pcm, visemes)
                     position += 1
                 if task.end is not None:
                     yield task.end
@@ -234,7 +240,7 @@ class TaskStore:
         task = self._tasks.get(task_id)
         if task is None:
             return None
-        return _snapshot(task), b"".join(pcm for _, pcm in task.frames)
+        return _snapshot(task), b"".join(frame[1] for frame in task.frames)
 
     @property
     def subscriber_count(self) -> int:
@@ -248,10 +254,10 @@ class TaskStore:
 
     # --- internals ------------------------------------------------------------------------
 
-    async def _wait_for_open(self, task: _Task) -> None:
+    async def _wait_for_open(self, task: _Task, tenant: str | None) -> None:
         try:
             async with asyncio.timeout(self.task_wait_s):
-                while task.open is None:
+                while task.open is None or task.open.tenant != tenant:
                     await task.changed.wait()
         except TimeoutError:
             raise TaskNotFound(

@@ -22,6 +22,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aivtuber_common.closecodes import AppCloseCode, CloseCode
+from aivtuber_common.identity import read_identity
 from aivtuber_common.internal import TaskEnd, TaskOpen
 from aivtuber_common.protocol import (
     AudioChunk,
@@ -31,6 +32,7 @@ from aivtuber_common.protocol import (
     dump,
     is_canonical_uuid,
 )
+from aivtuber_common.visemes import Track
 
 from .metrics import OutputMetrics
 from .redis_source import RedisFrameSource
@@ -44,9 +46,15 @@ SAMPLE_WIDTH = 2
 
 
 class OutputEndpoint:
-    def __init__(self, store: TaskStore | RedisFrameSource, metrics: OutputMetrics) -> None:
+    def __init__(
+        self,
+        store: TaskStore | RedisFrameSource,
+        metrics: OutputMetrics,
+        internal_token: str | None = None,
+    ) -> None:
         self.store = store
         self.metrics = metrics
+        self.internal_token = internal_token
 
     async def handle(self, websocket: WebSocket) -> None:
         task_id: str = websocket.path_params["task_id"]
@@ -77,9 +85,12 @@ class OutputEndpoint:
             )
             self.metrics.subscriptions.labels("invalid_from_chunk").inc()
             return
+        # Whose subscription this is, as the gateway says (believed only from it).
+        peer = websocket.client.host if websocket.client else None
+        tenant = read_identity(websocket.headers.items(), peer, self.internal_token).tenant
         structlog.contextvars.bind_contextvars(task_id=task_id)
         self.metrics.subscribers.inc()
-        sender = asyncio.create_task(self._send(websocket, task_id, from_chunk))
+        sender = asyncio.create_task(self._send(websocket, task_id, from_chunk, tenant))
         watcher = asyncio.create_task(_client_gone(websocket))
         try:
             await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -95,19 +106,23 @@ class OutputEndpoint:
         self.metrics.subscriptions.labels(outcome).inc()
         log.debug("subscriber_done", task_id=task_id, outcome=outcome, from_chunk=from_chunk)
 
-    async def _send(self, websocket: WebSocket, task_id: str, from_chunk: int) -> str:
+    async def _send(
+        self, websocket: WebSocket, task_id: str, from_chunk: int, tenant: str | None
+    ) -> str:
         """Stream the task; returns how it ended (a metrics label)."""
         opened: TaskOpen | None = None
         next_chunk, samples = from_chunk, 0  # what this subscriber saw, if the task is evicted
         try:
-            async with contextlib.aclosing(self.store.read(task_id, from_chunk)) as events:
+            reader = self.store.read(task_id, from_chunk, tenant)
+            async with contextlib.aclosing(reader) as events:
                 async for event in events:
                     match event:
                         case TaskOpen():
                             opened = event
                             await websocket.send_text(_audio_start(event))
-                        case (chunk_id, level, pcm):
-                            await websocket.send_text(_audio_chunk(task_id, chunk_id, level, pcm))
+                        case (chunk_id, level, pcm, visemes):
+                            chunk = _audio_chunk(task_id, chunk_id, level, pcm, visemes)
+                            await websocket.send_text(chunk)
                             await websocket.send_bytes(pcm)
                             next_chunk, samples = chunk_id + 1, samples + len(pcm) // SAMPLE_WIDTH
                             self.metrics.frames_sent.inc()
@@ -177,10 +192,16 @@ def _audio_start(event: TaskOpen) -> str:
     )
 
 
-def _audio_chunk(task_id: str, chunk_id: int, level: float, pcm: bytes) -> str:
+def _audio_chunk(
+    task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None
+) -> str:
     return dump(
         AudioChunk(
-            task_id=task_id, chunk_id=chunk_id, samples=len(pcm) // SAMPLE_WIDTH, level=level
+            task_id=task_id,
+            chunk_id=chunk_id,
+            samples=len(pcm) // SAMPLE_WIDTH,
+            level=level,
+            visemes=visemes,
         )
     )
 

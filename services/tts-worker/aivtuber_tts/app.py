@@ -4,12 +4,18 @@ Routes::
 
     POST   /v1/tasks             SubmitTask -> 202 SubmitAccepted | WorkerRefusal (400/401/404/503)
     DELETE /v1/tasks/{task_id}   -> 200 {"task_id", "cancelled": bool}
+                                 -> 404 WorkerRefusal(code="task_not_found")
+                                    (x-aivtuber-tenant: the canceller's tenant; a task of
+                                    another tenant is not found, exactly like an unknown one)
+    WS     /v1/tasks/events      TaskSnapshot, then each TaskEnd as tasks end (JSON text
+                                 messages); the input handlers count active tasks with it
     GET    /health               200 when ok, 503 while starting or degraded
     GET    /v1/voices            the configured voices, their engine, device and state
     GET    /metrics              Prometheus text
 
-The task endpoints demand ``Authorization: Bearer <internal_token>`` when one is set; the
-read-only ones do not (load balancers and scrapers poll them).
+The task endpoints demand ``Authorization: Bearer <internal_token>`` when one is set (the
+events socket closes with 4401 without it); the read-only ones do not (load balancers and
+scrapers poll them).
 
 The lifespan owns every resource: the HTTP client of remote engines, the engine threads,
 the ingest connection and the voices, which load in the background so ``/health`` says
@@ -31,10 +37,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from aivtuber_common.config import RedisBusSettings, Settings, TtsWorkerSettings
-from aivtuber_common.internal import TASKS_PATH, SubmitTask, WorkerRefusal
+from aivtuber_common.identity import TENANT_HEADER
+from aivtuber_common.internal import TASK_EVENTS_PATH, TASKS_PATH, SubmitTask, WorkerRefusal
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 
@@ -167,9 +175,36 @@ def create_app(
         if (denied := _check_token(request, token, worker)) is not None:
             return denied
         task_id = request.path_params["task_id"]
-        cancelled = await worker.manager.cancel(task_id)
+        # The input handler says whose cancel this is (it is trusted by the token above).
+        tenant = request.headers.get(TENANT_HEADER) or None
+        if not worker.manager.has(task_id, tenant):
+            message = f"No task {task_id} is queued or running here."
+            return _json(404, WorkerRefusal(code="task_not_found", message=message))
+        cancelled = await worker.manager.cancel(task_id, tenant)
         log.info("task_cancel_requested", task_id=task_id, cancelled=cancelled)
         return JSONResponse({"task_id": task_id, "cancelled": cancelled})
+
+    async def task_events(websocket: WebSocket) -> None:
+        worker: Worker = websocket.state.worker
+        await websocket.accept()
+        given = websocket.headers.get("authorization", "")
+        if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            log.warning("unauthorized", path=TASK_EVENTS_PATH)
+            await websocket.close(4401, "a valid internal token is required")
+            return
+        # Nothing is read from the follower: the reader only notices its close (or the
+        # server's shutdown), which ends the sender at once.
+        sender = asyncio.create_task(_send_events(websocket, worker.manager))
+        reader = asyncio.create_task(_drain(websocket))
+        try:
+            done, _ = await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sender, reader):
+                task.cancel()
+            await asyncio.gather(sender, reader, return_exceptions=True)
+        if sender in done and not sender.cancelled() and sender.exception() is None:
+            with contextlib.suppress(RuntimeError, OSError):
+                await websocket.close(1001, "worker shutting down")
 
     async def health(request: Request) -> Response:
         status, body = request.state.worker.health()
@@ -187,6 +222,7 @@ def create_app(
     return Starlette(
         routes=[
             Route(TASKS_PATH, submit, methods=["POST"]),
+            WebSocketRoute(TASK_EVENTS_PATH, task_events),
             Route(TASKS_PATH + "/{task_id}", cancel, methods=["DELETE"]),
             Route("/health", health, methods=["GET"]),
             Route("/v1/voices", voices, methods=["GET"]),
@@ -222,6 +258,18 @@ async def _cancel_and_wait(tasks: set[asyncio.Task[None]]) -> None:
     for result in results:
         if isinstance(result, Exception):
             log.error("background_task_failed", error=repr(result))
+
+
+async def _send_events(websocket: WebSocket, manager: TaskManager) -> None:
+    async with contextlib.aclosing(manager.events()) as events:
+        async for event in events:
+            await websocket.send_text(event.model_dump_json())
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Read until the follower closes (or the server does); what it sends is ignored."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
 
 
 async def _shutdown_executor(executor: ThreadPoolExecutor) -> None:

@@ -57,6 +57,11 @@ class TtsMetrics:
             "Engine slots running a piece right now (at most max_concurrent).",
             registry=r,
         )
+        self.pieces_waiting = Gauge(
+            "aivtuber_tts_pieces_waiting",
+            "Pieces of admitted tasks waiting for an engine slot, all tenants.",
+            registry=r,
+        )
         self.frames = Counter("aivtuber_tts_frames", "Frames sent.", registry=r)
         self.audio_seconds = Counter(
             "aivtuber_tts_audio_seconds", "Seconds of audio synthesised.", registry=r

@@ -49,6 +49,7 @@ from aivtuber_common.bus.streams import (
 )
 from aivtuber_common.config import RedisBusSettings, Settings
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, encode_frame
+from aivtuber_common.visemes import Track
 
 from .errors import IngestLost
 from .tasks import Refusal, TaskManager
@@ -85,9 +86,16 @@ class RedisFrameSink:
             # Opened before: a task claimed from a dead worker before it made audio.
         self._samples[task.task_id] = 0
 
-    async def append(self, task_id: str, chunk_id: int, level: float, pcm: bytes) -> None:
+    async def append(
+        self,
+        task_id: str,
+        chunk_id: int,
+        level: float,
+        pcm: bytes,
+        visemes: Track | None = None,
+    ) -> None:
         samples = self._samples.get(task_id, 0) + len(pcm) // SAMPLE_WIDTH
-        frame = encode_frame(task_id, chunk_id, level, pcm)
+        frame = encode_frame(task_id, chunk_id, level, pcm, visemes)
         fields = {KIND: K_FRAME, DATA: frame, SAMPLES: samples}
         try:
             await self._add(task_id, frame_entry_id(chunk_id), fields, trim=True)
@@ -405,7 +413,10 @@ class TaskConsumer:
                         continue
                     task_id = message["data"].decode(errors="replace")
                     if self.manager.holds(task_id):
-                        stop = asyncio.create_task(self.manager.cancel(task_id))
+                        # The input handler checked the canceller's tenant before it
+                        # ended the task and published its id here.
+                        tenant = self.manager.tenant_of(task_id)
+                        stop = asyncio.create_task(self.manager.cancel(task_id, tenant))
                         self._cancels.add(stop)
                         stop.add_done_callback(self._cancels.discard)
                         log.info("bus_task_cancelled", task_id=task_id)

@@ -1,15 +1,25 @@
-"""Engine slots handed out by urgency, so a new task's first piece goes ahead of audio that
-is not needed yet.
+"""Engine slots handed out fairly between tenants, and by urgency within a tenant, so a new
+task's first piece goes ahead of audio that is not needed yet.
 
 ``max_concurrent`` pieces run at once, each in a thread of the executor the app owns
 (onnxruntime releases the GIL). Every admitted task asks for a slot piece by piece, with a
 priority: the latest moment the piece can start and still be done in time (see
 ``TaskManager``: for later pieces, when the listener runs out of audio minus the piece's
-estimated synthesis time; for a first piece, shortly after the task arrived). The waiting
-piece with the smallest value gets the next free slot. So a task that just arrived is
-served as soon as one in-flight piece finishes, before long tasks' later sentences, which
-already have seconds of audio playing; and a stream about to underrun goes before one that
-is well ahead.
+estimated synthesis time; for a first piece, shortly after the task arrived).
+
+Between groups (a tenant, or one anonymous client address) the next free slot goes by
+start-time fair queueing over engine time: each group has a tag, the engine seconds it was
+given while it had pieces waiting; the waiting group with the smallest tag goes next, and a
+group that starts waiting again begins at the current virtual time (the tag the last piece
+started with), so idle time earns no credit. A piece is charged its estimated time when it
+starts and corrected by its measured time when it ends. So while one tenant keeps the
+worker full, another tenant's next piece runs as soon as one in-flight piece ends.
+
+Within a group the waiting piece with the smallest priority goes first (earliest deadline):
+a task that just arrived is served as soon as one in-flight piece finishes, before long
+tasks' later sentences, which already have seconds of audio playing; and a stream about to
+underrun goes before one that is well ahead. With one group (one user), that is all there
+is.
 
 A slot is given back when its thread finishes, not when the waiting coroutine is cancelled:
 a cancelled task stops awaiting at once, but the CPU stays busy with the piece until it
@@ -21,69 +31,160 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 __all__ = ["PieceScheduler"]
 
 T = TypeVar("T")
 
+# Groups that have nothing waiting or running and no debt beyond the virtual time carry no
+# state worth keeping; this many idle ones at most are kept before the oldest are dropped.
+MAX_IDLE_GROUPS = 256
+
+
+@dataclass(eq=False)
+class _Group:
+    tag: float = 0.0  # engine seconds charged (virtual finish time)
+    running: int = 0  # pieces of this group in a thread now
+    waiting: list[tuple[float, int, asyncio.Future[None], float]] = field(default_factory=list)
+
+    def head(self) -> tuple[float, int, asyncio.Future[None], float] | None:
+        """The most urgent piece still waiting (cancelled waiters are dropped here)."""
+        while self.waiting and self.waiting[0][2].done():
+            heapq.heappop(self.waiting)
+        return self.waiting[0] if self.waiting else None
+
 
 class PieceScheduler:
-    def __init__(self, slots: int, executor: Executor) -> None:
+    def __init__(
+        self, slots: int, executor: Executor, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        """``clock`` times the pieces (engine seconds); tests may hand in their own."""
         self.slots = slots
+        self._clock = clock
         self.busy = 0  # slots whose thread is running a piece
         self._executor = executor
-        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._groups: dict[str, _Group] = {}
+        self._vtime = 0.0  # the tag the most recently started piece started at
         self._order = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def waiting(self) -> int:
-        return sum(1 for _, _, future in self._waiting if not future.done())
+        return sum(
+            1
+            for group in self._groups.values()
+            for _, _, future, _ in group.waiting
+            if not future.done()
+        )
 
-    async def run(self, deadline: float, work: Callable[[], T]) -> T:
-        """Run ``work`` in a slot once it is this piece's turn; its result or exception."""
+    async def run(
+        self, deadline: float, work: Callable[[], T], *, group: str = "", cost: float = 0.0
+    ) -> T:
+        """Run ``work`` in a slot once it is this piece's turn; its result or exception.
+
+        ``group``: whose piece it is (fair sharing); ``cost``: its estimated engine seconds.
+        """
         self._loop = asyncio.get_running_loop()
-        await self._acquire(deadline)
+        owner = await self._acquire(group, deadline, cost)
+        elapsed = 0.0
+
+        def timed() -> T:
+            nonlocal elapsed
+            started = self._clock()
+            try:
+                return work()
+            finally:
+                elapsed = self._clock() - started
+
         try:
-            future = self._executor.submit(work)
+            future = self._executor.submit(timed)
         except BaseException:
-            self._release()
+            self._finished(owner, cost, 0.0)
             raise
-        future.add_done_callback(self._release_from_thread)
+        future.add_done_callback(
+            lambda _: self._from_thread(lambda: self._finished(owner, cost, elapsed))
+        )
         return await asyncio.wrap_future(future)
 
-    async def _acquire(self, deadline: float) -> None:
+    async def _acquire(self, name: str, deadline: float, cost: float) -> _Group:
+        group = self._group(name)
         if self.busy < self.slots and not self.waiting:
             self.busy += 1
-            return
+            self._start(group, cost)
+            return group
         assert self._loop is not None
+        if group.head() is None:
+            # Starts waiting: from now on, not with the credit of the time it was idle.
+            group.tag = max(group.tag, self._vtime)
         turn: asyncio.Future[None] = self._loop.create_future()
-        heapq.heappush(self._waiting, (deadline, next(self._order), turn))
+        heapq.heappush(group.waiting, (deadline, next(self._order), turn, cost))
         try:
             await turn
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
-                self._release()  # the slot was handed over just as we were cancelled
+                self._finished(group, cost, 0.0)  # handed over just as we were cancelled
             raise
+        return group
+
+    def _group(self, name: str) -> _Group:
+        group = self._groups.get(name)
+        if group is None:
+            group = self._groups[name] = _Group(tag=self._vtime)
+        return group
+
+    def _start(self, group: _Group, cost: float) -> None:
+        self._vtime = max(self._vtime, group.tag)
+        group.tag += cost
+        group.running += 1
+
+    def _finished(self, group: _Group, charged: float, elapsed: float) -> None:
+        group.running -= 1
+        group.tag += elapsed - charged  # the estimate, corrected by what the piece took
+        self._release()
 
     def _release(self) -> None:
-        # Hand the slot straight to the most urgent waiter, so busy never dips and a
-        # fresh arrival cannot jump the queue in between.
-        while self._waiting:
-            _, _, turn = heapq.heappop(self._waiting)
-            if not turn.done():
-                turn.set_result(None)
-                return
-        self.busy -= 1
+        # Hand the slot straight to the next piece, so busy never dips and a fresh arrival
+        # cannot jump the queue in between.
+        best: tuple[float, float, int] | None = None
+        chosen: _Group | None = None
+        for group in self._groups.values():
+            head = group.head()
+            if head is not None and (best is None or (group.tag, head[0], head[1]) < best):
+                best, chosen = (group.tag, head[0], head[1]), group
+        if chosen is None:
+            self.busy -= 1
+        else:
+            _, _, turn, cost = heapq.heappop(chosen.waiting)
+            self._start(chosen, cost)
+            turn.set_result(None)
+        self._forget_idle()
 
-    def _release_from_thread(self, _: object) -> None:
+    def _forget_idle(self) -> None:
+        idle = [
+            name
+            for name, group in self._groups.items()
+            if group.running == 0 and group.head() is None
+        ]
+        for name in idle:
+            # A group at or behind the virtual time would restart there anyway.
+            if self._groups[name].tag <= self._vtime:
+                del self._groups[name]
+        idle = [name for name in idle if name in self._groups]
+        if len(idle) > MAX_IDLE_GROUPS:
+            idle.sort(key=lambda name: self._groups[name].tag)
+            for name in idle[: len(idle) - MAX_IDLE_GROUPS]:
+                del self._groups[name]
+
+    def _from_thread(self, callback: Callable[[], None]) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
         try:
-            loop.call_soon_threadsafe(self._release)
+            loop.call_soon_threadsafe(callback)
         except RuntimeError:  # the loop closed between the check and the call
             pass

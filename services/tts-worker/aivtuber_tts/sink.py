@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from aivtuber_common.closecodes import AppCloseCode
 from aivtuber_common.internal import INGEST_PATH, TaskEnd, TaskOpen, encode_frame
+from aivtuber_common.visemes import Track
 
 from .errors import IngestLost
 
@@ -98,9 +99,16 @@ class IngestSink:
             self._open.pop(task.task_id, None)
             raise
 
-    async def append(self, task_id: str, chunk_id: int, level: float, pcm: bytes) -> None:
+    async def append(
+        self,
+        task_id: str,
+        chunk_id: int,
+        level: float,
+        pcm: bytes,
+        visemes: Track | None = None,
+    ) -> None:
         ws = self._socket_of(task_id)
-        await self._send(ws, encode_frame(task_id, chunk_id, level, pcm))
+        await self._send(ws, encode_frame(task_id, chunk_id, level, pcm, visemes))
 
     async def end(self, end: TaskEnd) -> None:
         ws = self._socket_of(end.task_id)

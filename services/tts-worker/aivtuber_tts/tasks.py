@@ -2,8 +2,15 @@
 
 A submitted task is admitted when its voice is ready, the output handler is connected and
 there is room (``max_concurrent`` engine slots plus ``max_queued`` waiting tasks; beyond that
-the worker says ``busy`` so the input handler tries another). It is announced to the output
-handler (TaskOpen) before the submitter hears 202, so a listener never races the worker.
+the worker says ``busy`` so the input handler tries another). One group (a tenant, or one
+anonymous client address) may hold at most ``tenant_share`` of that room, so a tenant that
+floods leaves room for the others. It is announced to the output handler (TaskOpen) before
+the submitter hears 202, so a listener never races the worker.
+
+Engine time is shared fairly between groups (see :mod:`aivtuber_tts.scheduler`). Whoever
+follows :meth:`TaskManager.events` (the input handlers, to count each tenant's active tasks)
+hears of every task's end, with a snapshot of the tasks held first and then every
+``TASK_SNAPSHOT_INTERVAL_S``.
 
 Each admitted task runs as one coroutine that pulls PCM pieces from its engine (pieces go
 through the :class:`~aivtuber_tts.scheduler.PieceScheduler`), cuts them into ``frame_ms``
@@ -23,21 +30,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import time
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from aivtuber_common.audio import FrameCutter, level
+from aivtuber_common.audio import level
 from aivtuber_common.config import TtsWorkerSettings
-from aivtuber_common.internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen
+from aivtuber_common.identity import Identity
+from aivtuber_common.internal import (
+    TASK_SNAPSHOT_INTERVAL_S,
+    SubmitAccepted,
+    SubmitTask,
+    TaskEnd,
+    TaskOpen,
+    TaskSnapshot,
+)
 from aivtuber_common.transport import FrameSink
+from aivtuber_common.visemes import Track
 
 from .errors import EngineError, IngestLost
 from .metrics import TtsMetrics
 from .scheduler import PieceScheduler
+from .visemes import TrackCutter
 from .voices import Voice, Voices, VoiceState
 
 __all__ = ["Refusal", "StopReason", "TaskManager"]
@@ -47,6 +66,12 @@ log = structlog.get_logger("aivtuber_tts.tasks")
 CANCEL_WAIT_S = 2.0  # DELETE waits this long for the TaskEnd to be on its way
 SHUTDOWN_WAIT_S = 3.0
 COST_SMOOTHING = 0.2  # weight of the newest piece in the engine's cost per character
+# Ended task ids repeated in every snapshot: a follower that connects just as a task ends
+# still learns of it (far more than can end between a submission and a snapshot).
+RECENTLY_ENDED = 128
+# TaskEnds queued for one follower; one that falls this far behind is disconnected (it
+# reconnects and catches up from the snapshot) instead of holding memory.
+FOLLOWER_BACKLOG = 1024
 
 
 class Refusal(Exception):
@@ -70,6 +95,8 @@ class _Job:
     task_id: str
     text: str
     voice: Voice
+    group: str  # fair sharing: Identity.limits_key of who spoke it
+    tenant: str | None = None  # who spoke it: only this tenant may cancel it
     accepted_at: float = field(default_factory=time.monotonic)
     started: bool = False  # its first piece reached an engine slot
     deadline: float = 0.0  # when its listener runs out of audio; see scheduler.py
@@ -98,6 +125,11 @@ class TaskManager:
         self.scheduler = scheduler
         self.metrics = metrics
         self.capacity = settings.max_concurrent + settings.max_queued
+        # Rounded up: a tiny worker (capacity 2) still lets one user fill it.
+        self.group_capacity = max(1, math.ceil(self.capacity * settings.tenant_share))
+        self._per_group: Counter[str] = Counter()
+        self._followers: set[asyncio.Queue[TaskEnd | None]] = set()
+        self._recently_ended: deque[str] = deque(maxlen=RECENTLY_ENDED)
         self._ingest_connected = ingest_connected
         self._jobs: dict[str, _Job] = {}
         self._seconds_per_char: dict[str, float] = {}  # per voice, a moving average
@@ -109,6 +141,7 @@ class TaskManager:
         metrics.running.set_function(lambda: self.running)
         metrics.queued.set_function(lambda: self.queued)
         metrics.engine_busy.set_function(lambda: scheduler.busy)
+        metrics.pieces_waiting.set_function(lambda: scheduler.waiting)
 
     @property
     def running(self) -> int:
@@ -126,13 +159,20 @@ class TaskManager:
     def holds(self, task_id: str) -> bool:
         return task_id in self._jobs
 
+    def tenant_of(self, task_id: str) -> str | None:
+        """The tenant of a task held here (bus seam: the Redis bus checked the canceller)."""
+        job = self._jobs.get(task_id)
+        return job.tenant if job is not None else None
+
     async def submit(self, task: SubmitTask) -> SubmitAccepted:
         """Admit and announce a task, or raise :class:`Refusal`."""
-        voice = self._admit(task)
+        group = Identity(tenant=task.tenant, client_ip=task.client or "unknown").limits_key
+        voice = self._admit(task, group)
         ahead = self.queued
-        job = _Job(task.task_id, task.text, voice)
+        job = _Job(task.task_id, task.text, voice, group, tenant=task.tenant)
         job.deadline = job.accepted_at + self.settings.first_chunk_slack_s
         self._jobs[task.task_id] = job  # reserved before the first await: no over-admission
+        self._per_group[group] += 1
         try:
             await self.sink.open(
                 TaskOpen(
@@ -146,6 +186,7 @@ class TaskManager:
             )
         except IngestLost as exc:
             del self._jobs[task.task_id]
+            self._ungroup(job)
             raise self._refuse(503, "not_ready", str(exc)) from exc
         runner = asyncio.create_task(self._run(job), name=f"tts-{task.task_id}")
         self._runners.add(runner)
@@ -153,10 +194,17 @@ class TaskManager:
         log.info("task_accepted", task_id=task.task_id, voice=voice.id, chars=len(task.text))
         return SubmitAccepted(task_id=task.task_id, voice=voice.id, queued=ahead)
 
-    async def cancel(self, task_id: str) -> bool:
-        """Stop a task; True when it was running here. Returns once its TaskEnd is sent."""
+    def has(self, task_id: str, tenant: str | None) -> bool:
+        """Whether ``task_id`` is queued or running here for ``tenant`` (another tenant's
+        task is as unknown to it as a task that never was)."""
         job = self._jobs.get(task_id)
-        if job is None or not self._stop(job, StopReason.CANCELLED):
+        return job is not None and job.tenant == tenant
+
+    async def cancel(self, task_id: str, tenant: str | None = None) -> bool:
+        """Stop a task of ``tenant``; True when it was running here. Returns once its TaskEnd
+        is sent."""
+        job = self._jobs.get(task_id)
+        if job is None or job.tenant != tenant or not self._stop(job, StopReason.CANCELLED):
             return False
         try:
             async with asyncio.timeout(CANCEL_WAIT_S):
@@ -164,6 +212,39 @@ class TaskManager:
         except TimeoutError:
             log.warning("cancel_slow", task_id=task_id)
         return True
+
+    def snapshot(self) -> TaskSnapshot:
+        return TaskSnapshot(active=list(self._jobs), ended=list(self._recently_ended))
+
+    async def events(self) -> AsyncGenerator[TaskSnapshot | TaskEnd, None]:
+        """A snapshot, then every task end as it happens, a snapshot again when quiet for
+        ``TASK_SNAPSHOT_INTERVAL_S``; ends at shutdown or when the follower falls behind."""
+        queue: asyncio.Queue[TaskEnd | None] = asyncio.Queue(FOLLOWER_BACKLOG)
+        self._followers.add(queue)
+        try:
+            yield self.snapshot()
+            while True:
+                try:
+                    async with asyncio.timeout(TASK_SNAPSHOT_INTERVAL_S):
+                        event = await queue.get()
+                except TimeoutError:
+                    yield self.snapshot()
+                    continue
+                if event is None:
+                    return
+                yield event
+        finally:
+            self._followers.discard(queue)
+
+    def _publish(self, end: TaskEnd | None) -> None:
+        for queue in list(self._followers):
+            try:
+                queue.put_nowait(end)
+            except asyncio.QueueFull:
+                self._followers.discard(queue)
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(None)  # ends that follower's stream
 
     def ingest_lost(self, task_ids: list[str]) -> None:
         """The connection these tasks were announced on dropped: stop them, no TaskEnd."""
@@ -181,10 +262,11 @@ class TaskManager:
                 runner.cancel()
             if pending:
                 await asyncio.wait(pending)
+        self._publish(None)
 
     # -- admission ---------------------------------------------------------------------
 
-    def _admit(self, task: SubmitTask) -> Voice:
+    def _admit(self, task: SubmitTask, group: str) -> Voice:
         voice_id = task.voice or self.voices.default
         voice = self.voices.get(voice_id)
         if voice is None:
@@ -206,6 +288,13 @@ class TaskManager:
                 "busy",
                 f"All {self.settings.max_concurrent} engine slots are busy and "
                 f"{self.settings.max_queued} tasks are waiting.",
+            )
+        if self._per_group[group] >= self.group_capacity:
+            raise self._refuse(
+                503,
+                "busy",
+                f"This client already has {self.group_capacity} tasks on this worker, its "
+                f"share of the {self.capacity}; the rest is kept for the others.",
             )
         return voice
 
@@ -280,9 +369,18 @@ class TaskManager:
             message=f"The TTS worker hit an unexpected error: {error}",
         )
 
+    def _ungroup(self, job: _Job) -> None:
+        self._per_group[job.group] -= 1
+        if self._per_group[job.group] <= 0:
+            del self._per_group[job.group]
+
     def _finish(self, job: _Job, end: TaskEnd | None) -> None:
-        self._jobs.pop(job.task_id, None)
+        if self._jobs.pop(job.task_id, None) is not None:
+            self._ungroup(job)
         job.done.set()
+        self._recently_ended.append(job.task_id)
+        # A task lost with the ingest link ended too: its listeners got worker_lost.
+        self._publish(end or TaskEnd(task_id=job.task_id, status="failed", code="worker_lost"))
         for hook in self.finished_hooks:
             hook(job.task_id, end)
         outcome: str = end.status if end is not None else "lost"
@@ -302,7 +400,7 @@ class TaskManager:
 
     async def _synthesise(self, job: _Job) -> None:
         engine = job.voice.engine
-        cutter = FrameCutter(engine.sample_rate, self.settings.frame_ms)
+        cutter = TrackCutter(engine.sample_rate, self.settings.frame_ms)
 
         async def run_piece(work: Callable[[], Any], chars: int) -> Any:
             elapsed = 0.0
@@ -319,19 +417,21 @@ class TaskManager:
             # Least slack first: the piece must be done by the deadline, so it must start
             # its estimated duration before it.
             estimate = chars * self._seconds_per_char.get(job.voice.id, 0.0)
-            result = await self.scheduler.run(job.deadline - estimate, timed)
+            result = await self.scheduler.run(
+                job.deadline - estimate, timed, group=job.group, cost=estimate
+            )
             job.engine_s += elapsed
             self._learn_cost(job.voice.id, elapsed, chars)
             return result
 
         # aclosing: a stopped task closes the engine's stream (and a remote request) at once.
         async with contextlib.aclosing(engine.stream(job.text, run_piece)) as pieces:
-            async for pcm in pieces:
+            async for piece in pieces:
                 job.started = True
-                for frame in cutter.push(pcm):
-                    await self._send(job, frame)
+                for frame, visemes in cutter.push(piece):
+                    await self._send(job, frame, visemes)
         if (last := cutter.flush()) is not None:
-            await self._send(job, last)
+            await self._send(job, *last)
 
     def _learn_cost(self, voice_id: str, elapsed: float, chars: int) -> None:
         if chars <= 0:
@@ -340,8 +440,8 @@ class TaskManager:
         previous = self._seconds_per_char.get(voice_id, sample)
         self._seconds_per_char[voice_id] = previous + (sample - previous) * COST_SMOOTHING
 
-    async def _send(self, job: _Job, frame: bytes) -> None:
-        await self.sink.append(job.task_id, job.chunks, level(frame), frame)
+    async def _send(self, job: _Job, frame: bytes, visemes: Track | None) -> None:
+        await self.sink.append(job.task_id, job.chunks, level(frame), frame, visemes)
         now = time.monotonic()
         if job.first_frame_at is None:
             job.first_frame_at = now

@@ -11,6 +11,7 @@ import enum
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import structlog
@@ -44,6 +45,7 @@ class Voice:
         return {
             "id": self.id,
             "engine": self.engine.name,
+            "language": self.settings.language or self.engine.language,
             "device": self.engine.device,
             "sample_rate": self.engine.sample_rate,
             "state": self.state.value,
@@ -75,7 +77,7 @@ class Voices:
                     warmup=settings.warmup,
                 ),
             )
-            for voice_id, voice in settings.voices.items()
+            for voice_id, voice in _with_data_dir(settings).items()
         }
         self.ready_s: float | None = None  # from app creation until every voice settled
         self._created = time.monotonic()
@@ -123,3 +125,14 @@ class Voices:
             device=voice.engine.device,
             load_s=round(voice.load_s, 3),
         )
+
+
+def _with_data_dir(settings: TtsWorkerSettings) -> dict[str, VoiceSettings]:
+    """The voices, a kokoro_ja voice's cache folder defaulting to <data_dir>/kokoro-ja."""
+    default_cache = str(Path(settings.data_dir).expanduser() / "kokoro-ja")
+    return {
+        voice_id: voice.model_copy(update={"cache_dir": default_cache})
+        if voice.engine == "kokoro_ja" and not voice.cache_dir
+        else voice
+        for voice_id, voice in settings.voices.items()
+    }

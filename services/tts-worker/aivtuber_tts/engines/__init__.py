@@ -14,16 +14,21 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 import httpx
+import numpy as np
 
 from aivtuber_common.config import VoiceSettings
 
 from ..errors import EngineError
-from ..splitting import split_sentences, split_text
+from ..splitting import split_sentences
+from ..visemes import pcm_of
 from .base import Engine, LocalEngine, RunPiece
+from .hibari import HibariEngine
 from .http import HttpEngine
+from .kokoro_ja import KokoroJaEngine
 from .piper import PiperEngine, cuda_available
 from .sine import SineEngine
 
@@ -32,23 +37,34 @@ __all__ = [
     "EngineError",
     "EngineFactory",
     "EngineTiming",
+    "HibariEngine",
     "HttpEngine",
+    "KokoroJaEngine",
     "LocalEngine",
     "PiperEngine",
     "RunPiece",
     "SineEngine",
     "build_engine",
     "cuda_available",
+    "first_audible_sample",
     "intra_op_threads",
     "measure",
 ]
 
 
 def intra_op_threads(voice: VoiceSettings, max_concurrent: int, cpus: int | None = None) -> int:
-    """The voice's setting, else the cores shared evenly among the engine slots."""
+    """The voice's setting, else the engine's default: hibari one thread (it runs ~130x real
+    time on one core), kokoro_ja every core, piper the cores shared among the slots."""
     if voice.intra_op_threads:
         return voice.intra_op_threads
-    return max(1, (cpus or os.cpu_count() or 1) // max(1, max_concurrent))
+    cores = cpus or os.cpu_count() or 1
+    if voice.engine == "hibari":
+        return 1
+    if voice.engine == "kokoro_ja":
+        # Its calls last 0.5-2 s whatever the text: latency needs every core (idle threads
+        # sleep, so two calls at once share the cores rather than spin against each other).
+        return cores
+    return max(1, cores // max(1, max_concurrent))
 
 
 class EngineFactory(Protocol):
@@ -79,6 +95,24 @@ def build_engine(
                 device=voice.device,
                 intra_op_threads=intra_op_threads(voice, max_concurrent),
                 warmup=warmup,
+                visemes=voice.visemes,
+                language=voice.language,
+            )
+        case "hibari":
+            return HibariEngine(
+                voice.bundled_speaker,
+                intra_op_threads=intra_op_threads(voice, max_concurrent),
+                warmup=warmup,
+                visemes=voice.visemes,
+            )
+        case "kokoro_ja":
+            # Voices fills cache_dir in from tts_worker.data_dir; None: $KOKORO_JA_CACHE.
+            return KokoroJaEngine(
+                voice.bundled_speaker,
+                cache_dir=Path(voice.cache_dir).expanduser() if voice.cache_dir else None,
+                intra_op_threads=intra_op_threads(voice, max_concurrent),
+                warmup=warmup,
+                visemes=voice.visemes,
             )
         case "sine":
             return SineEngine(voice.sample_rate, voice.frequency_hz, voice.ms_per_char)
@@ -104,6 +138,8 @@ class EngineTiming:
     """One text synthesised directly on a loaded engine, piece by piece as the worker does."""
 
     first_chunk_ms: float  # the first piece (first clause) alone: the engine's own TTFA
+    # when the first sample above -40 dBFS would be heard, playing each piece on arrival
+    first_audible_ms: float | None
     first_sentence_ms: float  # the whole first sentence in one call, for comparison
     total_ms: float  # every piece, one after the other
     audio_ms: float
@@ -114,18 +150,35 @@ class EngineTiming:
         return asdict(self)
 
 
+AUDIBLE = 328  # -40 dBFS of int16 full scale (32768 * 10 ** (-40 / 20))
+
+
+def first_audible_sample(pcm: bytes) -> int | None:
+    """Index of the first sample above -40 dBFS in s16le ``pcm``, None when all is quieter."""
+    loud = np.flatnonzero(np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32)) > AUDIBLE)
+    return int(loud[0]) if loud.size else None
+
+
 def measure(engine: LocalEngine, text: str) -> EngineTiming:
     """Blocking. Time ``text`` on ``engine`` (loaded and warmed up) without the worker."""
-    pieces = split_text(text)
+    pieces = engine.split(text)
     if not pieces:
         raise ValueError("nothing to synthesise in an empty text")
     started = time.perf_counter()
     audio_bytes = 0
     first_chunk = 0.0
+    first_audible: float | None = None
+    play_end = 0.0  # when the audio made so far has finished playing
     for index, piece in enumerate(pieces):
-        audio_bytes += len(engine.synthesize_piece(piece))
+        pcm = pcm_of(engine.synthesize_piece(piece))
+        made = time.perf_counter() - started
         if index == 0:
-            first_chunk = time.perf_counter() - started
+            first_chunk = made
+        play_start = max(made, play_end)
+        if first_audible is None and (at := first_audible_sample(pcm)) is not None:
+            first_audible = play_start + at / engine.sample_rate
+        play_end = play_start + len(pcm) / 2 / engine.sample_rate
+        audio_bytes += len(pcm)
     total = time.perf_counter() - started
     sentence_started = time.perf_counter()
     engine.synthesize_piece(split_sentences(text)[0])
@@ -133,6 +186,7 @@ def measure(engine: LocalEngine, text: str) -> EngineTiming:
     audio_s = audio_bytes / 2 / engine.sample_rate
     return EngineTiming(
         first_chunk_ms=first_chunk * 1000,
+        first_audible_ms=None if first_audible is None else first_audible * 1000,
         first_sentence_ms=first_sentence * 1000,
         total_ms=total * 1000,
         audio_ms=audio_s * 1000,

@@ -5,9 +5,13 @@ An engine turns text into PCM s16le mono pieces at its ``sample_rate``. The work
 of work in an engine slot (a thread), so inference never blocks the event loop and a new
 task's first piece can be served before older tasks' later sentences.
 
-In-process engines (Piper, the sine tone) derive from :class:`LocalEngine`: they only say how
-to load and how to synthesise one piece; the text is cut by :func:`split_text` so the first
-clause comes out alone. Remote engines (``http``) stream by themselves and ignore ``run``.
+In-process engines (Piper, hibari, kokoro-ja, the sine tone) derive from :class:`LocalEngine`:
+they only say how to load and how to synthesise one piece; the text is cut by the engine's
+``split`` (:func:`split_text`, or the Japanese splitter) so the first clause comes out alone.
+Remote engines (``http``) stream by themselves and ignore ``run``.
+
+A piece is PCM bytes, or :class:`~aivtuber_tts.visemes.Speech` (PCM plus where each mouth
+shape starts) from engines that know their phoneme timing.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ import structlog
 
 from ..errors import EngineError
 from ..splitting import split_text
+from ..visemes import Speech
 
-__all__ = ["Engine", "LocalEngine", "RunPiece"]
+__all__ = ["Engine", "LocalEngine", "Piece", "RunPiece", "Speech"]
+
+Piece = bytes | Speech
 
 T = TypeVar("T")
 # Runs a blocking callable in an engine slot and returns its result; the second argument is
@@ -41,9 +48,10 @@ WARMUP_BARRIER_S = 5.0
 
 
 class Engine(Protocol):
-    name: str  # piper | sine | http
+    name: str  # piper | hibari | kokoro_ja | sine | http
     device: str  # cpu | cuda | remote: what is actually in use once started
     sample_rate: int
+    language: str  # BCP 47 (en-US, ja); "und" when unknown
 
     async def start(self, executor: Executor | None = None, threads: int = 1) -> None:
         """Load and warm up (on ``threads`` threads of ``executor``, the ones that will run
@@ -52,7 +60,7 @@ class Engine(Protocol):
 
     async def aclose(self) -> None: ...
 
-    def stream(self, text: str, run: RunPiece) -> AsyncGenerator[bytes, None]:
+    def stream(self, text: str, run: RunPiece) -> AsyncGenerator[Piece, None]:
         """PCM pieces in order, each as soon as it is made. Raises EngineError."""
         ...
 
@@ -63,19 +71,26 @@ class LocalEngine:
     name = "local"
     device = "cpu"
     sample_rate = 22050
+    language = "und"
     warmup = True
+    visemes = True  # False: a timed engine's pieces go out as plain PCM, no track
+    warmup_texts: tuple[str, ...] = WARMUP_TEXTS
     load_s: float | None = None  # load + warm-up time, for /health and the bench
 
     def load(self) -> None:
         """Blocking: read the model, create the session. Called once, in a thread."""
 
-    def synthesize_piece(self, piece: str) -> bytes:
-        """Blocking: the PCM of one piece of text."""
+    def synthesize_piece(self, piece: str) -> Piece:
+        """Blocking: the PCM of one piece of text (with its mouth shapes if timed)."""
         raise NotImplementedError
 
-    def synthesize(self, text: str) -> Iterator[bytes]:
-        """Blocking: the PCM of each piece of ``text``, as the worker would produce them."""
-        for piece in split_text(text):
+    def split(self, text: str) -> list[str]:
+        """The pieces the worker synthesises one after the other, first clause first."""
+        return split_text(text)
+
+    def synthesize(self, text: str) -> Iterator[Piece]:
+        """Blocking: each piece of ``text``, as the worker would produce them."""
+        for piece in self.split(text):
             yield self._piece(piece)
 
     def load_and_warm_up(self) -> None:
@@ -85,7 +100,7 @@ class LocalEngine:
         if self.warmup:
             # The first inference of an onnxruntime session allocates its buffers and
             # picks kernels; do that now, not on a viewer's first sentence.
-            for text in WARMUP_TEXTS:
+            for text in self.warmup_texts:
                 self.synthesize_piece(text)
         self.load_s = time.perf_counter() - started
         self._log_ready(loaded - started)
@@ -113,7 +128,7 @@ class LocalEngine:
             barrier.wait()  # so that every call lands on its own thread
         except threading.BrokenBarrierError:
             pass  # fewer threads than asked for: warm what there is
-        for text in WARMUP_TEXTS:
+        for text in self.warmup_texts:
             self.synthesize_piece(text)
 
     def _log_ready(self, load_s: float) -> None:
@@ -128,15 +143,16 @@ class LocalEngine:
     async def aclose(self) -> None:
         return None
 
-    async def stream(self, text: str, run: RunPiece) -> AsyncGenerator[bytes, None]:
-        for piece in split_text(text):
-            pcm = await run(functools.partial(self._piece, piece), len(piece))
-            if pcm:
-                yield pcm
+    async def stream(self, text: str, run: RunPiece) -> AsyncGenerator[Piece, None]:
+        for piece in self.split(text):
+            made: Piece = await run(functools.partial(self._piece, piece), len(piece))
+            if made:
+                yield made
 
-    def _piece(self, piece: str) -> bytes:
+    def _piece(self, piece: str) -> Piece:
         try:
-            return self.synthesize_piece(piece)
+            made = self.synthesize_piece(piece)
+            return made.pcm if isinstance(made, Speech) and not self.visemes else made
         except EngineError:
             raise
         except Exception as exc:  # onnxruntime and espeak raise assorted types: map them here

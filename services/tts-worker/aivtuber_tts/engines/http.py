@@ -33,6 +33,7 @@ _ERROR_BODY_CHARS = 200
 class HttpEngine:
     name = "http"
     device = "remote"
+    language = "und"  # the remote server's business; a voice's "language" key says it
     load_s: float | None = 0.0
 
     def __init__(

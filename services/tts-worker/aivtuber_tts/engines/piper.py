@@ -10,6 +10,12 @@ N cores, each session thread pool gets N / max_concurrent threads, and the slots
 never oversubscribe the CPU (oversubscribed pools spin against each other). A session with
 more than one thread is told not to spin: its idle threads would burn the cores the other
 slots need (measured: about 30 % more CPU per second of audio with spinning on).
+
+Mouth shapes come from Piper's own alignments (piper-tts 1.8): the model's per-phoneme
+sample counts (the ``Ceil`` tensor) are added as an output when the model is loaded, in
+memory with the ``onnx`` package (``piper.patch_voice_with_alignment``'s function), so
+nothing is written and a model patched on disk beforehand is used as it is. The same
+alignments say how long the silent BOS pad at the start of a piece lasts: most of it is cut.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import onnxruntime
 import structlog
 from piper import PiperVoice
 from piper.config import PiperConfig
 
 from ..errors import EngineError
-from .base import LocalEngine
+from ..visemes import ENGLISH, Mark, Speech, marks_from_durations, table_for, trim_marks
+from .base import LocalEngine, Piece
 
 __all__ = [
     "PiperEngine",
@@ -84,8 +92,13 @@ class PiperEngine(LocalEngine):
         device: Literal["auto", "cpu", "cuda"] = "auto",
         intra_op_threads: int = 1,
         warmup: bool = True,
+        visemes: bool = True,
+        language: str | None = None,
     ) -> None:
         self.model_path, self.config_path = resolve_paths(model)
+        self.visemes = visemes
+        self.language = language or "und"
+        self._table = ENGLISH
         self.requested_device = device
         self.device = "cpu"
         self.intra_op_threads = max(1, intra_op_threads)
@@ -109,6 +122,9 @@ class PiperEngine(LocalEngine):
             )
         self.device = "cuda" if CUDA in used else "cpu"
         self.sample_rate = config.sample_rate
+        if self.language == "und":
+            self.language = _bcp47(config.espeak_voice)
+        self._table = table_for(self.language)
         self._voice = PiperVoice(config=config, session=session)
         log.info(
             "piper_loaded",
@@ -119,14 +135,52 @@ class PiperEngine(LocalEngine):
             sample_rate=self.sample_rate,
         )
 
-    def synthesize_piece(self, piece: str) -> bytes:
+    def synthesize_piece(self, piece: str) -> Piece:
         if self._voice is None:
             raise EngineError("the Piper voice is not loaded yet")
-        return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(piece))
+        if not self.visemes:
+            return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(piece))
+        pcm = bytearray()
+        marks: list[Mark] = []
+        for chunk in self._voice.synthesize(piece, include_alignments=True):
+            base = len(pcm) // 2
+            audio = chunk.audio_int16_array
+            if chunk.phoneme_alignments:  # None when Piper could not align this sentence
+                segments = [(a.phoneme, int(a.num_samples)) for a in chunk.phoneme_alignments]
+                chunk_marks = marks_from_durations(segments, self._table)
+                if not pcm:  # the piece's start: the listener waits for this silence
+                    cut = _lead_cut(audio, segments[0][1])
+                    audio = _fade_in(audio[cut:], self.sample_rate)
+                    chunk_marks = trim_marks(chunk_marks, cut, cut + len(audio))
+                marks.extend((base + offset, shape) for offset, shape in chunk_marks)
+            pcm += audio.tobytes()
+        return Speech(bytes(pcm), tuple(marks))
+
+    def _model(self) -> str | bytes:
+        """The model's path, or its bytes with the alignment output added (visemes)."""
+        if not self.visemes:
+            return os.fspath(self.model_path)
+        try:
+            import onnx
+            from piper.patch_voice_with_alignment import add_alignment_output
+        except ImportError as exc:
+            raise EngineError(
+                "visemes need the onnx package (pip install onnx), or set visemes: false "
+                f"for this voice: {exc}"
+            ) from exc
+        model = onnx.load(os.fspath(self.model_path))
+        try:
+            add_alignment_output(model)
+        except ValueError as exc:
+            if "already marked" in str(exc):
+                return os.fspath(self.model_path)  # patched on disk with patch_voice_...
+            raise EngineError(f"cannot expose {self.model_path.name}'s alignments: {exc}") from exc
+        return model.SerializeToString()
 
     def _session(self) -> onnxruntime.InferenceSession:
         if not self.model_path.is_file():
             raise EngineError(f"Piper model {self.model_path} does not exist")
+        model = self._model()
         options = session_options(self.intra_op_threads)
         providers: list[Any] = [CPU]
         if self.requested_device == "cuda" or (
@@ -134,14 +188,40 @@ class PiperEngine(LocalEngine):
         ):
             providers = [(CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), CPU]
         try:
-            return onnxruntime.InferenceSession(
-                os.fspath(self.model_path), sess_options=options, providers=providers
-            )
+            return onnxruntime.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped Fail/RuntimeError
             if providers[0] != CPU and self.requested_device == "auto":
                 # auto: a GPU that does not initialise is not fatal, the CPU still speaks.
                 log.warning("cuda_unusable_falling_back_to_cpu", error=str(exc))
-                return onnxruntime.InferenceSession(
-                    os.fspath(self.model_path), sess_options=options, providers=[CPU]
-                )
+                return onnxruntime.InferenceSession(model, sess_options=options, providers=[CPU])
             raise EngineError(f"cannot load Piper model {self.model_path}: {exc}") from exc
+
+
+def _bcp47(espeak_voice: str) -> str:
+    """espeak-ng's ``en-us`` as BCP 47 ``en-US``."""
+    language, _, region = espeak_voice.partition("-")
+    return f"{language}-{region.upper()}" if region else language or "und"
+
+
+# Piper starts every sentence with its BOS pad, 35-80 ms of near silence the listener waits
+# through. With the alignments the pad's length is known: cut it but keep LEAD_KEEP (two
+# hops; the vocoder spreads the first phoneme's onset into the pad), and never cut into
+# sound (AUDIBLE_GUARD before the first sample above -40 dBFS).
+LEAD_KEEP = 512
+AUDIBLE_GUARD = 256
+FADE_IN_S = 0.0025
+
+
+def _lead_cut(audio: np.ndarray, bos_samples: int) -> int:
+    loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > 328)
+    first_loud = int(loud[0]) if loud.size else len(audio)
+    return max(0, min(bos_samples - LEAD_KEEP, first_loud - AUDIBLE_GUARD))
+
+
+def _fade_in(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    fade = min(len(audio), int(FADE_IN_S * sample_rate))
+    if not fade:
+        return audio
+    faded = audio.astype(np.float32)
+    faded[:fade] *= np.linspace(0.0, 1.0, fade, dtype=np.float32)
+    return faded.astype(np.int16)

@@ -1,0 +1,130 @@
+"""Per-tenant limits on speaking: speaks and characters per rolling minute, active tasks.
+
+Everything is counted per :attr:`aivtuber_common.identity.Identity.limits_key` (a tenant, or
+the address of an anonymous client), across all of its connections to this input handler,
+with the tenant's own ``limits`` over the defaults (``Settings.limits_for``).
+
+The rates are sliding logs: each admitted speak is remembered (time, characters) for one
+minute, so the limit holds over any 60 s, there is no burst at a window boundary, and the
+wait until a speak fits again is exact: the moment enough old entries leave the window. A log
+holds at most ``speaks_per_minute`` entries per key, and a key whose log and active tasks are
+empty is forgotten.
+
+A speak that is refused (by a limit here, or a validation error before) costs nothing; one
+that reaches the workers is counted whether or not a worker takes it, so a client cannot
+hammer the workers with submissions they refuse.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aivtuber_common.config import LimitsSettings
+
+from .activity import ActiveTasks
+
+__all__ = ["Limited", "SpeakLimiter"]
+
+WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class Limited:
+    """Why a speak may not go now: the error code, a sentence, and when to try again."""
+
+    code: str
+    message: str
+    retry_after_ms: int | None = None
+
+
+@dataclass
+class _Log:
+    entries: deque[tuple[float, int]] = field(default_factory=deque)  # (time, chars)
+    chars: int = 0
+
+    def expire(self, now: float) -> None:
+        while self.entries and self.entries[0][0] <= now - WINDOW_S:
+            _, chars = self.entries.popleft()
+            self.chars -= chars
+
+    def wait_for_speak(self, now: float, limit: int) -> float:
+        """Seconds until one more speak fits under ``limit`` speaks per window."""
+        if len(self.entries) < limit:
+            return 0.0
+        return self.entries[len(self.entries) - limit][0] + WINDOW_S - now
+
+    def wait_for_chars(self, now: float, chars: int, limit: int) -> float:
+        """Seconds until ``chars`` more fit under ``limit`` characters per window."""
+        excess = self.chars + chars - limit
+        if excess <= 0:
+            return 0.0
+        for at, old in self.entries:
+            excess -= old
+            if excess <= 0:
+                return at + WINDOW_S - now
+        return WINDOW_S  # unreachable while chars <= limit (checked before)
+
+
+class SpeakLimiter:
+    def __init__(self, active: ActiveTasks, clock: Callable[[], float] = time.monotonic) -> None:
+        self.active = active
+        self._clock = clock
+        self._logs: dict[str, _Log] = {}
+        self._sweep_at = 64  # table size that triggers the next sweep of idle keys
+
+    def admit(self, key: str, limits: LimitsSettings, chars: int) -> Limited | None:
+        """Count a speak of ``chars`` characters for ``key``, or say why it must wait."""
+        if chars > limits.chars_per_minute:
+            return Limited(
+                "text_too_long",
+                f"The text is {chars} characters long; this client may speak at most "
+                f"{limits.chars_per_minute} characters per minute.",
+            )
+        now = self._clock()
+        log = self._logs.get(key)
+        if log is not None:
+            log.expire(now)
+        waits: list[tuple[float, str]] = []
+        if log is not None:
+            if wait := log.wait_for_speak(now, limits.speaks_per_minute):
+                waits.append((wait, f"{limits.speaks_per_minute} speaks per minute"))
+            if wait := log.wait_for_chars(now, chars, limits.chars_per_minute):
+                waits.append((wait, f"{limits.chars_per_minute} characters per minute"))
+        if self.active.count(key) >= limits.max_active_tasks:
+            waits.append(
+                (self.active.expected_wait_s(key), f"{limits.max_active_tasks} unfinished tasks")
+            )
+        if waits:
+            wait = max(seconds for seconds, _ in waits)
+            which = " and ".join(what for _, what in waits)
+            retry_ms = max(1, math.ceil(wait * 1000))
+            return Limited(
+                "rate_limited",
+                f"Too many requests: the limit is {which}; try again in {retry_ms} ms.",
+                retry_ms,
+            )
+        if log is None:
+            log = self._logs[key] = _Log()
+        log.entries.append((now, chars))
+        log.chars += chars
+        self._forget_idle(now)
+        return None
+
+    @property
+    def keys(self) -> int:
+        return len(self._logs)
+
+    def _forget_idle(self, now: float) -> None:
+        # Amortised: a sweep only when the table has doubled since the last one.
+        if len(self._logs) < self._sweep_at:
+            return
+        for key in list(self._logs):
+            log = self._logs[key]
+            log.expire(now)
+            if not log.entries:
+                del self._logs[key]
+        self._sweep_at = max(64, 2 * len(self._logs))

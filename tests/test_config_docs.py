@@ -1,0 +1,57 @@
+"""docs/configuration.md is generated from the settings models and kept fresh."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+from pydantic import BaseModel
+
+from aivtuber_common.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config_docs() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("config_docs", ROOT / "scripts/config_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docs_configuration_md_is_what_the_models_generate() -> None:
+    generated = _config_docs().render()
+    current = (ROOT / "docs" / "configuration.md").read_text("utf-8")
+    assert current == generated, (
+        "docs/configuration.md is stale: run .venv/bin/python scripts/config_docs.py"
+    )
+
+
+def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += _leaf_keys(annotation, f"{prefix}{name}.")
+        elif args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel):
+            keys.append(f"{prefix}{name}")
+            keys += _leaf_keys(args[-1], f"{prefix}{name}.<name>.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def test_every_key_has_a_row_that_says_what_it_is_for() -> None:
+    rows = {
+        line.split("|")[1].strip().strip("`"): line.split("|")[4].strip()
+        for line in _config_docs().render().splitlines()
+        if line.startswith("| `")
+    }
+    keys = _leaf_keys(Settings)
+    assert "gateway.fast_path" in keys and "tts_worker.voices.<name>.engine" in keys
+    assert [key for key in keys if key not in rows] == []
+    # A key without a comment (or a description) in config.py has an empty meaning.
+    assert [key for key in keys if not rows[key]] == []

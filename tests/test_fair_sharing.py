@@ -1,0 +1,226 @@
+"""Engine time and the worker's queue are shared fairly between tenants.
+
+The scheduler alone, with real executor threads; then a real worker over HTTP whose engine
+runs one piece each time the test says so, so the order in which pieces run is the
+measurement (no wall clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from aivtuber_common.config import VoiceSettings
+from aivtuber_tts.engines import LocalEngine
+from aivtuber_tts.scheduler import PieceScheduler
+from tests.tts_fakes import (
+    WorkerClient,
+    factory_with,
+    running_recorder,
+    running_worker,
+    sine_settings,
+)
+
+WAIT_S = 10.0
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+async def wait_until(condition: Any) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def test_another_groups_piece_runs_next_even_behind_earlier_deadlines(
+    executor: ThreadPoolExecutor,
+) -> None:
+    scheduler = PieceScheduler(1, executor)
+    gate = threading.Event()
+    order: list[str] = []
+    running = asyncio.create_task(
+        scheduler.run(0.0, lambda: gate.wait(WAIT_S), group="A", cost=1.0)
+    )
+    await wait_until(lambda: scheduler.busy == 1)
+    flood = [
+        asyncio.create_task(
+            scheduler.run(float(n), lambda n=n: order.append(f"A{n}"), group="A", cost=1.0)
+        )
+        for n in range(1, 6)
+    ]
+    # B's piece is due last of all: earliest-deadline-first alone would run it sixth.
+    late = asyncio.create_task(scheduler.run(99.0, lambda: order.append("B"), group="B", cost=1.0))
+    await wait_until(lambda: scheduler.waiting == 6)
+    gate.set()
+    await asyncio.gather(running, late, *flood)
+    assert order[0] == "B"
+    # Within a group, earliest deadline first as before.
+    assert order[1:] == ["A1", "A2", "A3", "A4", "A5"]
+    assert scheduler.busy == 0
+
+
+class EngineClock:
+    """Engine time that passes only when a piece says it did: costs are exact."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def piece(self, cost: float, then: Any = None) -> Any:
+        def work() -> None:
+            if then is not None:
+                then()
+            self.now += cost
+
+        return work
+
+
+async def test_two_busy_groups_share_engine_time_equally(executor: ThreadPoolExecutor) -> None:
+    clock = EngineClock()
+    scheduler = PieceScheduler(1, executor, clock)
+    gate = threading.Event()
+    order: list[str] = []
+    blocker = asyncio.create_task(
+        scheduler.run(0.0, clock.piece(1.0, lambda: gate.wait(WAIT_S)), group="X")
+    )
+    await wait_until(lambda: scheduler.busy == 1)
+    # A's pieces take twice as long as B's (the estimates are off; the time measured counts).
+    pieces = [("A", n, 2.0) for n in range(3)] + [("B", n, 1.0) for n in range(6)]
+    waiters = [
+        asyncio.create_task(
+            scheduler.run(
+                float(n),
+                clock.piece(cost, lambda g=g, n=n: order.append(f"{g}{n}")),
+                group=g,
+                cost=1.0,
+            )
+        )
+        for g, n, cost in pieces
+    ]
+    await wait_until(lambda: scheduler.waiting == len(pieces))
+    gate.set()
+    await asyncio.gather(blocker, *waiters)
+    # Both start level; then B gets two pieces for each of A's.
+    assert "".join(name[0] for name in order) == "ABBABBABB"
+    assert [name for name in order if name[0] == "B"] == [f"B{n}" for n in range(6)]
+
+
+async def test_a_group_that_was_idle_earns_no_credit(executor: ThreadPoolExecutor) -> None:
+    clock = EngineClock()
+    scheduler = PieceScheduler(1, executor, clock)
+    for _ in range(3):
+        await scheduler.run(0.0, clock.piece(5.0), group="B")
+    for _ in range(20):  # B is away; A keeps the engine busy
+        await scheduler.run(0.0, clock.piece(5.0), group="A")
+    gate = threading.Event()
+    order: list[str] = []
+    blocker = asyncio.create_task(
+        scheduler.run(0.0, clock.piece(1.0, lambda: gate.wait(WAIT_S)), group="A")
+    )
+    await wait_until(lambda: scheduler.busy == 1)
+    waiters = [
+        asyncio.create_task(
+            scheduler.run(float(n), clock.piece(1.0, lambda g=g: order.append(g)), group=g)
+        )
+        for n in range(4)
+        for g in ("A", "B")
+    ]
+    await wait_until(lambda: scheduler.waiting == 8)
+    gate.set()
+    await asyncio.gather(blocker, *waiters)
+    # B back: the next turn, then turns about, not all of its 85 s of absence first.
+    assert "".join(order) == "BABABABA"
+
+
+# --- a real worker ---------------------------------------------------------------------------
+
+
+class SteppedEngine(LocalEngine):
+    """Runs one piece each time the test calls :meth:`step`; records the pieces in order."""
+
+    name = "stepped"
+
+    def __init__(self) -> None:
+        self.sample_rate = 16000
+        self.warmup = False
+        self.steps = threading.Semaphore(0)
+        self.order: list[str] = []
+        self.in_flight = threading.Event()
+
+    def step(self, count: int = 1) -> None:
+        for _ in range(count):
+            self.steps.release()
+
+    def synthesize_piece(self, piece: str) -> bytes:
+        self.in_flight.set()
+        if not self.steps.acquire(timeout=WAIT_S):
+            raise RuntimeError("the test never stepped the engine")
+        self.order.append(piece)
+        return b"\x00\x10" * (self.sample_rate // 20)  # 50 ms
+
+
+async def submit(worker: WorkerClient, text: str, tenant: str) -> tuple[int, dict[str, Any]]:
+    body = {"task_id": str(uuid.uuid4()), "text": text, "voice": "stepped", "tenant": tenant}
+    response = await worker.http.post("/v1/tasks", json=body)
+    return response.status_code, response.json()
+
+
+async def pieces_waiting(worker: WorkerClient) -> int:
+    metrics = (await worker.http.get("/metrics")).text
+    line = next(line for line in metrics.splitlines() if line.startswith("aivtuber_tts_pieces_"))
+    return int(float(line.split()[-1]))
+
+
+async def test_while_a_tenant_keeps_its_share_queued_another_tenants_line_starts_next() -> None:
+    engine = SteppedEngine()
+    async with running_recorder() as recorder:
+        settings = sine_settings(
+            recorder.url,
+            voices={"stepped": VoiceSettings(engine="sine")},
+            max_concurrent=1,
+            max_queued=7,
+            tenant_share=0.75,  # 8 places: one tenant may hold 6
+        )
+        async with running_worker(settings, engine_factory=factory_with({"stepped": engine})) as w:
+            try:
+                flood = "Flood one. Flood two. Flood three."
+                for _ in range(6):
+                    status, _ = await submit(w, flood, "alpha")
+                    assert status == 202
+                status, refusal = await submit(w, flood, "alpha")
+                # Alpha's share of the queue is full; the rest is kept for the others.
+                assert status == 503 and refusal["code"] == "busy", refusal
+                assert "share" in refusal["message"]
+                status, _ = await submit(w, "Beta speaks. Then more.", "beta")
+                assert status == 202
+                # One of alpha's pieces is in the engine; five more first pieces and beta's
+                # wait for it, all with earlier deadlines than beta's.
+                await asyncio.to_thread(engine.in_flight.wait, WAIT_S)
+                async with asyncio.timeout(WAIT_S):
+                    while await pieces_waiting(w) != 6:
+                        await asyncio.sleep(0.01)
+                engine.step(100)
+                await recorder.wait_for(
+                    lambda: (
+                        len(recorder.tasks) == 7
+                        and all(task.end for task in recorder.tasks.values())
+                    )
+                )
+            finally:
+                engine.step(100)
+    # Beta's first piece ran right after the piece that was in the engine when it came.
+    assert engine.order[0].startswith("Flood")
+    assert engine.order[1] == "Beta speaks."
+    assert all(task.end and task.end.status == "completed" for task in recorder.tasks.values())
