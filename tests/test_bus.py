@@ -6,6 +6,7 @@ test_bus_scale.py.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from pathlib import Path
@@ -31,6 +32,7 @@ from aivtuber_common.transport import TaskNotFound
 from aivtuber_input import create_app as input_app
 from aivtuber_input.redis_submitter import RedisTaskSubmitter
 from aivtuber_output import create_app as output_app
+from aivtuber_output.redis_source import RedisFrameSource
 from aivtuber_tts import create_app as worker_app
 from aivtuber_tts.errors import IngestLost
 from aivtuber_tts.redis_bus import RedisFrameSink
@@ -268,3 +270,72 @@ async def test_a_worker_shutting_down_hands_back_unspoken_tasks_to_another_worke
         await link.aclose()
     assert kinds[:2] == [b"queued", b"open"] and kinds[-1] == b"end" and b"frame" in kinds
     assert TaskEnd.model_validate_json(entries[-1][1][b"d"]).status == "completed"
+
+
+async def test_on_redis_a_task_is_its_tenants_and_stays_active_only_until_it_ends(
+    redis_server: RedisServer,
+) -> None:
+    """Cancel: another tenant's task is not found, like an unknown one. Active tasks: each
+    is released when its end entry appears (a cancel, a worker's end) or its stream is gone.
+    Listening: another tenant's task is not found either."""
+    link = RedisLink(redis_bus_settings(redis_server.url))
+    stand_in = Heartbeat(
+        link,
+        "worker",
+        "stand-in",
+        lambda: {
+            "name": "stand-in",
+            "status": "ok",
+            "default_voice": "sine",
+            "voices": [
+                {"id": "sine", "state": "ready", "engine": "sine", "sample_rate": 16000},
+                {"id": "other", "state": "loading", "engine": "sine", "sample_rate": 16000},
+            ],
+        },
+    )
+    ended: list[str] = []
+    submitter = RedisTaskSubmitter(link, 60, on_ended=ended.append)
+    source = RedisFrameSource(link, task_wait_s=0.3, task_timeout_s=5)
+    sink = RedisFrameSink(link, 60, 1000)
+    cancelled, spoken, expired = (str(uuid.uuid4()) for _ in range(3))
+    try:
+        await link.ping()
+        assert not submitter.ready
+        await stand_in.beat()
+        await submitter.refresh()
+        assert submitter.ready
+        voices = await submitter.voices()
+        assert [(v.name, v.ready) for v in voices] == [("other", False), ("sine", True)]
+        for task_id in (cancelled, spoken, expired):
+            await submitter.submit(SubmitTask(task_id=task_id, text="Hi.", tenant="alice"))
+        with pytest.raises(TaskNotFound):
+            await submitter.cancel(cancelled, "bob")
+        with pytest.raises(TaskNotFound):
+            await submitter.cancel(cancelled, None)  # anonymous is not alice either
+        assert ended == []
+        assert await submitter.cancel(cancelled, "alice") is True
+        assert ended == [cancelled]
+
+        # A worker speaks one to its end; another's stream is lost (Redis restarted empty).
+        await sink.open(opened(spoken).model_copy(update={"tenant": "alice"}))
+        await sink.append(spoken, 0, 0.5, b"\x01\x00" * 8)
+        with pytest.raises(TaskNotFound):  # bob cannot listen to alice's task
+            async with contextlib.aclosing(source.read(spoken, 0, "bob")) as events:
+                async for _ in events:
+                    pass
+        await submitter.check_ended()
+        assert ended == [cancelled], "still speaking: still active"
+        await sink.end(TaskEnd(task_id=spoken, status="completed"))
+        await link.client.delete(link.keys.task(expired))
+        await submitter.check_ended()
+        assert sorted(ended[1:]) == sorted([spoken, expired])
+
+        async with contextlib.aclosing(source.read(spoken, 0, "alice")) as events:
+            heard = [event async for event in events]
+        assert isinstance(heard[0], TaskOpen) and heard[0].tenant == "alice"
+        assert heard[1] == (0, 0.5, b"\x01\x00" * 8, None)
+        assert isinstance(heard[-1], TaskEnd) and heard[-1].status == "completed"
+    finally:
+        await stand_in.withdraw()
+        await source.aclose()
+        await link.aclose()

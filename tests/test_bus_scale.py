@@ -100,6 +100,8 @@ class Cluster:
             "logging": {"format": "json", "level": "info"},
             "bus": self.bus.model_dump(),
             "output_handler": {"task_wait_s": 10.0, "task_timeout_s": 20.0},
+            # One test client holds five tasks at once (limits.max_active_tasks is 4).
+            "limits": {"max_active_tasks": 8},
             "tts_worker": {
                 "default_voice": "remote",
                 "max_concurrent": 1,

@@ -27,6 +27,7 @@ from aivtuber_common.config import (
     BusSettings,
     GatewaySettings,
     InputHandlerSettings,
+    LimitsSettings,
     OutputHandlerSettings,
     RedisBusSettings,
     RouteSettings,
@@ -125,6 +126,7 @@ async def stack(
     workers: int = 1,
     piper: bool = False,
     dead_workers: int = 0,
+    limits: LimitsSettings | None = None,
     **input_options: Any,
 ) -> AsyncIterator[Stack]:
     """Output handler, worker(s), input handler, gateway: started in the order each needs,
@@ -166,7 +168,9 @@ async def stack(
             run_server(
                 input_app(
                     Settings(
-                        bus=bus, input_handler=InputHandlerSettings(workers=urls, **input_options)
+                        bus=bus,
+                        limits=limits or LimitsSettings(),
+                        input_handler=InputHandlerSettings(workers=urls, **input_options),
                     )
                 )
             )
@@ -426,3 +430,24 @@ async def test_a_finished_task_is_served_as_wav_with_its_status_on_the_output_ha
     assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav"
     assert wav.content[44:] == heard.audio
     assert unknown.status_code == 404 and unknown.json()["code"] == "task_not_found"
+
+
+async def test_a_finished_task_frees_its_place_under_max_active_tasks(bus: BusSettings) -> None:
+    """On both buses the input handler learns of a task's end (the worker's events socket;
+    the task stream's end entry on Redis), so the tenant may speak again."""
+    async with stack(bus, limits=LimitsSettings(max_active_tasks=1)) as s:
+        async with frontend(s.url) as (ws, _):
+            first = await ask(ws, {"type": "speak", "text": f"{HOLD} the only place."})
+            assert first["action"] == "upload_processed", first
+            refused = await ask(ws, {"type": "speak", "text": "Not yet."})
+            assert refused["type"] == "error" and refused["code"] == "rate_limited", refused
+            s.gates[0].release()
+            heard = await asyncio.wait_for(listen(s.url, first["task_id"]), READY_TIMEOUT_S)
+            assert heard.end is not None and heard.end["type"] == "audio_complete"
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                while (reply := await ask(ws, {"type": "speak", "text": "Now."}))[
+                    "type"
+                ] == "error":
+                    assert reply["code"] == "rate_limited", reply
+                    await asyncio.sleep(min(reply["retry_after_ms"], 50) / 1000)
+            assert reply["action"] == "upload_processed", reply
