@@ -165,6 +165,8 @@ class GatewaySettings(StrictModel):
     max_head_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
     # A request head not complete within this is answered 408 and closed (slowloris).
     head_timeout_s: Seconds = 10.0
+    # Time to open the backend connection (TCP + WebSocket handshake), all backends of a
+    # route together; then the client is closed with 1013.
     connect_timeout_s: Seconds = 5.0
     # Keepalive ping toward the client and toward the backend; 0 turns pings off.
     ping_interval_s: Annotated[float, Field(ge=0)] = 20.0
@@ -414,6 +416,7 @@ class TtsWorkerSettings(StrictModel):
 class DirectBusSettings(StrictModel):
     """Tasks go to the workers over HTTP, frames to one output handler over a WebSocket."""
 
+    # "direct": one input handler posts tasks to the listed workers over HTTP (the default).
     kind: Literal["direct"] = "direct"
 
 
@@ -427,6 +430,7 @@ def _check_redis_url(value: str) -> str:
 class RedisBusSettings(StrictModel):
     """The speech path on Redis Streams: many workers, output handler replicas (docs/bus.md)."""
 
+    # "redis": tasks, frames and heartbeats on Redis Streams (docs/bus.md).
     kind: Literal["redis"]
     # Where Redis is; rediss:// for TLS; a password goes in the URL (never logged).
     url: Annotated[str, AfterValidator(_check_redis_url)] = Field(
@@ -439,9 +443,10 @@ class RedisBusSettings(StrictModel):
     # A task a worker took is claimed by another worker once its holder has not confirmed it
     # for this long (XAUTOCLAIM min-idle-time); live workers confirm every heartbeat.
     claim_idle_s: Seconds = 10.0
-    # How often workers and input handlers renew their heartbeat key, and its lifetime: a
-    # process is counted out this long after its last heartbeat.
+    # How often workers and input handlers renew their heartbeat key (and how often an input
+    # handler checks whether its active tasks have ended, for limits.max_active_tasks).
     heartbeat_interval_s: Seconds = 1.0
+    # The heartbeat key's lifetime: a process is counted out this long after its last one.
     heartbeat_ttl_s: Seconds = 5.0
     # MAXLEN of a task's frame stream: bounds Redis memory per task (10 min at 40 ms frames).
     max_frames_per_task: Annotated[int, Field(ge=100)] = 15000
