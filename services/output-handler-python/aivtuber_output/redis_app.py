@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import TypedDict
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,6 +33,12 @@ from .stream import OutputEndpoint
 __all__ = ["create_redis_app"]
 
 
+class RedisOutputState(TypedDict):
+    """The lifespan state (``request.state``), as the direct app's OutputState."""
+
+    source: RedisFrameSource
+
+
 def create_redis_app(settings: Settings) -> Starlette:
     assert isinstance(settings.bus, RedisBusSettings)
     config = settings.output_handler
@@ -43,10 +50,10 @@ def create_redis_app(settings: Settings) -> Starlette:
     started = time.monotonic()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[RedisOutputState]:
         probe = asyncio.create_task(link.run(), name="bus-link")
         try:
-            yield
+            yield {"source": source}
         finally:
             probe.cancel()
             await asyncio.wait({probe})
@@ -54,6 +61,7 @@ def create_redis_app(settings: Settings) -> Starlette:
             await link.aclose()
 
     async def task_audio(request: Request) -> Response:
+        source: RedisFrameSource = request.state.source
         task_id = request.path_params["task_id"]
         if (bad := _check_id(task_id)) is not None:
             return bad
@@ -78,6 +86,7 @@ def create_redis_app(settings: Settings) -> Starlette:
         )
 
     async def task_status(request: Request) -> Response:
+        source: RedisFrameSource = request.state.source
         task_id = request.path_params["task_id"]
         if (bad := _check_id(task_id)) is not None:
             return bad
@@ -96,6 +105,7 @@ def create_redis_app(settings: Settings) -> Starlette:
         return JSONResponse(body)
 
     async def health(request: Request) -> Response:
+        source: RedisFrameSource = request.state.source
         body = {
             "status": "ok" if link.up else "unavailable",
             "service": "output_handler",
@@ -114,6 +124,4 @@ def create_redis_app(settings: Settings) -> Starlette:
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.source = source
-    return app
+    return Starlette(routes=routes, lifespan=lifespan)
