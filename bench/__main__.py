@@ -1,4 +1,5 @@
-"""``./bench [--quick] [--scenario gateway|speech|voices|all]``: measure, print tables, write JSON.
+"""``./bench [--quick] [--scenario gateway|speech|edge|voices|openai|browser|all]``:
+measure, print tables, write JSON.
 
 Progress goes to stderr, the Markdown tables to stdout, everything measured (medians, each
 round's values, per-line timings, the machine) to ``bench/results/latest.json``.
@@ -23,10 +24,15 @@ from typing import Any
 import structlog
 
 from . import BENCH_VERSION, nginx, report
+from .browser_path import BrowserParams, run_browser_path
 from .bus import BusParams, run_bus
+from .chromium import find_chromium
 from .edge_auth import EdgeAuthParams, run_edge_auth
+from .edge_fairness import FairnessParams, run_edge_fairness
+from .edge_memory import EdgeMemoryParams, run_edge_memory
 from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
+from .openai_api import OpenAIParams, run_openai_api
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
 from .speech_path import SpeechParams, run_speech_path
 from .voices import VoicesParams, run_voices
@@ -50,12 +56,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenario",
-        choices=["gateway", "speech", "edge", "voices", "bus", "all"],
+        choices=["gateway", "speech", "edge", "voices", "openai", "browser", "bus", "all"],
         default="all",
-        help=(
-            "what to run (edge: the cost of authentication, fairness, memory under attack;"
-            " bus: direct vs Redis Streams, needs redis-server, not in all)"
-        ),
+        help="what to run (edge: the cost of authentication, fairness, memory under attack; "
+        "openai: /v1/audio/speech next to the WebSocket path; all: browser only when a "
+        "Chromium is found; bus: direct vs Redis Streams, needs redis-server, not in all)",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
@@ -110,6 +115,20 @@ def edge_auth_params(args: argparse.Namespace) -> EdgeAuthParams:
     return dataclasses.replace(params, rounds=args.rounds) if args.rounds else params
 
 
+def browser_params(args: argparse.Namespace) -> BrowserParams:
+    if args.smoke:
+        params = BrowserParams.smoke()
+    elif args.quick:
+        params = BrowserParams.quick()
+    else:
+        params = BrowserParams()
+    if args.rounds:
+        params = dataclasses.replace(params, rounds=args.rounds)
+    if args.voice:
+        params = dataclasses.replace(params, voice=args.voice)
+    return params
+
+
 def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     mode, hop_params, speech_params = build_params(args)
     started = time.perf_counter()
@@ -129,9 +148,17 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     if args.scenario in ("speech", "all"):
         results["scenarios"]["speech"] = run_speech_path(speech_params, work_dir, say=_say)
     if args.scenario in ("edge", "all"):
-        # Parts: auth (bench/edge_auth.py); fairness and memory join the same section.
+        # Parts: auth (bench/edge_auth.py), fairness (edge_fairness.py), memory under
+        # attack (edge_memory.py), each with its own stack.
         edge = results["scenarios"]["edge"] = {}
         edge["auth"] = run_edge_auth(edge_auth_params(args), work_dir, say=_say)
+        fairness = {"quick": FairnessParams.quick(), "smoke": FairnessParams.smoke()}
+        edge["fairness"] = run_edge_fairness(
+            fairness.get(mode, FairnessParams()), work_dir, say=_say
+        )
+        memory = EdgeMemoryParams.smoke() if mode == "smoke" else EdgeMemoryParams()
+        _say("edge memory: the fragment and header attacks")
+        edge["memory"] = run_edge_memory(work_dir, memory)
     if args.scenario in ("voices", "all") and mode != "smoke":
         voices_params = VoicesParams.quick() if mode == "quick" else VoicesParams()
         if args.rounds:
@@ -139,6 +166,14 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         if args.voice:
             voices_params = dataclasses.replace(voices_params, voices=(args.voice,))
         results["scenarios"]["voices"] = run_voices(voices_params, work_dir, say=_say)
+    if args.scenario in ("openai", "all"):
+        results["scenarios"]["openai"] = run_openai_api(
+            _openai_params(mode, args, speech_params.voice), work_dir, say=_say
+        )
+    if args.scenario == "browser" or (args.scenario == "all" and find_chromium()):
+        results["scenarios"]["browser"] = run_browser_path(browser_params(args), work_dir, say=_say)
+    elif args.scenario == "all":
+        _say("browser scenario skipped: no Chromium found (apt-get install -y chromium)")
     if args.scenario == "bus":
         bus_params = {"quick": BusParams.quick(), "smoke": BusParams.smoke()}.get(mode, BusParams())
         if args.voice:
@@ -146,6 +181,13 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         results["scenarios"]["bus"] = run_bus(bus_params, work_dir, say=_say)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
+
+
+def _openai_params(mode: str, args: argparse.Namespace, voice: str) -> OpenAIParams:
+    params = {"smoke": OpenAIParams.smoke, "quick": OpenAIParams.quick}.get(mode, OpenAIParams)()
+    if args.rounds:
+        params = dataclasses.replace(params, rounds=args.rounds)
+    return dataclasses.replace(params, voice=voice)
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:

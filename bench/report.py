@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["edge_tables", "gateway_tables", "markdown_table", "render", "speech_tables"]
+__all__ = [
+    "browser_tables",
+    "edge_tables",
+    "gateway_tables",
+    "markdown_table",
+    "render",
+    "speech_tables",
+]
 
 NA = "n/a"
 RATIO_TARGET = 0.8
@@ -34,6 +41,12 @@ def render(results: dict[str, Any]) -> str:
         parts.extend(edge_tables(scenarios["edge"]))
     if "voices" in scenarios:
         parts.extend(voices_tables(scenarios["voices"]))
+    if "openai" in scenarios:
+        from .openai_api import openai_tables
+
+        parts.extend(openai_tables(scenarios["openai"]))
+    if "browser" in scenarios:
+        parts.extend(browser_tables(scenarios["browser"]))
     if "bus" in scenarios:
         from .bus import bus_tables  # bus.py imports this module's markdown_table
 
@@ -255,6 +268,27 @@ def edge_tables(edge: dict[str, Any]) -> list[str]:
     parts: list[str] = []
     if "auth" in edge:
         parts.extend(edge_auth_tables(edge["auth"]))
+    if "fairness" in edge:
+        from .edge_fairness import render as fairness_table  # it imports this module
+
+        parts.append(fairness_table(edge["fairness"]))
+    if "memory" in edge:
+        memory = edge["memory"]
+        params = memory["params"]
+        rows = [
+            ["at rest", _fmt(memory["baseline_mb"], "1")],
+            [
+                f"{params['conns']} connections each sending a "
+                f"{params['fragment_bytes'] // 2**20} MB fragmented message",
+                _fmt(memory["fragments_mb"], "1"),
+            ],
+            [
+                f"{params['conns']} connections each sending a "
+                f"{params['header_bytes'] // 2**20} MB request head",
+                _fmt(memory["headers_mb"], "1"),
+            ],
+        ]
+        parts += ["### Edge: gateway memory under attack", markdown_table(["", "RSS (MB)"], rows)]
     return parts
 
 
@@ -361,6 +395,35 @@ def voices_tables(voices: dict[str, Any]) -> list[str]:
         ),
         f"Largest level with no late frame: {capacity}.",
     ]
+
+
+def browser_tables(browser: dict[str, Any]) -> list[str]:
+    params = browser["params"]
+    med = browser["medians"].get("browser", {})
+    rows = [
+        [
+            "time to first audio p50 (ms)",
+            _fmt(med.get("heard_ttfa_p50_ms"), "int"),
+            _fmt(med.get("python_ttfa_p50_ms"), "int"),
+            _ratio(med.get("heard_over_python_p50")),
+        ],
+        [
+            "time to first audio p95 (ms)",
+            _fmt(med.get("heard_ttfa_p95_ms"), "int"),
+            _fmt(med.get("python_ttfa_p95_ms"), "int"),
+            _ratio(_div(med.get("heard_ttfa_p95_ms"), med.get("python_ttfa_p95_ms"))),
+        ],
+        ["page: speak -> first frame p50 (ms)", _fmt(med.get("first_frame_p50_ms"), "int"), "", ""],
+        ["page: jitter buffer p50 (ms)", _fmt(med.get("jitter_p50_ms"), "int"), "", ""],
+        ["underruns heard in the page", _fmt(med.get("underruns"), "int"), "", ""],
+    ]
+    header = ["browser", "heard in the page", "Python client", "page ÷ Python"]
+    title = (
+        f"### Browser (voice {browser['voice']!r}, {params['lines']} lines, "
+        f"{_rounds(params['rounds'])}, medians): speak pressed -> first sample played by the "
+        "audio clock, next to the Python client's speak sent -> first PCM byte"
+    )
+    return [title, markdown_table(header, rows)]
 
 
 def _rounds(count: int) -> str:

@@ -16,6 +16,8 @@ if [ ! -f "$stamp" ]; then
     # setuptools' editable build is chatty about the static/ data folder: shown on failure.
     "$VENV/bin/python" -m pip install --quiet --no-deps -e . >"$VENV/.install.log" 2>&1 \
         || { cat "$VENV/.install.log" >&2; exit 1; }
+    # The riva engine's client, without its websockets<16 pin (see pyproject.toml, riva).
+    "$VENV/bin/python" -m pip install --quiet --no-deps "nvidia-riva-client>=2.28,<3"
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi

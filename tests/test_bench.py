@@ -97,8 +97,13 @@ def test_edge_smoke_run_measures_authentication_next_to_the_anonymous_gateway(
         assert medians["connect_p50_us"] > 0 and medians["rtt_p50_us"] > 0
         assert medians["cpu_us_per_connect"] is not None
     assert auth["ratios"]["ticket"]["connect_p50_us"] is not None
+    fairness = results["scenarios"]["edge"]["fairness"]
+    assert fairness["alone_ttfa_ms"] > 0 and fairness["flood_ttfa_ms"] > 0
+    memory = results["scenarios"]["edge"]["memory"]
+    assert memory["baseline_mb"] > 0 and memory["fragments_mb"] > 0 and memory["headers_mb"] > 0
     table = capsys.readouterr().out
     assert "Edge: the cost of authentication" in table and "bearer ÷ anonymous" in table
+    assert "Fair sharing" in table and "gateway memory under attack" in table
 
 
 def test_report_without_nginx_shows_the_skip_reason_and_no_nginx_column() -> None:
@@ -178,3 +183,17 @@ def test_ratios_are_paired_by_round_and_percentiles_interpolate() -> None:
 def test_the_bench_texts_ship_with_the_repository() -> None:
     assert TEXTS.is_relative_to(Path(__file__).resolve().parent.parent / "bench")
     assert len(read_lines()) >= 10
+
+
+def test_openai_smoke_run_times_the_http_endpoint_next_to_the_websocket_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = run_bench(tmp_path, "--scenario", "openai")
+
+    api = results["scenarios"]["openai"]
+    assert api["voice"] == "sine" and api["params"]["lines"] == 2
+    assert [(row["round"], row["line"]) for row in api["per_line"]] == [(1, 1), (1, 2)]
+    assert all(row["ws_ttfa_ms"] > 0 and row["http_ttfb_ms"] > 0 for row in api["per_line"])
+    assert api["medians"]["http_over_ws_p50"] > 0
+    table = capsys.readouterr().out
+    assert "POST /v1/audio/speech" in table and "HTTP ÷ WS" in table

@@ -140,3 +140,34 @@ def test_a_config_error_is_one_line_naming_the_key(tmp_path: Path) -> None:
     message = str(caught.value)
     assert "\n" not in message
     assert "logging.level:" in message
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        (
+            {"path": "/v1/{p:path}", "protocol": "http", "backends": ["ws://a:1"]},
+            "gateway.routes.r.backends.0: must be a http/https URL with a host, got 'ws://a:1'",
+        ),
+        (
+            {"path": "/ws/x", "backends": ["ws://a:1", "https://b"]},
+            "gateway.routes.r.backends.1: must be a ws/wss URL with a host, got 'https://b'",
+        ),
+    ],
+)
+def test_a_routes_backends_must_speak_its_protocol(
+    tmp_path: Path, route: dict[str, object], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, {"gateway": {"routes": {"r": route}}}), environ=NO_ENV)
+    assert str(caught.value).endswith(expected)
+
+
+def test_the_openai_api_is_an_http_route_to_the_input_handler_by_default(tmp_path: Path) -> None:
+    for settings in (
+        load_settings(write(tmp_path, {}), environ=NO_ENV),
+        load_settings(ROOT / "config.json", environ=NO_ENV),
+    ):
+        route = settings.gateway.routes["openai"]
+        assert (route.protocol, route.backends) == ("http", ["http://127.0.0.1:8001"])
+        assert settings.input_handler.output_handler_url == "ws://127.0.0.1:8002"

@@ -127,6 +127,7 @@ async def stack(
     piper: bool = False,
     dead_workers: int = 0,
     limits: LimitsSettings | None = None,
+    audio_metrics: bool = False,
     **input_options: Any,
 ) -> AsyncIterator[Stack]:
     """Output handler, worker(s), input handler, gateway: started in the order each needs,
@@ -179,7 +180,9 @@ async def stack(
             await wait_workers_seen(handler, workers)
         routes = {
             "input": RouteSettings(path="/ws/input", backends=[handler.ws_url]),
-            "output": RouteSettings(path="/ws/output/{task_id}", backends=[output.ws_url]),
+            "output": RouteSettings(
+                path="/ws/output/{task_id}", backends=[output.ws_url], audio_metrics=audio_metrics
+            ),
         }
         gateway = await outer.enter_async_context(
             run_server(gateway_app(Settings(gateway=GatewaySettings(routes=routes))))

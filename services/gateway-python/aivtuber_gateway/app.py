@@ -19,6 +19,7 @@ from typing import Any, TypedDict
 import httpx
 import structlog
 from starlette.applications import Starlette
+from starlette.routing import Match
 
 from aivtuber_common.closecodes import AppCloseCode, CloseCode
 from aivtuber_common.config import Settings
@@ -29,10 +30,12 @@ from .auth import Edge, Refusal
 from .bounds import limit_messages
 from .headers import forwarded_request
 from .health import HealthChecker
+from .http_routes import HttpForwarder
 from .keepalive import BackendKeepalive
 from .lifecycle import short_reason
 from .metrics import GatewayMetrics
 from .monitor import monitor_routes
+from .pages import page_routes
 from .proxy import ProxyConnection, ProxyOptions, Receive, Send
 from .registry import Registry
 from .routing import Route, RouteTable
@@ -79,14 +82,28 @@ class GatewayApp:
         # lifespan state from); None before startup and after shutdown.
         self._runtime: Runtime | None = None
         self.http = Starlette(
-            routes=monitor_routes(self.metrics, self.edge), lifespan=self._lifespan
+            routes=[*monitor_routes(self.metrics, self.edge), *page_routes(self)],
+            lifespan=self._lifespan,
         )
+        # Routes with protocol "http" (the OpenAI-compatible API): forwarded, streamed,
+        # through the same edge (credentials, tenants, the connection quota).
+        self.forwarder = HttpForwarder(settings, self.log, self.metrics, self.edge)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
+        elif scope["type"] == "http" and (route := self._http_route(scope)) is not None:
+            await self.forwarder.handle(route, scope, receive, send)
         else:
             await self.http(scope, receive, send)
+
+    def _http_route(self, scope: dict[str, Any]) -> Route | None:
+        """The http route for this request; the gateway's own endpoints come first."""
+        route = self.routes.match(scope["path"], protocol="http")
+        if route is None:
+            return None
+        own = any(r.matches(scope)[0] is not Match.NONE for r in self.http.routes)
+        return None if own else route
 
     async def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = GOING_AWAY) -> None:
         """Stop proxying new connections; close every open one on both sides."""
@@ -117,6 +134,7 @@ class GatewayApp:
                 self.routes, client, gateway.health_timeout_s, gateway.health_cache_s
             )
             runtime = self._runtime = Runtime(registry, options, health)
+            await self.forwarder.open()
             self.metrics.bind(registry)
             keepalive = None
             if gateway.ping_interval_s:
@@ -128,6 +146,7 @@ class GatewayApp:
                 yield {"runtime": runtime}
             finally:
                 await self.close_all()
+                await self.forwarder.aclose()
                 if keepalive is not None:
                     await keepalive.stop()
                 self._runtime = None

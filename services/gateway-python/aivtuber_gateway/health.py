@@ -30,6 +30,9 @@ class HealthChecker:
         self._lock = asyncio.Lock()
         self._cached: dict[str, Any] | None = None
         self._cached_at = 0.0
+        # The last /health body of each backend (by URL): the status page's speech view
+        # reads workers, voices and tasks from the handlers' own reports.
+        self.reports: dict[str, dict[str, Any]] = {}
 
     async def backends(self) -> tuple[bool, dict[str, Any]]:
         """(all ok, per-route report), probing at most once per ``cache_s``."""
@@ -65,6 +68,7 @@ class HealthChecker:
     async def _probe(self, backend: Backend) -> dict[str, Any]:
         started = time.perf_counter()
         error: str | None = None
+        response: httpx.Response | None = None
         try:
             response = await self._client.get(backend.health_url, timeout=self._timeout)
             if response.status_code != 200:
@@ -74,8 +78,19 @@ class HealthChecker:
         except httpx.HTTPError as exc:
             error = str(exc) or type(exc).__name__
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        self._keep_report(backend, response)
         if error is None:
             backend.mark_up()
             return {"url": backend.url, "status": "ok", "latency_ms": latency_ms}
         backend.mark_down()
         return {"url": backend.url, "status": "down", "latency_ms": None, "error": error}
+
+    def _keep_report(self, backend: Backend, response: httpx.Response | None) -> None:
+        try:
+            body = None if response is None else response.json()
+        except ValueError:  # not JSON: nothing to show
+            body = None
+        if isinstance(body, dict):
+            self.reports[backend.url] = body
+        else:
+            self.reports.pop(backend.url, None)

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .recent import RecentSpeech
 from .registry import Registry
 from .routing import RouteTable
 
@@ -34,6 +35,7 @@ class GatewayMetrics:
         self._tenants = tenants  # open connections per tenant (the edge's quota)
         self._registry: Registry[Any] | None = None
         self.prometheus.register(_RegistryCollector(self))
+        self.recent = RecentSpeech()  # the last minutes, for the status page's speech view
         self.first_audio = Histogram(
             f"{PREFIX}_time_to_first_audio_seconds",
             "From the client's connection opening to the first binary frame sent to it.",
@@ -46,6 +48,20 @@ class GatewayMetrics:
             "Time between consecutive binary frames sent to the client.",
             ["route"],
             buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1, 2, 5),
+            registry=self.prometheus,
+        )
+        # Plain HTTP routes (protocol "http"): one observation per request, off the WS path.
+        self.http_requests = Counter(
+            f"{PREFIX}_http_requests",
+            "Requests on http routes by status (0: the client left before an answer).",
+            ["route", "status"],
+            registry=self.prometheus,
+        )
+        self.http_first_byte = Histogram(
+            f"{PREFIX}_http_first_byte_seconds",
+            "Request received -> first body byte of the back end's answer sent to the client.",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 5, 10, 30),
             registry=self.prometheus,
         )
         self.connect_seconds = Histogram(
@@ -61,10 +77,10 @@ class GatewayMetrics:
         self._registry = registry
 
     def first_audio_observer(self, route: str) -> Callable[[float], None]:
-        return self.first_audio.labels(route).observe
+        return _both(self.first_audio.labels(route).observe, self.recent.first_audio)
 
     def audio_gap_observer(self, route: str) -> Callable[[float], None]:
-        return self.audio_gap.labels(route).observe
+        return _both(self.audio_gap.labels(route).observe, self.recent.frame_gap)
 
     def collect_registry(self) -> Iterator[Metric]:
         registry = self._registry
@@ -124,6 +140,16 @@ class GatewayMetrics:
             for tenant, count in sorted(self._tenants().items()):
                 tenants.add_metric([tenant], count)
         yield from (open_, total, messages, sizes, failures, closes, rejected, tenants)
+
+
+def _both(
+    first: Callable[[float], None], second: Callable[[float], None]
+) -> Callable[[float], None]:
+    def observe(value: float) -> None:
+        first(value)
+        second(value)
+
+    return observe
 
 
 class _RegistryCollector(Collector):

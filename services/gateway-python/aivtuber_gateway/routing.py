@@ -38,7 +38,7 @@ class Backend:
     def __init__(self, url: str) -> None:
         self.url = url
         parts = urlsplit(url)
-        scheme = "https" if parts.scheme == "wss" else "http"
+        scheme = "https" if parts.scheme in ("wss", "https") else "http"
         # The backend's own health endpoint: same host and port, path /health.
         self.health_url = f"{scheme}://{parts.netloc}/health"
         self.open_connections = 0
@@ -72,6 +72,7 @@ class Route:
         self.audio_metrics = settings.audio_metrics
         # Both hops, whole messages and unfinished fragmented ones (see .bounds).
         self.max_message_bytes = settings.max_message_bytes or default_max_bytes
+        self.protocol = settings.protocol  # websocket or http (see http_routes.py)
         self.unavailable_reason = f"{name} backend unavailable"
         self._turn = itertools.count()
 
@@ -100,9 +101,9 @@ class RouteTable:
             for name, route in settings.routes.items()
         ]
 
-    def match(self, path: str) -> Route | None:
+    def match(self, path: str, protocol: str = "websocket") -> Route | None:
         for route in self.routes:
-            if route.regex.match(path):
+            if route.protocol == protocol and route.regex.match(path):
                 return route
         return None
 

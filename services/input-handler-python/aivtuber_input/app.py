@@ -40,6 +40,7 @@ from .limits import SpeakLimiter
 from .metrics import InputMetrics
 from .redis_submitter import RedisTaskSubmitter, redis_submitter
 from .session import CancelTask, Close, Event, InputSession, ListVoicesRequest, Reply, Submit
+from .speech import SpeechApi
 from .workers import HttpTaskSubmitter
 
 __all__ = ["InputEndpoint", "create_app"]
@@ -62,16 +63,17 @@ def create_app(
     metrics = InputMetrics()
     started = time.monotonic()
     endpoint = InputEndpoint(settings, metrics)
+    speech = SpeechApi(settings, metrics)  # POST /v1/audio/speech and its discovery routes
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[InputState]:
         if isinstance(settings.bus, RedisBusSettings):  # bus seam: workers found on Redis
             async with redis_submitter(settings, on_ended=endpoint.active.ended) as on_redis:
-                endpoint.submitter = on_redis
+                endpoint.submitter = speech.submitter = on_redis
                 try:
                     yield {"submitter": on_redis}
                 finally:
-                    endpoint.submitter = None
+                    endpoint.submitter = speech.submitter = None
             return
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(transport=transport, limits=limits) as client:
@@ -83,7 +85,7 @@ def create_app(
                 ready_wait_s=config.ready_wait_s,
                 on_accepted=endpoint.active.accepted,
             )
-            endpoint.submitter = submitter
+            endpoint.submitter = speech.submitter = submitter
             events = WorkerEvents(
                 endpoint.active,
                 list(config.workers),
@@ -100,7 +102,7 @@ def create_app(
                 for task in background:
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
-                endpoint.submitter = None
+                endpoint.submitter = speech.submitter = None
 
     async def health(request: Request) -> Response:
         # 200 only when a line can be spoken now: a worker answered its /health with 200
@@ -129,6 +131,7 @@ def create_app(
         WebSocketRoute("/ws/input", endpoint.handle),
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
+        *speech.routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

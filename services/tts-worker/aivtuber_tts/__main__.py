@@ -15,9 +15,11 @@ __all__ = ["check", "main"]
 def check(settings: Settings) -> None:
     """What the schema cannot tell: a Piper model that is not there, a GPU that is not."""
     for voice_id, voice in settings.tts_worker.voices.items():
+        where = f"tts_worker.voices.{voice_id}"
+        if voice.engine == "riva":
+            _check_riva(where)
         if voice.engine != "piper":
             continue
-        where = f"tts_worker.voices.{voice_id}"
         # Imported here: onnxruntime takes a moment to import and only Piper voices need it.
         from .engines.piper import resolve_paths
 
@@ -35,6 +37,17 @@ def check(settings: Settings) -> None:
                     f"{where}.device: 'cuda' needs onnxruntime-gpu and a CUDA GPU, but this "
                     f"onnxruntime offers only {', '.join(providers)}; use 'auto' or 'cpu'"
                 )
+
+
+def _check_riva(where: str) -> None:
+    import importlib.util
+
+    for module, install in (
+        ("grpc", "pip install 'aivtuber-gateway[riva]'"),
+        ("riva.client", "pip install --no-deps 'nvidia-riva-client>=2.28,<3'"),
+    ):
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            raise ConfigError(f"{where}.engine: 'riva' needs {module}: {install} (docs/riva.md)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

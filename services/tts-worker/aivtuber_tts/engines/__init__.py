@@ -129,6 +129,20 @@ def build_engine(
                 timeout_s=voice.timeout_s,
                 response_format=voice.response_format,
             )
+        case "riva":
+            from .riva import RivaEngine  # grpc is an optional dependency (extra "riva")
+
+            assert voice.server is not None  # VoiceSettings demands it
+            return RivaEngine(
+                voice.server,
+                voice_name=voice.remote_voice,
+                language_code=voice.language_code,
+                sample_rate=voice.sample_rate,
+                use_ssl=voice.use_ssl,
+                ssl_cert=voice.ssl_cert,
+                api_key=voice.api_key,
+                timeout_s=voice.timeout_s,
+            )
         case other:
             raise ValueError(f"unknown engine {other!r}")
 
