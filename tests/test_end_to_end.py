@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aivtuber_common.config import (
     BusSettings,
+    DirectBusSettings,
     GatewaySettings,
     InputHandlerSettings,
     LimitsSettings,
@@ -45,6 +46,7 @@ from tests.frontend import Heard, ask, frontend, listen, speak
 from tests.support import RunningServer, free_port, run_server
 
 HOLD = "HOLD"
+DIRECT = DirectBusSettings()
 SINE_RATE = 16000
 MS_PER_CHAR = 20.0
 FRAME_MS = 40
@@ -122,7 +124,7 @@ async def wait_ready(server: RunningServer) -> None:
 
 @contextlib.asynccontextmanager
 async def stack(
-    bus: BusSettings,
+    bus: BusSettings = DIRECT,  # the bus fixture's; direct for the browser and page tests
     workers: int = 1,
     piper: bool = False,
     dead_workers: int = 0,
