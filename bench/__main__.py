@@ -25,6 +25,7 @@ import structlog
 
 from . import BENCH_VERSION, nginx, report
 from .browser_path import BrowserParams, run_browser_path
+from .bus import BusParams, run_bus
 from .chromium import find_chromium
 from .edge_auth import EdgeAuthParams, run_edge_auth
 from .edge_fairness import FairnessParams, run_edge_fairness
@@ -55,11 +56,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenario",
-        choices=["gateway", "speech", "edge", "voices", "openai", "browser", "all"],
+        choices=["gateway", "speech", "edge", "voices", "openai", "browser", "bus", "all"],
         default="all",
         help="what to run (edge: the cost of authentication, fairness, memory under attack; "
         "openai: /v1/audio/speech next to the WebSocket path; all: browser only when a "
-        "Chromium is found)",
+        "Chromium is found; bus: direct vs Redis Streams, needs redis-server, not in all)",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
@@ -173,6 +174,11 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         results["scenarios"]["browser"] = run_browser_path(browser_params(args), work_dir, say=_say)
     elif args.scenario == "all":
         _say("browser scenario skipped: no Chromium found (apt-get install -y chromium)")
+    if args.scenario == "bus":
+        bus_params = {"quick": BusParams.quick(), "smoke": BusParams.smoke()}.get(mode, BusParams())
+        if args.voice:
+            bus_params = dataclasses.replace(bus_params, voice=args.voice)
+        results["scenarios"]["bus"] = run_bus(bus_params, work_dir, say=_say)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
 

@@ -47,6 +47,10 @@ def render(results: dict[str, Any]) -> str:
         parts.extend(openai_tables(scenarios["openai"]))
     if "browser" in scenarios:
         parts.extend(browser_tables(scenarios["browser"]))
+    if "bus" in scenarios:
+        from .bus import bus_tables  # bus.py imports this module's markdown_table
+
+        parts.extend(bus_tables(scenarios["bus"]))
     machine = results.get("machine", {})
     parts.append(
         f"_{results.get('mode', '?')} run, {machine.get('date', '?')}, "

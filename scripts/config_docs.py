@@ -87,16 +87,33 @@ def _walk(
             rows.append([f"`{key}`", _type(field), _default(key, field), description])
         elif inner[0] == "model":
             _walk(inner[1], f"{key}.", f"`{key}`", sections)
+        elif inner[0] == "union":
+            # One of several sections, told apart by their "kind" (bus: direct or redis).
+            names = " \\| ".join(_type_name(m.model_fields["kind"].annotation) for m in inner[1])
+            kinds = f"section, `kind` one of {names}"
+            default = field.default
+            shown = ""
+            if isinstance(default, BaseModel):
+                shown = f"`{json.dumps(default.model_dump())}`"
+            rows.append([f"`{key}`", kinds, shown or _default(key, field), description])
+            for member in inner[1]:
+                kind = _type_name(member.model_fields["kind"].annotation)
+                _walk(member, f"{key}.", f"`{key}` (kind {kind})", sections)
         else:
             kind = f"map of name to `{key}.<name>`"
             rows.append([f"`{key}`", kind, _default(key, field), description])
             _walk(inner[1], f"{key}.<name>.", f"`{key}.<name>`", sections)
 
 
-def _model_of(annotation: Any) -> tuple[str, type[BaseModel]] | None:
-    """("model", M) for a nested section, ("map", M) for a dict of sections."""
+def _model_of(annotation: Any) -> tuple[str, Any] | None:
+    """("model", M) for a nested section, ("map", M) for a dict of sections, ("union",
+    [M, ...]) for one of several sections told apart by their ``kind``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "model", annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = get_args(annotation)
+        if all(isinstance(m, type) and issubclass(m, BaseModel) for m in members):
+            return "union", list(members)
     if get_origin(annotation) is dict:
         value = get_args(annotation)[1]
         if isinstance(value, type) and issubclass(value, BaseModel):

@@ -9,6 +9,9 @@ import structlog
 
 from tests import gateway_support
 
+# The ``bus`` fixture (both buses) and a real redis-server.
+pytest_plugins = ["tests.redis_support"]
+
 # The gateway's client hop in both of its modes: its own frame fast path, and uvicorn's
 # plain path (what runs when the installed versions are not the tested ones).
 FAST_PATH_MODES = {"fast": "auto", "plain": "off"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import types
 from pathlib import Path
 from types import ModuleType
 
@@ -36,6 +37,12 @@ def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
         args = getattr(annotation, "__args__", ())
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             keys += _leaf_keys(annotation, f"{prefix}{name}.")
+        elif isinstance(annotation, types.UnionType) and all(
+            isinstance(arg, type) and issubclass(arg, BaseModel) for arg in args
+        ):  # one of several sections (bus: direct or redis): each one's keys
+            keys.append(f"{prefix}{name}")
+            for member in args:
+                keys += _leaf_keys(member, f"{prefix}{name}.")
         elif args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel):
             keys.append(f"{prefix}{name}")
             keys += _leaf_keys(args[-1], f"{prefix}{name}.<name>.")

@@ -24,9 +24,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aivtuber_common.config import (
+    BusSettings,
+    DirectBusSettings,
     GatewaySettings,
     InputHandlerSettings,
+    LimitsSettings,
     OutputHandlerSettings,
+    RedisBusSettings,
     RouteSettings,
     Settings,
     TtsWorkerSettings,
@@ -42,6 +46,7 @@ from tests.frontend import Heard, ask, frontend, listen, speak
 from tests.support import RunningServer, free_port, run_server
 
 HOLD = "HOLD"
+DIRECT = DirectBusSettings()
 SINE_RATE = 16000
 MS_PER_CHAR = 20.0
 FRAME_MS = 40
@@ -119,17 +124,22 @@ async def wait_ready(server: RunningServer) -> None:
 
 @contextlib.asynccontextmanager
 async def stack(
+    bus: BusSettings = DIRECT,  # the bus fixture's; direct for the browser and page tests
     workers: int = 1,
     piper: bool = False,
     dead_workers: int = 0,
+    limits: LimitsSettings | None = None,
     audio_metrics: bool = False,
     **input_options: Any,
 ) -> AsyncIterator[Stack]:
-    """Output handler, worker(s), input handler, gateway: started in the order each needs."""
+    """Output handler, worker(s), input handler, gateway: started in the order each needs,
+    on the ``bus`` fixture's bus (dead workers are unreachable URLs: direct bus only)."""
     async with contextlib.AsyncExitStack() as outer:
         output = await outer.enter_async_context(
             run_server(
-                output_app(Settings(output_handler=OutputHandlerSettings(task_wait_s=TASK_WAIT_S)))
+                output_app(
+                    Settings(bus=bus, output_handler=OutputHandlerSettings(task_wait_s=TASK_WAIT_S))
+                )
             )
         )
         gates: list[Gate] = []
@@ -144,7 +154,9 @@ async def stack(
                 frame_ms=FRAME_MS,
                 max_concurrent=2,
             )
-            app = worker_app(Settings(tts_worker=config), engine_factory=held_factory(gate))
+            app = worker_app(
+                Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate)
+            )
             own = contextlib.AsyncExitStack()
             server = await own.enter_async_context(run_server(app))
             outer.push_async_callback(own.aclose)
@@ -158,10 +170,16 @@ async def stack(
         handler = await outer.enter_async_context(
             run_server(
                 input_app(
-                    Settings(input_handler=InputHandlerSettings(workers=urls, **input_options))
+                    Settings(
+                        bus=bus,
+                        limits=limits or LimitsSettings(),
+                        input_handler=InputHandlerSettings(workers=urls, **input_options),
+                    )
                 )
             )
         )
+        if isinstance(bus, RedisBusSettings):
+            await wait_workers_seen(handler, workers)
         routes = {
             "input": RouteSettings(path="/ws/input", backends=[handler.ws_url]),
             "output": RouteSettings(
@@ -172,6 +190,13 @@ async def stack(
             run_server(gateway_app(Settings(gateway=GatewaySettings(routes=routes))))
         )
         yield Stack(gateway, output, handler, running, gates, stops)
+
+
+async def wait_workers_seen(handler: RunningServer, count: int) -> None:
+    """Until the input handler has seen ``count`` workers' heartbeats (the Redis bus)."""
+    async with httpx.AsyncClient() as http, asyncio.timeout(READY_TIMEOUT_S):
+        while (await http.get(f"{handler.http_url}/health")).json()["workers_available"] < count:
+            await asyncio.sleep(0.02)
 
 
 def assert_complete(heard: Heard, text: str, rate: int = SINE_RATE) -> None:
@@ -196,9 +221,11 @@ def sine_duration_ms(text: str) -> float:
 # --- tests ---------------------------------------------------------------------------------
 
 
-async def test_speak_streams_the_sine_voice_frames_in_order_through_the_gateway() -> None:
+async def test_speak_streams_the_sine_voice_frames_in_order_through_the_gateway(
+    bus: BusSettings,
+) -> None:
     text = "Hello everyone! Welcome back to the stream."
-    async with stack() as s, frontend(s.url) as (ws, assigned):
+    async with stack(bus) as s, frontend(s.url) as (ws, assigned):
         task_id = await speak(ws, text)
         heard = await listen(s.url, task_id)
     assert task_id == assigned
@@ -210,10 +237,10 @@ async def test_speak_streams_the_sine_voice_frames_in_order_through_the_gateway(
     assert all(c["samples"] <= full_frame for c in heard.chunks)
 
 
-async def test_the_compat_chunked_upload_is_spoken() -> None:
+async def test_the_compat_chunked_upload_is_spoken(bus: BusSettings) -> None:
     text = "Chunked upload, the way the original frontends send it."
     data = text.encode()
-    async with stack() as s, frontend(s.url) as (ws, assigned):
+    async with stack(bus) as s, frontend(s.url) as (ws, assigned):
         for chunk_id, start in enumerate(range(0, len(data), 10)):
             await ws.send(
                 json.dumps({"type": "text", "chunk_id": chunk_id, "action": "data_chunk"})
@@ -225,9 +252,11 @@ async def test_the_compat_chunked_upload_is_spoken() -> None:
     assert_complete(heard, text)
 
 
-async def test_several_speaks_on_one_connection_each_stream_their_own_audio() -> None:
+async def test_several_speaks_on_one_connection_each_stream_their_own_audio(
+    bus: BusSettings,
+) -> None:
     lines = ["First line.", "The second line is longer than the first.", "Third."]
-    async with stack() as s, frontend(s.url) as (ws, _):
+    async with stack(bus) as s, frontend(s.url) as (ws, _):
         task_ids = [await speak(ws, line) for line in lines]
         heard = await asyncio.gather(*(listen(s.url, task_id) for task_id in task_ids))
     assert len(set(task_ids)) == 3
@@ -236,9 +265,9 @@ async def test_several_speaks_on_one_connection_each_stream_their_own_audio() ->
     assert len(heard[1].audio) > len(heard[0].audio) > len(heard[2].audio)
 
 
-async def test_early_late_and_parallel_subscribers_get_identical_bytes() -> None:
+async def test_early_late_and_parallel_subscribers_get_identical_bytes(bus: BusSettings) -> None:
     text = "Everyone listening gets the very same bytes."
-    async with stack() as s, frontend(s.url) as (ws, assigned):
+    async with stack(bus) as s, frontend(s.url) as (ws, assigned):
         early = asyncio.create_task(listen(s.url, assigned))  # before the task exists
         await wait_connected(s, assigned)
         await speak(ws, text)
@@ -259,9 +288,9 @@ async def wait_connected(s: Stack, task_id: str) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_cancel_mid_stream_ends_the_stream_with_cancelled_true() -> None:
+async def test_cancel_mid_stream_ends_the_stream_with_cancelled_true(bus: BusSettings) -> None:
     text = f"This starts at once. Then it would {HOLD} for a long while. And never ends."
-    async with stack() as s, frontend(s.url) as (ws, _):
+    async with stack(bus) as s, frontend(s.url) as (ws, _):
         task_id = await speak(ws, text)
         heard = Heard()
         listening = asyncio.create_task(listen(s.url, task_id, heard))
@@ -276,8 +305,10 @@ async def test_cancel_mid_stream_ends_the_stream_with_cancelled_true() -> None:
     assert heard.chunks and heard.end["chunks"] == len(heard.chunks)
 
 
-async def test_unknown_and_invalid_task_ids_are_refused_through_the_gateway() -> None:
-    async with stack() as s:
+async def test_unknown_and_invalid_task_ids_are_refused_through_the_gateway(
+    bus: BusSettings,
+) -> None:
+    async with stack(bus) as s:
         invalid = await listen(s.url, "not-a-task")
         unknown = await listen(s.url, str(uuid.uuid4()))
     assert invalid.end is not None and invalid.end["code"] == "invalid_task_id"
@@ -286,7 +317,7 @@ async def test_unknown_and_invalid_task_ids_are_refused_through_the_gateway() ->
     assert unknown.close_code == 4404
 
 
-async def test_bad_inputs_are_answered_while_the_connection_keeps_working() -> None:
+async def test_bad_inputs_are_answered_while_the_connection_keeps_working(bus: BusSettings) -> None:
     bad: list[tuple[Any, str]] = [
         ("{not json", "invalid_json"),
         ({"type": "sing"}, "unknown_type"),
@@ -297,7 +328,7 @@ async def test_bad_inputs_are_answered_while_the_connection_keeps_working() -> N
         ({"type": "speak", "text": "Hi", "voice": "nobody"}, "unknown_voice"),
         (b"\xff\xfe", "unexpected_binary"),
     ]
-    async with stack(max_text_chars=200) as s, frontend(s.url) as (ws, _):
+    async with stack(bus, max_text_chars=200) as s, frontend(s.url) as (ws, _):
         for message, code in bad:
             reply = await ask(ws, message)
             assert reply["type"] == "error" and reply["code"] == code, reply
@@ -311,8 +342,8 @@ async def test_bad_inputs_are_answered_while_the_connection_keeps_working() -> N
         assert_complete(await listen(s.url, await speak(ws, text)), text)
 
 
-async def test_no_worker_answers_tts_unavailable_without_hanging() -> None:
-    async with stack(workers=0, dead_workers=2, worker_timeout_s=1.0) as s:
+async def test_no_worker_answers_tts_unavailable_without_hanging(bus: BusSettings) -> None:
+    async with stack(bus, workers=0, dead_workers=2, worker_timeout_s=1.0) as s:
         async with frontend(s.url) as (ws, assigned):
             reply = await ask(ws, {"type": "speak", "text": "Is anyone there?"})
             assert reply["type"] == "error" and reply["code"] == "tts_unavailable"
@@ -320,10 +351,12 @@ async def test_no_worker_answers_tts_unavailable_without_hanging() -> None:
             assert (await ask(ws, {"type": "dance"}))["code"] == "unknown_type"
 
 
-async def test_a_worker_stopped_mid_task_fails_its_stream_and_other_tasks_continue() -> None:
+async def test_a_worker_stopped_mid_task_fails_its_stream_and_other_tasks_continue(
+    bus: BusSettings,
+) -> None:
     doomed_text = f"Doomed line starts. It will {HOLD} until the worker is gone. End."
     kept_text = f"Kept line starts. It will {HOLD} until released. Then it ends."
-    async with stack(workers=2) as s, frontend(s.url) as (ws, _):
+    async with stack(bus, workers=2) as s, frontend(s.url) as (ws, _):
         doomed_id = await speak(ws, doomed_text)
         kept_id = await speak(ws, kept_text)
         doomed, kept = Heard(), Heard()
@@ -350,9 +383,9 @@ async def test_a_worker_stopped_mid_task_fails_its_stream_and_other_tasks_contin
         assert_complete(await listen(s.url, await speak(ws, text)), text)
 
 
-async def test_aivtuber_say_speaks_through_the_stack() -> None:
+async def test_aivtuber_say_speaks_through_the_stack(bus: BusSettings) -> None:
     text = "Hello from the command line."
-    async with stack() as s:
+    async with stack(bus) as s:
         result = await say(text, s.url, voice="sine")
     assert result.chunks > 0 and result.sample_rate == SINE_RATE
     assert 0 < result.first_audio_s <= result.total_s
@@ -360,9 +393,9 @@ async def test_aivtuber_say_speaks_through_the_stack() -> None:
 
 
 @pytest.mark.piper
-async def test_the_piper_voice_speaks_three_sentences_through_the_stack() -> None:
+async def test_the_piper_voice_speaks_three_sentences_through_the_stack(bus: BusSettings) -> None:
     text = "Hi chat! Welcome back to the stream. Today we are trying something new."
-    async with stack(piper=True) as s, frontend(s.url) as (ws, _):
+    async with stack(bus, piper=True) as s, frontend(s.url) as (ws, _):
         task_id = await speak(ws, text, voice="joe")
         heard = await listen(s.url, task_id)
     assert heard.start is not None and heard.start["engine"] == "piper"
@@ -372,8 +405,8 @@ async def test_the_piper_voice_speaks_three_sentences_through_the_stack() -> Non
     assert len(text) / 25 <= heard.end["duration_ms"] / 1000 <= len(text) / 5
 
 
-async def test_internal_endpoints_are_not_reachable_through_the_gateway() -> None:
-    async with stack() as s:
+async def test_internal_endpoints_are_not_reachable_through_the_gateway(bus: BusSettings) -> None:
+    async with stack(bus) as s:
         try:
             async with connect(f"{s.url}/internal/ingest") as ws:
                 with pytest.raises(ConnectionClosed):
@@ -384,3 +417,42 @@ async def test_internal_endpoints_are_not_reachable_through_the_gateway() -> Non
         async with httpx.AsyncClient() as http:
             for path in (f"/status/{uuid.uuid4()}", "/v1/tasks"):
                 assert (await http.get(s.gateway.http_url + path)).status_code == 404
+
+
+async def test_a_finished_task_is_served_as_wav_with_its_status_on_the_output_handler(
+    bus: BusSettings,
+) -> None:
+    text = "A line to keep."
+    async with stack(bus) as s, frontend(s.url) as (ws, _):
+        task_id = await speak(ws, text)
+        heard = await listen(s.url, task_id)
+        async with httpx.AsyncClient(base_url=s.output.http_url) as http:
+            status = (await http.get(f"/status/{task_id}")).json()
+            wav = await http.get(f"/tasks/{task_id}/audio.wav")
+            unknown = await http.get(f"/tasks/{uuid.uuid4()}/audio.wav")
+    assert_complete(heard, text)
+    assert status["status"] == "completed" and status["chunks"] == len(heard.chunks)
+    assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav"
+    assert wav.content[44:] == heard.audio
+    assert unknown.status_code == 404 and unknown.json()["code"] == "task_not_found"
+
+
+async def test_a_finished_task_frees_its_place_under_max_active_tasks(bus: BusSettings) -> None:
+    """On both buses the input handler learns of a task's end (the worker's events socket;
+    the task stream's end entry on Redis), so the tenant may speak again."""
+    async with stack(bus, limits=LimitsSettings(max_active_tasks=1)) as s:
+        async with frontend(s.url) as (ws, _):
+            first = await ask(ws, {"type": "speak", "text": f"{HOLD} the only place."})
+            assert first["action"] == "upload_processed", first
+            refused = await ask(ws, {"type": "speak", "text": "Not yet."})
+            assert refused["type"] == "error" and refused["code"] == "rate_limited", refused
+            s.gates[0].release()
+            heard = await asyncio.wait_for(listen(s.url, first["task_id"]), READY_TIMEOUT_S)
+            assert heard.end is not None and heard.end["type"] == "audio_complete"
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                while (reply := await ask(ws, {"type": "speak", "text": "Now."}))[
+                    "type"
+                ] == "error":
+                    assert reply["code"] == "rate_limited", reply
+                    await asyncio.sleep(min(reply["retry_after_ms"], 50) / 1000)
+            assert reply["action"] == "upload_processed", reply

@@ -15,9 +15,11 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from aivtuber_common.config import (
     AuthSettings,
+    BusSettings,
     GatewaySettings,
     InputHandlerSettings,
     OutputHandlerSettings,
+    RedisBusSettings,
     RouteSettings,
     Settings,
     TenantSettings,
@@ -31,19 +33,28 @@ from aivtuber_tts import create_app as worker_app
 from tests.edge_support import ALICE_KEY, BOB_KEY
 from tests.frontend import ask
 from tests.support import run_server
-from tests.test_end_to_end import FRAME_MS, HOLD, Gate, held_factory, voices, wait_ready
+from tests.test_end_to_end import (
+    FRAME_MS,
+    HOLD,
+    Gate,
+    held_factory,
+    voices,
+    wait_ready,
+    wait_workers_seen,
+)
 
 TOKEN = "internal-token-0123456789"
 TASK_WAIT_S = 1.0
 
 
 @contextlib.asynccontextmanager
-async def tenant_stack() -> AsyncIterator[tuple[str, str, Gate]]:
+async def tenant_stack(bus: BusSettings) -> AsyncIterator[tuple[str, str, Gate]]:
     """Gateway (tenants alice and bob), handlers and a held sine worker, all with
-    ``internal_token``; yields the gateway's and the output handler's ws:// URLs."""
+    ``internal_token``, on the ``bus`` fixture's bus; yields the gateway's and the output
+    handler's ws:// URLs."""
     gate = Gate()
     tenants = {"alice": TenantSettings(key=ALICE_KEY), "bob": TenantSettings(key=BOB_KEY)}
-    base = Settings(internal_token=TOKEN, auth=AuthSettings(tenants=tenants))
+    base = Settings(bus=bus, internal_token=TOKEN, auth=AuthSettings(tenants=tenants))
     async with contextlib.AsyncExitStack() as stack:
         output = await stack.enter_async_context(
             run_server(
@@ -80,6 +91,8 @@ async def tenant_stack() -> AsyncIterator[tuple[str, str, Gate]]:
                 )
             )
         )
+        if isinstance(bus, RedisBusSettings):
+            await wait_workers_seen(handler, 1)
         routes = {
             "input": RouteSettings(path="/ws/input", backends=[handler.ws_url]),
             "output": RouteSettings(path="/ws/output/{task_id}", backends=[output.ws_url]),
@@ -119,8 +132,10 @@ def without_id(answer: dict[str, Any], task_id: str) -> str:
     return json.dumps(answer).replace(task_id, "<id>")
 
 
-async def test_another_tenant_subscribing_is_told_task_not_found_like_an_unknown_task() -> None:
-    async with tenant_stack() as (url, _, gate):
+async def test_another_tenant_subscribing_is_told_task_not_found_like_an_unknown_task(
+    bus: BusSettings,
+) -> None:
+    async with tenant_stack(bus) as (url, _, gate):
         async with speaker(url, ALICE_KEY) as alice:
             reply = await ask(alice, {"type": "speak", "text": f"{HOLD} this line, please."})
             task_id = reply["task_id"]
@@ -139,8 +154,10 @@ async def test_another_tenant_subscribing_is_told_task_not_found_like_an_unknown
     assert own["first"]["type"] == "audio_start" and own["first"]["task_id"] == task_id
 
 
-async def test_another_tenant_cancelling_gets_task_not_found_and_the_task_goes_on() -> None:
-    async with tenant_stack() as (url, _, gate):
+async def test_another_tenant_cancelling_gets_task_not_found_and_the_task_goes_on(
+    bus: BusSettings,
+) -> None:
+    async with tenant_stack(bus) as (url, _, gate):
         async with speaker(url, ALICE_KEY) as alice, speaker(url, BOB_KEY) as bob:
             task_id = (await ask(alice, {"type": "speak", "text": f"{HOLD} on, chat."}))["task_id"]
             unknown = str(uuid.uuid4())
@@ -153,8 +170,10 @@ async def test_another_tenant_cancelling_gets_task_not_found_and_the_task_goes_o
     assert own == {"type": "system", "action": "cancelled", "task_id": task_id}
 
 
-async def test_a_client_reaching_the_output_handler_directly_cannot_claim_a_tenant() -> None:
-    async with tenant_stack() as (url, output_url, gate):
+async def test_a_client_reaching_the_output_handler_directly_cannot_claim_a_tenant(
+    bus: BusSettings,
+) -> None:
+    async with tenant_stack(bus) as (url, output_url, gate):
         async with speaker(url, ALICE_KEY) as alice:
             reply = await ask(alice, {"type": "speak", "text": f"{HOLD} it there."})
             task_id = reply["task_id"]
@@ -168,8 +187,8 @@ async def test_a_client_reaching_the_output_handler_directly_cannot_claim_a_tena
     assert forged["close"] == (4404, "task_not_found")
 
 
-async def test_aivtuber_say_speaks_as_the_tenant_of_its_api_key() -> None:
-    async with tenant_stack() as (url, _, _gate):
+async def test_aivtuber_say_speaks_as_the_tenant_of_its_api_key(bus: BusSettings) -> None:
+    async with tenant_stack(bus) as (url, _, _gate):
         result = await say("Hi chat!", url, voice="sine", timeout_s=20, api_key=ALICE_KEY)
         refused: SayError | None = None
         try:

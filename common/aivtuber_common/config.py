@@ -32,11 +32,14 @@ __all__ = [
     "ConfigError",
     "GatewaySettings",
     "AuthSettings",
+    "BusSettings",
+    "DirectBusSettings",
     "InputHandlerSettings",
     "LimitsSettings",
     "LoggingSettings",
     "OpenAISettings",
     "OutputHandlerSettings",
+    "RedisBusSettings",
     "RouteSettings",
     "Settings",
     "TenantSettings",
@@ -464,8 +467,65 @@ class TtsWorkerSettings(StrictModel):
         return self
 
 
+class DirectBusSettings(StrictModel):
+    """Tasks go to the workers over HTTP, frames to one output handler over a WebSocket."""
+
+    # "direct": one input handler posts tasks to the listed workers over HTTP (the default).
+    kind: Literal["direct"] = "direct"
+
+
+def _check_redis_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {value!r}")
+    return value
+
+
+class RedisBusSettings(StrictModel):
+    """The speech path on Redis Streams: many workers, output handler replicas (docs/bus.md)."""
+
+    # "redis": tasks, frames and heartbeats on Redis Streams (docs/bus.md).
+    kind: Literal["redis"]
+    # Where Redis is; rediss:// for TLS; a password goes in the URL (never logged).
+    url: Annotated[str, AfterValidator(_check_redis_url)] = Field(
+        default="redis://127.0.0.1:6379/0", repr=False
+    )
+    # Prefix of every key, so several stacks can share one Redis.
+    prefix: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] = (
+        "aivtuber"
+    )
+    # A task a worker took is claimed by another worker once its holder has not confirmed it
+    # for this long (XAUTOCLAIM min-idle-time); live workers confirm every heartbeat.
+    claim_idle_s: Seconds = 10.0
+    # How often workers and input handlers renew their heartbeat key (and how often an input
+    # handler checks whether its active tasks have ended, for limits.max_active_tasks).
+    heartbeat_interval_s: Seconds = 1.0
+    # The heartbeat key's lifetime: a process is counted out this long after its last one.
+    heartbeat_ttl_s: Seconds = 5.0
+    # MAXLEN of a task's frame stream: bounds Redis memory per task (10 min at 40 ms frames).
+    max_frames_per_task: Annotated[int, Field(ge=100)] = 15000
+    # Tasks waiting in the tasks stream for a worker; beyond it new speaks get tts_unavailable.
+    max_backlog: Annotated[int, Field(ge=1)] = 1000
+    # Connect and read timeout of every Redis command (blocking reads wait in slices of it).
+    timeout_s: Seconds = 2.0
+
+    @model_validator(mode="after")
+    def _ttl_covers_interval(self) -> RedisBusSettings:
+        if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+            raise ValueError("heartbeat_ttl_s must be longer than heartbeat_interval_s")
+        if self.claim_idle_s <= self.heartbeat_interval_s:
+            raise ValueError("claim_idle_s must be longer than heartbeat_interval_s")
+        return self
+
+
+BusSettings = Annotated[DirectBusSettings | RedisBusSettings, Field(discriminator="kind")]
+
+
 class Settings(StrictModel):
     """The whole config.json."""
+
+    # How tasks and frames travel between the services: "direct" (one box) or "redis".
+    bus: BusSettings = DirectBusSettings()
 
     logging: LoggingSettings = LoggingSettings()
     # Shared secret for the internal endpoints (worker submission, frame ingest). Empty: off.

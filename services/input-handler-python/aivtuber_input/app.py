@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from aivtuber_common.config import Settings
+from aivtuber_common.config import RedisBusSettings, Settings
 from aivtuber_common.identity import Identity, read_identity
 from aivtuber_common.internal import SubmitTask
 from aivtuber_common.metrics import metrics_endpoint
@@ -38,6 +38,7 @@ from aivtuber_common.transport import TaskSubmitter, TransportError
 from .activity import ActiveTasks, WorkerEvents
 from .limits import SpeakLimiter
 from .metrics import InputMetrics
+from .redis_submitter import RedisTaskSubmitter, redis_submitter
 from .session import CancelTask, Close, Event, InputSession, ListVoicesRequest, Reply, Submit
 from .speech import SpeechApi
 from .workers import HttpTaskSubmitter
@@ -50,7 +51,7 @@ log = structlog.get_logger("aivtuber_input")
 class InputState(TypedDict):
     """The lifespan state: what every request of the app sees (``request.state``)."""
 
-    submitter: HttpTaskSubmitter
+    submitter: HttpTaskSubmitter | RedisTaskSubmitter
 
 
 def create_app(
@@ -66,6 +67,14 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[InputState]:
+        if isinstance(settings.bus, RedisBusSettings):  # bus seam: workers found on Redis
+            async with redis_submitter(settings, on_ended=endpoint.active.ended) as on_redis:
+                endpoint.submitter = speech.submitter = on_redis
+                try:
+                    yield {"submitter": on_redis}
+                finally:
+                    endpoint.submitter = speech.submitter = None
+            return
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(transport=transport, limits=limits) as client:
             submitter = HttpTaskSubmitter(
@@ -99,20 +108,24 @@ def create_app(
         # 200 only when a line can be spoken now: a worker answered its /health with 200
         # (voices warm, ingest connected). Until then "degraded", 503: the gateway's /health
         # (and whoever waits on it) does not say ok before a speak can succeed.
-        submitter: HttpTaskSubmitter | None = getattr(request.state, "submitter", None)
+        submitter: HttpTaskSubmitter | RedisTaskSubmitter | None = getattr(
+            request.state, "submitter", None
+        )
         states = [worker.as_dict() for worker in submitter.workers] if submitter else []
         ready = submitter is not None and submitter.ready
-        return JSONResponse(
-            {
-                "status": "ok" if ready else "degraded",
-                "service": "input_handler",
-                "uptime_s": round(time.monotonic() - started, 1),
-                "connections": endpoint.connections,
-                "workers_available": submitter.available if submitter else 0,
-                "workers": states,
-            },
-            status_code=200 if ready else 503,
-        )
+        body: dict[str, object] = {
+            "status": "ok" if ready else "degraded",
+            "service": "input_handler",
+            "uptime_s": round(time.monotonic() - started, 1),
+            "connections": endpoint.connections,
+            "workers_available": submitter.available if submitter else 0,
+            "workers": states,
+        }
+        if isinstance(submitter, RedisTaskSubmitter):  # bus seam: Redis down is "unavailable"
+            body["bus"] = submitter.state()
+            if not submitter.link.up:
+                body["status"] = "unavailable"
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     routes = [
         WebSocketRoute("/ws/input", endpoint.handle),

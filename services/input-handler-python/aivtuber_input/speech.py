@@ -62,6 +62,7 @@ from .output_client import (
     identity_headers,
     subscribe,
 )
+from .redis_submitter import RedisTaskSubmitter
 from .workers import HttpTaskSubmitter, SubmitRefused
 
 __all__ = ["SpeechApi"]
@@ -129,6 +130,11 @@ class SpeechApi:
                 for voice in answer.get("voices", []):
                     if isinstance(voice, dict) and isinstance(voice.get("id"), str):
                         found.setdefault(voice["id"], voice)
+        elif isinstance(submitter, RedisTaskSubmitter):  # bus seam: the workers' heartbeats
+            for worker in submitter.workers:
+                default = default or worker.default_voice
+                for voice_id, voice in worker.voices.items():
+                    found.setdefault(voice_id, voice)
         aliases = {name: target or default for name, target in self.openai.voice_aliases.items()}
         return JSONResponse(
             {

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from aivtuber_common.audio import wav_bytes
-from aivtuber_common.config import Settings
+from aivtuber_common.config import RedisBusSettings, Settings
 from aivtuber_common.internal import INGEST_PATH, TaskEnd
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
@@ -44,6 +44,10 @@ class OutputState(TypedDict):
 
 
 def create_app(settings: Settings) -> Starlette:
+    if isinstance(settings.bus, RedisBusSettings):  # bus seam: every task read from Redis
+        from .redis_app import create_redis_app  # imports this module's helpers
+
+        return create_redis_app(settings)
     config = settings.output_handler
     metrics = OutputMetrics()
 

@@ -35,6 +35,7 @@ from aivtuber_common.protocol import (
 from aivtuber_common.visemes import Track
 
 from .metrics import OutputMetrics
+from .redis_source import RedisFrameSource
 from .store import TaskNotFound, TaskStore
 
 __all__ = ["OutputEndpoint"]
@@ -46,7 +47,10 @@ SAMPLE_WIDTH = 2
 
 class OutputEndpoint:
     def __init__(
-        self, store: TaskStore, metrics: OutputMetrics, internal_token: str | None = None
+        self,
+        store: TaskStore | RedisFrameSource,
+        metrics: OutputMetrics,
+        internal_token: str | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -203,7 +207,10 @@ def _audio_chunk(
 
 
 def _audio_complete(
-    store: TaskStore, end: TaskEnd, opened: TaskOpen | None, seen: tuple[int, int]
+    store: TaskStore | RedisFrameSource,
+    end: TaskEnd,
+    opened: TaskOpen | None,
+    seen: tuple[int, int],
 ) -> str:
     snapshot = store.snapshot(end.task_id)
     # The whole task's totals, even for a subscriber that resumed from a later chunk; what

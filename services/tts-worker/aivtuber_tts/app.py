@@ -40,7 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from aivtuber_common.config import Settings, TtsWorkerSettings
+from aivtuber_common.config import RedisBusSettings, Settings, TtsWorkerSettings
 from aivtuber_common.identity import TENANT_HEADER
 from aivtuber_common.internal import TASK_EVENTS_PATH, TASKS_PATH, SubmitTask, WorkerRefusal
 from aivtuber_common.metrics import metrics_endpoint
@@ -48,6 +48,7 @@ from aivtuber_common.protocol import is_canonical_uuid
 
 from .engines import EngineFactory, build_engine
 from .metrics import TtsMetrics
+from .redis_bus import RedisFrameSink, RedisWorkerBus
 from .scheduler import PieceScheduler
 from .sink import IngestSink
 from .tasks import Refusal, TaskManager
@@ -67,7 +68,7 @@ class Worker:
 
     settings: TtsWorkerSettings
     voices: Voices
-    sink: IngestSink
+    sink: IngestSink | RedisFrameSink
     manager: TaskManager
     metrics: TtsMetrics
 
@@ -115,11 +116,18 @@ def create_app(
             voices = Voices(config, client, engine_factory, executor)
             stack.push_async_callback(voices.aclose)
             manager_ref: list[TaskManager] = []
-            sink = IngestSink(
-                config.output_handler_url,
-                token,
-                on_lost=lambda task_ids: manager_ref[0].ingest_lost(task_ids),
-            )
+            sink: IngestSink | RedisFrameSink
+            # Bus seam: on Redis, frames go to the task streams and tasks come from the group.
+            bus = RedisWorkerBus(settings) if isinstance(settings.bus, RedisBusSettings) else None
+            if bus is not None:
+                sink = bus.sink
+                stack.push_async_callback(bus.aclose)
+            else:
+                sink = IngestSink(
+                    config.output_handler_url,
+                    token,
+                    on_lost=lambda task_ids: manager_ref[0].ingest_lost(task_ids),
+                )
             manager = TaskManager(
                 config,
                 voices,
@@ -129,13 +137,16 @@ def create_app(
                 ingest_connected=lambda: sink.is_connected,
             )
             manager_ref.append(manager)
-            background = {
-                asyncio.create_task(voices.load_all(), name="tts-load-voices"),
-                asyncio.create_task(sink.run(), name="tts-ingest"),
-            }
+            worker = Worker(config, voices, sink, manager, metrics)
+            background = {asyncio.create_task(voices.load_all(), name="tts-load-voices")}
+            if bus is not None:
+                background |= bus.start(manager, voices, lambda: worker.health()[1])
+            else:
+                assert isinstance(sink, IngestSink)
+                background.add(asyncio.create_task(sink.run(), name="tts-ingest"))
             stack.push_async_callback(_cancel_and_wait, background)
             stack.push_async_callback(manager.shutdown)  # runs first: tasks end while connected
-            yield {"worker": Worker(config, voices, sink, manager, metrics)}
+            yield {"worker": worker}
 
     async def submit(request: Request) -> Response:
         worker: Worker = request.state.worker

@@ -134,6 +134,9 @@ class TaskManager:
         self._jobs: dict[str, _Job] = {}
         self._seconds_per_char: dict[str, float] = {}  # per voice, a moving average
         self._runners: set[asyncio.Task[None]] = set()
+        # Bus seam: a pull-based bus (aivtuber_tts.redis_bus) learns here when a task is done
+        # (its TaskEnd, None when lost) and so when there is room to take the next one.
+        self.finished_hooks: list[Callable[[str, TaskEnd | None], None]] = []
         # Read when scraped, so the gauges are never stale.
         metrics.running.set_function(lambda: self.running)
         metrics.queued.set_function(lambda: self.queued)
@@ -147,6 +150,19 @@ class TaskManager:
     @property
     def queued(self) -> int:
         return len(self._jobs) - self.running
+
+    @property
+    def room(self) -> int:
+        """Tasks admission would take now (bus seam: a pull-based bus takes no more)."""
+        return max(0, self.capacity - len(self._jobs))
+
+    def holds(self, task_id: str) -> bool:
+        return task_id in self._jobs
+
+    def tenant_of(self, task_id: str) -> str | None:
+        """The tenant of a task held here (bus seam: the Redis bus checked the canceller)."""
+        job = self._jobs.get(task_id)
+        return job.tenant if job is not None else None
 
     async def submit(self, task: SubmitTask) -> SubmitAccepted:
         """Admit and announce a task, or raise :class:`Refusal`."""
@@ -365,6 +381,8 @@ class TaskManager:
         self._recently_ended.append(job.task_id)
         # A task lost with the ingest link ended too: its listeners got worker_lost.
         self._publish(end or TaskEnd(task_id=job.task_id, status="failed", code="worker_lost"))
+        for hook in self.finished_hooks:
+            hook(job.task_id, end)
         outcome: str = end.status if end is not None else "lost"
         if job.stop_reason is StopReason.SHUTDOWN:
             outcome = "stopped"

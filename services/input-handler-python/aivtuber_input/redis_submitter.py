@@ -1,0 +1,402 @@
+"""Submitting tasks on the Redis bus: the :class:`TaskSubmitter` of ``bus.kind = "redis"``.
+
+A submission is one pipelined transaction: the task's own stream gets its ``queued`` entry
+(so the task exists for cancels and listeners from now on) and the tasks stream gets the
+SubmitTask, which the first worker of the group with room takes. Which workers exist, and
+which voices they speak, comes from their heartbeats (refreshed every
+``heartbeat_interval_s``), not from a static list: a speak is refused with
+``tts_unavailable`` when no live worker is ready (or Redis is down), with ``unknown_voice``
+when no live worker has the voice, and with ``tts_unavailable`` when ``max_backlog`` tasks
+already wait for a worker.
+
+A cancel appends the task's end (``cancelled``) at the stream's end position, so it wins or
+loses atomically against the worker finishing it, and publishes the task id on the cancel
+channel so that its holder stops at once. A task no worker has taken yet is thereby
+cancelled too: the worker that takes it finds it ended and drops it. Only the tenant that
+submitted a task (the SubmitTask in its ``queued`` entry) may cancel it: for any other, the
+task is not found, exactly like one that never existed.
+
+Active tasks (``limits.max_active_tasks``): every task submitted here is followed until its
+stream shows its end entry, or is gone (expired ``task_ttl_s`` after its last write, or
+lost with a Redis restarted empty); then ``on_ended`` releases it. The check is one
+pipelined ``XREVRANGE ... COUNT 1`` per followed task every ``heartbeat_interval_s``. Every
+way a task can stop writes that end or lets the stream expire (a worker's finish, a cancel,
+another worker claiming a dead one's task), so none stays active forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from redis.exceptions import ResponseError
+
+from aivtuber_common.bus import END_ID, QUEUED_ID, BusUnavailable, RedisLink
+from aivtuber_common.bus.liveness import Heartbeat, instance_name, read_live
+from aivtuber_common.bus.streams import (
+    DATA,
+    GROUP,
+    K_END,
+    K_OPEN,
+    K_QUEUED,
+    KIND,
+    is_id_collision,
+)
+from aivtuber_common.config import RedisBusSettings, Settings
+from aivtuber_common.internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen
+from aivtuber_common.protocol import VoiceInfo
+from aivtuber_common.transport import TaskNotFound, TransportError
+
+from .workers import SubmitRefused
+
+__all__ = ["LiveWorker", "RedisTaskSubmitter"]
+
+log = structlog.get_logger("aivtuber_input.redis_submitter")
+
+# Tasks followed for their end at once; beyond it the oldest is released unseen (a bound on
+# memory; the limits keep a tenant far below it).
+MAX_FOLLOWED = 65536
+END_CHECK_BATCH = 512  # XREVRANGEs per pipeline
+
+
+@dataclass
+class LiveWorker:
+    """A worker as its last heartbeat described it."""
+
+    name: str
+    status: str
+    running: int = 0
+    queued: int = 0
+    capacity: int = 1
+    default_voice: str | None = None
+    voices: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> describe()
+
+    @property
+    def healthy(self) -> bool:
+        return self.status in ("ok", "degraded")
+
+    @property
+    def ready(self) -> bool:
+        """Fit for a task now: alive, with its default voice loaded."""
+        if not self.healthy:
+            return False
+        ready = self.ready_voices
+        return self.default_voice in ready if self.default_voice else bool(ready)
+
+    @property
+    def ready_voices(self) -> set[str]:
+        return {voice for voice, info in self.voices.items() if info.get("state") == "ready"}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "healthy": self.healthy,
+            "status": self.status,
+            "running": self.running,
+            "queued": self.queued,
+            "capacity": self.capacity,
+            "voices": sorted(self.ready_voices),
+        }
+
+    @classmethod
+    def from_heartbeat(cls, data: dict[str, Any]) -> LiveWorker:
+        voices = {
+            str(voice["id"]): voice
+            for voice in data.get("voices") or []
+            if isinstance(voice, dict) and "id" in voice
+        }
+        return cls(
+            name=str(data.get("name", "?")),
+            status=str(data.get("status", "?")),
+            running=_count(data.get("running")),
+            queued=_count(data.get("queued")),
+            capacity=_count(data.get("capacity")) or 1,
+            default_voice=data.get("default_voice") if data.get("default_voice") else None,
+            voices=voices,
+        )
+
+
+class RedisTaskSubmitter:
+    """Implements :class:`aivtuber_common.transport.TaskSubmitter` on the Redis bus."""
+
+    def __init__(
+        self,
+        link: RedisLink,
+        task_ttl_s: float,
+        *,
+        ready_wait_s: float = 0.0,
+        on_ended: Callable[[str], None] | None = None,
+    ) -> None:
+        self.link = link
+        self.ttl_ms = int(task_ttl_s * 1000)
+        self.ready_wait_s = ready_wait_s
+        self.on_ended = on_ended  # (task id): its end entry appeared, or its stream is gone
+        self.name = instance_name()
+        self.workers: list[LiveWorker] = []
+        self.backlog = 0  # tasks in the stream no worker has taken yet
+        self.heartbeat = Heartbeat(link, "input", self.name, self._describe)
+        self._followed: OrderedDict[str, None] = OrderedDict()  # submitted here, not ended
+        self._refreshed = asyncio.Event()  # set (and replaced) after every refresh
+
+    @property
+    def available(self) -> int:
+        return sum(1 for worker in self.workers if worker.healthy and worker.ready_voices)
+
+    @property
+    def ready(self) -> bool:
+        """Redis is up and a live worker has its default voice loaded."""
+        return self.link.up and any(worker.ready for worker in self.workers)
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """Until a worker is ready, for ``timeout_s`` at most while one is alive and still
+        loading its voices (not when none is alive: not worth a wait). True if one is."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self.ready and any(w.status == "starting" for w in self.workers):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._refreshed.wait()
+            except TimeoutError:
+                break
+        return self.ready
+
+    def ready_voice_map(self) -> dict[str, dict[str, Any]]:
+        """Every voice some live worker can speak now (the first description of each)."""
+        found: dict[str, dict[str, Any]] = {}
+        for worker in self.workers:
+            for voice in sorted(worker.ready_voices):
+                found.setdefault(voice, worker.voices[voice])
+        return found
+
+    async def voices(self) -> list[VoiceInfo]:
+        """Every live worker's voices from their heartbeats, merged by name (ready if ready
+        on any worker), sorted. Raises TransportError when no worker is alive."""
+        if not self.link.up:
+            raise BusUnavailable(
+                "The message bus (Redis) cannot be reached; try again in a moment."
+            )
+        if not self.workers:
+            raise TransportError("No TTS worker is alive on the bus; try again in a moment.")
+        merged: dict[str, VoiceInfo] = {}
+        for worker in self.workers:
+            for info in _voice_infos(worker.voices.values()):
+                known = merged.get(info.name)
+                if known is None or (info.ready and not known.ready):
+                    merged[info.name] = info
+        return [merged[name] for name in sorted(merged)]
+
+    async def submit(self, task: SubmitTask) -> SubmitAccepted:
+        await self.wait_ready(self.ready_wait_s)
+        if not self.link.up:
+            raise BusUnavailable(
+                "The message bus (Redis) cannot be reached; try again in a moment."
+            )
+        ready = [worker for worker in self.workers if worker.healthy and worker.ready_voices]
+        if not ready:
+            raise TransportError(
+                "No TTS worker is available right now (none is alive and ready on the bus); "
+                "try again in a moment."
+            )
+        voice = task.voice or ready[0].default_voice or ""
+        known = self.ready_voice_map()
+        if voice not in known:
+            names = ", ".join(sorted(known)) or "none"
+            raise SubmitRefused("unknown_voice", f"No voice {voice!r}; known: {names}.")
+        if self.backlog >= self.link.settings.max_backlog:
+            raise TransportError(
+                f"{self.backlog} tasks are already waiting for a TTS worker; try again later."
+            )
+        key = self.link.keys.task(task.task_id)
+        body = task.model_dump_json()
+        with self.link.guard():
+            # The task's stream first: its fixed "queued" ID makes a second submission of
+            # the same id fail here, before it could reach a worker twice.
+            async with self.link.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, {KIND: K_QUEUED, DATA: body}, id=QUEUED_ID)
+                pipe.pexpire(key, self.ttl_ms)
+                added, _ = await pipe.execute(raise_on_error=False)
+            if isinstance(added, ResponseError):
+                if is_id_collision(added):
+                    raise SubmitRefused("bad_request", f"Task {task.task_id} was submitted before.")
+                raise added
+            await self.link.client.xadd(self.link.keys.tasks, {b"task": body})
+        self.backlog += 1  # until the next refresh counts it
+        self._follow(task.task_id)
+        return SubmitAccepted(task_id=task.task_id, voice=voice, queued=self.backlog - 1)
+
+    async def cancel(self, task_id: str, tenant: str | None = None) -> bool:
+        """True when this ended the task; False when it had ended already. Raises
+        TaskNotFound when there is no such task for ``tenant`` (None: anonymous)."""
+        end = TaskEnd(task_id=task_id, status="cancelled")
+        key = self.link.keys.task(task_id)
+        with self.link.guard():
+            first: Any = await self.link.client.xrange(key, count=2)
+            if _owner(first) != (True, tenant):
+                # Unknown, expired, or another tenant's: never said which.
+                raise TaskNotFound(f"No task {task_id} is known: it never existed or is not yours.")
+            try:
+                added = await self.link.client.xadd(
+                    key, {KIND: K_END, DATA: end.model_dump_json()}, id=END_ID, nomkstream=True
+                )
+            except ResponseError as exc:
+                if is_id_collision(exc):
+                    return False  # it had ended already
+                raise
+            if added is None:  # expired since the check above
+                raise TaskNotFound(f"No task {task_id} is known: it never existed or is not yours.")
+            await self.link.client.publish(self.link.keys.cancel, task_id)
+        self._ended(task_id)
+        return True
+
+    async def refresh(self) -> None:
+        """Read the workers' heartbeats and the backlog once. Raises BusUnavailable."""
+        live = await read_live(self.link, "worker")
+        workers = sorted((LiveWorker.from_heartbeat(data) for data in live), key=_by_name)
+        with self.link.guard():
+            try:
+                groups: Any = await self.link.client.xinfo_groups(self.link.keys.tasks)
+            except ResponseError:
+                groups = []  # no stream yet: no worker ever started
+        self.backlog = next(
+            (_count(group.get("lag")) for group in groups if _name(group) == GROUP), 0
+        )
+        before = {worker.name for worker in self.workers}
+        after = {worker.name for worker in workers}
+        for gone in sorted(before - after):
+            log.warning("worker_gone", worker=gone)
+        for new in sorted(after - before):
+            log.info("worker_up", worker=new)
+        self.workers = workers
+        refreshed, self._refreshed = self._refreshed, asyncio.Event()
+        refreshed.set()
+        await self.check_ended()
+
+    async def check_ended(self) -> None:
+        """Release every followed task whose stream has its end entry or is gone."""
+        followed = list(self._followed)
+        for start in range(0, len(followed), END_CHECK_BATCH):
+            batch = followed[start : start + END_CHECK_BATCH]
+            with self.link.guard():
+                async with self.link.client.pipeline(transaction=False) as pipe:
+                    for task_id in batch:
+                        pipe.xrevrange(self.link.keys.task(task_id), count=1)
+                    tops: list[Any] = await pipe.execute()
+            for task_id, top in zip(batch, tops, strict=True):
+                if not top or top[0][1].get(KIND) == K_END:
+                    self._ended(task_id)
+
+    def _follow(self, task_id: str) -> None:
+        self._followed[task_id] = None
+        while len(self._followed) > MAX_FOLLOWED:
+            oldest, _ = self._followed.popitem(last=False)
+            log.warning("task_released_unfollowed", task_id=oldest)
+            if self.on_ended is not None:
+                self.on_ended(oldest)
+
+    def _ended(self, task_id: str) -> None:
+        if task_id in self._followed:
+            del self._followed[task_id]
+            if self.on_ended is not None:
+                self.on_ended(task_id)
+
+    async def run(self) -> None:
+        """Heartbeat and refresh until cancelled; the lifespan owns the task running this."""
+        await self.heartbeat.run(self.refresh)
+
+    async def withdraw(self) -> None:
+        await self.heartbeat.withdraw()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"name": self.name, "workers": len(self.workers), "backlog": self.backlog}
+
+    def state(self) -> dict[str, Any]:
+        """For /health."""
+        return {
+            "kind": "redis",
+            "url": self.link.url,
+            "connected": self.link.up,
+            "error": self.link.error,
+            "backlog": self.backlog,
+        }
+
+
+@contextlib.asynccontextmanager
+async def redis_submitter(
+    settings: Settings, on_ended: Callable[[str], None] | None = None
+) -> AsyncIterator[RedisTaskSubmitter]:
+    """The submitter with its link, probe and heartbeat running; all closed on exit."""
+    assert isinstance(settings.bus, RedisBusSettings)
+    link = RedisLink(settings.bus)
+    submitter = RedisTaskSubmitter(
+        link,
+        settings.output_handler.task_ttl_s,
+        ready_wait_s=settings.input_handler.ready_wait_s,
+        on_ended=on_ended,
+    )
+    background = {
+        asyncio.create_task(link.run(), name="bus-link"),
+        asyncio.create_task(submitter.run(), name="bus-heartbeat"),
+    }
+    try:
+        yield submitter
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.wait(background)
+        await submitter.withdraw()
+        await link.aclose()
+
+
+def _owner(entries: list[Any]) -> tuple[bool, str | None]:
+    """(found, tenant) of a task from the first entries of its stream: the SubmitTask of
+    its ``queued`` entry, else the TaskOpen. (False, None) when neither is there."""
+    for _, fields in entries or []:
+        try:
+            if fields.get(KIND) == K_QUEUED:
+                return True, SubmitTask.model_validate_json(fields[DATA]).tenant
+            if fields.get(KIND) == K_OPEN:
+                return True, TaskOpen.model_validate_json(fields[DATA]).tenant
+        except (KeyError, ValidationError):
+            break
+    return False, None
+
+
+def _voice_infos(described: Iterable[dict[str, Any]]) -> list[VoiceInfo]:
+    """The voices of a worker's heartbeat as VoiceInfo; malformed entries are skipped."""
+    infos = []
+    for entry in described:
+        try:
+            infos.append(
+                VoiceInfo(
+                    name=entry["id"],
+                    language=entry.get("language") or "und",
+                    sample_rate=entry["sample_rate"],
+                    engine=entry["engine"],
+                    ready=entry.get("state") == "ready",
+                )
+            )
+        except (KeyError, TypeError, ValidationError):
+            continue
+    return infos
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _name(group: dict[Any, Any]) -> str:
+    name = group.get("name", b"")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _by_name(worker: LiveWorker) -> str:
+    return worker.name
