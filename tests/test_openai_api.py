@@ -26,6 +26,7 @@ from aivtuber_common.config import (
     AuthSettings,
     GatewaySettings,
     InputHandlerSettings,
+    LimitsSettings,
     OutputHandlerSettings,
     RouteSettings,
     Settings,
@@ -107,7 +108,9 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def stack(auth: AuthSettings | None = None, **input_options: Any) -> AsyncIterator[Stack]:
+async def stack(
+    auth: AuthSettings | None = None, limits: LimitsSettings | None = None, **input_options: Any
+) -> AsyncIterator[Stack]:
     gate = Gate()
     transport = RecordingTransport()
     async with contextlib.AsyncExitStack() as outer:
@@ -134,7 +137,12 @@ async def stack(auth: AuthSettings | None = None, **input_options: Any) -> Async
             workers=[worker.http_url], output_handler_url=output.ws_url, **input_options
         )
         handler = await outer.enter_async_context(
-            run_server(input_app(Settings(input_handler=handler_settings), transport=transport))
+            run_server(
+                input_app(
+                    Settings(input_handler=handler_settings, limits=limits or LimitsSettings()),
+                    transport=transport,
+                )
+            )
         )
         routes = {
             "input": RouteSettings(path="/ws/input", backends=[handler.ws_url]),
@@ -363,6 +371,17 @@ async def test_a_body_that_is_not_json_or_lacks_a_field_is_400() -> None:
         "param": "input",
         "code": "missing_required_parameter",
     }
+
+
+async def test_the_websocket_paths_per_tenant_limits_apply_to_the_speech_api() -> None:
+    async with stack(limits=LimitsSettings(speaks_per_minute=1)) as s:
+        async with httpx.AsyncClient(base_url=s.base_url) as http:
+            first = await http.post("/audio/speech", json=speech_body())
+            second = await http.post("/audio/speech", json=speech_body())
+    assert first.status_code == 200 and first.content == sine_pcm(TEXT)
+    assert second.status_code == 429, second.text
+    assert second.json()["error"]["code"] == "rate_limited"
+    assert second.json()["error"]["type"] == "rate_limit_error"
 
 
 # The edge's credential check (aivtuber_gateway.auth.Edge) on the http route,

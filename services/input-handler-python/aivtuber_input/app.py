@@ -63,7 +63,9 @@ def create_app(
     metrics = InputMetrics()
     started = time.monotonic()
     endpoint = InputEndpoint(settings, metrics)
-    speech = SpeechApi(settings, metrics)  # POST /v1/audio/speech and its discovery routes
+    speech = SpeechApi(
+        settings, metrics, endpoint.limiter, endpoint.active
+    )  # POST /v1/audio/speech and its discovery routes
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[InputState]:

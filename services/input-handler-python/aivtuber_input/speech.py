@@ -40,7 +40,9 @@ from aivtuber_common.internal import SubmitAccepted, SubmitTask
 from aivtuber_common.protocol import new_task_id
 from aivtuber_common.transport import TaskSubmitter, TransportError
 
+from .activity import ActiveTasks
 from .audio_formats import CONTENT_TYPES, make_encoder
+from .limits import SpeakLimiter
 from .metrics import InputMetrics
 from .openai_api import (
     ApiError,
@@ -78,8 +80,18 @@ OWNER = "aivtuber"
 class SpeechApi:
     """Holds what the routes need; ``submitter`` is set by the app's lifespan."""
 
-    def __init__(self, settings: Settings, metrics: InputMetrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: InputMetrics,
+        limiter: SpeakLimiter | None = None,
+        active: ActiveTasks | None = None,
+    ) -> None:
         self.settings = settings
+        # The WebSocket path's limiter and active-task count: one set of limits per tenant
+        # whichever way it speaks.
+        self.active = active if active is not None else ActiveTasks()
+        self.limiter = limiter if limiter is not None else SpeakLimiter(self.active)
         self.config = settings.input_handler
         self.openai = settings.input_handler.openai
         self.metrics = metrics
@@ -205,7 +217,7 @@ class SpeechApi:
                 identity_headers(identity, self.settings.internal_token),
                 self.config.worker_timeout_s,
             ) as subscription:
-                await self._submit(task)
+                await self._submit(task, identity)
                 submitted = True
                 events = await subscription()
                 started, first = await _first_audio(events)
@@ -230,23 +242,32 @@ class SpeechApi:
             await self._refuse(exc, scope, receive, send)
         finally:
             if submitted and not finished:
-                await self._cancel(task.task_id)
+                await self._cancel(task.task_id, identity.tenant)
 
     async def _refuse(self, exc: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
         self.metrics.errors.labels(exc.code).inc()
         log.info("speech_refused", code=exc.code, status=exc.status)
         await exc.response()(scope, receive, send)
 
-    async def _submit(self, task: SubmitTask) -> SubmitAccepted:
+    async def _submit(self, task: SubmitTask, identity: Identity) -> SubmitAccepted:
         submitter = self.submitter
         if submitter is None:
             raise error_for_code("tts_unavailable", "The input handler is shutting down.")
-        # LIMITS: the per-tenant limits of the WebSocket path (speaks/chars per minute, active
-        # tasks) must be checked here too, with the same limiter; see docs/openai.md.
+        key = identity.limits_key
+        limited = self.limiter.admit(key, self.settings.limits_for(identity.tenant), len(task.text))
+        if limited is not None:
+            self.metrics.submissions.labels(limited.code).inc()
+            log.info("task_limited", tenant=identity.tenant, code=limited.code)
+            raise error_for_code(limited.code, limited.message)
+        self.active.admitted(task.task_id, key, len(task.text))
         started = time.perf_counter()
         try:
             accepted = await submitter.submit(task)
+        except asyncio.CancelledError:
+            self.active.abandoned(task.task_id)
+            raise
         except TransportError as exc:
+            self.active.refused(task.task_id)
             self.metrics.submissions.labels(exc.code).inc()
             refused = isinstance(exc, SubmitRefused)
             raise error_for_code(exc.code, str(exc), refused_by_worker=refused) from exc
@@ -255,13 +276,13 @@ class SpeechApi:
         log.info("task_queued", task_id=task.task_id, voice=accepted.voice, chars=len(task.text))
         return accepted
 
-    async def _cancel(self, task_id: str) -> None:
+    async def _cancel(self, task_id: str, tenant: str | None) -> None:
         submitter = self.submitter
         if submitter is None:
             return
         try:
             async with asyncio.timeout(self.config.worker_timeout_s):
-                stopped = await submitter.cancel(task_id)
+                stopped = await submitter.cancel(task_id, tenant)
         except (TransportError, TimeoutError) as exc:
             log.warning("speech_cancel_failed", task_id=task_id, error=type(exc).__name__)
             return
