@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aivtuber_common.config import BusSettings, DirectBusSettings, RedisBusSettings
 from tests.support import free_port
@@ -61,6 +59,11 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        # Imported here: this plugin loads in every test venv, and the gateway-only one
+        # (.ci/lowest-bounds, .[gateway,dev]) has no redis client.
+        from redis import Redis
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
         client = Redis.from_url(self.url, socket_connect_timeout=0.5)
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
