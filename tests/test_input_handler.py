@@ -226,6 +226,7 @@ async def test_speak_is_queued_on_the_worker_under_the_assigned_id() -> None:
             "voice": None,
             "tenant": None,
             "client": "127.0.0.1",
+            "stream": False,
         }
     ]
 

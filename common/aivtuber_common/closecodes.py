@@ -16,8 +16,10 @@ __all__ = ["AppCloseCode", "CloseCode", "sendable"]
 
 class AppCloseCode(IntEnum):
     BAD_REQUEST = 4400  # e.g. a task id that is not a uuid
-    UNAUTHORIZED = 4401
+    UNAUTHORIZED = 4401  # no credential, or a wrong or expired one
+    FORBIDDEN = 4403  # Origin not in auth.allowed_origins
     NOT_FOUND = 4404  # unknown path, unknown task
+    TOO_MANY = 4429  # over limits.max_connections (or too many unauthenticated connections)
 
 
 _NOT_SENDABLE = {

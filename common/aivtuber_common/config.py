@@ -11,6 +11,7 @@ Exceptions::
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -157,6 +158,14 @@ def _default_routes() -> dict[str, RouteSettings]:
     }
 
 
+def _check_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"not an IP address or CIDR range: {value!r}") from None
+    return value
+
+
 class TlsSettings(StrictModel):
     """PEM files for serving wss:// and https:// directly (no reverse proxy in front)."""
 
@@ -204,6 +213,12 @@ class GatewaySettings(StrictModel):
     # Serve TLS directly (wss://, https://); unset: plain ws:// and http:// (loopback, or
     # behind a TLS-terminating reverse proxy such as deploy/nginx/).
     tls: TlsSettings | None = None
+    # Addresses or CIDR ranges of reverse proxies in front of the gateway (nginx): only from
+    # those are X-Forwarded-For / Forwarded believed, for limits, logs and admin checks.
+    # Empty: the peer's own address is the client's.
+    trusted_proxies: list[Annotated[str, AfterValidator(_check_network)]] = Field(
+        default_factory=list
+    )
 
 
 class LimitsSettings(StrictModel):
@@ -312,6 +327,12 @@ class InputHandlerSettings(StrictModel):
     ready_wait_s: Annotated[float, Field(ge=0)] = 10.0
     # Where POST /v1/audio/speech reads the audio it streams (/ws/output/{task_id} there).
     output_handler_url: WsUrl = "ws://127.0.0.1:8002"
+    # A streaming task ("speak" with "stream": true) that gets no append or end for this long
+    # ends by itself: the rest is spoken, then audio_complete with "reason": "idle".
+    stream_idle_timeout_s: Seconds = 30.0
+    # Most characters one streaming task may take, all its pieces together; more: the piece
+    # is refused with text_too_long (the text already taken is still spoken).
+    max_stream_chars: Annotated[int, Field(ge=1)] = 20000
     openai: OpenAISettings = OpenAISettings()
 
 
@@ -459,6 +480,9 @@ class TtsWorkerSettings(StrictModel):
     # Synthesise one short line on each engine thread at start, so the first viewer
     # does not pay for the first inference.
     warmup: bool = True
+    # Streaming tasks: text with no clause boundary yet is spoken up to its last word
+    # boundary once it has waited this long (a slow LLM still gets heard).
+    stream_max_wait_ms: Annotated[int, Field(ge=0, le=60000)] = 250
 
     @model_validator(mode="after")
     def _default_voice_exists(self) -> TtsWorkerSettings:

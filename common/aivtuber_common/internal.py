@@ -6,6 +6,10 @@ Input handler -> TTS worker, over HTTP::
                                                   -> 503 WorkerRefusal(code="busy"|"not_ready")
                                                   -> 400/404 WorkerRefusal(code="unknown_voice"...)
     DELETE /v1/tasks/{task_id}  cancel            -> 200 {"task_id", "cancelled": bool}
+    POST   /v1/tasks/{task_id}/text  TaskText     -> 200 {"task_id"}; more text for a
+                                                     streaming task (SubmitTask.stream)
+                                                  -> 404 WorkerRefusal(code="task_not_found")
+                                                  -> 409 WorkerRefusal(code="task_ended")
     WS     /v1/tasks/events     JSON text messages: a TaskSnapshot first and after every
                                 TASK_SNAPSHOT_INTERVAL_S without a message, a TaskEnd whenever
                                 a task ends (how the input handlers count active tasks)
@@ -42,6 +46,7 @@ __all__ = [
     "TaskEventAdapter",
     "TaskOpen",
     "TaskSnapshot",
+    "TaskText",
     "WorkerRefusal",
     "decode_frame",
     "encode_frame",
@@ -63,6 +68,21 @@ class SubmitTask(_Internal):
     tenant: str | None = None
     # The client's IP address: anonymous clients share the worker fairly per address.
     client: str | None = None
+    # A streaming task: ``text`` is only its first piece; TaskText messages bring the rest
+    # and end it.
+    stream: bool = False
+
+
+class TaskText(_Internal):
+    """More text for a streaming task, a flush, or its end (input handler -> worker)."""
+
+    task_id: str
+    text: str = ""
+    flush: bool = False
+    end: bool = False
+    # Why it ends when not by the client's ``end``: "idle" (stream_idle_timeout_s).
+    reason: Literal["idle"] | None = None
+    tenant: str | None = None
 
 
 class SubmitAccepted(_Internal):
@@ -94,6 +114,8 @@ class TaskEnd(_Internal):
     status: Literal["completed", "cancelled", "failed"]
     code: str | None = None  # set when failed: engine_error, timeout, ...
     message: str | None = None
+    # A stream that ended because it went idle (TaskText.reason): passed to audio_complete.
+    reason: Literal["idle"] | None = None
 
 
 class TaskSnapshot(_Internal):

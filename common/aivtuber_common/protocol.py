@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from .visemes import Shape
 
 __all__ = [
+    "Append",
     "AudioChunk",
     "AudioComplete",
     "AudioStart",
@@ -23,6 +24,7 @@ __all__ = [
     "Cancelled",
     "ClientMessage",
     "ClientMessageAdapter",
+    "End",
     "ErrorMessage",
     "ListVoices",
     "OutputError",
@@ -51,6 +53,26 @@ class Speak(_Message):
     text: str
     voice: str | None = None
     request_id: str | None = None
+    # True: a streaming task. ``text`` is its first piece (may be empty); more comes with
+    # :class:`Append`, and :class:`End` closes it.
+    stream: bool = False
+
+
+class Append(_Message):
+    """More text for a streaming task, exactly as sent (pieces may split words)."""
+
+    type: Literal["append"]
+    task_id: str
+    text: str
+    # Speak what is buffered now, clause boundary or not.
+    flush: bool = False
+
+
+class End(_Message):
+    """No more text for a streaming task: the rest is spoken, then ``audio_complete``."""
+
+    type: Literal["end"]
+    task_id: str
 
 
 class TextChunk(_Message):
@@ -91,7 +113,7 @@ class ListVoices(_Message):
 
 
 ClientMessage = Annotated[
-    Speak | TextChunk | AudioUpload | Cancel | UploadComplete | ListVoices,
+    Speak | Append | End | TextChunk | AudioUpload | Cancel | UploadComplete | ListVoices,
     Field(discriminator="type"),
 ]
 ClientMessageAdapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
@@ -177,6 +199,9 @@ class AudioChunk(_Message):
     # Mouth shapes starting in this frame, [offset_ms, shape]; absent when the engine has no
     # phoneme timing (see aivtuber_common.visemes).
     visemes: list[tuple[int, Shape]] | None = None
+    # Words starting in this frame, [offset_ms, duration_ms, word], spelled as sent; absent
+    # when the engine has no timing.
+    words: list[tuple[int, int, str]] | None = None
 
 
 class AudioComplete(_Message):
@@ -185,6 +210,9 @@ class AudioComplete(_Message):
     chunks: int
     duration_ms: float
     cancelled: bool = False
+    # Why a task ended other than by its text running out: "idle" (a stream that got no
+    # append/end for input_handler.stream_idle_timeout_s). Absent otherwise.
+    reason: Literal["idle"] | None = None
 
 
 class OutputError(_Message):
@@ -197,12 +225,14 @@ class OutputError(_Message):
 
 def dump(message: BaseModel) -> str:
     """JSON text of a server message, without the optional keys left unset."""
-    if isinstance(message, AudioChunk) and message.visemes is None:
-        return message.model_dump_json(exclude=_NO_TRACK)
+    if isinstance(message, AudioChunk):
+        absent = {name for name in _TRACKS if getattr(message, name) is None}
+        return message.model_dump_json(exclude=absent or None)
     return message.model_dump_json(exclude_none=_drops_none(message))
 
 
-_NO_TRACK = {"visemes"}
+# The optional tracks of an audio_chunk: left out when absent (older clients never see them).
+_TRACKS = ("visemes", "words")
 
 
 def _drops_none(message: BaseModel) -> bool:

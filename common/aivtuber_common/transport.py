@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from .internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen
+from .internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen, TaskText
 from .protocol import VoiceInfo
 from .visemes import Track
 
@@ -20,6 +20,7 @@ __all__ = [
     "FrameEvent",
     "FrameSink",
     "FrameSource",
+    "TaskEnded",
     "TaskNotFound",
     "TaskSubmitter",
     "TransportError",
@@ -38,6 +39,12 @@ class TaskNotFound(TransportError):
     code = "task_not_found"
 
 
+class TaskEnded(TransportError):
+    """A streaming task that has already ended was sent more text (or another end)."""
+
+    code = "task_ended"
+
+
 class TaskSubmitter(Protocol):
     """Input side: submit a task to some worker; cancel it wherever it runs."""
 
@@ -48,6 +55,11 @@ class TaskSubmitter(Protocol):
     async def cancel(self, task_id: str, tenant: str | None = None) -> bool:
         """True when a worker had the task and stopped it. Raises TaskNotFound when the
         task is unknown or belongs to another tenant than ``tenant`` (None: anonymous)."""
+        ...
+
+    async def text(self, message: TaskText) -> None:
+        """More text, a flush or the end of a streaming task, to the worker that runs it.
+        Raises TaskNotFound (unknown, or another tenant's) or TaskEnded."""
         ...
 
     async def voices(self) -> list[VoiceInfo]:
