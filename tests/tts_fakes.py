@@ -58,6 +58,9 @@ class IngestRecorder:
         self.tasks: dict[str, RecordedTask] = {}
         self.log: list[tuple[str, str]] = []  # (kind, task_id) in arrival order
         self.connections = 0
+        # Only goes up: a test waits on it, not on ``connections`` touching 0, a state that
+        # lasts only until the worker's reconnect (~100 ms) and is missed on a loaded machine.
+        self.disconnects = 0
         self.authorization: list[str | None] = []
         self.drop_after_frames: int | None = None  # close the socket after this many frames
         self._changed = asyncio.Condition()
@@ -103,12 +106,16 @@ class IngestRecorder:
         except WebSocketDisconnect:
             pass
         finally:
-            await self._note(lambda: setattr(self, "connections", self.connections - 1))
+            await self._note(self._disconnected)
 
     async def _note(self, change: Callable[[], None]) -> None:
         async with self._changed:
             change()
             self._changed.notify_all()
+
+    def _disconnected(self) -> None:
+        self.connections -= 1
+        self.disconnects += 1
 
     def _frame(self, task_id: str, frame: Frame) -> None:
         task = self.tasks[task_id]
