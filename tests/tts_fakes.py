@@ -66,8 +66,8 @@ class IngestRecorder:
         self._changed = asyncio.Condition()
         self.app = Starlette(routes=[WebSocketRoute(INGEST_PATH, self._endpoint)])
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-        async with asyncio.timeout(timeout), self._changed:
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT_S), self._changed:
             await self._changed.wait_for(predicate)
 
     async def ended(self, task_id: str) -> RecordedTask:
@@ -201,11 +201,9 @@ class WorkerClient:
     async def health(self) -> httpx.Response:
         return await self.http.get("/health")
 
-    async def wait_health(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = WAIT_S
-    ) -> dict[str, Any]:
+    async def wait_health(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """Poll /health until ``predicate`` holds (the worker pushes no events to wait on)."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(WAIT_S):
             while True:
                 body = (await self.health()).json()
                 if predicate(body):
