@@ -30,8 +30,9 @@ import structlog
 
 from aivtuber_common.bus import BusUnavailable, RedisLink
 from aivtuber_common.bus.streams import DATA, K_END, K_FRAME, K_OPEN, K_QUEUED, KIND, SAMPLES
+from aivtuber_common.health import BusHealth, OutputHealth
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, decode_frame
-from aivtuber_common.transport import FrameEvent
+from aivtuber_common.transport import FrameEvent, TaskAudio, TaskStatus
 from aivtuber_common.visemes import Track
 
 from .store import TaskNotFound, TaskSnapshot, TaskState
@@ -98,7 +99,23 @@ class RedisFrameSource:
             message=end.message,
         )
 
-    async def status(self, task_id: str) -> tuple[str, int, str | None]:
+    async def status(self, task_id: str) -> TaskStatus:
+        """From the stream ("not_found" when absent); ``connected``: on this replica."""
+        state, chunks, code = await self._status(task_id)
+        connected = self.subscribers[task_id] > 0
+        return TaskStatus(
+            task_id=task_id, status=state, connected=connected, chunks=chunks, code=code
+        )
+
+    def health(self) -> OutputHealth:
+        link = self.link
+        return OutputHealth(
+            status="ok" if link.up else "unavailable",
+            subscribers=self.subscriber_count,
+            bus=BusHealth(kind="redis", url=link.url, connected=link.up, error=link.error),
+        )
+
+    async def _status(self, task_id: str) -> tuple[str, int, str | None]:
         """(state, chunks so far, failure code) from the stream; "not_found" when absent."""
         key = self.link.keys.task(task_id)
         with self.link.guard():
@@ -114,8 +131,9 @@ class RedisFrameSource:
         chunks = _chunks_through(last[0][1]) if last and last[0][1].get(KIND) == K_FRAME else 0
         return end.status, chunks, end.code
 
-    async def audio(self, task_id: str) -> tuple[TaskOpen | None, TaskEnd | None, bytes] | None:
-        """The whole stream: its TaskOpen, TaskEnd and PCM (None when there is no stream)."""
+    async def audio(self, task_id: str) -> TaskAudio | None:
+        """The whole stream: its TaskOpen, TaskEnd and PCM (None when there is no stream
+        or no worker announced the task yet)."""
         key = self.link.keys.task(task_id)
         opened: TaskOpen | None = None
         end: TaskEnd | None = None
@@ -136,7 +154,7 @@ class RedisFrameSource:
                         end = TaskEnd.model_validate_json(fields[DATA])
                     start = "(" + entry_id.decode()
                 if len(entries) < FRAMES_PER_READ:
-                    return opened, end, b"".join(pcm)
+                    return None if opened is None else TaskAudio(opened, end, b"".join(pcm))
 
     async def aclose(self) -> None:
         """Stop every feed's reader (the lifespan calls this at shutdown)."""

@@ -32,11 +32,10 @@ from aivtuber_common.protocol import (
     dump,
     is_canonical_uuid,
 )
+from aivtuber_common.transport import FrameSource, TaskNotFound
 from aivtuber_common.visemes import Track
 
 from .metrics import OutputMetrics
-from .redis_source import RedisFrameSource
-from .store import TaskNotFound, TaskStore
 
 __all__ = ["OutputEndpoint"]
 
@@ -48,7 +47,7 @@ SAMPLE_WIDTH = 2
 class OutputEndpoint:
     def __init__(
         self,
-        store: TaskStore | RedisFrameSource,
+        store: FrameSource,
         metrics: OutputMetrics,
         internal_token: str | None = None,
     ) -> None:
@@ -207,7 +206,7 @@ def _audio_chunk(
 
 
 def _audio_complete(
-    store: TaskStore | RedisFrameSource,
+    store: FrameSource,
     end: TaskEnd,
     opened: TaskOpen | None,
     seen: tuple[int, int],
