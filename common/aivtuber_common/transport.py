@@ -19,7 +19,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict
 
 from .codes import ErrorCode
-from .health import OutputHealth
+from .health import InputHealth, OutputHealth
 from .internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen, TaskText
 from .protocol import VoiceInfo
 from .visemes import Track
@@ -30,6 +30,7 @@ __all__ = [
     "FrameSource",
     "FrameTotals",
     "SinkLost",
+    "SubmitRefused",
     "TaskAudio",
     "TaskEnded",
     "TaskNotFound",
@@ -57,6 +58,15 @@ class TaskEnded(TransportError):
     code = ErrorCode.TASK_ENDED
 
 
+class SubmitRefused(TransportError):
+    """A worker refused the task itself (``unknown_voice``, ``bad_request``, ...): every
+    worker would say the same, so it goes straight back to the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class SinkLost(TransportError):
     """A task's frames can no longer reach the output side: the connection it was announced
     on dropped, the bus is unreachable, or the task was ended elsewhere (cancelled, claimed
@@ -67,6 +77,20 @@ class SinkLost(TransportError):
 
 class TaskSubmitter(Protocol):
     """Input side: submit a task to some worker; cancel it wherever it runs."""
+
+    @property
+    def ready(self) -> bool:
+        """A worker can take a task now (warm, and the bus reachable)."""
+        ...
+
+    @property
+    def default_voice(self) -> str | None:
+        """The voice a task without one gets (the workers' default), once known."""
+        ...
+
+    def health(self) -> InputHealth:
+        """This submitter's part of ``/health`` (workers, readiness, the bus)."""
+        ...
 
     async def submit(self, task: SubmitTask) -> SubmitAccepted:
         """Raises TransportError (code tts_unavailable, unknown_voice, ...) when refused."""

@@ -27,7 +27,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
 import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
@@ -37,8 +36,8 @@ from starlette.types import Receive, Scope, Send
 from aivtuber_common.config import Settings
 from aivtuber_common.identity import Identity, read_identity
 from aivtuber_common.internal import SubmitAccepted, SubmitTask
-from aivtuber_common.protocol import new_task_id
-from aivtuber_common.transport import TaskSubmitter, TransportError
+from aivtuber_common.protocol import VoiceInfo, new_task_id
+from aivtuber_common.transport import SubmitRefused, TaskSubmitter, TransportError
 
 from .activity import ActiveTasks
 from .audio_formats import CONTENT_TYPES, make_encoder
@@ -64,8 +63,6 @@ from .output_client import (
     identity_headers,
     subscribe,
 )
-from .redis_submitter import RedisTaskSubmitter
-from .workers import HttpTaskSubmitter, SubmitRefused
 
 __all__ = ["SpeechApi"]
 
@@ -128,46 +125,32 @@ class SpeechApi:
 
     async def voices(self, _: Request) -> JSONResponse:
         """Kokoro-FastAPI's shape (``{"voices": [ids]}``) plus where each alias leads."""
-        found: dict[str, dict[str, Any]] = {}
+        found: list[VoiceInfo] = []
         default: str | None = None
         submitter = self.submitter
-        if isinstance(submitter, HttpTaskSubmitter):
-            answers = await asyncio.gather(
-                *(self._worker_voices(submitter.client, w.url) for w in submitter.workers)
-            )
-            for answer in answers:
-                if answer is None:
-                    continue
-                default = default or answer.get("default")
-                for voice in answer.get("voices", []):
-                    if isinstance(voice, dict) and isinstance(voice.get("id"), str):
-                        found.setdefault(voice["id"], voice)
-        elif isinstance(submitter, RedisTaskSubmitter):  # bus seam: the workers' heartbeats
-            for worker in submitter.workers:
-                default = default or worker.default_voice
-                for voice_id, voice in worker.voices.items():
-                    found.setdefault(voice_id, voice)
+        if submitter is not None:
+            try:
+                found = await submitter.voices()
+            except TransportError as exc:
+                log.info("voices_unavailable", code=exc.code)
+            default = submitter.default_voice
         aliases = {name: target or default for name, target in self.openai.voice_aliases.items()}
         return JSONResponse(
             {
-                "voices": sorted(found),
+                "voices": [voice.name for voice in found],
                 "default": default,
                 "aliases": aliases,
                 "details": [
-                    {k: found[v].get(k) for k in ("id", "engine", "sample_rate", "state")}
-                    for v in sorted(found)
+                    {
+                        "id": voice.name,
+                        "engine": voice.engine,
+                        "sample_rate": voice.sample_rate,
+                        "ready": voice.ready,
+                    }
+                    for voice in found
                 ],
             }
         )
-
-    async def _worker_voices(self, client: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
-        try:
-            response = await client.get(f"{url}/v1/voices", timeout=self.config.worker_timeout_s)
-            data = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            log.info("voices_unavailable", worker=url, error=type(exc).__name__)
-            return None
-        return data if response.status_code == 200 and isinstance(data, dict) else None
 
     # --- speech -----------------------------------------------------------------------------
 

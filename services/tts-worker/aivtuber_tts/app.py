@@ -30,6 +30,7 @@ import hmac
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 import httpx
 import structlog
@@ -40,17 +41,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from aivtuber_common.config import RedisBusSettings, Settings, TtsWorkerSettings
+from aivtuber_common.config import Settings, TtsWorkerSettings
+from aivtuber_common.health import VoiceListing, WorkerHealth
 from aivtuber_common.identity import TENANT_HEADER
 from aivtuber_common.internal import TASK_EVENTS_PATH, TASKS_PATH, SubmitTask, WorkerRefusal
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
+from aivtuber_common.transport import FrameSink
 
+from .bus import open_bus
 from .engines import EngineFactory, build_engine
 from .metrics import TtsMetrics
-from .redis_bus import RedisFrameSink, RedisWorkerBus
 from .scheduler import PieceScheduler
-from .sink import IngestSink
 from .tasks import Refusal, TaskManager
 from .voices import Voices
 
@@ -68,29 +70,28 @@ class Worker:
 
     settings: TtsWorkerSettings
     voices: Voices
-    sink: IngestSink | RedisFrameSink
+    sink: FrameSink
     manager: TaskManager
     metrics: TtsMetrics
 
-    def health(self) -> tuple[int, dict[str, object]]:
+    def health(self) -> WorkerHealth:
         if self.voices.loading:
-            status = "starting"
+            status: Literal["ok", "starting", "degraded"] = "starting"
         elif self.voices.failed or not self.sink.is_connected:
             status = "degraded"
         else:
             status = "ok"
-        body = {
-            "status": status,
-            "voices": [voice.describe() for voice in self.voices.voices.values()],
-            "default_voice": self.voices.default,
-            "running": self.manager.running,
-            "queued": self.manager.queued,
-            "capacity": self.manager.capacity,
-            "max_concurrent": self.settings.max_concurrent,
-            "ingest_connected": self.sink.is_connected,
-            "ready_s": None if self.voices.ready_s is None else round(self.voices.ready_s, 3),
-        }
-        return (200 if status == "ok" else 503), body
+        return WorkerHealth(
+            status=status,
+            voices=[voice.describe() for voice in self.voices.voices.values()],
+            default_voice=self.voices.default,
+            running=self.manager.running,
+            queued=self.manager.queued,
+            capacity=self.manager.capacity,
+            max_concurrent=self.settings.max_concurrent,
+            ingest_connected=self.sink.is_connected,
+            ready_s=None if self.voices.ready_s is None else round(self.voices.ready_s, 3),
+        )
 
 
 def create_app(
@@ -115,19 +116,9 @@ def create_app(
             stack.push_async_callback(_shutdown_executor, executor)
             voices = Voices(config, client, engine_factory, executor)
             stack.push_async_callback(voices.aclose)
-            manager_ref: list[TaskManager] = []
-            sink: IngestSink | RedisFrameSink
-            # Bus seam: on Redis, frames go to the task streams and tasks come from the group.
-            bus = RedisWorkerBus(settings) if isinstance(settings.bus, RedisBusSettings) else None
-            if bus is not None:
-                sink = bus.sink
-                stack.push_async_callback(bus.aclose)
-            else:
-                sink = IngestSink(
-                    config.output_handler_url,
-                    token,
-                    on_lost=lambda task_ids: manager_ref[0].ingest_lost(task_ids),
-                )
+            bus = open_bus(settings)
+            stack.push_async_callback(bus.aclose)
+            sink = bus.sink
             manager = TaskManager(
                 config,
                 voices,
@@ -136,14 +127,9 @@ def create_app(
                 metrics,
                 ingest_connected=lambda: sink.is_connected,
             )
-            manager_ref.append(manager)
             worker = Worker(config, voices, sink, manager, metrics)
             background = {asyncio.create_task(voices.load_all(), name="tts-load-voices")}
-            if bus is not None:
-                background |= bus.start(manager, voices, lambda: worker.health()[1])
-            else:
-                assert isinstance(sink, IngestSink)
-                background.add(asyncio.create_task(sink.run(), name="tts-ingest"))
+            background |= bus.start(manager, voices, worker.health)
             stack.push_async_callback(_cancel_and_wait, background)
             stack.push_async_callback(manager.shutdown)  # runs first: tasks end while connected
             yield {"worker": worker}
@@ -207,17 +193,16 @@ def create_app(
                 await websocket.close(1001, "worker shutting down")
 
     async def health(request: Request) -> Response:
-        status, body = request.state.worker.health()
-        return JSONResponse(body, status_code=status)
+        body: WorkerHealth = request.state.worker.health()
+        return _json(200 if body.status == "ok" else 503, body)
 
     async def voices(request: Request) -> Response:
         worker: Worker = request.state.worker
-        return JSONResponse(
-            {
-                "default": worker.voices.default,
-                "voices": [voice.describe() for voice in worker.voices.voices.values()],
-            }
+        listing = VoiceListing(
+            default=worker.voices.default,
+            voices=[voice.describe() for voice in worker.voices.voices.values()],
         )
+        return _json(200, listing)
 
     return Starlette(
         routes=[

@@ -3,15 +3,16 @@
 ::
 
     TtsError                    base; ``code`` is the snake_case code a client sees
-    ├── EngineError             synthesis failed (code engine_error)
-    │   ├── EngineUnavailable   a remote engine cannot be reached (engine_unavailable)
-    │   └── EngineTimeout       a remote engine did not answer in time (engine_timeout)
-    └── IngestLost              the connection to the output handler is down (not_ready)
+    └── EngineError             synthesis failed (code engine_error)
+        ├── EngineUnavailable   a remote engine cannot be reached (engine_unavailable)
+        └── EngineTimeout       a remote engine did not answer in time (engine_timeout)
+
+(A lost frame path is :class:`aivtuber_common.transport.SinkLost`, the same on every bus.)
 """
 
 from __future__ import annotations
 
-__all__ = ["EngineError", "EngineTimeout", "EngineUnavailable", "IngestLost", "TtsError"]
+__all__ = ["EngineError", "EngineTimeout", "EngineUnavailable", "TtsError"]
 
 
 class TtsError(Exception):
@@ -30,7 +31,3 @@ class EngineUnavailable(EngineError):
 
 class EngineTimeout(EngineError):
     code = "engine_timeout"
-
-
-class IngestLost(TtsError):
-    code = "not_ready"

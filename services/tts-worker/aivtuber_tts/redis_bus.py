@@ -48,10 +48,11 @@ from aivtuber_common.bus.streams import (
     is_id_collision,
 )
 from aivtuber_common.config import RedisBusSettings, Settings
+from aivtuber_common.health import WorkerHealth
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, encode_frame
+from aivtuber_common.transport import SinkLost
 from aivtuber_common.visemes import Track
 
-from .errors import IngestLost
 from .tasks import Refusal, TaskManager
 from .voices import Voices
 
@@ -103,8 +104,8 @@ class RedisFrameSink:
             self._samples.pop(task_id, None)
             if not is_id_collision(exc):
                 raise
-            raise IngestLost("the task was ended elsewhere (cancelled or claimed)") from exc
-        except IngestLost:
+            raise SinkLost("the task was ended elsewhere (cancelled or claimed)") from exc
+        except SinkLost:
             self._samples.pop(task_id, None)  # the task stops here: no end will be written
             raise
         self._samples[task_id] = samples
@@ -129,11 +130,11 @@ class RedisFrameSink:
                     pipe.pexpire(key, self.ttl_ms)
                     await pipe.execute()
         except BusUnavailable as exc:
-            raise IngestLost(str(exc)) from exc
+            raise SinkLost(str(exc)) from exc
 
 
 async def write_end(link: RedisLink, end: TaskEnd, ttl_ms: int) -> bool:
-    """Append the task's end unless someone ended it first; False then. Raises IngestLost."""
+    """Append the task's end unless someone ended it first; False then. Raises SinkLost."""
     key = link.keys.task(end.task_id)
     try:
         with link.guard():
@@ -146,7 +147,7 @@ async def write_end(link: RedisLink, end: TaskEnd, ttl_ms: int) -> bool:
                 pipe.pexpire(key, ttl_ms)
                 added, _ = await pipe.execute(raise_on_error=False)
     except BusUnavailable as exc:
-        raise IngestLost(str(exc)) from exc
+        raise SinkLost(str(exc)) from exc
     if isinstance(added, ResponseError):
         if is_id_collision(added):
             log.debug("task_already_ended", task_id=end.task_id)
@@ -174,7 +175,7 @@ class TaskConsumer:
         voices: Voices,
         name: str,
         task_ttl_s: float,
-        describe: Callable[[], dict[str, Any]],
+        describe: Callable[[], WorkerHealth],
     ) -> None:
         self.link = link
         self.sink = sink
@@ -315,7 +316,7 @@ class TaskConsumer:
                     code="worker_lost",
                     message="The TTS worker speaking this task stopped before it finished.",
                 )
-                with contextlib.suppress(IngestLost):
+                with contextlib.suppress(SinkLost):
                     await write_end(self.link, end, self.ttl_ms)
             await self._ack(entry_id)
             return
@@ -333,7 +334,7 @@ class TaskConsumer:
             end = TaskEnd(
                 task_id=task.task_id, status="failed", code=refusal.code, message=refusal.message
             )
-            with contextlib.suppress(IngestLost):
+            with contextlib.suppress(SinkLost):
                 await write_end(self.link, end, self.ttl_ms)
             await self._ack(entry_id)
             return
@@ -375,7 +376,7 @@ class TaskConsumer:
                         code="tts_unavailable",
                         message="The task was interrupted: the message bus was unreachable.",
                     )
-                    with contextlib.suppress(IngestLost):
+                    with contextlib.suppress(SinkLost):
                         await write_end(self.link, lost, self.ttl_ms)
                 await self._ack(entry_id)
             except BusUnavailable:
@@ -439,7 +440,7 @@ class RedisWorkerBus:
         self.consumer: TaskConsumer | None = None
 
     def start(
-        self, manager: TaskManager, voices: Voices, describe: Callable[[], dict[str, Any]]
+        self, manager: TaskManager, voices: Voices, describe: Callable[[], WorkerHealth]
     ) -> set[asyncio.Task[None]]:
         """The background tasks; the caller cancels and awaits them, then :meth:`aclose`."""
         self.consumer = TaskConsumer(
@@ -449,7 +450,7 @@ class RedisWorkerBus:
             voices,
             self.name,
             self.settings.output_handler.task_ttl_s,
-            lambda: {"name": self.name, **describe()},
+            lambda: describe().model_copy(update={"name": self.name}),
         )
         return {
             asyncio.create_task(self.link.run(), name="bus-link"),

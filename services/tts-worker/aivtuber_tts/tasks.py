@@ -50,10 +50,10 @@ from aivtuber_common.internal import (
     TaskOpen,
     TaskSnapshot,
 )
-from aivtuber_common.transport import FrameSink
+from aivtuber_common.transport import FrameSink, SinkLost
 from aivtuber_common.visemes import Track
 
-from .errors import EngineError, IngestLost
+from .errors import EngineError
 from .metrics import TtsMetrics
 from .scheduler import PieceScheduler
 from .visemes import TrackCutter
@@ -184,7 +184,7 @@ class TaskManager:
                     tenant=task.tenant,
                 )
             )
-        except IngestLost as exc:
+        except SinkLost as exc:
             del self._jobs[task.task_id]
             self._ungroup(job)
             raise self._refuse(503, "not_ready", str(exc)) from exc
@@ -330,7 +330,7 @@ class TaskManager:
         try:
             if end is not None:
                 await self.sink.end(end)
-        except IngestLost as exc:
+        except SinkLost as exc:
             log.warning("task_end_not_sent", error=str(exc))
         finally:
             self._finish(job, end)
@@ -354,7 +354,7 @@ class TaskManager:
         error = synth.exception()
         if error is None:
             return TaskEnd(task_id=task_id, status="completed")
-        if isinstance(error, IngestLost):
+        if isinstance(error, SinkLost):
             job.stop_reason = StopReason.INGEST_LOST
             log.warning("task_lost_with_ingest", chunks=job.chunks, error=str(error))
             return None
