@@ -26,8 +26,8 @@ from .auth import Edge, Refusal
 from .metrics import GatewayMetrics
 
 if TYPE_CHECKING:
-    from .app import Runtime
     from .proxy import ProxyConnection
+    from .runtime import Runtime
 
 __all__ = ["monitor_routes", "snapshot"]
 
