@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import assert_never
 
 import httpx
 
@@ -40,3 +41,5 @@ async def open_bus(
 
             async with http_submitter(settings, active, transport) as direct:
                 yield direct
+        case unknown:
+            assert_never(unknown)

@@ -55,6 +55,8 @@ from aivtuber_common.internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOp
 from aivtuber_common.protocol import VoiceInfo
 from aivtuber_common.transport import SubmitRefused, TaskNotFound, TransportError
 
+from .refreshes import Refreshes
+
 __all__ = ["LiveWorker", "RedisTaskSubmitter"]
 
 log = structlog.get_logger("aivtuber_input.redis_submitter")
@@ -121,7 +123,7 @@ class RedisTaskSubmitter:
         self.backlog = 0  # tasks in the stream no worker has taken yet
         self.heartbeat = Heartbeat(link, "input", self.name, self._describe)
         self._followed: OrderedDict[str, None] = OrderedDict()  # submitted here, not ended
-        self._refreshed = asyncio.Event()  # set (and replaced) after every refresh
+        self._refreshes = Refreshes()
 
     @property
     def available(self) -> int:
@@ -135,18 +137,11 @@ class RedisTaskSubmitter:
     async def wait_ready(self, timeout_s: float) -> bool:
         """Until a worker is ready, for ``timeout_s`` at most while one is alive and still
         loading its voices (not when none is alive: not worth a wait). True if one is."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not self.ready and any(w.beat.status == "starting" for w in self.workers):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._refreshed.wait()
-            except TimeoutError:
-                break
-        return self.ready
+        return await self._refreshes.wait_ready(
+            lambda: self.ready,
+            lambda: any(w.beat.status == "starting" for w in self.workers),
+            timeout_s,
+        )
 
     @property
     def default_voice(self) -> str | None:
@@ -268,8 +263,7 @@ class RedisTaskSubmitter:
         for new in sorted(after - before):
             log.info("worker_up", worker=new)
         self.workers = workers
-        refreshed, self._refreshed = self._refreshed, asyncio.Event()
-        refreshed.set()
+        self._refreshes.done()
         await self.check_ended()
 
     async def check_ended(self) -> None:

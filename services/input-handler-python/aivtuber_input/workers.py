@@ -49,6 +49,7 @@ from aivtuber_common.transport import SubmitRefused, TaskNotFound, TransportErro
 __all__ = ["HttpTaskSubmitter", "WorkerStatus", "http_submitter"]
 
 from .activity import ActiveTasks, WorkerEvents
+from .refreshes import Refreshes
 
 log = structlog.get_logger("aivtuber_input.workers")
 
@@ -124,8 +125,7 @@ class HttpTaskSubmitter:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._rotation = itertools.count()
         self._owners: OrderedDict[str, tuple[WorkerStatus, str | None]] = OrderedDict()
-        # Set (and replaced) after every probe round: what wait_ready() waits on.
-        self._probed = asyncio.Event()
+        self._refreshes = Refreshes()  # told after every probe round
         self._voices_lock = asyncio.Lock()
         self._voices_cache: tuple[float, list[VoiceInfo]] | None = None
 
@@ -195,8 +195,7 @@ class HttpTaskSubmitter:
     async def refresh(self) -> None:
         """Probe every worker's ``GET /health`` once (concurrently)."""
         await asyncio.gather(*(self._probe(worker) for worker in self.workers))
-        probed, self._probed = self._probed, asyncio.Event()
-        probed.set()
+        self._refreshes.done()
 
     @property
     def ready(self) -> bool:
@@ -217,18 +216,9 @@ class HttpTaskSubmitter:
     async def wait_ready(self, timeout_s: float) -> bool:
         """Until a worker is ready, for ``timeout_s`` at most while any is still warming up
         (not when all are down: that is not worth a wait). True if one is ready."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not self.ready and any(worker.warming for worker in self.workers):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._probed.wait()
-            except TimeoutError:
-                break
-        return self.ready
+        return await self._refreshes.wait_ready(
+            lambda: self.ready, lambda: any(w.warming for w in self.workers), timeout_s
+        )
 
     async def run_health_checks(self, interval_s: float) -> None:
         """Probe forever; the lifespan owns (and cancels) the task running this."""

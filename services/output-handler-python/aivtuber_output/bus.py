@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import assert_never
 
 from starlette.routing import BaseRoute, WebSocketRoute
 
@@ -37,6 +38,8 @@ def open_bus(settings: Settings, metrics: OutputMetrics) -> OutputBus:
             return _redis(settings, bus)
         case DirectBusSettings():
             return _direct(settings, metrics)
+        case unknown:
+            assert_never(unknown)
 
 
 def _direct(settings: Settings, metrics: OutputMetrics) -> OutputBus:

@@ -125,7 +125,6 @@ def create_app(
                 sink,
                 PieceScheduler(config.max_concurrent, executor),
                 metrics,
-                ingest_connected=lambda: sink.is_connected,
             )
             worker = Worker(config, voices, sink, manager, metrics)
             background = {asyncio.create_task(voices.load_all(), name="tts-load-voices")}

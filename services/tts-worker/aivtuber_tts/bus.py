@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, assert_never
 
 from aivtuber_common.config import DirectBusSettings, RedisBusSettings, Settings
 from aivtuber_common.health import WorkerHealth
@@ -46,3 +46,5 @@ def open_bus(settings: Settings) -> WorkerBus:
             from .sink import DirectWorkerBus
 
             return DirectWorkerBus(settings)
+        case unknown:
+            assert_never(unknown)

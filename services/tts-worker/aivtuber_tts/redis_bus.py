@@ -169,21 +169,19 @@ async def ensure_group(link: RedisLink) -> None:
 class TaskConsumer:
     def __init__(
         self,
-        link: RedisLink,
         sink: RedisFrameSink,
         manager: TaskManager,
         voices: Voices,
         name: str,
-        task_ttl_s: float,
         describe: Callable[[], WorkerHealth],
     ) -> None:
-        self.link = link
         self.sink = sink
+        self.link = sink.link  # one client per worker, and the streams' one TTL
+        self.ttl_ms = sink.ttl_ms
         self.manager = manager
         self.voices = voices
         self.name = name
-        self.ttl_ms = int(task_ttl_s * 1000)
-        self.heartbeat = Heartbeat(link, "worker", name, describe)
+        self.heartbeat = Heartbeat(self.link, "worker", name, describe)
         self.held: dict[str, bytes] = {}  # task id -> its entry in the tasks stream
         self.taken = 0
         self.claimed = 0
@@ -444,12 +442,10 @@ class RedisWorkerBus:
     ) -> set[asyncio.Task[None]]:
         """The background tasks; the caller cancels and awaits them, then :meth:`aclose`."""
         self.consumer = TaskConsumer(
-            self.link,
             self.sink,
             manager,
             voices,
             self.name,
-            self.settings.output_handler.task_ttl_s,
             lambda: describe().model_copy(update={"name": self.name}),
         )
         return {

@@ -117,7 +117,6 @@ class TaskManager:
         sink: FrameSink,
         scheduler: PieceScheduler,
         metrics: TtsMetrics,
-        ingest_connected: Callable[[], bool],
     ) -> None:
         self.settings = settings
         self.voices = voices
@@ -130,7 +129,6 @@ class TaskManager:
         self._per_group: Counter[str] = Counter()
         self._followers: set[asyncio.Queue[TaskEnd | None]] = set()
         self._recently_ended: deque[str] = deque(maxlen=RECENTLY_ENDED)
-        self._ingest_connected = ingest_connected
         self._jobs: dict[str, _Job] = {}
         self._seconds_per_char: dict[str, float] = {}  # per voice, a moving average
         self._runners: set[asyncio.Task[None]] = set()
@@ -280,7 +278,7 @@ class TaskManager:
             raise self._refuse(503, "not_ready", f"Voice {voice_id!r} is still loading.")
         if voice.state is VoiceState.FAILED:
             raise self._refuse(503, "not_ready", f"Voice {voice_id!r} failed: {voice.error}")
-        if not self._ingest_connected():
+        if not self.sink.is_connected:
             raise self._refuse(503, "not_ready", "The output handler is not connected.")
         if len(self._jobs) >= self.capacity:
             raise self._refuse(
