@@ -25,8 +25,9 @@ from aivtuber_common.closecodes import AppCloseCode, CloseCode
 from aivtuber_common.config import Settings
 from aivtuber_common.identity import Identity
 from aivtuber_common.redact import short_path
+from aivtuber_common.refusal import Refusal
 
-from .auth import Edge, Refusal
+from .auth import Edge
 from .bounds import limit_messages
 from .headers import forwarded_request
 from .health import HealthChecker

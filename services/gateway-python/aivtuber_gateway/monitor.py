@@ -21,8 +21,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from aivtuber_common.metrics import metrics_endpoint
+from aivtuber_common.refusal import Refusal
 
-from .auth import Edge, Refusal
+from .auth import Edge
 from .metrics import GatewayMetrics
 
 if TYPE_CHECKING:

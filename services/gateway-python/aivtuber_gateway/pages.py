@@ -49,7 +49,6 @@ PAGE_HEADERS = {
 }
 # Tasks a worker or subscriber is still waiting on or streaming (output handler states).
 IN_FLIGHT_STATES = ("waiting", "streaming")
-WORKER_KEYS = ("healthy", "busy", "running", "queued", "capacity", "last_error")
 
 
 def page_routes(edge: Edge, metrics: GatewayMetrics, routes: RouteTable) -> list[BaseRoute]:
@@ -101,7 +100,9 @@ def speech_view(
     workers: list[dict[str, Any]] = []
     for report in input_reports:
         for worker in report.workers if report else []:
-            entry: dict[str, Any] = {key: getattr(worker, key) for key in WORKER_KEYS}
+            # healthy, busy, running, queued, capacity, last_error (and what a newer handler
+            # adds); its URL, or its name on the Redis bus.
+            entry = worker.model_dump(exclude={"name", "url", "state", "voices"})
             entry["url"] = worker.url or worker.name
             entry["voices"] = [{"name": voice} for voice in worker.voices]
             workers.append(entry)

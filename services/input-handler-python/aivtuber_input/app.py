@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings
 from aivtuber_common.health import InputHealth
 from aivtuber_common.identity import Identity, read_identity
@@ -169,7 +170,7 @@ class InputEndpoint:
                 case ListVoicesRequest(request_id):
                     pending[:0] = await self._voices(request_id)
                 case Close(code, reason):
-                    self.metrics.errors.labels("message_too_big").inc()
+                    self.metrics.errors.labels(ErrorCode.MESSAGE_TOO_BIG).inc()
                     log.warning("closing", code=code, reason=reason)
                     await websocket.close(code, reason)
                     return False

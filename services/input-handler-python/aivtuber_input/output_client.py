@@ -24,6 +24,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.identity import (
     CLIENT_HEADER,
     GATEWAY_TOKEN_HEADER,
@@ -41,7 +42,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class OutputUnavailable(Exception):
-    code = "tts_unavailable"
+    code = ErrorCode.TTS_UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +147,7 @@ async def _events(websocket: ClientConnection) -> AsyncGenerator[OutputEvent, No
                     return
     except ConnectionClosed:
         pass
-    yield Failed("worker_lost", "The audio stream ended before the task did.")
+    yield Failed(ErrorCode.WORKER_LOST, "The audio stream ended before the task did.")
 
 
 def _parse(text: str) -> OutputEvent | None:
@@ -154,7 +155,9 @@ def _parse(text: str) -> OutputEvent | None:
         message = _OutputMessage.validate_json(text)
     except ValidationError:
         log.error("output_message_unexpected", size=len(text))
-        return Failed("internal_error", "The audio stream sent a message it should not have.")
+        return Failed(
+            ErrorCode.INTERNAL_ERROR, "The audio stream sent a message it should not have."
+        )
     match message:
         case AudioStart():
             return Started(message.sample_rate, message.voice, message.engine)

@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings
 from aivtuber_common.identity import Identity, read_identity
 from aivtuber_common.internal import SubmitAccepted, SubmitTask
@@ -116,7 +117,7 @@ class SpeechApi:
         name = request.path_params["model"]
         if name not in self.openai.models:
             return ApiError(
-                404, f"The model '{name}' does not exist.", "model_not_found", "model"
+                404, f"The model '{name}' does not exist.", ErrorCode.MODEL_NOT_FOUND, "model"
             ).response()
         return JSONResponse(self._model(name))
 
@@ -235,7 +236,7 @@ class SpeechApi:
     async def _submit(self, task: SubmitTask, identity: Identity) -> SubmitAccepted:
         submitter = self.submitter
         if submitter is None:
-            raise error_for_code("tts_unavailable", "The input handler is shutting down.")
+            raise error_for_code(ErrorCode.TTS_UNAVAILABLE, "The input handler is shutting down.")
         key = identity.limits_key
         limited = self.limiter.admit(key, self.settings.limits_for(identity.tenant), len(task.text))
         if limited is not None:
@@ -330,7 +331,7 @@ async def _first_audio(events: AsyncIterator[OutputEvent]) -> tuple[Started, Pcm
                 return started, event
             case Failed(code, message):
                 raise error_for_code(code, message)
-    raise error_for_code("worker_lost", "The audio stream ended before it began.")
+    raise error_for_code(ErrorCode.WORKER_LOST, "The audio stream ended before it began.")
 
 
 async def _start_response(send: Send, speech: SpeechRequest, sample_rate: int) -> None:
@@ -360,7 +361,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_big(limit: int) -> ApiError:
-    return ApiError(413, f"The request body is larger than {limit} bytes.", "body_too_large")
+    return ApiError(
+        413, f"The request body is larger than {limit} bytes.", ErrorCode.BODY_TOO_LARGE
+    )
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aivtuber_common.closecodes import AppCloseCode
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.internal import IngestMessageAdapter, TaskEnd, TaskOpen, decode_frame
 
 from .metrics import OutputMetrics
@@ -78,7 +79,7 @@ class IngestEndpoint:
             if self.stall_s is not None and silent_for >= self.stall_s:
                 lost = self.store.source_lost(
                     source,
-                    "timeout",
+                    ErrorCode.TIMEOUT,
                     f"The TTS worker stopped answering (silent for {silent_for:.0f} s, "
                     "no reply to keepalive pings).",
                 )

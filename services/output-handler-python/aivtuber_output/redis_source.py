@@ -30,6 +30,7 @@ import structlog
 
 from aivtuber_common.bus import BusUnavailable, RedisLink
 from aivtuber_common.bus.streams import DATA, K_END, K_FRAME, K_OPEN, K_QUEUED, KIND, SAMPLES
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.health import BusHealth, OutputHealth
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, decode_frame
 from aivtuber_common.transport import FrameEvent, TaskAudio, TaskStatus
@@ -201,7 +202,7 @@ class RedisFrameSource:
                 if position < feed.base:
                     yield _failed(
                         task_id,
-                        "frame_lost",
+                        ErrorCode.FRAME_LOST,
                         f"Chunk {position} is no longer kept (the first kept is {feed.base}).",
                     )
                     return
@@ -233,11 +234,13 @@ class RedisFrameSource:
                 if not entries:
                     if feed.frames and time.monotonic() - quiet_since >= self.task_timeout_s:
                         message = f"The TTS worker sent nothing for {self.task_timeout_s:g} s."
-                        feed.finish(_failed(feed.task_id, "timeout", message))
+                        feed.finish(_failed(feed.task_id, ErrorCode.TIMEOUT, message))
                     elif feed.opened is not None:
                         with self.link.guard():
                             if not await self.link.client.exists(key):
-                                feed.finish(_failed(feed.task_id, "task_expired", "It expired."))
+                                feed.finish(
+                                    _failed(feed.task_id, ErrorCode.TASK_EXPIRED, "It expired.")
+                                )
                     continue
                 quiet_since = time.monotonic()
                 for entry_id, fields in entries:
@@ -249,7 +252,9 @@ class RedisFrameSource:
         except Exception:
             # No caller: say what broke, and end the stream for its listeners (never a hang).
             log.exception("bus_feed_failed", task_id=feed.task_id)
-            feed.finish(_failed(feed.task_id, "internal_error", "The stream could not be read."))
+            feed.finish(
+                _failed(feed.task_id, ErrorCode.INTERNAL_ERROR, "The stream could not be read.")
+            )
 
     async def _next(
         self, key: str, last_id: str | bytes, block_ms: int, count: int
@@ -295,7 +300,9 @@ class _Feed:
                 self.base = chunk_id
             elif chunk_id != self.base + len(self.frames):
                 self.finish(
-                    _failed(self.task_id, "frame_lost", f"Chunk {chunk_id} is out of order.")
+                    _failed(
+                        self.task_id, ErrorCode.FRAME_LOST, f"Chunk {chunk_id} is out of order."
+                    )
                 )
                 return
             # The level travels as a float32: rounded once, as on the direct bus.

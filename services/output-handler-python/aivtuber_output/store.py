@@ -151,7 +151,7 @@ class TaskStore:
                 TaskEnd(
                     task_id=task_id,
                     status="failed",
-                    code="frame_lost",
+                    code=ErrorCode.FRAME_LOST,
                     message=f"The audio stream broke: {message}.",
                 ),
             )
@@ -185,7 +185,7 @@ class TaskStore:
     def source_lost(
         self,
         source: Hashable,
-        code: str = "worker_lost",
+        code: str = ErrorCode.WORKER_LOST,
         message: str = "The TTS worker's connection was lost before the task finished.",
     ) -> list[str]:
         """The worker connection ``source`` is gone: fail its unfinished tasks."""
@@ -329,7 +329,7 @@ class TaskStore:
         if idle >= self.task_timeout_s:
             self.fail(
                 task.task_id,
-                "timeout",
+                ErrorCode.TIMEOUT,
                 f"The TTS worker sent nothing for {self.task_timeout_s:g} s.",
             )
         else:

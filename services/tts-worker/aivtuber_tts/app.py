@@ -41,19 +41,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from aivtuber_common.closecodes import AppCloseCode
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings, TtsWorkerSettings
 from aivtuber_common.health import VoiceListing, WorkerHealth
 from aivtuber_common.identity import TENANT_HEADER
-from aivtuber_common.internal import TASK_EVENTS_PATH, TASKS_PATH, SubmitTask, WorkerRefusal
+from aivtuber_common.internal import TASK_EVENTS_PATH, TASKS_PATH, SubmitTask
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
+from aivtuber_common.refusal import Refusal
 from aivtuber_common.transport import FrameSink
 
 from .bus import open_bus
 from .engines import EngineFactory, build_engine
 from .metrics import TtsMetrics
 from .scheduler import PieceScheduler
-from .tasks import Refusal, TaskManager
+from .tasks import TaskManager
 from .voices import Voices
 
 __all__ = ["Worker", "create_app"]
@@ -139,20 +142,24 @@ def create_app(
             return denied
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
-            return _refusal(worker, 400, "bad_request", f"The body is over {MAX_BODY_BYTES} bytes.")
+            return _refusal(
+                worker, 400, ErrorCode.BAD_REQUEST, f"The body is over {MAX_BODY_BYTES} bytes."
+            )
         try:
             task = SubmitTask.model_validate_json(body)
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
             where = ".".join(str(part) for part in error["loc"]) or "body"
-            return _refusal(worker, 400, "bad_request", f"{where}: {error['msg']}")
+            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, f"{where}: {error['msg']}")
         if not is_canonical_uuid(task.task_id):
-            return _refusal(worker, 400, "bad_request", "task_id: must be a canonical uuid.")
+            return _refusal(
+                worker, 400, ErrorCode.BAD_REQUEST, "task_id: must be a canonical uuid."
+            )
         try:
             accepted = await worker.manager.submit(task)
         except Refusal as refusal:
             log.info("task_refused", task_id=task.task_id, code=refusal.code)
-            return _json(refusal.status, WorkerRefusal(code=refusal.code, message=refusal.message))
+            return _json(refusal.status, refusal.wire())
         return _json(202, accepted)
 
     async def cancel(request: Request) -> Response:
@@ -164,7 +171,7 @@ def create_app(
         tenant = request.headers.get(TENANT_HEADER) or None
         if not worker.manager.has(task_id, tenant):
             message = f"No task {task_id} is queued or running here."
-            return _json(404, WorkerRefusal(code="task_not_found", message=message))
+            return _json(404, Refusal(404, ErrorCode.TASK_NOT_FOUND, message).wire())
         cancelled = await worker.manager.cancel(task_id, tenant)
         log.info("task_cancel_requested", task_id=task_id, cancelled=cancelled)
         return JSONResponse({"task_id": task_id, "cancelled": cancelled})
@@ -175,7 +182,7 @@ def create_app(
         given = websocket.headers.get("authorization", "")
         if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             log.warning("unauthorized", path=TASK_EVENTS_PATH)
-            await websocket.close(4401, "a valid internal token is required")
+            await websocket.close(AppCloseCode.UNAUTHORIZED, "a valid internal token is required")
             return
         # Nothing is read from the follower: the reader only notices its close (or the
         # server's shutdown), which ends the sender at once.
@@ -223,12 +230,12 @@ def _check_token(request: Request, token: str | None, worker: Worker) -> Respons
     if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         return None
     log.warning("unauthorized", path=request.url.path)
-    return _refusal(worker, 401, "unauthorized", "A valid internal token is required.")
+    return _refusal(worker, 401, ErrorCode.UNAUTHORIZED, "A valid internal token is required.")
 
 
 def _refusal(worker: Worker, status: int, code: str, message: str) -> Response:
     worker.metrics.refusals.labels(code).inc()
-    return _json(status, WorkerRefusal(code=code, message=message))
+    return _json(status, Refusal(status, code, message).wire())
 
 
 def _json(status: int, model: BaseModel) -> Response:

@@ -12,22 +12,24 @@
 
 from __future__ import annotations
 
+from aivtuber_common.codes import ErrorCode
+
 __all__ = ["EngineError", "EngineTimeout", "EngineUnavailable", "TtsError"]
 
 
 class TtsError(Exception):
-    code = "tts_error"
+    code = ErrorCode.TTS_ERROR
 
 
 class EngineError(TtsError):
     """The message is one sentence a user can act on."""
 
-    code = "engine_error"
+    code = ErrorCode.ENGINE_ERROR
 
 
 class EngineUnavailable(EngineError):
-    code = "engine_unavailable"
+    code = ErrorCode.ENGINE_UNAVAILABLE
 
 
 class EngineTimeout(EngineError):
-    code = "engine_timeout"
+    code = ErrorCode.ENGINE_TIMEOUT

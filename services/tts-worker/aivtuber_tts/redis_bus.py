@@ -47,13 +47,15 @@ from aivtuber_common.bus.streams import (
     SAMPLES,
     is_id_collision,
 )
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import RedisBusSettings, Settings
 from aivtuber_common.health import WorkerHealth
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, encode_frame
+from aivtuber_common.refusal import Refusal
 from aivtuber_common.transport import SinkLost
 from aivtuber_common.visemes import Track
 
-from .tasks import Refusal, TaskManager
+from .tasks import TaskManager
 from .voices import Voices
 
 __all__ = ["RedisFrameSink", "RedisWorkerBus", "TaskConsumer", "ensure_group"]
@@ -112,7 +114,7 @@ class RedisFrameSink:
 
     async def end(self, end: TaskEnd) -> None:
         samples = self._samples.pop(end.task_id, None)
-        if end.code == "worker_stopped" and not samples:
+        if end.code == ErrorCode.WORKER_STOPPED and not samples:
             # A worker shutting down hands back what it has not spoken a sample of: left
             # pending and unended, another worker claims it and speaks it whole.
             self.handed_back.add(end.task_id)
@@ -311,7 +313,7 @@ class TaskConsumer:
                 end = TaskEnd(
                     task_id=task.task_id,
                     status="failed",
-                    code="worker_lost",
+                    code=ErrorCode.WORKER_LOST,
                     message="The TTS worker speaking this task stopped before it finished.",
                 )
                 with contextlib.suppress(SinkLost):
@@ -371,7 +373,7 @@ class TaskConsumer:
                     lost = TaskEnd(
                         task_id=task_id,
                         status="failed",
-                        code="tts_unavailable",
+                        code=ErrorCode.TTS_UNAVAILABLE,
                         message="The task was interrupted: the message bus was unreachable.",
                     )
                     with contextlib.suppress(SinkLost):
