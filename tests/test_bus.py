@@ -23,8 +23,8 @@ from aivtuber_common.config import (
     OutputHandlerSettings,
     RedisBusSettings,
     Settings,
+    SineVoice,
     TtsWorkerSettings,
-    VoiceSettings,
     load_settings,
 )
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen
@@ -116,9 +116,7 @@ async def test_a_task_cancelled_before_any_worker_took_it_is_dropped_by_the_work
         with pytest.raises(TaskNotFound):  # never existed
             await submitter.cancel(str(uuid.uuid4()))
         await stand_in.withdraw()
-        config = TtsWorkerSettings(
-            voices={"sine": VoiceSettings(engine="sine")}, default_voice="sine"
-        )
+        config = TtsWorkerSettings(voices={"sine": SineVoice()}, default_voice="sine")
         async with run_server(worker_app(Settings(bus=bus, tts_worker=config))):
             async with asyncio.timeout(TIMEOUT_S):
                 while (await link.client.xpending(link.keys.tasks, "workers"))["pending"] or (
@@ -203,7 +201,7 @@ async def test_a_cancel_stops_the_task_on_the_worker_that_holds_it(
 ) -> None:
     bus = redis_bus_settings(redis_server.url)
     gate = Gate()
-    sine = {"sine": VoiceSettings(engine="sine", sample_rate=16000)}
+    sine = {"sine": SineVoice(sample_rate=16000)}
     config = TtsWorkerSettings(voices=sine, default_voice="sine")
     app = worker_app(Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate))
     link = RedisLink(bus)
@@ -233,7 +231,7 @@ async def test_a_worker_shutting_down_hands_back_unspoken_tasks_to_another_worke
     redis_server: RedisServer,
 ) -> None:
     bus = redis_bus_settings(redis_server.url)
-    sine = {"sine": VoiceSettings(engine="sine", sample_rate=16000)}
+    sine = {"sine": SineVoice(sample_rate=16000)}
     config = TtsWorkerSettings(voices=sine, default_voice="sine")
     gate = Gate()
     leaving = worker_app(Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate))

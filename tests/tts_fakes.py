@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from aivtuber_common.config import Settings, TtsWorkerSettings, VoiceSettings
+from aivtuber_common.config import Settings, SineVoice, TtsWorkerSettings, VoiceSettings
 from aivtuber_common.health import VoiceDescription, VoiceState, WorkerHealth
 from aivtuber_common.internal import (
     INGEST_PATH,
@@ -156,9 +156,7 @@ class GatedEngine(LocalEngine):
 
 
 def sine_settings(recorder_url: str, token: str | None = None, **worker: Any) -> Settings:
-    voices = worker.pop(
-        "voices", {"sine": VoiceSettings(engine="sine", ms_per_char=20.0, sample_rate=22050)}
-    )
+    voices = worker.pop("voices", {"sine": SineVoice(ms_per_char=20.0, sample_rate=22050)})
     return Settings(
         internal_token=token,
         tts_worker=TtsWorkerSettings(

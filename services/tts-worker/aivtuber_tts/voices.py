@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import structlog
 
-from aivtuber_common.config import TtsWorkerSettings, VoiceSettings
+from aivtuber_common.config import KokoroJaVoice, TtsWorkerSettings, VoiceSettings
 from aivtuber_common.health import VoiceDescription, VoiceState
 
 from .engines import Engine, EngineFactory, build_engine
@@ -126,7 +126,7 @@ def _with_data_dir(settings: TtsWorkerSettings) -> dict[str, VoiceSettings]:
     default_cache = str(Path(settings.data_dir).expanduser() / "kokoro-ja")
     return {
         voice_id: voice.model_copy(update={"cache_dir": default_cache})
-        if voice.engine == "kokoro_ja" and not voice.cache_dir
+        if isinstance(voice, KokoroJaVoice) and not voice.cache_dir
         else voice
         for voice_id, voice in settings.voices.items()
     }
