@@ -3,7 +3,6 @@ spelled through them, and docs/protocol.md's code tables are generated from the 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
 import tokenize
@@ -13,6 +12,7 @@ from types import ModuleType
 from aivtuber_common.closecodes import AppCloseCode
 from aivtuber_common.codes import MEANINGS, ErrorCode
 from aivtuber_common.refusal import Refusal
+from tests.support import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted(
@@ -25,11 +25,7 @@ LOG_CALL = re.compile(r"\blog\.(debug|info|warning|error|exception)\($")
 
 
 def _code_docs() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("code_docs", ROOT / "scripts/code_docs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("code_docs")
 
 
 def test_docs_protocol_md_lists_every_code_as_the_registry_says() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import types
 from pathlib import Path
 from types import ModuleType
@@ -11,16 +10,13 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel
 
 from aivtuber_common.config import Settings
+from tests.support import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _config_docs() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("config_docs", ROOT / "scripts/config_docs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("config_docs")
 
 
 def test_docs_configuration_md_is_what_the_models_generate() -> None:

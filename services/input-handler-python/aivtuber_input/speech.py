@@ -35,7 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings
-from aivtuber_common.identity import Identity, read_identity
+from aivtuber_common.identity import Identity, identity_headers, read_identity
 from aivtuber_common.internal import SubmitAccepted, SubmitTask
 from aivtuber_common.protocol import VoiceInfo, new_task_id
 from aivtuber_common.transport import SubmitRefused, TaskSubmitter, TransportError
@@ -61,7 +61,6 @@ from .output_client import (
     OutputUnavailable,
     Pcm,
     Started,
-    identity_headers,
     subscribe,
 )
 

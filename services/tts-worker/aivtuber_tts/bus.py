@@ -38,10 +38,10 @@ class WorkerBus(Protocol):
 
 def open_bus(settings: Settings) -> WorkerBus:
     match settings.bus:
-        case RedisBusSettings():
+        case RedisBusSettings() as bus:
             from .redis_bus import RedisWorkerBus
 
-            return RedisWorkerBus(settings)
+            return RedisWorkerBus(settings, bus)
         case DirectBusSettings():
             from .sink import DirectWorkerBus
 

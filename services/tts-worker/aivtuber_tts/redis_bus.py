@@ -429,13 +429,12 @@ class TaskConsumer:
 class RedisWorkerBus:
     """What the worker's lifespan owns on the Redis bus: the link, the sink, the consumer."""
 
-    def __init__(self, settings: Settings) -> None:
-        assert isinstance(settings.bus, RedisBusSettings)
+    def __init__(self, settings: Settings, bus: RedisBusSettings) -> None:
         self.settings = settings
-        self.link = RedisLink(settings.bus)
+        self.link = RedisLink(bus)
         self.name = instance_name()
         self.sink = RedisFrameSink(
-            self.link, settings.output_handler.task_ttl_s, settings.bus.max_frames_per_task
+            self.link, settings.output_handler.task_ttl_s, bus.max_frames_per_task
         )
         self.consumer: TaskConsumer | None = None
 
