@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
+import wave
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -391,3 +394,53 @@ async def test_the_worker_refuses_text_for_a_task_that_is_not_a_stream() -> None
             await recorder.ended(task_id)
     assert response.status_code == 404
     assert mismatch.status_code == 400
+
+
+async def test_aivtuber_say_stream_speaks_standard_input_as_it_arrives(
+    tmp_path: Path, bus: BusSettings
+) -> None:
+    target = tmp_path / "reply.wav"
+    async with stack(bus) as s:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "aivtuber_common.say",
+            "--stream",
+            "--voice",
+            "sine",
+            "--url",
+            s.url,
+            "-o",
+            str(target),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stdin is not None
+        try:
+            process.stdin.write("Hello chat, welcome back to the stré".encode())
+            await process.stdin.drain()
+            async with asyncio.timeout(TIMEOUT_S):
+                while not s.gates[0].pieces:  # spoken while the input is still open
+                    await asyncio.sleep(0.01)
+            spoken_before_eof = list(s.gates[0].pieces)
+            # A two-byte character split between two writes.
+            process.stdin.write(b"am! Caf\xc3")
+            await process.stdin.drain()
+            process.stdin.write(b"\xa9 time.")
+            process.stdin.close()
+            async with asyncio.timeout(TIMEOUT_S):
+                out, err = await process.communicate()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        spoken = s.gates[0].pieces
+    assert process.returncode == 0, err.decode()
+    # No boundary yet ("Hello chat," is too short a clause): spoken up to its last whole
+    # word once it had waited stream_max_wait_ms, before the input ended.
+    assert words(spoken_before_eof) == "Hello chat, welcome back to the".split()
+    assert words(spoken) == "Hello chat, welcome back to the stréam! Café time.".split()
+    assert "first byte read -> first audible sample:" in out.decode()
+    with wave.open(str(target)) as wav:
+        assert wav.getframerate() == SINE_RATE and wav.getnframes() > 0

@@ -147,6 +147,9 @@ class _Stream:
 
     chars: int  # all its text so far (max_stream_chars)
     last_heard: float  # the last speak/append/end for it (stream_idle_timeout_s)
+    # Nothing was appended since the last flush: another empty flush would change nothing,
+    # and is not passed on (so the pieces sent on are bounded by the characters).
+    flushed: bool = False
 
 
 @dataclass
@@ -291,6 +294,7 @@ class InputSession:
         """A piece was not sent (a rate limit): it does not count, the stream goes on."""
         if (stream := self._streams.get(send.task_id)) is not None:
             stream.chars -= len(send.text)
+            stream.flushed = False
         return [Reply(error)]
 
     def text_failed(self, send: SendText, code: str, message: str) -> list[Event]:
@@ -451,9 +455,10 @@ class InputSession:
             return [SendText(task_id, end=True)]
         if problem := self._bad_piece(message.text, stream.chars, None, task_id):
             return [problem]
-        if not message.text and not message.flush:
+        if not message.text and (not message.flush or stream.flushed):
             return []  # nothing to say: it only kept the stream from going idle
         stream.chars += len(message.text)
+        stream.flushed = message.flush
         return [SendText(task_id, message.text, flush=message.flush)]
 
     def _bad_piece(
