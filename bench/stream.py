@@ -68,7 +68,7 @@ class StreamParams:
     replies: int = 0  # 0: all
     rates: tuple[int, ...] = (15, 50)  # tokens per second
     voices: tuple[str, ...] = ("heart", "joe")
-    max_waits_ms: tuple[int, ...] = (100, 250, 500, 1000)
+    max_waits_ms: tuple[int, ...] = (100, 250, 500, 750, 1000, 1500)
 
     @classmethod
     def quick(cls) -> StreamParams:
@@ -106,7 +106,8 @@ def run_stream(
         replies = replies[: params.replies]
     result: dict[str, Any] = {
         "params": asdict(params),
-        "max_wait": max_wait_table(replies, params.rates, params.max_waits_ms),
+        # The simulation is cheap: always on every reply.
+        "max_wait": max_wait_table(read_lines(REPLIES), params.rates, params.max_waits_ms),
         "voices": {},
     }
     for voice in params.voices:
@@ -432,17 +433,19 @@ def max_wait_table(
 def _first_cut(pieces: list[str], rate: int, wait_s: float) -> tuple[float, bool]:
     """(seconds after the first token when TextFeed first gives the engine text, whether
     that cut came by the clock rather than at a boundary)."""
+    from aivtuber_tts.splitting import ready_end
     from aivtuber_tts.streaming import TextFeed
 
     feed = TextFeed("", wait_s, "en", 0.0)
     for index, piece in enumerate(pieces):
         now = index / rate
         due = feed.due(None)
-        if due is not None and due <= now and feed.take(due, None):
-            return due, True
+        # A cut by the clock between the last token and this one, else after this one.
+        if due is not None and due <= now and (part := feed.take(due, None)):
+            return due, ready_end(part) != len(part)
         feed.add(piece, flush=False, end=False, now=now)
-        if feed.take(now, None):
-            return now, False
+        if part := feed.take(now, None):
+            return now, ready_end(part) != len(part)
     return (len(pieces) - 1) / rate, False  # the end of the reply
 
 
