@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from aivtuber_common.config import BusSettings, LimitsSettings, VoiceSettings
+from aivtuber_tts import tasks
 from tests.edge_support import ALICE_KEY, BOB_KEY
 from tests.frontend import ask, frontend
 from tests.test_end_to_end import HOLD, MS_PER_CHAR, SINE_RATE, stack
@@ -444,3 +446,20 @@ async def test_aivtuber_say_stream_speaks_standard_input_as_it_arrives(
     assert "first byte read -> first audible sample:" in out.decode()
     with wave.open(str(target)) as wav:
         assert wav.getframerate() == SINE_RATE and wav.getnframes() > 0
+
+
+async def test_a_stream_whose_input_handler_died_ends_by_itself_on_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tasks, "STREAM_ORPHAN_S", 0.3)
+    async with running_recorder() as recorder:
+        async with running_worker(sine_settings(recorder.url)) as worker:
+            task_id = str(uuid.uuid4())
+            body = {"task_id": task_id, "text": "Nobody will ever end this", "stream": True}
+            assert (await worker.http.post("/v1/tasks", json=body)).status_code == 202
+            task = await recorder.ended(task_id)  # no TaskText ever comes
+            health = (await worker.health()).json()
+    assert task.end is not None and task.end.status == "completed"
+    assert task.end.reason == "idle"
+    assert task.frames, "what was sent was spoken"
+    assert health["running"] == health["queued"] == 0

@@ -32,10 +32,12 @@ class TextFeed:
         self._flush = False
         self._first = True  # nothing taken yet: the first clause goes alone
         self.closed = False  # the end came: no more text
+        self.heard_at = now  # the last text, flush or end
         self.changed = asyncio.Event()
         self.add(first, flush=False, end=False, now=now)
 
     def add(self, text: str, *, flush: bool, end: bool, now: float) -> None:
+        self.heard_at = now
         if text:
             if self._since is None and text.strip():
                 self._since = now

@@ -77,6 +77,10 @@ FOLLOWER_BACKLOG = 1024
 # Streaming tasks that ended, remembered (with their tenant) so that more text for one is
 # answered task_ended rather than task_not_found.
 ENDED_STREAMS = 1024
+# A stream that hears nothing for this long ends by itself. The input handler ends idle
+# streams long before (input_handler.stream_idle_timeout_s); this catches the streams of an
+# input handler that died, which would otherwise hold their place here for ever.
+STREAM_ORPHAN_S = 600.0
 
 
 _NOBODY = object()  # no tenant recorded (None is the anonymous tenant)
@@ -491,12 +495,18 @@ class TaskManager:
                 continue
             if feed.done:
                 return
+            orphaned_at = feed.heard_at + STREAM_ORPHAN_S
+            if now >= orphaned_at:
+                log.warning("stream_orphaned", silent_s=round(now - feed.heard_at))
+                job.end_reason = "idle"
+                feed.add("", flush=False, end=True, now=now)
+                continue
             # Nothing to say until more text comes: the frame in the cutter is all the
             # listener will get for now, so it goes out short rather than wait.
             if (last := cutter.flush()) is not None:
                 await self._send(job, *last)
-            wake_at = feed.wake_at(now, listener_ends_at)
-            timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+            wake_at = min(feed.wake_at(now, listener_ends_at) or orphaned_at, orphaned_at)
+            timeout = max(0.0, wake_at - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await feed.changed.wait()
