@@ -134,6 +134,7 @@ async def stack(
     dead_workers: int = 0,
     limits: LimitsSettings | None = None,
     audio_metrics: bool = False,
+    worker_options: dict[str, Any] | None = None,
     **input_options: Any,
 ) -> AsyncIterator[Stack]:
     """Output handler, worker(s), input handler, gateway: started in the order each needs,
@@ -157,6 +158,7 @@ async def stack(
                 default_voice="joe" if piper else "sine",
                 frame_ms=FRAME_MS,
                 max_concurrent=2,
+                **(worker_options or {}),
             )
             app = worker_app(
                 Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate)
