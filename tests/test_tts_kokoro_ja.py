@@ -72,3 +72,22 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     blocked.write_text("not a folder")
     with pytest.raises(EngineError, match="cannot create the kokoro_ja cache folder"):
         KokoroJaEngine(cache_dir=blocked / "kokoro-ja", warmup=False).load()
+
+
+def test_kokoro_ja_times_each_accent_phrase_of_the_text_in_order(alpha: KokoroJaEngine) -> None:
+    """The words of a Japanese line are its accent phrases: together exactly the text sent,
+    each starting inside the audio, in order."""
+    lines = (Path(__file__).resolve().parents[1] / "bench" / "texts" / "lines-ja.txt").read_text(
+        "utf-8"
+    )
+    for line in lines.splitlines()[:4]:
+        got: list[str] = []
+        for piece in alpha.split(line):
+            speech = alpha.synthesize_piece(piece)
+            assert isinstance(speech, Speech)
+            samples = len(speech.pcm) // 2
+            starts = [start for start, _, _ in speech.words]
+            assert starts == sorted(starts) and all(0 <= s < samples for s in starts)
+            assert all(n > 0 for _, n, _ in speech.words), piece
+            got += [word for _, _, word in speech.words]
+        assert "".join(got) == line and len(got) >= 3, got

@@ -15,6 +15,7 @@ from typing import Protocol
 from .internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen, TaskText
 from .protocol import VoiceInfo
 from .visemes import Track
+from .words import WordTrack
 
 __all__ = [
     "FrameEvent",
@@ -80,13 +81,15 @@ class FrameSink(Protocol):
         level: float,
         pcm: bytes,
         visemes: Track | None = None,
+        words: WordTrack | None = None,
     ) -> None: ...
 
     async def end(self, end: TaskEnd) -> None: ...
 
 
-# A frame: (chunk_id, level, pcm, visemes); visemes is None when the engine has no timing.
-FrameEvent = TaskOpen | tuple[int, float, bytes, Track | None] | TaskEnd
+# A frame: (chunk_id, level, pcm, visemes, words); the tracks are None when the engine has no
+# timing.
+FrameEvent = TaskOpen | tuple[int, float, bytes, Track | None, WordTrack | None] | TaskEnd
 
 
 class FrameSource(Protocol):

@@ -36,6 +36,7 @@ from enum import StrEnum
 from aivtuber_common.internal import TaskEnd, TaskOpen
 from aivtuber_common.transport import FrameEvent, TaskNotFound, TransportError
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 __all__ = ["IngestError", "TaskNotFound", "TaskSnapshot", "TaskState", "TaskStore"]
 
@@ -70,7 +71,7 @@ class TaskSnapshot:
 class _Task:
     task_id: str
     open: TaskOpen | None = None
-    frames: list[tuple[float, bytes, Track | None]] = field(default_factory=list)
+    frames: list[tuple[float, bytes, Track | None, WordTrack | None]] = field(default_factory=list)
     end: TaskEnd | None = None
     source: Hashable | None = None
     subscribers: int = 0
@@ -128,10 +129,16 @@ class TaskStore:
         task.notify()
 
     def append(
-        self, task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None = None
+        self,
+        task_id: str,
+        chunk_id: int,
+        level: float,
+        pcm: bytes,
+        visemes: Track | None = None,
+        words: WordTrack | None = None,
     ) -> float:
-        """Store one frame (and its viseme track); returns the seconds since the task's
-        previous event."""
+        """Store one frame (and its viseme and word tracks); returns the seconds since the
+        task's previous event."""
         task = self._live(task_id, "a frame")
         if chunk_id != len(task.frames):
             # A gap or a repeat means the stream is not what the worker made: fail it
@@ -152,7 +159,7 @@ class TaskStore:
         task.last_event_at = now
         if not task.frames:
             self._arm_watchdog(task, self.task_timeout_s)
-        task.frames.append((level, pcm, visemes))
+        task.frames.append((level, pcm, visemes, words))
         task.nbytes += len(pcm)
         task.samples += len(pcm) // SAMPLE_WIDTH
         self.buffered_bytes += len(pcm)
@@ -194,7 +201,7 @@ class TaskStore:
     async def read(
         self, task_id: str, from_chunk: int = 0, tenant: str | None = None
     ) -> AsyncGenerator[FrameEvent, None]:
-        """TaskOpen, frames ``(chunk_id, level, pcm, visemes)`` from ``from_chunk``, TaskEnd.
+        """TaskOpen, frames ``(chunk_id, level, pcm, visemes, words)`` from ``from_chunk``, TaskEnd.
 
         Raises TaskNotFound when the task is not announced for ``tenant`` (None: anonymous)
         within ``task_wait_s``: a task of another tenant waits the same and fails the same
@@ -214,8 +221,8 @@ class TaskStore:
             while True:
                 frames = task.frames
                 while position < len(frames):
-                    level, pcm, visemes = frames[position]
-                    yield (position, level, pcm, visemes)
+                    level, pcm, visemes, words = frames[position]
+                    yield (position, level, pcm, visemes, words)
                     position += 1
                 if task.end is not None:
                     yield task.end

@@ -50,6 +50,7 @@ from aivtuber_common.bus.streams import (
 from aivtuber_common.config import RedisBusSettings, Settings
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, encode_frame
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 from .errors import IngestLost
 from .tasks import Refusal, TaskManager
@@ -93,9 +94,10 @@ class RedisFrameSink:
         level: float,
         pcm: bytes,
         visemes: Track | None = None,
+        words: WordTrack | None = None,
     ) -> None:
         samples = self._samples.get(task_id, 0) + len(pcm) // SAMPLE_WIDTH
-        frame = encode_frame(task_id, chunk_id, level, pcm, visemes)
+        frame = encode_frame(task_id, chunk_id, level, pcm, visemes, words)
         fields = {KIND: K_FRAME, DATA: frame, SAMPLES: samples}
         try:
             await self._add(task_id, frame_entry_id(chunk_id), fields, trim=True)

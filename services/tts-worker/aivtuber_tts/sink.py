@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from aivtuber_common.closecodes import AppCloseCode
 from aivtuber_common.internal import INGEST_PATH, TaskEnd, TaskOpen, encode_frame
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 from .errors import IngestLost
 
@@ -106,9 +107,10 @@ class IngestSink:
         level: float,
         pcm: bytes,
         visemes: Track | None = None,
+        words: WordTrack | None = None,
     ) -> None:
         ws = self._socket_of(task_id)
-        await self._send(ws, encode_frame(task_id, chunk_id, level, pcm, visemes))
+        await self._send(ws, encode_frame(task_id, chunk_id, level, pcm, visemes, words))
 
     async def end(self, end: TaskEnd) -> None:
         ws = self._socket_of(end.task_id)

@@ -52,6 +52,7 @@ from aivtuber_common.internal import (
 )
 from aivtuber_common.transport import FrameSink
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 from .errors import EngineError, IngestLost
 from .metrics import TtsMetrics
@@ -428,8 +429,8 @@ class TaskManager:
         async with contextlib.aclosing(engine.stream(job.text, run_piece)) as pieces:
             async for piece in pieces:
                 job.started = True
-                for frame, visemes in cutter.push(piece):
-                    await self._send(job, frame, visemes)
+                for frame, visemes, words in cutter.push(piece):
+                    await self._send(job, frame, visemes, words)
         if (last := cutter.flush()) is not None:
             await self._send(job, *last)
 
@@ -440,8 +441,10 @@ class TaskManager:
         previous = self._seconds_per_char.get(voice_id, sample)
         self._seconds_per_char[voice_id] = previous + (sample - previous) * COST_SMOOTHING
 
-    async def _send(self, job: _Job, frame: bytes, visemes: Track | None) -> None:
-        await self.sink.append(job.task_id, job.chunks, level(frame), frame, visemes)
+    async def _send(
+        self, job: _Job, frame: bytes, visemes: Track | None, words: WordTrack | None
+    ) -> None:
+        await self.sink.append(job.task_id, job.chunks, level(frame), frame, visemes, words)
         now = time.monotonic()
         if job.first_frame_at is None:
             job.first_frame_at = now
