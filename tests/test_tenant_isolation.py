@@ -48,10 +48,12 @@ TASK_WAIT_S = 1.0
 
 
 @contextlib.asynccontextmanager
-async def tenant_stack(bus: BusSettings) -> AsyncIterator[tuple[str, str, Gate]]:
-    """Gateway (tenants alice and bob), handlers and a held sine worker, all with
-    ``internal_token``, on the ``bus`` fixture's bus; yields the gateway's and the output
-    handler's ws:// URLs."""
+async def tenant_stack(
+    bus: BusSettings, heart: bool = False
+) -> AsyncIterator[tuple[str, str, Gate]]:
+    """Gateway (tenants alice and bob), handlers and a held sine worker (and the hibari
+    ``heart`` voice), all with ``internal_token``, on the ``bus`` fixture's bus; yields the
+    gateway's and the output handler's ws:// URLs."""
     gate = Gate()
     tenants = {"alice": TenantSettings(key=ALICE_KEY), "bob": TenantSettings(key=BOB_KEY)}
     base = Settings(bus=bus, internal_token=TOKEN, auth=AuthSettings(tenants=tenants))
@@ -67,7 +69,7 @@ async def tenant_stack(bus: BusSettings) -> AsyncIterator[tuple[str, str, Gate]]
         )
         worker_settings = TtsWorkerSettings(
             output_handler_url=output.ws_url,
-            voices=voices(False),
+            voices=voices(False, heart),
             default_voice="sine",
             frame_ms=FRAME_MS,
             max_concurrent=2,
@@ -96,6 +98,9 @@ async def tenant_stack(bus: BusSettings) -> AsyncIterator[tuple[str, str, Gate]]
         routes = {
             "input": RouteSettings(path="/ws/input", backends=[handler.ws_url]),
             "output": RouteSettings(path="/ws/output/{task_id}", backends=[output.ws_url]),
+            "tasks": RouteSettings(
+                path="/v1/tasks/{task_id}/{file}", backends=[output.http_url], protocol="http"
+            ),
         }
         gateway = await stack.enter_async_context(
             run_server(

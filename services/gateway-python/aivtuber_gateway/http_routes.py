@@ -41,6 +41,7 @@ from aivtuber_common.identity import (
     Identity,
 )
 from aivtuber_common.openai_errors import openai_error
+from aivtuber_common.redact import short_path
 
 from .auth import MISSING, Edge, Refusal
 from .headers import forwarded_request
@@ -192,7 +193,7 @@ class HttpForwarder:
                 "http_request",
                 route=route.name,
                 method=scope["method"],
-                path=scope["path"],
+                path=short_path(scope["path"]),  # a whole task id would let a reader listen
                 client=_client(scope),
                 backend=backend_url,
                 status=status,  # 0: the client left before an answer
@@ -280,7 +281,7 @@ class HttpForwarder:
         self.log.warning(
             "backend_unavailable",
             route=route.name,
-            path=scope["path"],
+            path=short_path(scope["path"]),
             client=_client(scope),
             backends=[backend.url for backend in route.backends],
             errors=failures,

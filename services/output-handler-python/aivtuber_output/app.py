@@ -5,6 +5,8 @@ Routes::
     WS   /ws/output/{task_id}[?from_chunk=N]   frontend stream (proxied by the gateway)
     WS   /internal/ingest                      workers push frames (never proxied)
     GET  /tasks/{task_id}/audio.wav            a finished task's whole audio
+    GET  /v1/tasks/{task_id}/captions.vtt      captions and audio for the frontend, through
+    GET  /v1/tasks/{task_id}/audio.wav         the gateway (see captions.py)
     GET  /status/{task_id}                     {"task_id","status","connected","chunks"}
     GET  /health                               liveness and counts
     GET  /metrics                              Prometheus text
@@ -28,6 +30,7 @@ from aivtuber_common.internal import INGEST_PATH, TaskEnd
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 
+from .captions import task_file_routes
 from .ingest import IngestEndpoint
 from .keepalive import ping_settings
 from .metrics import OutputMetrics
@@ -142,6 +145,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/status/{task_id}", task_status),
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
+        *task_file_routes(store, settings.internal_token),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

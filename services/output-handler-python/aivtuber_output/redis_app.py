@@ -26,6 +26,7 @@ from aivtuber_common.config import RedisBusSettings, Settings
 from aivtuber_common.metrics import metrics_endpoint
 
 from .app import _check_id, _error, _not_found
+from .captions import task_file_routes
 from .metrics import OutputMetrics
 from .redis_source import RedisFrameSource
 from .stream import OutputEndpoint
@@ -123,5 +124,6 @@ def create_redis_app(settings: Settings) -> Starlette:
         Route("/status/{task_id}", task_status),
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
+        *task_file_routes(source, settings.internal_token),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
