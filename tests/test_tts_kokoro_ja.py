@@ -14,6 +14,7 @@ from aivtuber_tts.engines import KokoroJaEngine
 from aivtuber_tts.errors import EngineError
 from aivtuber_tts.visemes import Speech
 from aivtuber_tts.voices import _with_data_dir
+from tests.test_tts_words import spoken_words
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +82,5 @@ def test_kokoro_ja_times_each_accent_phrase_of_the_text_in_order(alpha: KokoroJa
         "utf-8"
     )
     for line in lines.splitlines()[:4]:
-        got: list[str] = []
-        for piece in alpha.split(line):
-            speech = alpha.synthesize_piece(piece)
-            assert isinstance(speech, Speech)
-            samples = len(speech.pcm) // 2
-            starts = [start for start, _, _ in speech.words]
-            assert starts == sorted(starts) and all(0 <= s < samples for s in starts)
-            assert all(n > 0 for _, n, _ in speech.words), piece
-            got += [word for _, _, word in speech.words]
+        got = spoken_words(alpha, line)
         assert "".join(got) == line and len(got) >= 3, got

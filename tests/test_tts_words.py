@@ -154,7 +154,13 @@ def test_audio_chunk_json_has_words_only_when_the_engine_is_timed() -> None:
 
 def assert_words_match(engine: LocalEngine, text: str, expected: list[str]) -> None:
     """Piece by piece as the worker speaks: the track's words are exactly the words sent, in
-    order, each starting inside its piece's audio, starts never going back."""
+    order (and see :func:`spoken_words`)."""
+    assert spoken_words(engine, text) == expected
+
+
+def spoken_words(engine: LocalEngine, text: str) -> list[str]:
+    """The track's words piece by piece as the worker speaks, each checked to start inside
+    its piece's audio, starts never going back."""
     got: list[str] = []
     for piece in engine.split(text):
         speech = engine.synthesize_piece(piece)
@@ -166,7 +172,7 @@ def assert_words_match(engine: LocalEngine, text: str, expected: list[str]) -> N
         # Most words take time: a word with none is one the alignment could not place.
         assert sum(1 for _, n, _ in speech.words if n > 0) >= len(speech.words) - 1, piece
         got += [word for _, _, word in speech.words]
-    assert got == expected
+    return got
 
 
 @pytest.fixture(scope="module")
