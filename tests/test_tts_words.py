@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from aivtuber_common.config import BusSettings
-from aivtuber_common.internal import FrameHeader, decode_frame, encode_frame
+from aivtuber_common.internal import FrameHeader, TaskOpen, decode_frame, encode_frame
 from aivtuber_common.protocol import AudioChunk, dump
 from aivtuber_common.words import MAX_WORD_BYTES, MAX_WORDS, decode_words, encode_words
+from aivtuber_output.store import TaskStore
 from aivtuber_tts.engines import HibariEngine, PiperEngine
 from aivtuber_tts.engines.base import LocalEngine
 from aivtuber_tts.visemes import Speech, TrackCutter
@@ -136,6 +137,18 @@ def test_a_word_track_is_bounded_and_a_bad_one_is_a_value_error() -> None:
         decode_words(encode_words([(0, 5, "word")])[:-1])
     with pytest.raises(ValueError, match="not UTF-8"):
         decode_words(b"\x01\x00\x00\x05\x00\x02\xff\xfe")
+
+
+async def test_the_output_store_counts_words_against_its_memory_bound() -> None:
+    store = TaskStore(task_wait_s=1, task_ttl_s=60, task_timeout_s=60, max_buffered_bytes=1 << 20)
+    task_id = str(uuid.uuid4())
+    store.open(TaskOpen(task_id=task_id, text="x", voice="v", engine="e", sample_rate=16000))
+    store.append(task_id, 0, 0.1, b"\x00" * 100, [], [(0, 10, "w" * 200)] * 3)
+    store.append(task_id, 1, 0.1, b"\x00" * 100)
+    try:
+        assert store.buffered_bytes == 100 + 600 + 100
+    finally:
+        store.close()
 
 
 def test_audio_chunk_json_has_words_only_when_the_engine_is_timed() -> None:

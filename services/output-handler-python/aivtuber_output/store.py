@@ -160,9 +160,11 @@ class TaskStore:
         if not task.frames:
             self._arm_watchdog(task, self.task_timeout_s)
         task.frames.append((level, pcm, visemes, words))
-        task.nbytes += len(pcm)
+        # The words count too (characters): up to 64 x 255 a frame would escape the bound.
+        size = len(pcm) + (sum(len(word) for _, _, word in words) if words else 0)
+        task.nbytes += size
         task.samples += len(pcm) // SAMPLE_WIDTH
-        self.buffered_bytes += len(pcm)
+        self.buffered_bytes += size
         task.notify()
         if self.buffered_bytes > self.max_buffered_bytes:
             self._evict_over_bound()
