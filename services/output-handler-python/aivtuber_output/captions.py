@@ -33,7 +33,10 @@ from aivtuber_common.codes import ErrorCode
 from aivtuber_common.identity import read_identity
 from aivtuber_common.internal import TaskEnd, TaskOpen
 from aivtuber_common.protocol import OutputError, dump, is_canonical_uuid
-from aivtuber_common.transport import FrameSource, TaskNotFound
+from aivtuber_common.transport import TaskNotFound
+
+from .redis_source import RedisFrameSource
+from .store import TaskStore
 
 __all__ = ["MAX_CUE_WORDS", "Spoken", "task_file_routes", "webvtt"]
 
@@ -56,7 +59,9 @@ class Spoken:
         return len(self.pcm) // SAMPLE_WIDTH * 1000 // self.opened.sample_rate
 
 
-def task_file_routes(source: FrameSource, internal_token: str | None) -> list[Route]:
+def task_file_routes(
+    source: TaskStore | RedisFrameSource, internal_token: str | None
+) -> list[Route]:
     """The two routes, reading from ``source`` (the store, or the Redis source)."""
 
     async def captions(request: Request) -> Response:
@@ -104,7 +109,7 @@ def webvtt(words: Sequence[Word], timestamps: bool = True) -> str:
 
 
 async def _spoken(
-    request: Request, source: FrameSource, internal_token: str | None
+    request: Request, source: TaskStore | RedisFrameSource, internal_token: str | None
 ) -> Spoken | Response:
     """The whole task once it has ended, or the error answer."""
     task_id: str = request.path_params["task_id"]
