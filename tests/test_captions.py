@@ -17,6 +17,7 @@ from aivtuber_output.captions import MAX_CUE_WORDS, webvtt
 from aivtuber_tts.words import written_words
 from tests.edge_support import ALICE_KEY, BOB_KEY
 from tests.frontend import ask, listen
+from tests.redis_support import RedisServer, redis_bus_settings
 from tests.test_end_to_end import HOLD
 from tests.test_tenant_isolation import speaker, tenant_stack
 
@@ -120,6 +121,20 @@ async def test_another_tenants_task_is_task_not_found_and_no_key_is_401(bus: Bus
     assert own.status_code == 200
     ((start, end, text),) = cues(own.text)
     assert start == 0 and end > 0 and text == f"{HOLD} it, chat."
+
+
+async def test_any_output_handler_replica_serves_a_tasks_files_on_redis(
+    redis_server: RedisServer,
+) -> None:
+    bus = redis_bus_settings(redis_server.url)
+    async with tenant_stack(bus, heart=True, replicas=2) as (url, _, _gate):
+        async with speaker(url, ALICE_KEY) as alice:
+            reply = await ask(alice, {"type": "speak", "text": TEXT, "voice": "heart"})
+            # The route takes turns (round_robin): one request to each replica, alike.
+            first = await get(url, reply["task_id"], "captions.vtt", ALICE_KEY)
+            second = await get(url, reply["task_id"], "captions.vtt", ALICE_KEY)
+    assert first.status_code == second.status_code == 200
+    assert first.text == second.text and len(cues(first.text)) == 3
 
 
 # --- the document ----------------------------------------------------------------------------
