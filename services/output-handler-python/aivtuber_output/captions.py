@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -48,11 +49,14 @@ _CLOSERS = frozenset("\"')]}”’」』）»")
 Word = tuple[int, int, str]  # start ms from the task's first sample, duration ms, word
 
 
+@dataclass(frozen=True)
 class Spoken:
-    """What a task said: its announcement, audio, words on the task's clock, and end."""
+    """What a task said: its announcement, audio and words on the task's clock (None: the
+    voice has no word timing)."""
 
-    def __init__(self, opened: TaskOpen, end: TaskEnd, pcm: bytes, words: list[Word] | None):
-        self.opened, self.end, self.pcm, self.words = opened, end, pcm, words
+    opened: TaskOpen
+    pcm: bytes
+    words: list[Word] | None
 
     @property
     def duration_ms(self) -> int:
@@ -130,15 +134,15 @@ async def _spoken(
                     case (_, _, bytes() as frame, _, track):
                         if track is not None and opened is not None:
                             at = samples * 1000 // opened.sample_rate
-                            words = words or []
-                            words += [(at + offset, n, word) for offset, n, word in track]
+                            words = [] if words is None else words
+                            words.extend((at + o, n, word) for o, n, word in track)
                         pcm.append(frame)
                         samples += len(frame) // SAMPLE_WIDTH
                     case TaskEnd() if opened is not None:
                         if event.status == "failed":
                             message = f"The task failed ({event.code}): {event.message}"
                             return _error(409, task_id, ErrorCode.TASK_FAILED, message)
-                        return Spoken(opened, event, b"".join(pcm), words)
+                        return Spoken(opened, b"".join(pcm), words)
     except TaskNotFound as exc:
         return _error(404, task_id, ErrorCode.TASK_NOT_FOUND, str(exc))
     return _error(404, task_id, ErrorCode.TASK_NOT_FOUND, f"No task {task_id} is known here.")

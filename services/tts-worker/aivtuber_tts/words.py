@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import difflib
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 __all__ = [
     "Phone",
     "WordMark",
     "japanese_words",
-    "phonemes_of_words",
     "phones",
     "time_words",
     "written_words",
@@ -87,11 +86,6 @@ def japanese_words(text: str, nodes: Sequence[tuple[str, int]]) -> list[str]:
     cuts.append(len(text))
     pieces = [text[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
     return _attach_punctuation(pieces)
-
-
-def phonemes_of_words(words: Sequence[str], phonemize: Callable[[str], str]) -> list[str]:
-    """Each word's phonemes, by the engine's G2P on the word alone."""
-    return [phonemize(word) for word in words]
 
 
 def phones(segments: Sequence[tuple[str, int]], base: int = 0) -> list[Phone]:
