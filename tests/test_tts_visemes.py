@@ -148,6 +148,10 @@ def test_a_timed_stream_gives_every_frame_a_track_even_an_empty_one() -> None:
     cutter = TrackCutter(1000, 10)
     frames = list(cutter.push(Speech(b"\x00\x00" * 30, ((0, "a"),))))
     assert [track for _, track, _ in frames] == [[(0, "a")], [], []]
+    # An engine that times phonemes but not words sends no word track.
+    assert [words for _, _, words in frames] == [None, None, None]
+    worded = TrackCutter(1000, 10)
+    frames = list(worded.push(Speech(b"\x00\x00" * 30, ((0, "a"),), ())))
     assert [words for _, _, words in frames] == [[], [], []]
 
 

@@ -146,11 +146,12 @@ def trim_marks(marks: list[Mark], start: int, end: int) -> list[Mark]:
 
 @dataclass(frozen=True, slots=True)
 class Speech:
-    """One piece of audio with its mouth shapes and words (sample offsets into ``pcm``)."""
+    """One piece of audio with its mouth shapes and words (sample offsets into ``pcm``);
+    ``words`` is None from an engine that times phonemes but not words."""
 
     pcm: bytes
     marks: tuple[Mark, ...]
-    words: tuple[WordMark, ...] = ()
+    words: tuple[WordMark, ...] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.pcm)
@@ -165,9 +166,10 @@ class TrackCutter:
     :class:`~aivtuber_common.audio.FrameCutter`, and gives each frame its viseme and word
     tracks.
 
-    A stream is *timed* once a :class:`Speech` came: from then on every frame carries
-    tracks (maybe empty); a stream of plain bytes (sine, http) gets ``None`` tracks. Pieces
-    follow each other on one timeline, so a task's words stay in order across its pieces.
+    A stream is *timed* once a :class:`Speech` came: from then on every frame carries a
+    viseme track (maybe empty), and a word track once a Speech with words came; a stream of
+    plain bytes (sine, http) gets ``None`` tracks. Pieces follow each other on one timeline,
+    so a task's words stay in order across its pieces.
     """
 
     def __init__(self, sample_rate: int, frame_ms: int) -> None:
@@ -179,15 +181,16 @@ class TrackCutter:
         self._marks: list[Mark] = []  # absolute sample offsets, not yet given to a frame
         self._words: list[WordMark] = []  # likewise
         self._timed = False
+        self._worded = False
 
     def push(self, piece: bytes | Speech) -> Iterator[tuple[bytes, Track | None, WordTrack | None]]:
         base = self._pending_start + len(self._pending) // SAMPLE_WIDTH
         if isinstance(piece, Speech):
             self._timed = True
             self._marks.extend((base + offset, shape) for offset, shape in piece.marks)
-            self._words.extend(
-                (base + start, samples, word) for start, samples, word in piece.words
-            )
+            if piece.words is not None:
+                self._worded = True
+                self._words.extend((base + start, n, word) for start, n, word in piece.words)
             self._pending += piece.pcm
         else:
             self._pending += piece
@@ -213,7 +216,8 @@ class TrackCutter:
         self._pending_start = end
         if not self._timed:
             return None, None
-        return self._track(start, end), self._word_track(start, end)
+        words = self._word_track(start, end) if self._worded else None
+        return self._track(start, end), words
 
     def _word_track(self, start: int, end: int) -> WordTrack:
         words: WordTrack = []
