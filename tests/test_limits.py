@@ -388,14 +388,16 @@ def test_a_task_whose_end_arrives_before_its_acceptance_is_not_counted() -> None
 
 
 async def test_the_workers_events_socket_needs_the_internal_token() -> None:
-    async with running_recorder("s3cret") as recorder:
-        async with running_worker(sine_settings(recorder.url, token="s3cret")) as worker:
+    async with running_recorder("s3cret-internal-token") as recorder:
+        async with running_worker(
+            sine_settings(recorder.url, token="s3cret-internal-token")
+        ) as worker:
             url = worker.server.ws_url + TASK_EVENTS_PATH
             async with connect(url) as ws:
                 with pytest.raises(ConnectionClosed):
                     await ws.recv()
             assert ws.close_code == 4401
-            headers = {"Authorization": "Bearer s3cret"}
+            headers = {"Authorization": "Bearer s3cret-internal-token"}
             async with connect(url, additional_headers=headers) as ws:
                 first = json.loads(await ws.recv())
     assert first == {"type": "task_snapshot", "active": [], "ended": []}

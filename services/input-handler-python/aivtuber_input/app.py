@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from aivtuber_common.config import RedisBusSettings, Settings
 from aivtuber_common.identity import Identity, read_identity
 from aivtuber_common.internal import SubmitTask
+from aivtuber_common.internal_auth import internal_middleware
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import ErrorMessage, VoiceList, dump
 from aivtuber_common.transport import TaskSubmitter, TransportError
@@ -135,7 +136,9 @@ def create_app(
         Route("/metrics", metrics_endpoint(metrics.registry)),
         *speech.routes(),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(
+        routes=routes, lifespan=lifespan, middleware=internal_middleware(settings.internal_token)
+    )
 
 
 class InputEndpoint:

@@ -133,7 +133,10 @@ class SpeechApi:
         submitter = self.submitter
         if isinstance(submitter, HttpTaskSubmitter):
             answers = await asyncio.gather(
-                *(self._worker_voices(submitter.client, w.url) for w in submitter.workers)
+                *(
+                    self._worker_voices(submitter.client, w.url, submitter.headers)
+                    for w in submitter.workers
+                )
             )
             for answer in answers:
                 if answer is None:
@@ -160,9 +163,13 @@ class SpeechApi:
             }
         )
 
-    async def _worker_voices(self, client: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
+    async def _worker_voices(
+        self, client: httpx.AsyncClient, url: str, headers: dict[str, str]
+    ) -> dict[str, Any] | None:
         try:
-            response = await client.get(f"{url}/v1/voices", timeout=self.config.worker_timeout_s)
+            response = await client.get(
+                f"{url}/v1/voices", headers=headers, timeout=self.config.worker_timeout_s
+            )
             data = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             log.info("voices_unavailable", worker=url, error=type(exc).__name__)

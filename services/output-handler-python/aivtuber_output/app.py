@@ -25,6 +25,7 @@ from starlette.routing import Route, WebSocketRoute
 from aivtuber_common.audio import wav_bytes
 from aivtuber_common.config import RedisBusSettings, Settings
 from aivtuber_common.internal import INGEST_PATH, TaskEnd
+from aivtuber_common.internal_auth import internal_middleware
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 
@@ -143,7 +144,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(
+        routes=routes, lifespan=lifespan, middleware=internal_middleware(settings.internal_token)
+    )
 
 
 def _check_id(task_id: str) -> Response | None:

@@ -23,6 +23,7 @@ from starlette.routing import Route, WebSocketRoute
 from aivtuber_common.audio import wav_bytes
 from aivtuber_common.bus import BusUnavailable, RedisLink
 from aivtuber_common.config import RedisBusSettings, Settings
+from aivtuber_common.internal_auth import internal_middleware
 from aivtuber_common.metrics import metrics_endpoint
 
 from .app import _check_id, _error, _not_found
@@ -124,4 +125,6 @@ def create_redis_app(settings: Settings) -> Starlette:
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(
+        routes=routes, lifespan=lifespan, middleware=internal_middleware(settings.internal_token)
+    )

@@ -43,6 +43,7 @@ from starlette.websockets import WebSocket
 from aivtuber_common.config import RedisBusSettings, Settings, TtsWorkerSettings
 from aivtuber_common.identity import TENANT_HEADER
 from aivtuber_common.internal import TASK_EVENTS_PATH, TASKS_PATH, SubmitTask, WorkerRefusal
+from aivtuber_common.internal_auth import internal_middleware
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 
@@ -229,6 +230,7 @@ def create_app(
             Route("/metrics", metrics_endpoint(metrics.registry), methods=["GET"]),
         ],
         lifespan=lifespan,
+        middleware=internal_middleware(token),
     )
 
 
