@@ -239,14 +239,15 @@ class InputEndpoint:
         started = time.perf_counter()
         try:
             accepted = await self.submitter.submit(task)
-        except asyncio.CancelledError:
-            self.active.abandoned(task.task_id)
-            raise
         except TransportError as exc:
             self.active.refused(task.task_id)
             self.metrics.submissions.labels(exc.code).inc()
             log.info("task_refused", task_id=submit.task_id, code=exc.code)
             return session.refused(submit, exc.code, str(exc))
+        except BaseException:
+            # Cancelled, or a bug: never a task counted as active that nothing will end.
+            self.active.abandoned(task.task_id)
+            raise
         self.metrics.submissions.labels("queued").inc()
         self.metrics.submit_seconds.observe(time.perf_counter() - started)
         log.info("task_queued", task_id=submit.task_id, voice=accepted.voice, chars=len(task.text))

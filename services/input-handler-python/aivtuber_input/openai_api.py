@@ -19,10 +19,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import JSONResponse
 
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import OpenAISettings
 from aivtuber_common.openai_errors import openai_error
 
 from .audio_formats import SUPPORTED, UNSUPPORTED
+from .textcheck import BAD_TEXT, BAD_TEXT_MESSAGE, unencodable_field
 
 __all__ = [
     "ApiError",
@@ -118,8 +120,15 @@ def parse_speech_request(body: bytes, max_chars: int) -> SpeechRequest:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"The request body is not valid JSON: {exc}.", "invalid_json") from exc
+    except (RecursionError, ValueError) as exc:  # nested too deeply; an int of 4300+ digits
+        raise ApiError(400, "The request body cannot be read as JSON.", "invalid_json") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.", "invalid_request")
+    if (field := unencodable_field(data)) is not None:
+        # As on /ws/input: a lone surrogate can be neither sent on to a worker nor echoed.
+        if field == "input":
+            raise ApiError(400, BAD_TEXT_MESSAGE, ErrorCode.INVALID_TEXT, "input")
+        raise ApiError(400, f"'{field}' holds a lone surrogate.", "invalid_value", field)
     try:
         request = SpeechRequest.model_validate(data)
     except ValidationError as exc:
@@ -135,6 +144,8 @@ def parse_speech_request(body: bytes, max_chars: int) -> SpeechRequest:
 
 
 def _check(request: SpeechRequest, max_chars: int) -> None:
+    if BAD_TEXT.search(request.input):
+        raise ApiError(400, BAD_TEXT_MESSAGE, ErrorCode.INVALID_TEXT, "input")
     if not request.input.strip():
         raise ApiError(400, "'input' is empty: there is nothing to speak.", "empty_text", "input")
     if len(request.input) > max_chars:
@@ -144,7 +155,7 @@ def _check(request: SpeechRequest, max_chars: int) -> None:
             "text_too_long",
             "input",
         )
-    if not request.voice_name:
+    if not request.voice_name or BAD_TEXT.search(request.voice_name):
         raise ApiError(400, "'voice' must name a voice.", "invalid_value", "voice")
     if request.response_format in UNSUPPORTED:
         raise ApiError(

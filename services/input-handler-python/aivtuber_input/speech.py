@@ -270,14 +270,15 @@ class SpeechApi:
         started = time.perf_counter()
         try:
             accepted = await submitter.submit(task)
-        except asyncio.CancelledError:
-            self.active.abandoned(task.task_id)
-            raise
         except TransportError as exc:
             self.active.refused(task.task_id)
             self.metrics.submissions.labels(exc.code).inc()
             refused = isinstance(exc, SubmitRefused)
             raise error_for_code(exc.code, str(exc), refused_by_worker=refused) from exc
+        except BaseException:
+            # Cancelled, or a bug: never a task counted as active that nothing will end.
+            self.active.abandoned(task.task_id)
+            raise
         self.metrics.submissions.labels("queued").inc()
         self.metrics.submit_seconds.observe(time.perf_counter() - started)
         log.info("task_queued", task_id=task.task_id, voice=accepted.voice, chars=len(task.text))
