@@ -64,6 +64,9 @@ TOO_MANY = 4429
 CREDENTIAL_PARAMS = frozenset({"api_key", "ticket", "admin_key"})
 _FORWARDED = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
 _MAX_CREDENTIAL_CHARS = 4096
+# Retry-After of a 429 for too many connections: a place frees when one of them closes,
+# which cannot be known; a short wait keeps clients from hammering.
+RETRY_AFTER_S = "5"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,8 @@ class Refusal:
         headers = {"cache-control": "no-store"}
         if self.status == 401:
             headers["www-authenticate"] = 'Bearer realm="aivtuber"'
+        if self.status == 429:
+            headers["retry-after"] = RETRY_AFTER_S
         body = {"type": "error", "code": self.code, "message": self.reason}
         return JSONResponse(body, status_code=self.status, headers=headers)
 
@@ -157,6 +162,10 @@ class Edge:
             bearer_is_key = False
         else:
             verdict, bearer_is_key = self._authenticate(bearer, found, params, client_ip)
+        # The admin key is a credential too: never passed on to a back end.
+        admin = self._admin_key
+        if bearer is not None and admin is not None and token_matches(bearer, admin):
+            bearer_is_key = True
         _strip(scope, headers, params, strip_bearer=bearer_is_key)
         return verdict
 

@@ -42,7 +42,7 @@ from aivtuber_common.identity import (
 )
 from aivtuber_common.openai_errors import openai_error
 
-from .auth import MISSING, Edge, Refusal
+from .auth import MISSING, RETRY_AFTER_S, Edge, Refusal
 from .headers import forwarded_request
 from .metrics import GatewayMetrics
 from .proxy import Receive, Send
@@ -80,6 +80,8 @@ class HttpRefusal(Exception):
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         if self.status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="aivtuber"'))
+        if self.status == 429:
+            headers.append((b"retry-after", RETRY_AFTER_S.encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -210,7 +212,8 @@ class HttpForwarder:
         headers = [
             (name, value)
             for name, value in forwarded
-            if not name.startswith(IDENTITY_PREFIX) and name != "authorization"
+            # The client's credential stays here: a back end needs only the identity headers.
+            if not name.startswith(IDENTITY_PREFIX) and name not in ("authorization", "x-api-key")
         ]
         headers.append((CLIENT_HEADER, identity.client_ip))
         if identity.tenant is not None:

@@ -76,12 +76,17 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.type = type_
+        # Seconds until a limit has room again (a 429's Retry-After); None: unknown.
+        self.retry_after_s: int | None = None
 
     def body(self) -> dict[str, Any]:
         return openai_error(self.message, self.type, self.code, self.param)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        headers = {}
+        if self.status == 429:  # every 429 says when to come back (1 s when unknown)
+            headers["retry-after"] = str(max(1, self.retry_after_s or 1))
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def error_for_code(code: str, message: str, *, refused_by_worker: bool = False) -> ApiError:

@@ -23,6 +23,7 @@ short (the client sees an incomplete chunked body, not a complete file).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -265,7 +266,10 @@ class SpeechApi:
         if limited is not None:
             self.metrics.submissions.labels(limited.code).inc()
             log.info("task_limited", tenant=identity.tenant, code=limited.code)
-            raise error_for_code(limited.code, limited.message)
+            refusal = error_for_code(limited.code, limited.message)
+            if limited.retry_after_ms is not None:
+                refusal.retry_after_s = math.ceil(limited.retry_after_ms / 1000)
+            raise refusal
         self.active.admitted(task.task_id, key, len(task.text))
         started = time.perf_counter()
         try:
