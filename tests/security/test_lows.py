@@ -98,7 +98,10 @@ class ClosingBackend:
                 ),
                 0,
             )
-            await reader.readexactly(length)
+            if b"chunked" in head.lower():
+                await reader.readuntil(b"0\r\n\r\n")  # the last chunk
+            else:
+                await reader.readexactly(length)
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             await writer.drain()
             await reader.read(1)  # the next request on this connection: hang up on it
