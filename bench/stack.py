@@ -11,8 +11,8 @@ up, connected to the output handler); the stack is ready when the input handler 
 from __future__ import annotations
 
 import json
-import secrets
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
