@@ -232,7 +232,9 @@ class RedisFrameSource:
             while feed.end is None:
                 entries = await self._next(key, last_id, self.block_ms, count=FRAMES_PER_READ)
                 if not entries:
-                    if feed.frames and time.monotonic() - quiet_since >= self.task_timeout_s:
+                    streaming = feed.opened is not None and feed.opened.stream
+                    quiet_s = time.monotonic() - quiet_since
+                    if feed.frames and not streaming and quiet_s >= self.task_timeout_s:
                         message = f"The TTS worker sent nothing for {self.task_timeout_s:g} s."
                         feed.finish(_failed(feed.task_id, ErrorCode.TIMEOUT, message))
                     elif feed.opened is not None:

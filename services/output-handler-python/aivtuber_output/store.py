@@ -159,7 +159,7 @@ class TaskStore:
         now = time.monotonic()
         gap = now - task.last_event_at
         task.last_event_at = now
-        if not task.frames:
+        if not task.frames and not (task.open and task.open.stream):  # quiet awaiting text
             self._arm_watchdog(task, self.task_timeout_s)
         task.frames.append((level, pcm, visemes))
         task.nbytes += len(pcm)

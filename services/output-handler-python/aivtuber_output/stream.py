@@ -224,5 +224,6 @@ def _audio_complete(
             chunks=chunks,
             duration_ms=duration_ms,
             cancelled=end.status == "cancelled",
+            reason=end.reason,
         )
     )
