@@ -49,7 +49,13 @@ from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings, TtsWorkerSettings
 from aivtuber_common.health import VoiceListing, WorkerHealth
 from aivtuber_common.identity import TENANT_HEADER
-from aivtuber_common.internal import TASK_EVENTS_PATH, TASKS_PATH, SubmitTask, TaskText
+from aivtuber_common.internal import (
+    TASK_EVENTS_PATH,
+    TASKS_PATH,
+    SubmitTask,
+    TaskCancelled,
+    TaskText,
+)
 from aivtuber_common.internal_auth import internal_middleware
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
@@ -178,7 +184,7 @@ def create_app(
             return _json(404, Refusal(404, ErrorCode.TASK_NOT_FOUND, message).wire())
         cancelled = await worker.manager.cancel(task_id, tenant)
         log.info("task_cancel_requested", task_id=task_id, cancelled=cancelled)
-        return JSONResponse({"task_id": task_id, "cancelled": cancelled})
+        return _json(200, TaskCancelled(task_id=task_id, cancelled=cancelled))
 
     async def text(request: Request) -> Response:
         worker: Worker = request.state.worker
