@@ -26,6 +26,7 @@ from aivtuber_common.config import BusSettings, LimitsSettings, VoiceSettings
 from aivtuber_tts import tasks
 from tests.edge_support import ALICE_KEY, BOB_KEY
 from tests.frontend import ask, frontend
+from tests.support import wait_until
 from tests.test_end_to_end import HOLD, MS_PER_CHAR, SINE_RATE, stack
 from tests.test_tenant_isolation import speaker, tenant_stack, without_id
 from tests.tts_fakes import running_recorder, running_worker, sine_settings
@@ -422,9 +423,7 @@ async def test_aivtuber_say_stream_speaks_standard_input_as_it_arrives(
         try:
             process.stdin.write("Hello chat, welcome back to the stré".encode())
             await process.stdin.drain()
-            async with asyncio.timeout(TIMEOUT_S):
-                while not s.gates[0].pieces:  # spoken while the input is still open
-                    await asyncio.sleep(0.01)
+            await wait_until(lambda: s.gates[0].pieces)  # spoken while the input is open
             spoken_before_eof = list(s.gates[0].pieces)
             # A two-byte character split between two writes.
             process.stdin.write(b"am! Caf\xc3")
