@@ -30,9 +30,11 @@ from aivtuber_common.config import (
     InputHandlerSettings,
     LimitsSettings,
     OutputHandlerSettings,
+    PiperVoice,
     RedisBusSettings,
     RouteSettings,
     Settings,
+    SineVoice,
     TtsWorkerSettings,
     VoiceSettings,
 )
@@ -110,9 +112,9 @@ class Stack:
 
 
 def voices(piper: bool) -> dict[str, VoiceSettings]:
-    table = {"sine": VoiceSettings(engine="sine", sample_rate=SINE_RATE, ms_per_char=MS_PER_CHAR)}
+    table = {"sine": SineVoice(sample_rate=SINE_RATE, ms_per_char=MS_PER_CHAR)}
     if piper:
-        table["joe"] = VoiceSettings(engine="piper", device="cpu")
+        table["joe"] = PiperVoice(device="cpu")
     return table
 
 

@@ -26,7 +26,7 @@ from aivtuber_common.config import BusSettings, LimitsSettings, VoiceSettings
 from aivtuber_tts import tasks
 from tests.edge_support import ALICE_KEY, BOB_KEY
 from tests.frontend import ask, frontend
-from tests.support import wait_until
+from tests.support import eventually
 from tests.test_end_to_end import HOLD, MS_PER_CHAR, SINE_RATE, stack
 from tests.test_tenant_isolation import speaker, tenant_stack, without_id
 from tests.tts_fakes import running_recorder, running_worker, sine_settings
@@ -423,7 +423,8 @@ async def test_aivtuber_say_stream_speaks_standard_input_as_it_arrives(
         try:
             process.stdin.write("Hello chat, welcome back to the stré".encode())
             await process.stdin.drain()
-            await wait_until(lambda: s.gates[0].pieces)  # spoken while the input is open
+            async with asyncio.timeout(TIMEOUT_S):  # spoken while the input is still open
+                await eventually(lambda: s.gates[0].pieces)
             spoken_before_eof = list(s.gates[0].pieces)
             # A two-byte character split between two writes.
             process.stdin.write(b"am! Caf\xc3")

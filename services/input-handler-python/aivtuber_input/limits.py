@@ -91,7 +91,7 @@ class SpeakLimiter:
         """Count a speak of ``chars`` characters for ``key``, or say why it must wait."""
         if chars > limits.chars_per_minute:
             return Limited(
-                "text_too_long",
+                ErrorCode.TEXT_TOO_LONG,
                 f"The text is {chars} characters long; this client may speak at most "
                 f"{limits.chars_per_minute} characters per minute.",
             )
@@ -114,7 +114,7 @@ class SpeakLimiter:
             which = " and ".join(what for _, what in waits)
             retry_ms = max(1, math.ceil(wait * 1000))
             return Limited(
-                "rate_limited",
+                ErrorCode.RATE_LIMITED,
                 f"Too many requests: the limit is {which}; try again in {retry_ms} ms.",
                 retry_ms,
             )
