@@ -463,3 +463,26 @@ async def test_a_stream_whose_input_handler_died_ends_by_itself_on_the_worker(
     assert task.end.reason == "idle"
     assert task.frames, "what was sent was spoken"
     assert health["running"] == health["queued"] == 0
+
+
+async def test_text_that_arrives_before_it_is_needed_joins_clauses_with_no_short_frame() -> None:
+    # Direct bus: an answered message on /ws/input means the worker holds the text before it.
+    async with stack(worker_options={"stream_max_wait_ms": NEVER_MS}) as s:
+        async with frontend(s.url) as (ws, _):
+            # 29 characters: its audio ends mid-frame (the sine voice: 320 samples each).
+            task_id = await open_stream(ws, f"{HOLD} the first clauses of it, ")
+            heard = asyncio.create_task(hear(s.url, task_id))
+            await append(ws, task_id, "and then the second clause follows. And a third ")
+            await append(ws, task_id, "sentence ends it.")
+            await end(ws, task_id)
+            marker = await ask(ws, {"type": "append", "task_id": task_id, "text": "x"})
+            s.gates[0].release()  # the first clause is made only now: the rest waits ready
+            async with asyncio.timeout(TIMEOUT_S):
+                stream = await heard
+        spoken = s.gates[0].pieces
+    assert marker["code"] == "task_ended"
+    assert len(spoken) >= 3, "spoken clause by clause"
+    assert_one_continuous_stream(stream)
+    frame = SINE_RATE * 40 // 1000
+    # No frame was cut short at a join: the cutter ran on from one clause into the next.
+    assert all(chunk["samples"] == frame for chunk in stream.chunks[:-1])
