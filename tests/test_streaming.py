@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from aivtuber_common.config import BusSettings, HibariVoice, LimitsSettings
+from aivtuber_common.config import BusSettings, HibariVoice, KokoroJaVoice, LimitsSettings
 from aivtuber_tts import tasks
 from tests.edge_support import ALICE_KEY, BOB_KEY
 from tests.frontend import ask, frontend
@@ -486,3 +486,28 @@ async def test_text_that_arrives_before_it_is_needed_joins_clauses_with_no_short
     frame = SINE_RATE * 40 // 1000
     # No frame was cut short at a join: the cutter ran on from one clause into the next.
     assert all(chunk["samples"] == frame for chunk in stream.chunks[:-1])
+
+
+async def test_a_japanese_voice_speaks_a_stream_split_at_japanese_boundaries(
+    tmp_path: Path,
+) -> None:
+    pieces = ["こんにち", "は、今日は", "いい天気で", "すね。また", "明日。"]
+    async with running_recorder() as recorder:
+        voices = {"alpha": KokoroJaVoice(speaker="jf_alpha")}
+        settings = sine_settings(
+            recorder.url, voices=voices, frame_ms=40, warmup=False, data_dir=str(tmp_path)
+        )
+        async with running_worker(settings) as worker:
+            task_id = str(uuid.uuid4())
+            body = {"task_id": task_id, "text": "", "stream": True}
+            assert (await worker.http.post("/v1/tasks", json=body)).status_code == 202
+            for index, piece in enumerate(pieces):
+                message = {"task_id": task_id, "text": piece, "end": index == len(pieces) - 1}
+                response = await worker.http.post(f"/v1/tasks/{task_id}/text", json=message)
+                assert response.status_code == 200, response.text
+            task = await recorder.ended(task_id)
+    assert task.end is not None and task.end.status == "completed"
+    assert [frame.chunk_id for frame in task.frames] == list(range(len(task.frames)))
+    pcm = np.frombuffer(b"".join(frame.pcm for frame in task.frames), dtype="<i2")
+    assert 1.5 < len(pcm) / 24000 < 8.0  # eighteen kana and kanji of speech
+    assert np.abs(pcm).max() > 3000
