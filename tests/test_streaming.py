@@ -22,7 +22,13 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from aivtuber_common.config import BusSettings, HibariVoice, KokoroJaVoice, LimitsSettings
+from aivtuber_common.config import (
+    BusSettings,
+    HibariVoice,
+    KokoroJaVoice,
+    LimitsSettings,
+    VoiceSettings,
+)
 from aivtuber_tts import tasks
 from tests.edge_support import ALICE_KEY, BOB_KEY
 from tests.frontend import ask, frontend
@@ -352,7 +358,7 @@ async def test_the_heart_voice_speaks_a_stream_as_one_continuous_task() -> None:
         "weak to fire.",
     ]
     async with running_recorder() as recorder:
-        voices = {"heart": HibariVoice()}
+        voices: dict[str, VoiceSettings] = {"heart": HibariVoice(engine="hibari")}
         settings = sine_settings(recorder.url, voices=voices, frame_ms=40, warmup=False)
         async with running_worker(settings) as worker:
             task_id = str(uuid.uuid4())
@@ -493,7 +499,7 @@ async def test_a_japanese_voice_speaks_a_stream_split_at_japanese_boundaries(
 ) -> None:
     pieces = ["こんにち", "は、今日は", "いい天気で", "すね。また", "明日。"]
     async with running_recorder() as recorder:
-        voices = {"alpha": KokoroJaVoice(speaker="jf_alpha")}
+        voices: dict[str, VoiceSettings] = {"alpha": KokoroJaVoice(speaker="jf_alpha")}
         settings = sine_settings(
             recorder.url, voices=voices, frame_ms=40, warmup=False, data_dir=str(tmp_path)
         )
