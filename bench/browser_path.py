@@ -165,7 +165,9 @@ def _round_figures(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     return {
         "heard_audible_p50_ms": heard,
         "python_audible_p50_ms": python,
-        "heard_minus_python_audible_p50_ms": None if heard is None or python is None else heard - python,
+        "heard_minus_python_audible_p50_ms": (
+            None if heard is None or python is None else heard - python
+        ),
         "heard_ttfa_p50_ms": percentile(col("browser_ttfa_ms"), 50),
         "heard_ttfa_p95_ms": percentile(col("browser_ttfa_ms"), 95),
         "first_frame_p50_ms": percentile(col("browser_first_frame_ms"), 50),

@@ -427,7 +427,8 @@ def browser_tables(browser: dict[str, Any]) -> list[str]:
         ["page: latest frame vs real time (ms)", _fmt(med.get("late_max_ms"), "int"), "", ""],
         ["underruns heard in the page", _fmt(med.get("underruns"), "int"), "", ""],
     ]
-    header = ["browser", "heard in the page", "Python client", f"page - Python (≤ {BROWSER_OVER_PYTHON_MS:.0f} ms) / ÷"]
+    target = f"page - Python (≤ {BROWSER_OVER_PYTHON_MS:.0f} ms) / ÷"
+    header = ["browser", "heard in the page", "Python client", target]
     title = (
         f"### Browser (voice {browser['voice']!r}, {params['lines']} lines, "
         f"{_rounds(params['rounds'])}, medians): speak pressed -> first sample played by the "
