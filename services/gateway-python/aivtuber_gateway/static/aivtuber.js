@@ -17,7 +17,7 @@
 //
 // Events (CustomEvent, data in event.detail): start {taskId, sampleRate, voice, engine, ttfaMs},
 // level {taskId, chunkId, level}, viseme {taskId, chunkId, shape, openness}, word {taskId,
-// chunkId, word, index, durationMs}, mouth {taskId, time, source, vrm, live2d}, chunk {taskId,
+// chunkId, word, index, durationMs, heardText, text}, mouth {taskId, time, source, vrm, live2d}, chunk {taskId,
 // chunkId, samples, level, pcm} (on arrival, before playback), end {taskId, chunks, cancelled,
 // underruns, resumes, reason, heardText, heardMs}, error {code, message, closeCode, taskId}.
 
@@ -692,6 +692,7 @@ class Line {
     this.lastViseme = null;
     this.usesVisemes = false;
     this.wordsHeard = []; // words whose first sample was heard, in order
+    this.heardChars = 0; // the text up to the end of the last word heard, found in order
     this.cancelled = false;
     this.cancelAt = null; // context time of cancel()
     this.stopLatencyMs = null; // cancel() -> output silent, by the audio clock
@@ -1028,12 +1029,7 @@ class Line {
    */
   heardText(heardMs) {
     if (!this.wordsHeard.length) return this.sawWords || heardMs === 0 ? "" : null;
-    let cursor = 0;
-    for (const word of this.wordsHeard) {
-      const at = this.text.indexOf(word, cursor);
-      if (at >= 0) cursor = at + word.length;
-    }
-    return this.text.slice(0, cursor);
+    return this.text.slice(0, this.heardChars);
   }
 
   /** Fire what the audio clock has reached; finish once everything was heard. */
@@ -1068,9 +1064,12 @@ class Line {
         });
       } else {
         this.wordsHeard.push(payload.word);
+        const at = this.text.indexOf(payload.word, this.heardChars);
+        if (at >= 0) this.heardChars = at + payload.word.length;
         client._emit("word", {
           taskId: this.taskId, chunkId: payload.chunkId, word: payload.word,
           index: this.wordsHeard.length - 1, durationMs: payload.durationMs,
+          heardText: this.text.slice(0, this.heardChars), text: this.text,
         });
       }
     }
