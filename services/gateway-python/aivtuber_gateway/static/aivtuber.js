@@ -15,11 +15,12 @@
 //   const line = client.stream();                       // text as an LLM writes it
 //   line.append("Hel"); line.append("lo chat!"); await line.end();
 //
-// Events (CustomEvent, data in event.detail): start {taskId, sampleRate, voice, engine, ttfaMs},
+// Events (CustomEvent, data in event.detail; `time` is on the AudioContext's clock): start
+// {taskId, sampleRate, voice, engine, ttfaMs, time},
 // level {taskId, chunkId, level}, viseme {taskId, chunkId, shape, openness}, word {taskId,
 // chunkId, word, index, durationMs, heardText, text}, mouth {taskId, time, source, vrm, live2d}, chunk {taskId,
 // chunkId, samples, level, pcm} (on arrival, before playback), end {taskId, chunks, cancelled,
-// underruns, resumes, reason, heardText, heardMs}, error {code, message, closeCode, taskId}.
+// underruns, resumes, reason, heardText, heardMs, time}, error {code, message, closeCode, taskId}.
 
 /** How far each viseme shape opens the mouth (0..1): a starting point for rigs. */
 export const VISEME_OPENNESS = Object.freeze({ a: 1.0, o: 0.8, e: 0.65, u: 0.5, i: 0.45, n: 0.08 });
@@ -1044,7 +1045,7 @@ class Line {
       if (this.state === "buffering") this.state = "playing";
       client._emit("start", {
         taskId: this.taskId, sampleRate: this.sampleRate, voice: this.voiceName, engine: this.engine,
-        ttfaMs: this.ttfaMs,
+        ttfaMs: this.ttfaMs, time: this.startTime,
       });
     }
     if (this.audibleTime !== null && this.ttfaAudibleMs === null && heard >= this.audibleTime) {
@@ -1148,6 +1149,7 @@ class Line {
       serverCancelled: Boolean(this.completed && this.completed.cancelled),
       reason: this.completed?.reason ?? null,
       underruns: this.underruns, resumes: this.resumes, ttfaMs: this.ttfaMs,
+      time: this.startTime === null ? null : this.nextTime,
       ...heard,
     };
     client._emit("level", { taskId: this.taskId, chunkId: null, level: 0 });
