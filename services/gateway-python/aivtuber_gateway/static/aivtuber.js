@@ -471,7 +471,12 @@ export class AIVTuberClient extends EventTarget {
       this._settleVoices([]); // a gateway without list_voices: the default voice only
     } else if (message.code !== "task_not_running") {
       // task_not_running answers a cancel that came after the task ended: nothing to tell.
-      this._emitError(new AIVTuberError(message.code, message.message), message.task_id);
+      const error = new AIVTuberError(message.code, message.message);
+      if (message.retry_after_ms !== undefined) error.retryAfterMs = message.retry_after_ms;
+      // The stream took no more text (ended by idle time, or gone): later appends throw.
+      const line = this._lines.find((l) => l.streaming && l.taskId === message.task_id);
+      if (line && (message.code === "task_ended" || message.code === "task_not_found")) line.inputEnded = true;
+      this._emitError(error, message.task_id);
     }
   }
 
@@ -484,8 +489,14 @@ export class AIVTuberClient extends EventTarget {
     const waiting = this._replies.size > 0;
     for (const id of [...this._replies.keys()]) this._settleReply(id, null, error);
     this._settleVoices([]);
-    // A stream still being written has lost the way to send its text.
-    for (const line of [...this._lines]) if (line.streaming && !line.inputEnded) line.fail(error);
+    // A stream still being written has lost the way to send its text: the gateway ends it
+    // and speaks what it got; append() now throws this error.
+    for (const line of this._lines) {
+      if (line.streaming && !line.inputEnded && line.isAccepted) {
+        line.inputEnded = true;
+        line.inputLost = error;
+      }
+    }
     // An idle socket the gateway let go is reopened by the next speak(); a refusal of this
     // client (credential, origin, limit) or a loss with a request pending is worth an event.
     if (waiting || CLOSE_CODES[event.code]) this._emitError(error); // once: see fail()
@@ -618,6 +629,7 @@ export class AIVTuberClient extends EventTarget {
       message: error.message,
       closeCode: error.closeCode ?? null,
       taskId,
+      retryAfterMs: error.retryAfterMs ?? null, // rate_limited: the piece was dropped
     });
   }
 }
@@ -745,7 +757,8 @@ class Line {
   // --- a stream's text ---------------------------------------------------------------------
 
   append(text, flush) {
-    if (this.inputEnded) throw new AIVTuberError("task_ended", "end() was called on this line");
+    if (this.inputLost) throw this.inputLost;
+    if (this.inputEnded) throw new AIVTuberError("task_ended", "this line takes no more text");
     if (this.finished) return;
     this.text += text;
     const message = { type: "append", task_id: null, text };
@@ -787,7 +800,9 @@ class Line {
     // run with the connection's assigned id, which a refused speak leaves unused).
     if (!this.isAccepted) return this.pending.push(message);
     if (!this.client._send({ ...message, task_id: this.taskId })) {
-      this.fail(new AIVTuberError("connection_lost", "the input socket is closed"));
+      this.inputEnded = true;
+      this.inputLost = new AIVTuberError("connection_lost", "the input socket is closed");
+      throw this.inputLost;
     }
   }
 

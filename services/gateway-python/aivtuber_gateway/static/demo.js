@@ -116,9 +116,12 @@ async function speak(text, voice, queue) {
   return currentClient().speak(text, options);
 }
 
-/** LLM-like pieces: a token is up to 4 characters with the spaces before it (joined: the text). */
+/**
+ * LLM-like pieces: a token is up to 4 characters (code points: a surrogate pair is never
+ * split) with the spaces before it; joined, they are the text.
+ */
 function tokens(text) {
-  return text.match(/\s*\S{1,4}|\s+$/g) || [];
+  return text.match(/\s*\S{1,4}|\s+$/gu) || [];
 }
 
 /**
@@ -141,9 +144,16 @@ async function streamReply(text, { tokensPerSecond, voice, queue } = {}) {
       if (state.stopped) return resolve();
       // On the schedule of the rate, not of the timers: catch up after a slow tick.
       const due = Math.floor(((performance.now() - started) / 1000) * rate) + 1;
-      while (index < pieces.length && index < due) {
-        line.append(pieces[index]);
-        caption.written += pieces[index++];
+      try {
+        while (index < pieces.length && index < due) {
+          line.append(pieces[index]);
+          caption.written += pieces[index++];
+        }
+      } catch (error) {
+        // The line takes no more text (connection lost, stream ended): what was written plays.
+        showError(`${error.code}: ${error.message}`);
+        state.stopped = true;
+        return resolve();
       }
       showCaption();
       if (index >= pieces.length) return resolve();
