@@ -602,8 +602,9 @@ export class AIVTuberClient extends EventTarget {
 
   /** Move the mouth towards what the line heard now says, and tell the rig when it moved. */
   _tickMouth(heard) {
-    const line = this._lines.find((l) => l.startTime !== null && heard >= l.startTime && !l.cancelled);
-    const playing = line && heard < line.nextTime;
+    // The line whose audio is heard now (a queued line takes over where the one before ends).
+    const line = this._lines.find((l) => !l.cancelled && l.startTime !== null && heard >= l.startTime && heard < l.nextTime);
+    const playing = Boolean(line);
     const shape = playing && line.usesVisemes ? line.lastViseme : null;
     const target = playing ? mouthTarget(shape, line.level) : closedMouth();
     const mouth = this._mouth.update(target, heard);
@@ -1021,11 +1022,6 @@ class Line {
     if (first >= 0 || skip < pcm.length) this.trimming = false;
     this.trimmedS += skip / rate;
     return skip;
-  }
-
-  _sortPending() {
-    const rest = this.events.splice(this.fired).sort((a, b) => a[0] - b[0]);
-    this.events.push(...rest);
   }
 
   /** Milliseconds of this line's audio heard by context time `heard` (gaps not counted). */
