@@ -216,3 +216,38 @@ async def test_the_mouth_takes_the_vowel_shapes_of_a_voice_with_visemes() -> Non
     forms = [m["live2d"]["ParamMouthForm"] for m in mouths]
     assert min(forms) < -0.2 and max(forms) > 0.2
     assert mouths[-1]["vrm"] == dict.fromkeys(VRM, 0)
+
+
+async def test_the_jitter_buffer_is_sized_from_the_lateness_measured_in_the_page() -> None:
+    held = f"The first part streams at once and plays. Then it waits, {HOLD}, and goes on."
+    async with stack() as s, open_page(f"{s.gateway.http_url}/demo") as (page, log):
+        await page.evaluate("(text) => window.aivtuberDemo.speak(text, 'sine')", FIRST)
+        first = await wait_stats(page, "s.state === 'done'")
+        await page.evaluate("(text) => window.aivtuberDemo.speak(text, 'sine')", SECOND)
+        second = await wait_stats(page, "s.state === 'done'")
+        # Now frames come late: the worker holds the second sentence until the page has
+        # played everything it had (the output ran dry).
+        await start_speaking(page, held, "sine")
+        await wait_stats(page, "s.state === 'playing' && s.chunksReceived > 0 && s.bufferMs === 0")
+        s.gates[0].release()
+        late = await wait_stats(page, "s.state === 'done'")
+        await page.evaluate("(text) => window.aivtuberDemo.speak(text, 'sine')", SECOND)
+        after = await wait_stats(page, "s.state === 'done'")
+    log.assert_clean()
+    # The first line of a voice: 20 ms plus the connection's round trip (localhost: small).
+    assert 20 <= first["jitterMs"] < 100
+    # Frames on time: it shrinks by a fifth a line, towards the 10 ms floor.
+    assert first["lateMs"] <= 0 and first["underruns"] == 0
+    assert (
+        second["jitterMs"] == max(10, round(first["jitterMs"] * 0.8))
+        or abs(second["jitterMs"] - first["jitterMs"] * 0.8) <= 1
+    )
+    # A line whose frames came late teaches the next one: at least that lateness + 10 ms,
+    # and 1.5 times more after an underrun.
+    assert late["underruns"] >= 1 and late["lateMs"] > 0
+    assert after["jitterMs"] >= min(2000, late["lateMs"] + 10) - 1
+    assert after["jitterMs"] >= round(late["jitterMs"] * 1.5) - 1
+    assert after["underruns"] == 0
+    # The AudioContext asked for the smallest output buffer; the device's latency is shown.
+    assert isinstance(after["outputLatencyMs"], int) and after["outputLatencyMs"] >= 0
+    assert isinstance(after["baseLatencyMs"], int) and after["baseLatencyMs"] >= 0
