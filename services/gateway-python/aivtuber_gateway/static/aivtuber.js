@@ -314,6 +314,7 @@ export class AIVTuberClient extends EventTarget {
       trimmedMs: line ? Math.round(line.trimmedS * 1000) : 0,
       bufferMs: line ? Math.max(0, Math.round((line.nextTime - this._heardTime()) * 1000)) : 0,
       jitterMs: Math.round((line && line.jitterS !== null ? line.jitterS : this._jitterFor(this.voice)) * 1000),
+      rttMs: this._rttS === null ? null : Math.round(this._rttS * 1000),
       outputLatencyMs: ctx ? Math.round((ctx.outputLatency || 0) * 1000) : null,
       baseLatencyMs: ctx ? Math.round((ctx.baseLatency || 0) * 1000) : null,
       resumes: line ? line.resumes : 0,
