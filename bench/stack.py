@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aivtuber_common.config import ConfigError, Settings, VoiceSettings, load_settings
+from aivtuber_common.config import (
+    ConfigError,
+    HibariVoice,
+    KokoroJaVoice,
+    PiperVoice,
+    Settings,
+    SineVoice,
+    load_settings,
+)
 
 from .procs import REPO_ROOT, BenchError, Proc, free_port, python_argv
 
@@ -33,10 +41,10 @@ MAIN = {
 # without a "voices" key gets (see aivtuber_common.config), and the bundled ones that
 # docs/voices.md tells how to enable (the Japanese voices are not in the shipped config).
 DEFAULT_VOICES = {
-    "joe": VoiceSettings(engine="piper"),
-    "sine": VoiceSettings(engine="sine"),
-    "heart": VoiceSettings(engine="hibari"),
-    "jf_alpha": VoiceSettings(engine="kokoro_ja", speaker="jf_alpha"),
+    "joe": PiperVoice(),
+    "sine": SineVoice(),
+    "heart": HibariVoice(),
+    "jf_alpha": KokoroJaVoice(speaker="jf_alpha"),
 }
 UNLIMITED = {
     "max_connections": 100_000,

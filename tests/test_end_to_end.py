@@ -30,9 +30,11 @@ from aivtuber_common.config import (
     InputHandlerSettings,
     LimitsSettings,
     OutputHandlerSettings,
+    PiperVoice,
     RedisBusSettings,
     RouteSettings,
     Settings,
+    SineVoice,
     TtsWorkerSettings,
     VoiceSettings,
 )
@@ -110,9 +112,9 @@ class Stack:
 
 
 def voices(piper: bool) -> dict[str, VoiceSettings]:
-    table = {"sine": VoiceSettings(engine="sine", sample_rate=SINE_RATE, ms_per_char=MS_PER_CHAR)}
+    table = {"sine": SineVoice(sample_rate=SINE_RATE, ms_per_char=MS_PER_CHAR)}
     if piper:
-        table["joe"] = VoiceSettings(engine="piper", device="cpu")
+        table["joe"] = PiperVoice(device="cpu")
     return table
 
 
@@ -132,6 +134,7 @@ async def stack(
     dead_workers: int = 0,
     limits: LimitsSettings | None = None,
     audio_metrics: bool = False,
+    worker_options: dict[str, Any] | None = None,
     **input_options: Any,
 ) -> AsyncIterator[Stack]:
     """Output handler, worker(s), input handler, gateway: started in the order each needs,
@@ -155,6 +158,7 @@ async def stack(
                 default_voice="joe" if piper else "sine",
                 frame_ms=FRAME_MS,
                 max_concurrent=2,
+                **(worker_options or {}),
             )
             app = worker_app(
                 Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate)

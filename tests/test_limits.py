@@ -27,8 +27,8 @@ from aivtuber_common.config import (
     LimitsSettings,
     OutputHandlerSettings,
     Settings,
+    SineVoice,
     TenantSettings,
-    VoiceSettings,
 )
 from aivtuber_common.identity import CLIENT_HEADER, TENANT_HEADER
 from aivtuber_common.internal import TASK_EVENTS_PATH, TaskSnapshot
@@ -72,9 +72,9 @@ async def stack(
         worker_settings = sine_settings(
             recorder.url,
             voices={
-                "gated": VoiceSettings(engine="sine"),
-                "failing": VoiceSettings(engine="sine"),
-                "sine": VoiceSettings(engine="sine"),
+                "gated": SineVoice(),
+                "failing": SineVoice(),
+                "sine": SineVoice(),
             },
             max_concurrent=1,
         )

@@ -106,6 +106,8 @@ class TaskOpen(_Internal):
     engine: str
     sample_rate: int
     tenant: str | None = None  # the SubmitTask's: only this tenant may subscribe or cancel
+    # A streaming task: silent while it waits for text, so no frame timeout applies to it.
+    stream: bool = False
 
 
 class TaskEnd(_Internal):

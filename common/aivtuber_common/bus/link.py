@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import RedisBusSettings
 from ..transport import TransportError
+from .codes import ErrorCode
 from .streams import Keys
 
 __all__ = ["BusUnavailable", "RedisLink", "safe_url"]
@@ -39,7 +40,7 @@ PROBE_INTERVAL_S = 0.5
 
 
 class BusUnavailable(TransportError):
-    code = "tts_unavailable"
+    code = ErrorCode.TTS_UNAVAILABLE
 
 
 def safe_url(url: str) -> str:
