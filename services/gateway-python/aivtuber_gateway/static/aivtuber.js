@@ -647,6 +647,11 @@ export class LineStream {
     return this._line.taskId;
   }
 
+  /** Everything appended so far. */
+  get text() {
+    return this._line.text;
+  }
+
   /** The `end` detail's Promise (resolves once everything was heard). */
   get done() {
     return this._line.done;

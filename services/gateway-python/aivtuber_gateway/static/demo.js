@@ -26,8 +26,9 @@ let mouth = { open: 0, form: 0 }; // the client's smoothed mouth, as drawn
 let lastEnd = null;
 let lastCancel = null;
 let pcmDigest = 0x811c9dc5; // FNV-1a of the line's PCM as received: tests compare it
-let writer = null; // the LLM stand-in writing the current reply
-const caption = { heard: "", written: "", words: [] }; // see showCaption()
+const writers = new Set(); // the LLM stand-ins writing replies (more than one when queued)
+// The captions of the line heard now (a queued line's take over with its first word).
+const caption = { heard: "", written: "", words: [], taskId: null };
 
 function currentClient() {
   const wanted = `${$("ticket").value.trim()}\n${$("apikey").value.trim()}`;
@@ -44,9 +45,10 @@ function currentClient() {
   client.on("start", () => showError(""));
   client.on("word", (event) => {
     // heardText: the line's text as written, up to the end of this word.
+    if (event.detail.taskId !== caption.taskId) Object.assign(caption, { taskId: event.detail.taskId, words: [] });
     caption.words.push(event.detail.word);
     caption.heard = event.detail.heardText;
-    if (event.detail.text.length > caption.written.length) caption.written = event.detail.text;
+    caption.written = event.detail.text;
     showCaption();
   });
   client.on("chunk", (event) => {
@@ -78,13 +80,14 @@ function showCaption() {
   $("captions").replaceChildren(heard, written);
 }
 
-function resetLine(text) {
+function resetLine(text, queue) {
   lastEnd = null;
   lastCancel = null;
-  pcmDigest = 0x811c9dc5;
-  Object.assign(caption, { heard: "", written: text, words: [] });
-  showCaption();
   showError("");
+  if (queue) return; // the line playing keeps its captions (and its digest) until it ends
+  pcmDigest = 0x811c9dc5;
+  Object.assign(caption, { heard: "", written: text, words: [], taskId: null });
+  showCaption();
 }
 
 // --- speaking --------------------------------------------------------------------------------
@@ -112,7 +115,7 @@ function lineOptions(voice, queue) {
 async function speak(text, voice, queue) {
   const options = lineOptions(voice, queue);
   if (!options.queue) stopWriting();
-  resetLine(text);
+  resetLine(text, options.queue);
   return currentClient().speak(text, options);
 }
 
@@ -131,14 +134,15 @@ function tokens(text) {
 async function streamReply(text, { tokensPerSecond, voice, queue } = {}) {
   const options = lineOptions(voice, queue);
   if (!options.queue) stopWriting();
-  resetLine("");
+  resetLine("", options.queue);
   const line = currentClient().stream(options);
   const rate = tokensPerSecond || Number($("rate").value);
   const pieces = tokens(text);
   const state = { stopped: false, timer: null };
-  writer = state;
+  writers.add(state);
   const started = performance.now();
   await new Promise((resolve) => {
+    state.resolve = resolve; // stopWriting() ends the wait too
     let index = 0;
     const step = () => {
       if (state.stopped) return resolve();
@@ -146,8 +150,7 @@ async function streamReply(text, { tokensPerSecond, voice, queue } = {}) {
       const due = Math.floor(((performance.now() - started) / 1000) * rate) + 1;
       try {
         while (index < pieces.length && index < due) {
-          line.append(pieces[index]);
-          caption.written += pieces[index++];
+          line.append(pieces[index++]);
         }
       } catch (error) {
         // The line takes no more text (connection lost, stream ended): what was written plays.
@@ -155,21 +158,27 @@ async function streamReply(text, { tokensPerSecond, voice, queue } = {}) {
         state.stopped = true;
         return resolve();
       }
-      showCaption();
+      // Before its first word is heard, the reply being written shows as written (faded).
+      if (caption.taskId === null || caption.taskId === line.taskId) {
+        caption.written = line.text;
+        showCaption();
+      }
       if (index >= pieces.length) return resolve();
       state.timer = setTimeout(step, Math.max(1, ((index / rate) * 1000) - (performance.now() - started)));
     };
     step();
   });
-  if (writer === state) writer = null;
+  writers.delete(state);
   return state.stopped ? line.done : line.end();
 }
 
 function stopWriting() {
-  if (!writer) return;
-  writer.stopped = true;
-  clearTimeout(writer.timer);
-  writer = null;
+  for (const state of writers) {
+    state.stopped = true;
+    clearTimeout(state.timer);
+    state.resolve?.();
+  }
+  writers.clear();
 }
 
 /** Stop: silence now; a Promise of what was heard ({heardText, heardMs}). */
@@ -192,7 +201,7 @@ function stats() {
     captionHeard: caption.heard,
     captionShown: $("captions").textContent,
     captionWords: [...caption.words],
-    writing: writer !== null,
+    writing: writers.size > 0,
   };
 }
 
