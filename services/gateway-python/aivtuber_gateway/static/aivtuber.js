@@ -776,7 +776,11 @@ class Line {
   endInput() {
     if (this.inputEnded || this.finished) return;
     this.inputEnded = true;
-    this._sendText({ type: "end", task_id: null });
+    try {
+      this._sendText({ type: "end", task_id: null });
+    } catch {
+      // The input socket just closed: the gateway ends the stream itself and speaks the rest.
+    }
   }
 
   /** The text appended before the speak went out (it carries it); a flush among it waits. */
