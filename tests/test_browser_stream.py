@@ -148,3 +148,52 @@ async def test_cancel_mid_stream_resolves_with_the_text_heard_so_far() -> None:
     assert heard["heardText"].endswith(words[-1])
     assert heard["heardMs"] > 0
     assert after["lastEnd"]["cancelled"] is True and after["lastCancel"] == heard
+
+
+async def test_a_stream_whose_input_socket_closes_plays_what_was_sent_and_takes_no_more() -> None:
+    async with stack() as s, open_page(f"{s.gateway.http_url}/demo") as (page, log):
+        await ready(page, ("start", "end", "error"))
+        outcome = await page.evaluate(
+            """async () => {
+                const client = window.aivtuberDemo.client;
+                const line = client.stream({ voice: "sine" });
+                line.append("This much was sent before the connection went away. ");
+                while (!line.taskId) await new Promise((r) => setTimeout(r, 5));
+                const closed = new Promise((r) => client._input.addEventListener("close", r));
+                client._input.close(1000, "the page hung up");
+                await closed;
+                let thrown = null;
+                try { line.append("This never goes out."); } catch (e) { thrown = e.code; }
+                const end = await line.end();
+                let afterEnd = null;
+                try { line.append("Nor this."); } catch (e) { afterEnd = e.code; }
+                return { thrown, afterEnd, end, text: line.text };
+            }"""
+        )
+    log.assert_clean()
+    assert outcome["thrown"] == "connection_lost"
+    assert outcome["afterEnd"] == "connection_lost"
+    # The gateway ended the stream when its input closed and spoke what it had got.
+    assert outcome["end"]["cancelled"] is False and outcome["end"]["chunks"] > 0
+    assert words_of(" ".join(s.gates[0].pieces)) == words_of(
+        "This much was sent before the connection went away."
+    )
+
+
+async def test_append_after_end_throws_task_ended() -> None:
+    async with stack() as s, open_page(f"{s.gateway.http_url}/demo") as (page, log):
+        await ready(page, ("end",))
+        outcome = await page.evaluate(
+            """async () => {
+                const line = window.aivtuberDemo.client.stream({ voice: "sine" });
+                line.append("Short and done.");
+                const ended = line.end();
+                let thrown = null;
+                try { line.append(" More?"); } catch (e) { thrown = e.code; }
+                return { thrown, end: await ended };
+            }"""
+        )
+    log.assert_clean()
+    assert outcome["thrown"] == "task_ended"
+    assert outcome["end"]["cancelled"] is False
+    assert words_of(" ".join(s.gates[0].pieces)) == words_of("Short and done.")

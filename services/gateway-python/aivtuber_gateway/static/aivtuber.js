@@ -644,7 +644,7 @@ export class LineStream {
 
   /** The task's id once the gateway accepted it (null before). */
   get taskId() {
-    return this._line.taskId;
+    return this._line.isAccepted ? this._line.taskId : null;
   }
 
   /** Everything appended so far. */
