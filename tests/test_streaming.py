@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from aivtuber_common.config import BusSettings, LimitsSettings, VoiceSettings
+from aivtuber_common.config import BusSettings, HibariVoice, LimitsSettings, VoiceSettings
 from aivtuber_tts import tasks
 from tests.edge_support import ALICE_KEY, BOB_KEY
 from tests.frontend import ask, frontend
@@ -352,7 +352,7 @@ async def test_the_heart_voice_speaks_a_stream_as_one_continuous_task() -> None:
         "weak to fire.",
     ]
     async with running_recorder() as recorder:
-        voices = {"heart": VoiceSettings(engine="hibari")}
+        voices: dict[str, VoiceSettings] = {"heart": HibariVoice(engine="hibari")}
         settings = sine_settings(recorder.url, voices=voices, frame_ms=40, warmup=False)
         async with running_worker(settings) as worker:
             task_id = str(uuid.uuid4())

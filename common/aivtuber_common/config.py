@@ -160,6 +160,11 @@ def _default_routes() -> dict[str, RouteSettings]:
             audio_metrics=True,
             max_message_bytes=MIB,
         ),
+        # A task's captions.vtt and audio.wav, served by the output handler (before "openai":
+        # routes match in order).
+        "tasks": RouteSettings(
+            path="/v1/tasks/{task_id}/{file}", backends=["http://127.0.0.1:8002"], protocol="http"
+        ),
         # The OpenAI-compatible API (/v1/audio/speech, /v1/audio/voices, /v1/models) that the
         # input handler serves: plain HTTP, streamed through.
         "openai": RouteSettings(

@@ -39,6 +39,7 @@ from aivtuber_common.identity import (
     Identity,
     identity_headers,
 )
+from aivtuber_common.redact import short_path
 from aivtuber_common.refusal import Refusal
 
 from .auth import MISSING, Edge
@@ -183,7 +184,7 @@ class HttpForwarder:
                 "http_request",
                 route=route.name,
                 method=scope["method"],
-                path=scope["path"],
+                path=short_path(scope["path"]),  # a whole task id would let a reader listen
                 client=_client(scope),
                 backend=backend_url,
                 status=status,  # 0: the client left before an answer
@@ -264,7 +265,7 @@ class HttpForwarder:
         self.log.warning(
             "backend_unavailable",
             route=route.name,
-            path=scope["path"],
+            path=short_path(scope["path"]),
             client=_client(scope),
             backends=[backend.url for backend in route.backends],
             errors=failures,

@@ -6,6 +6,8 @@ Routes::
     WS   /internal/ingest                      workers push frames (direct bus only; never
                                                proxied)
     GET  /tasks/{task_id}/audio.wav            a finished task's whole audio
+    GET  /v1/tasks/{task_id}/captions.vtt      captions and audio for the frontend, through
+    GET  /v1/tasks/{task_id}/audio.wav         the gateway (see captions.py)
     GET  /status/{task_id}                     {"task_id","status","connected","chunks"}
     GET  /health                               liveness and counts
     GET  /metrics                              Prometheus text
@@ -36,6 +38,7 @@ from aivtuber_common.protocol import is_canonical_uuid
 from aivtuber_common.transport import FrameSource, TransportError
 
 from .bus import open_bus
+from .captions import task_file_routes
 from .metrics import OutputMetrics
 from .stream import OutputEndpoint
 
@@ -109,6 +112,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/status/{task_id}", task_status),
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
+        *task_file_routes(bus.source, settings.internal_token),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -35,6 +35,7 @@ from aivtuber_common.protocol import (
 )
 from aivtuber_common.transport import FrameSource, TaskNotFound
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 from .metrics import OutputMetrics
 
@@ -120,8 +121,8 @@ class OutputEndpoint:
                         case TaskOpen():
                             opened = event
                             await websocket.send_text(_audio_start(event))
-                        case (chunk_id, level, pcm, visemes):
-                            chunk = _audio_chunk(task_id, chunk_id, level, pcm, visemes)
+                        case (chunk_id, level, pcm, visemes, words):
+                            chunk = _audio_chunk(task_id, chunk_id, level, pcm, visemes, words)
                             await websocket.send_text(chunk)
                             await websocket.send_bytes(pcm)
                             next_chunk, samples = chunk_id + 1, samples + len(pcm) // SAMPLE_WIDTH
@@ -193,7 +194,12 @@ def _audio_start(event: TaskOpen) -> str:
 
 
 def _audio_chunk(
-    task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None
+    task_id: str,
+    chunk_id: int,
+    level: float,
+    pcm: bytes,
+    visemes: Track | None,
+    words: WordTrack | None,
 ) -> str:
     return dump(
         AudioChunk(
@@ -202,6 +208,7 @@ def _audio_chunk(
             samples=len(pcm) // SAMPLE_WIDTH,
             level=level,
             visemes=visemes,
+            words=words,
         )
     )
 

@@ -58,6 +58,7 @@ from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, TaskText, en
 from aivtuber_common.refusal import Refusal
 from aivtuber_common.transport import SinkLost
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 from .tasks import TaskManager
 from .voices import Voices
@@ -100,9 +101,10 @@ class RedisFrameSink:
         level: float,
         pcm: bytes,
         visemes: Track | None = None,
+        words: WordTrack | None = None,
     ) -> None:
         samples = self._samples.get(task_id, 0) + len(pcm) // SAMPLE_WIDTH
-        frame = encode_frame(task_id, chunk_id, level, pcm, visemes)
+        frame = encode_frame(task_id, chunk_id, level, pcm, visemes, words)
         fields = {KIND: K_FRAME, DATA: frame, SAMPLES: samples}
         try:
             await self._add(task_id, frame_entry_id(chunk_id), fields, trim=True)

@@ -55,6 +55,7 @@ from aivtuber_common.internal import (
 from aivtuber_common.refusal import Refusal
 from aivtuber_common.transport import FrameSink, SinkLost
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 from .errors import EngineError
 from .metrics import TtsMetrics
@@ -477,8 +478,8 @@ class TaskManager:
         async with contextlib.aclosing(job.voice.engine.stream(text, run_piece)) as pieces:
             async for piece in pieces:
                 job.started = True
-                for frame, visemes in cutter.push(piece):
-                    await self._send(job, frame, visemes)
+                for frame, visemes, words in cutter.push(piece):
+                    await self._send(job, frame, visemes, words)
 
     async def _speak_stream(
         self, job: _Job, feed: TextFeed, cutter: TrackCutter, run_piece: Callable[..., Any]
@@ -518,8 +519,10 @@ class TaskManager:
         previous = self._seconds_per_char.get(voice_id, sample)
         self._seconds_per_char[voice_id] = previous + (sample - previous) * COST_SMOOTHING
 
-    async def _send(self, job: _Job, frame: bytes, visemes: Track | None) -> None:
-        await self.sink.append(job.task_id, job.chunks, level(frame), frame, visemes)
+    async def _send(
+        self, job: _Job, frame: bytes, visemes: Track | None, words: WordTrack | None
+    ) -> None:
+        await self.sink.append(job.task_id, job.chunks, level(frame), frame, visemes, words)
         now = time.monotonic()
         if job.first_frame_at is None:
             job.first_frame_at = now
