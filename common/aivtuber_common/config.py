@@ -645,8 +645,13 @@ class Settings(StrictModel):
     bus: BusSettings = DirectBusSettings()
 
     logging: LoggingSettings = LoggingSettings()
-    # Shared secret for the internal endpoints (worker submission, frame ingest). Empty: off.
-    internal_token: str | None = Field(default=None, repr=False)
+    # Shared secret of the gateway and the back ends (identity headers, every internal
+    # endpoint); at least 16 characters. Unset: each service reads (or creates once) the
+    # machine's token file, internal_token_file (docs/security.md).
+    internal_token: Annotated[str, Field(min_length=16)] | None = Field(default=None, repr=False)
+    # Where the generated token lives when internal_token is unset; unset:
+    # $XDG_STATE_HOME/aivtuber/internal_token (~/.local/state/aivtuber/internal_token).
+    internal_token_file: Path | None = None
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
     gateway: GatewaySettings = GatewaySettings()

@@ -35,6 +35,7 @@ from aivtuber_common.config import Settings
 from aivtuber_common.health import InputHealth
 from aivtuber_common.identity import Identity, read_identity
 from aivtuber_common.internal import SubmitTask, TaskText
+from aivtuber_common.internal_auth import internal_middleware
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import ErrorMessage, VoiceList, dump
 from aivtuber_common.transport import TaskSubmitter, TransportError
@@ -110,7 +111,9 @@ def create_app(
         Route("/metrics", metrics_endpoint(metrics.registry)),
         *speech.routes(),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(
+        routes=routes, lifespan=lifespan, middleware=internal_middleware(settings.internal_token)
+    )
 
 
 class InputEndpoint:
@@ -244,14 +247,15 @@ class InputEndpoint:
         started = time.perf_counter()
         try:
             accepted = await self.submitter.submit(task)
-        except asyncio.CancelledError:
-            self.active.abandoned(task.task_id)
-            raise
         except TransportError as exc:
             self.active.refused(task.task_id)
             self.metrics.submissions.labels(exc.code).inc()
             log.info("task_refused", task_id=submit.task_id, code=exc.code)
             return session.refused(submit, exc.code, str(exc))
+        except BaseException:
+            # Cancelled, or a bug: never a task counted as active that nothing will end.
+            self.active.abandoned(task.task_id)
+            raise
         self.metrics.submissions.labels("queued").inc()
         self.metrics.submit_seconds.observe(time.perf_counter() - started)
         log.info("task_queued", task_id=submit.task_id, voice=accepted.voice, chars=len(task.text))

@@ -34,7 +34,6 @@ sent is spoken.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -63,6 +62,10 @@ from aivtuber_common.protocol import (
     new_task_id,
 )
 
+from .textcheck import BAD_TEXT as _BAD_TEXT
+from .textcheck import BAD_TEXT_MESSAGE as _BAD_TEXT_MESSAGE
+from .textcheck import unencodable_field as _unencodable_field
+
 __all__ = [
     "CancelTask",
     "Close",
@@ -88,10 +91,6 @@ KNOWN_TYPES = (
 ENDED_STREAMS = 256
 # UTF-8 needs at most 4 bytes a character: an upload longer than this cannot fit the limit.
 MAX_UTF8_BYTES_PER_CHAR = 4
-# Refused in text to speak: C0 controls but tab and newline (a NUL reaches the engine as a
-# failure), and lone surrogates (from a "\ud800" escape: no UTF-8 can carry them).
-_BAD_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\ud800-\udfff]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -556,22 +555,6 @@ def _error(
     code: str, message: str, *, task_id: str | None = None, request_id: str | None = None
 ) -> Reply:
     return Reply(ErrorMessage(code=code, message=message, task_id=task_id, request_id=request_id))
-
-
-_BAD_TEXT_MESSAGE = (
-    "The text holds a character that cannot be spoken: a NUL or other control character "
-    "(tab and newline are fine) or a lone surrogate."
-)
-
-
-def _unencodable_field(data: dict[str, Any]) -> str | None:
-    """The first top-level key (or string value's key) holding a lone surrogate."""
-    for key, value in data.items():
-        if _SURROGATE.search(key):
-            return "(a key)"
-        if isinstance(value, str) and _SURROGATE.search(value):
-            return key
-    return None
 
 
 def _str_or_none(value: object) -> str | None:

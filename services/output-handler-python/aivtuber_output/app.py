@@ -33,6 +33,7 @@ from starlette.routing import Route, WebSocketRoute
 from aivtuber_common.audio import wav_bytes
 from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings
+from aivtuber_common.internal_auth import internal_middleware
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 from aivtuber_common.transport import FrameSource, TransportError
@@ -114,7 +115,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics_endpoint(metrics.registry)),
         *task_file_routes(bus.source, settings.internal_token),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(
+        routes=routes, lifespan=lifespan, middleware=internal_middleware(settings.internal_token)
+    )
 
 
 def _check_id(task_id: str) -> Response | None:

@@ -173,10 +173,15 @@ async def _fail(websocket: WebSocket, error: OutputError, code: int) -> None:
         log.debug("subscriber_gone_before_error", code=error.code)
 
 
+MAX_FROM_CHUNK_DIGITS = 18
+
+
 def _from_chunk(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit():
+    # ASCII digits only ("²".isdigit() too), and few enough for int() and any real chunk id
+    # (past 4300 digits int() raises: that was a 1011 instead of a 4400).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_FROM_CHUNK_DIGITS:
         return None
     return int(raw)
 

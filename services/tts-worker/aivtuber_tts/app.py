@@ -50,6 +50,7 @@ from aivtuber_common.config import Settings, TtsWorkerSettings
 from aivtuber_common.health import VoiceListing, WorkerHealth
 from aivtuber_common.identity import TENANT_HEADER
 from aivtuber_common.internal import TASK_EVENTS_PATH, TASKS_PATH, SubmitTask, TaskText
+from aivtuber_common.internal_auth import internal_middleware
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 from aivtuber_common.refusal import Refusal
@@ -247,6 +248,7 @@ def create_app(
             Route("/metrics", metrics_endpoint(metrics.registry), methods=["GET"]),
         ],
         lifespan=lifespan,
+        middleware=internal_middleware(token),
     )
 
 
