@@ -93,6 +93,8 @@ def stack_config(
     routes["input"]["backends"] = [f"ws://{local}:{ports.input_handler}"]
     routes["output"] = {**routes.get("output", {}), "path": "/ws/output/{task_id}"}
     routes["output"]["backends"] = [f"ws://{local}:{ports.output_handler}"]
+    if "tasks" in routes:  # captions.vtt and audio.wav: plain HTTP to the output handler
+        routes["tasks"]["backends"] = [f"http://{local}:{ports.output_handler}"]
     if "openai" in routes:  # the OpenAI-compatible API: plain HTTP to the input handler
         routes["openai"]["backends"] = [f"http://{local}:{ports.input_handler}"]
     data.setdefault("input_handler", {}).update(
