@@ -234,11 +234,12 @@ async def test_the_jitter_buffer_is_sized_from_the_lateness_measured_in_the_page
         await page.evaluate("(text) => window.aivtuberDemo.speak(text, 'sine')", SECOND)
         after = await wait_stats(page, "s.state === 'done'")
     log.assert_clean()
-    # The first line of a voice: 20 ms plus the connection's round trip (speak -> answer).
-    assert abs(first["jitterMs"] - (20 + first["rttMs"])) <= 1
-    # Frames on time: it shrinks by a fifth a line, towards the 10 ms floor.
+    # The first line of a voice: 20 ms plus the connection's round trip (request -> answer;
+    # the shortest seen, which can only have come down since).
+    assert first["jitterMs"] >= 20 + first["rttMs"] - 1
+    # Frames on time: it halves each line, down to the 10 ms floor.
     assert first["lateMs"] <= 0 and first["underruns"] == 0
-    assert abs(second["jitterMs"] - max(10, first["jitterMs"] * 0.8)) <= 1
+    assert abs(second["jitterMs"] - max(10, first["jitterMs"] * 0.5)) <= 1
     # A line whose frames came late teaches the next one: at least that lateness + 10 ms,
     # and 1.5 times more after an underrun.
     assert late["underruns"] >= 1 and late["lateMs"] > 0

@@ -53,7 +53,7 @@ const JITTER_FLOOR_S = 0.01; // never start with less buffered than this
 const JITTER_START_S = 0.02; // before any line of the voice was measured (+ the round trip)
 const MAX_JITTER_S = 2.0; // never hold back more than this, however late frames came
 const JITTER_MARGIN_S = 0.01; // above the worst lateness measured
-const JITTER_DECAY = 0.8; // per line: how fast a large estimate shrinks back
+const JITTER_DECAY = 0.5; // per line of frames on time: how fast a large estimate shrinks back
 const AUDIBLE_S16 = 328; // -40 dBFS of int16 full scale: the first sample above it is "first audio"
 const AUDIBLE = AUDIBLE_S16 / 32768;
 const MAX_TRIM_S = 0.2; // leading silence left out of a line, at most
@@ -200,7 +200,7 @@ export class AIVTuberClient extends EventTarget {
     this._lines = []; // lines in the order they play: the one heard now first, queued ones after
     this._last = null; // the line that finished last (what stats() shows when idle)
     this._jitter = new Map(); // voice ("" for the default) -> learned jitter buffer (s)
-    this._rttS = null; // best speak -> upload_processed round trip seen
+    this._rttS = null; // shortest request -> answer round trip seen on /ws/input
     this._requests = 0;
     this._tickTimer = null;
     this._rafPending = false;
@@ -247,6 +247,7 @@ export class AIVTuberClient extends EventTarget {
       waiter.timer = setTimeout(() => this._settleVoices([]), VOICES_TIMEOUT_MS);
     });
     this._voicesWaiter = waiter;
+    waiter.sentAt = performance.now();
     ws.send(JSON.stringify({ type: "list_voices" }));
     return waiter.promise;
   }
@@ -373,8 +374,7 @@ export class AIVTuberClient extends EventTarget {
       const sentAt = performance.now();
       ws.send(JSON.stringify(message));
       const reply = await accepted;
-      const rtt = (performance.now() - sentAt) / 1000;
-      this._rttS = this._rttS === null ? rtt : Math.min(this._rttS, rtt);
+      this._noteRtt(sentAt);
       // Cancelled while the speak was on its way: the task exists only now, cancel it now.
       if (line.cancelled) this._sendCancel(reply.task_id);
       else {
@@ -390,6 +390,16 @@ export class AIVTuberClient extends EventTarget {
     const index = this._lines.indexOf(line);
     if (index >= 0) this._lines.splice(index, 1);
     if (!this._lines.length || index === 0) this._last = line;
+  }
+
+  /**
+   * A request sent at `sentAt` (performance.now()) was answered now. The shortest such round
+   * trip is the connection's own (the rest is the server's work): a line of a voice not
+   * measured yet starts with that much more buffered.
+   */
+  _noteRtt(sentAt) {
+    const rtt = (performance.now() - sentAt) / 1000;
+    this._rttS = this._rttS === null ? rtt : Math.min(this._rttS, rtt);
   }
 
   /** The jitter buffer for a line of `voice`: learned from its earlier lines, else a start. */
@@ -462,7 +472,10 @@ export class AIVTuberClient extends EventTarget {
     if (message.type === "system") {
       if (message.action === "task_id_assigned") this._assigned = message.task_id;
       else if (message.action === "upload_processed") this._settleReply(message.request_id, message);
-      else if (message.action === "voices") this._settleVoices(message.voices || []);
+      else if (message.action === "voices") {
+        if (this._voicesWaiter) this._noteRtt(this._voicesWaiter.sentAt);
+        this._settleVoices(message.voices || []);
+      }
       return;
     }
     if (message.type !== "error") return;
