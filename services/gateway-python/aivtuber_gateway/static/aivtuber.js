@@ -1073,7 +1073,8 @@ class Line {
     if (this.cancelAt !== null && this.stopLatencyMs === null && client._outputSilent()) {
       this.stopLatencyMs = Math.round((client.audioContext.currentTime - this.cancelAt) * 1000);
     }
-    if (this.finished) return;
+    // Cancelled: silent now, so nothing more is heard while the server confirms.
+    if (this.finished || this.cancelled) return;
     if (this.startTime !== null && this.ttfaMs === null && heard >= this.startTime) {
       this.ttfaMs = Math.round(client._perfTimeOf(this.startTime) - this.startedAt);
       if (this.state === "buffering") this.state = "playing";
