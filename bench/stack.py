@@ -78,6 +78,8 @@ def stack_config(
     routes["output"]["backends"] = [f"ws://{local}:{ports.output_handler}"]
     if "openai" in routes:  # the OpenAI-compatible API: plain HTTP to the input handler
         routes["openai"]["backends"] = [f"http://{local}:{ports.input_handler}"]
+    if "tasks" in routes:  # a task's captions and WAV: plain HTTP to the output handler
+        routes["tasks"]["backends"] = [f"http://{local}:{ports.output_handler}"]
     data.setdefault("input_handler", {}).update(
         host=local,
         port=ports.input_handler,
