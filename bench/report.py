@@ -389,6 +389,12 @@ def voices_tables(voices: dict[str, Any]) -> list[str]:
     capacity = ", ".join(
         f"{name}: {voice['realtime_streams']}" for name, voice in voices["voices"].items()
     )
+    words = ", ".join(
+        f"{name} {voice['words']['exact']}/{voice['words']['utterances']}"
+        for name, voice in voices["voices"].items()
+        if voice.get("words", {}).get("timed")  # results from before word timing have none
+    )
+    notes = [f"Word tracks exactly the words sent, in order, inside the audio: {words}."]
     return [
         "## Voices: first byte vs first audible sample (-40 dBFS), per voice",
         markdown_table(header, rows),
@@ -398,6 +404,7 @@ def voices_tables(voices: dict[str, Any]) -> list[str]:
             load_rows,
         ),
         f"Largest level with no late frame: {capacity}.",
+        *(notes if words else []),
     ]
 
 

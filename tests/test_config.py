@@ -208,3 +208,15 @@ def test_the_openai_api_is_an_http_route_to_the_input_handler_by_default(tmp_pat
         route = settings.gateway.routes["openai"]
         assert (route.protocol, route.backends) == ("http", ["http://127.0.0.1:8001"])
         assert settings.input_handler.output_handler_url == "ws://127.0.0.1:8002"
+
+
+def test_output_handler_url_also_points_the_tasks_route_at_the_output_handlers(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        write(tmp_path, {}),
+        environ={"OUTPUT_HANDLER_URL": "ws://10.0.0.6:9002, wss://out.example:443"},
+    )
+    tasks = settings.gateway.routes["tasks"]
+    assert tasks.protocol == "http" and tasks.path == "/v1/tasks/{task_id}/{file}"
+    assert tasks.backends == ["http://10.0.0.6:9002", "https://out.example:443"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -719,6 +720,10 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None
             route = routes.setdefault(route_name, _default_routes()[route_name].model_dump())
             if isinstance(route, dict):
                 route["backends"] = value
+            # The output handlers also serve the tasks route (captions, WAV) over HTTP.
+            tasks = routes.get("tasks")
+            if route_name == "output" and isinstance(tasks, dict):
+                tasks["backends"] = re.sub(r"\bws(s?)://", r"http\1://", value)
 
 
 def _apply_auth_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
