@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from aivtuber_common.config import OpenAISettings
 from aivtuber_common.openai_errors import openai_error
 
-from .audio_formats import SUPPORTED, UNSUPPORTED
+from .audio_formats import SUPPORTED
 
 __all__ = [
     "ApiError",
@@ -146,14 +146,6 @@ def _check(request: SpeechRequest, max_chars: int) -> None:
         )
     if not request.voice_name:
         raise ApiError(400, "'voice' must name a voice.", "invalid_value", "voice")
-    if request.response_format in UNSUPPORTED:
-        raise ApiError(
-            400,
-            f"response_format '{request.response_format}' is not supported by this server; "
-            f"use one of {', '.join(SUPPORTED)}.",
-            "unsupported_response_format",
-            "response_format",
-        )
     if request.response_format not in SUPPORTED:
         raise ApiError(
             400,
