@@ -60,6 +60,9 @@ class ErrorCode(StrEnum):
     FRAME_LOST = "frame_lost"
     INGEST_ERROR = "ingest_error"
     INTERNAL_ERROR = "internal_error"
+    # The VOICEVOX-compatible API (docs/voicevox.md)
+    NO_TIMING = "no_timing"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
 
 
 MEANINGS: dict[ErrorCode, str] = {
@@ -111,4 +114,8 @@ MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.FRAME_LOST: "the worker's frames skipped or repeated a chunk id",
     ErrorCode.INGEST_ERROR: "a worker sent something that does not fit the frame path",
     ErrorCode.INTERNAL_ERROR: "a bug: the log has the details",
+    ErrorCode.NO_TIMING: "the voice's engine does not say when each sound is spoken, so it "
+    "has no mora timing for VOICEVOX's audio_query (the sine and remote voices)",
+    ErrorCode.UNSUPPORTED_PARAMETER: "a VOICEVOX AudioQuery asks for what the voices cannot "
+    "do (speedScale, pitchScale, intonationScale, pause lengths other than the defaults)",
 }

@@ -41,6 +41,7 @@ from .metrics import InputMetrics
 from .redis_submitter import RedisTaskSubmitter, redis_submitter
 from .session import CancelTask, Close, Event, InputSession, ListVoicesRequest, Reply, Submit
 from .speech import SpeechApi
+from .voicevox import VoicevoxApi
 from .workers import HttpTaskSubmitter
 
 __all__ = ["InputEndpoint", "create_app"]
@@ -134,6 +135,7 @@ def create_app(
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
         *speech.routes(),
+        *VoicevoxApi(settings, speech).routes(),  # /voicevox/...: docs/voicevox.md
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

