@@ -74,8 +74,9 @@ def stack_config(ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json
     routes["input"]["backends"] = [f"ws://{local}:{ports.input_handler}"]
     routes["output"] = {**routes.get("output", {}), "path": "/ws/output/{task_id}"}
     routes["output"]["backends"] = [f"ws://{local}:{ports.output_handler}"]
-    if "openai" in routes:  # the OpenAI-compatible API: plain HTTP to the input handler
-        routes["openai"]["backends"] = [f"http://{local}:{ports.input_handler}"]
+    for api in ("openai", "voicevox"):  # the input handler's HTTP APIs
+        if api in routes:
+            routes[api]["backends"] = [f"http://{local}:{ports.input_handler}"]
     data.setdefault("input_handler", {}).update(
         host=local,
         port=ports.input_handler,
