@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aivtuber_common.config import ConfigError, Settings, VoiceSettings, load_settings
+from aivtuber_common.config import (
+    ConfigError,
+    HibariVoice,
+    KokoroJaVoice,
+    PiperVoice,
+    Settings,
+    SineVoice,
+    load_settings,
+)
 
 from .procs import REPO_ROOT, BenchError, Proc, free_port, python_argv
 
@@ -33,10 +41,10 @@ MAIN = {
 # without a "voices" key gets (see aivtuber_common.config), and the bundled ones that
 # docs/voices.md tells how to enable (the Japanese voices are not in the shipped config).
 DEFAULT_VOICES = {
-    "joe": VoiceSettings(engine="piper"),
-    "sine": VoiceSettings(engine="sine"),
-    "heart": VoiceSettings(engine="hibari"),
-    "jf_alpha": VoiceSettings(engine="kokoro_ja", speaker="jf_alpha"),
+    "joe": PiperVoice(),
+    "sine": SineVoice(),
+    "heart": HibariVoice(),
+    "jf_alpha": KokoroJaVoice(speaker="jf_alpha"),
 }
 UNLIMITED = {
     "max_connections": 100_000,
@@ -59,7 +67,9 @@ class Ports:
         return cls(free_port(), free_port(), free_port(), free_port())
 
 
-def stack_config(ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json") -> dict:
+def stack_config(
+    ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json"
+) -> dict[str, Any]:
     """config.json with the bench's ports, log level warning, ``voice`` as the default."""
     data: dict[str, Any] = json.loads(base.read_text(encoding="utf-8")) if base.exists() else {}
     data["logging"] = {**data.get("logging", {}), "level": "warning", "format": "json"}
@@ -106,7 +116,9 @@ def stack_config(ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json
     return data
 
 
-def write_config(work_dir: Path, data: dict, name: str = "stack.json") -> tuple[Path, Settings]:
+def write_config(
+    work_dir: Path, data: dict[str, Any], name: str = "stack.json"
+) -> tuple[Path, Settings]:
     path = work_dir / name
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")
     try:

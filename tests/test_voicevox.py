@@ -24,19 +24,20 @@ from vvclient.errors import HTTPException, NotFoundError
 from aivtuber_common.config import (
     AuthSettings,
     GatewaySettings,
+    HibariVoice,
     InputHandlerSettings,
+    KokoroJaVoice,
     OutputHandlerSettings,
     RouteSettings,
     Settings,
     TenantSettings,
     TtsWorkerSettings,
-    VoiceSettings,
 )
 from aivtuber_gateway import create_app as gateway_app
 from aivtuber_input import create_app as input_app
 from aivtuber_output import create_app as output_app
 from aivtuber_tts import create_app as worker_app
-from tests.support import RunningServer, run_server
+from tests.support import RunningServer, eventually, run_server
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
 
@@ -66,8 +67,8 @@ async def vv(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
         worker_settings = TtsWorkerSettings(
             output_handler_url=output.ws_url,
             voices={
-                "jf_alpha": VoiceSettings(engine="kokoro_ja", speaker="jf_alpha"),
-                "heart": VoiceSettings(engine="hibari"),
+                "jf_alpha": KokoroJaVoice(speaker="jf_alpha"),
+                "heart": HibariVoice(),
             },
             default_voice="heart",
             max_concurrent=2,
@@ -104,9 +105,12 @@ async def vv(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
 
 async def _wait_healthy(server: RunningServer) -> None:
     """The worker answers 200 on /health once every voice has loaded (kokoro: seconds)."""
+
+    async def ready() -> bool:
+        return (await http.get(f"{server.http_url}/health")).status_code == 200
+
     async with httpx.AsyncClient() as http, asyncio.timeout(LOAD_TIMEOUT_S):
-        while (await http.get(f"{server.http_url}/health")).status_code != 200:
-            await asyncio.sleep(0.1)
+        await eventually(ready, every=0.1)
 
 
 def read_wav(body: bytes) -> tuple[np.ndarray, int, int]:

@@ -26,6 +26,7 @@ __all__ = [
     "IDENTITY_PREFIX",
     "TENANT_HEADER",
     "Identity",
+    "identity_headers",
     "is_loopback",
     "read_identity",
     "token_matches",
@@ -66,6 +67,18 @@ def token_matches(given: str | None, expected: str) -> bool:
     if given is None:
         return False
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
+
+def identity_headers(identity: Identity, internal_token: str | None) -> list[tuple[str, str]]:
+    """The headers that tell a back end who ``identity`` is (the one producer of what
+    :func:`read_identity` parses): the gateway adds them on every backend hop, the input
+    handler on its own subscriptions to the output handler."""
+    headers = [(CLIENT_HEADER, identity.client_ip)]
+    if identity.tenant is not None:
+        headers.append((TENANT_HEADER, identity.tenant))
+    if internal_token:
+        headers.append((GATEWAY_TOKEN_HEADER, internal_token))
+    return headers
 
 
 def read_identity(

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypedDict
+from typing import Any
 
 import httpx
 import structlog
@@ -25,8 +25,9 @@ from aivtuber_common.closecodes import AppCloseCode, CloseCode
 from aivtuber_common.config import Settings
 from aivtuber_common.identity import Identity
 from aivtuber_common.redact import short_path
+from aivtuber_common.refusal import Refusal
 
-from .auth import Edge, Refusal
+from .auth import Edge
 from .bounds import limit_messages
 from .headers import forwarded_request
 from .health import HealthChecker
@@ -39,30 +40,12 @@ from .pages import page_routes
 from .proxy import ProxyConnection, ProxyOptions, Receive, Send
 from .registry import Registry
 from .routing import Route, RouteTable
+from .runtime import GatewayState, Runtime
 from .upstream import BackendRejected, BackendUnavailable, open_backend
 
 __all__ = ["GatewayApp", "GatewayState", "Runtime", "create_app"]
 
 GOING_AWAY = "going away"
-
-
-class Runtime:
-    """What exists while the app is running (between lifespan startup and shutdown)."""
-
-    def __init__(
-        self, registry: Registry[ProxyConnection], options: ProxyOptions, health: HealthChecker
-    ) -> None:
-        self.registry = registry
-        self.options = options
-        self.health = health
-        self.started = time.monotonic()
-        self.closing = False
-
-
-class GatewayState(TypedDict):
-    """The lifespan state: what every request and WebSocket of the app sees."""
-
-    runtime: Runtime
 
 
 class GatewayApp:
@@ -82,7 +65,10 @@ class GatewayApp:
         # lifespan state from); None before startup and after shutdown.
         self._runtime: Runtime | None = None
         self.http = Starlette(
-            routes=[*monitor_routes(self.metrics, self.edge), *page_routes(self)],
+            routes=[
+                *monitor_routes(self.metrics, self.edge),
+                *page_routes(self.edge, self.metrics, self.routes),
+            ],
             lifespan=self._lifespan,
         )
         # Routes with protocol "http" (the OpenAI-compatible API): forwarded, streamed,
@@ -111,7 +97,14 @@ class GatewayApp:
         if runtime is None:
             return
         runtime.closing = True
-        await runtime.registry.close_all(code, reason, self.gateway.shutdown_timeout_s)
+        timeout = self.gateway.shutdown_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await runtime.registry.close_all(code, reason)
+        except TimeoutError:
+            self.log.warning(
+                "connections_still_open", count=len(runtime.registry), timeout_s=timeout
+            )
 
     @asynccontextmanager
     async def _lifespan(self, _: Starlette) -> AsyncIterator[GatewayState]:

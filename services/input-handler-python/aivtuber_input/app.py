@@ -24,25 +24,26 @@ import httpx
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from aivtuber_common.config import RedisBusSettings, Settings
+from aivtuber_common.codes import ErrorCode
+from aivtuber_common.config import Settings
+from aivtuber_common.health import InputHealth
 from aivtuber_common.identity import Identity, read_identity
 from aivtuber_common.internal import SubmitTask
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import ErrorMessage, VoiceList, dump
 from aivtuber_common.transport import TaskSubmitter, TransportError
 
-from .activity import ActiveTasks, WorkerEvents
+from .activity import ActiveTasks
+from .bus import open_bus
 from .limits import SpeakLimiter
 from .metrics import InputMetrics
-from .redis_submitter import RedisTaskSubmitter, redis_submitter
 from .session import CancelTask, Close, Event, InputSession, ListVoicesRequest, Reply, Submit
 from .speech import SpeechApi
 from .voicevox import VoicevoxApi
-from .workers import HttpTaskSubmitter
 
 __all__ = ["InputEndpoint", "create_app"]
 
@@ -52,7 +53,7 @@ log = structlog.get_logger("aivtuber_input")
 class InputState(TypedDict):
     """The lifespan state: what every request of the app sees (``request.state``)."""
 
-    submitter: HttpTaskSubmitter | RedisTaskSubmitter
+    submitter: TaskSubmitter
 
 
 def create_app(
@@ -60,7 +61,6 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
     """``transport`` replaces the network under the workers' HTTP client (tests)."""
-    config = settings.input_handler
     metrics = InputMetrics()
     started = time.monotonic()
     endpoint = InputEndpoint(settings, metrics)
@@ -70,65 +70,29 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[InputState]:
-        if isinstance(settings.bus, RedisBusSettings):  # bus seam: workers found on Redis
-            async with redis_submitter(settings, on_ended=endpoint.active.ended) as on_redis:
-                endpoint.submitter = speech.submitter = on_redis
-                try:
-                    yield {"submitter": on_redis}
-                finally:
-                    endpoint.submitter = speech.submitter = None
-            return
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        async with httpx.AsyncClient(transport=transport, limits=limits) as client:
-            submitter = HttpTaskSubmitter(
-                client,
-                list(config.workers),
-                timeout_s=config.worker_timeout_s,
-                token=settings.internal_token,
-                ready_wait_s=config.ready_wait_s,
-                on_accepted=endpoint.active.accepted,
-            )
+        async with open_bus(settings, endpoint.active, transport) as submitter:
             endpoint.submitter = speech.submitter = submitter
-            events = WorkerEvents(
-                endpoint.active,
-                list(config.workers),
-                settings.internal_token,
-                config.worker_timeout_s,
-            )
-            background = [
-                asyncio.create_task(submitter.run_health_checks(config.health_interval_s)),
-                asyncio.create_task(events.run()),
-            ]
             try:
                 yield {"submitter": submitter}
             finally:
-                for task in background:
-                    task.cancel()
-                await asyncio.gather(*background, return_exceptions=True)
                 endpoint.submitter = speech.submitter = None
 
     async def health(request: Request) -> Response:
-        # 200 only when a line can be spoken now: a worker answered its /health with 200
-        # (voices warm, ingest connected). Until then "degraded", 503: the gateway's /health
-        # (and whoever waits on it) does not say ok before a speak can succeed.
-        submitter: HttpTaskSubmitter | RedisTaskSubmitter | None = getattr(
-            request.state, "submitter", None
+        # 200 only when a line can be spoken now: a worker is ready (voices warm, frames
+        # reach the output side). Until then "degraded" (or "unavailable" when the bus is
+        # down), 503: the gateway's /health does not say ok before a speak can succeed.
+        submitter: TaskSubmitter | None = getattr(request.state, "submitter", None)
+        uptime_s = round(time.monotonic() - started, 1)
+        if submitter is None:
+            body = InputHealth(status="degraded", workers_available=0, workers=[])
+        else:
+            body = submitter.health()
+        body = body.model_copy(update={"uptime_s": uptime_s, "connections": endpoint.connections})
+        return Response(
+            body.model_dump_json(exclude_none=True),
+            status_code=200 if body.status == "ok" else 503,
+            media_type="application/json",
         )
-        states = [worker.as_dict() for worker in submitter.workers] if submitter else []
-        ready = submitter is not None and submitter.ready
-        body: dict[str, object] = {
-            "status": "ok" if ready else "degraded",
-            "service": "input_handler",
-            "uptime_s": round(time.monotonic() - started, 1),
-            "connections": endpoint.connections,
-            "workers_available": submitter.available if submitter else 0,
-            "workers": states,
-        }
-        if isinstance(submitter, RedisTaskSubmitter):  # bus seam: Redis down is "unavailable"
-            body["bus"] = submitter.state()
-            if not submitter.link.up:
-                body["status"] = "unavailable"
-        return JSONResponse(body, status_code=200 if ready else 503)
 
     routes = [
         WebSocketRoute("/ws/input", endpoint.handle),
@@ -208,7 +172,7 @@ class InputEndpoint:
                 case ListVoicesRequest(request_id):
                     pending[:0] = await self._voices(request_id)
                 case Close(code, reason):
-                    self.metrics.errors.labels("message_too_big").inc()
+                    self.metrics.errors.labels(ErrorCode.MESSAGE_TOO_BIG).inc()
                     log.warning("closing", code=code, reason=reason)
                     await websocket.close(code, reason)
                     return False

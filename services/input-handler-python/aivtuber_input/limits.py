@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import LimitsSettings
 
 from .activity import ActiveTasks
@@ -80,7 +81,7 @@ class SpeakLimiter:
         """Count a speak of ``chars`` characters for ``key``, or say why it must wait."""
         if chars > limits.chars_per_minute:
             return Limited(
-                "text_too_long",
+                ErrorCode.TEXT_TOO_LONG,
                 f"The text is {chars} characters long; this client may speak at most "
                 f"{limits.chars_per_minute} characters per minute.",
             )
@@ -103,7 +104,7 @@ class SpeakLimiter:
             which = " and ".join(what for _, what in waits)
             retry_ms = max(1, math.ceil(wait * 1000))
             return Limited(
-                "rate_limited",
+                ErrorCode.RATE_LIMITED,
                 f"Too many requests: the limit is {which}; try again in {retry_ms} ms.",
                 retry_ms,
             )

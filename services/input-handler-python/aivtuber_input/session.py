@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from aivtuber_common.closecodes import CloseCode
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.protocol import (
     AudioUpload,
     Cancel,
@@ -140,7 +141,7 @@ class InputSession:
             self._awaiting_bytes = None
             events.append(
                 _error(
-                    "missing_chunk_data",
+                    ErrorCode.MISSING_CHUNK_DATA,
                     f"Chunk {chunk_id} was announced but its binary message did not follow; "
                     "send the chunk again.",
                 )
@@ -159,7 +160,7 @@ class InputSession:
         if chunk is None:
             return [
                 _error(
-                    "unexpected_binary",
+                    ErrorCode.UNEXPECTED_BINARY,
                     "A binary message arrived without chunk metadata before it; send "
                     '{"type":"text","chunk_id":N,"action":"data_chunk"} first.',
                 )
@@ -174,7 +175,7 @@ class InputSession:
             self._upload = _Upload(parts=[])
             return [
                 _error(
-                    "text_too_long",
+                    ErrorCode.TEXT_TOO_LONG,
                     f"The upload is longer than the limit of {self.max_text_chars} characters; "
                     "it was discarded.",
                     request_id=upload.request_id,
@@ -199,7 +200,7 @@ class InputSession:
         if submit.task_id == self.assigned_id:
             self._assigned_in_use = False
         error = ErrorMessage(
-            code="rate_limited",
+            code=ErrorCode.RATE_LIMITED,
             message=message,
             retry_after_ms=retry_after_ms,
             request_id=submit.request_id,
@@ -211,7 +212,7 @@ class InputSession:
             return [Reply(Cancelled(task_id=task_id))]
         return [
             _error(
-                "task_not_running",
+                ErrorCode.TASK_NOT_RUNNING,
                 f"Task {task_id} is not running: it already finished or was never started.",
                 task_id=task_id,
             )
@@ -226,28 +227,28 @@ class InputSession:
         try:
             data: Any = json.loads(text)
         except json.JSONDecodeError as exc:
-            return [_error("invalid_json", f"The message is not valid JSON: {exc.msg}.")]
+            return [_error(ErrorCode.INVALID_JSON, f"The message is not valid JSON: {exc.msg}.")]
         except RecursionError:
-            return [_error("invalid_json", "The message is nested too deeply.")]
+            return [_error(ErrorCode.INVALID_JSON, "The message is nested too deeply.")]
         except ValueError as exc:  # an integer of more than 4300 digits
-            return [_error("invalid_json", f"The message cannot be read: {exc}.")]
+            return [_error(ErrorCode.INVALID_JSON, f"The message cannot be read: {exc}.")]
         if not isinstance(data, dict):
-            return [_error("invalid_message", "A message must be a JSON object.")]
+            return [_error(ErrorCode.INVALID_MESSAGE, "A message must be a JSON object.")]
         if problem := _unencodable_field(data):
             # A lone surrogate cannot be encoded again (for the worker, or in a reply).
             if problem == "text":
-                return [_error("invalid_text", _BAD_TEXT_MESSAGE)]
-            return [_error("invalid_message", f'"{problem}" holds a lone surrogate.')]
+                return [_error(ErrorCode.INVALID_TEXT, _BAD_TEXT_MESSAGE)]
+            return [_error(ErrorCode.INVALID_MESSAGE, f'"{problem}" holds a lone surrogate.')]
         if "type" not in data and data.get("action") == "upload_complete":
             data = {**data, "type": "upload_complete"}  # the legacy shape has no type
         kind = data.get("type")
         if kind is None:
-            return [_error("missing_type", 'The message has no "type" field.')]
+            return [_error(ErrorCode.MISSING_TYPE, 'The message has no "type" field.')]
         if kind not in KNOWN_TYPES:
             shown = repr(kind) if isinstance(kind, str) and len(kind) <= 40 else "given"
             return [
                 _error(
-                    "unknown_type",
+                    ErrorCode.UNKNOWN_TYPE,
                     f"Unknown message type {shown}: expected speak, text, upload_complete, "
                     "cancel or list_voices.",
                     request_id=_str_or_none(data.get("request_id")),
@@ -268,7 +269,7 @@ class InputSession:
                 if not is_canonical_uuid(message.task_id):
                     return [
                         _error(
-                            "invalid_task_id",
+                            ErrorCode.INVALID_TASK_ID,
                             "cancel needs the canonical UUID task id that upload_processed gave.",
                             task_id=message.task_id,
                         )
@@ -280,7 +281,7 @@ class InputSession:
                 self._discard_bytes = True  # an audio chunk's binary may follow
                 return [
                     _error(
-                        "audio_not_supported",
+                        ErrorCode.AUDIO_NOT_SUPPORTED,
                         "Audio input is not supported: no speech recogniser is configured. "
                         'Send text with {"type":"speak","text":"..."}.',
                     )
@@ -289,13 +290,15 @@ class InputSession:
 
     def _speak(self, text: str, voice: str | None, request_id: str | None) -> list[Event]:
         if not text.strip():
-            return [_error("empty_text", "The text to speak is empty.", request_id=request_id)]
+            return [
+                _error(ErrorCode.EMPTY_TEXT, "The text to speak is empty.", request_id=request_id)
+            ]
         if _BAD_TEXT.search(text):
-            return [_error("invalid_text", _BAD_TEXT_MESSAGE, request_id=request_id)]
+            return [_error(ErrorCode.INVALID_TEXT, _BAD_TEXT_MESSAGE, request_id=request_id)]
         if len(text) > self.max_text_chars:
             return [
                 _error(
-                    "text_too_long",
+                    ErrorCode.TEXT_TOO_LONG,
                     f"The text is {len(text)} characters long; the limit is {self.max_text_chars}.",
                     request_id=request_id,
                 )
@@ -314,7 +317,7 @@ class InputSession:
             self._discard_bytes = True
             return [
                 _error(
-                    "chunk_id_mismatch",
+                    ErrorCode.CHUNK_ID_MISMATCH,
                     f"Chunk ID mismatch: expected {expected}, got {chunk.chunk_id}. "
                     "The upload was discarded; start again from chunk 0.",
                     request_id=chunk.request_id,
@@ -329,7 +332,7 @@ class InputSession:
         if not upload.parts:
             return [
                 _error(
-                    "empty_text",
+                    ErrorCode.EMPTY_TEXT,
                     "upload_complete arrived but no chunk was uploaded.",
                     request_id=request_id,
                 )
@@ -352,14 +355,16 @@ class InputSession:
         field = ".".join(str(part) for part in error["loc"][1:]) or kind
         if kind == "speak" and field == "text":
             if "text" not in data:
-                return _error("missing_text", 'speak needs a "text" field.', request_id=request_id)
-            return _error("invalid_text", '"text" must be a string.', request_id=request_id)
+                return _error(
+                    ErrorCode.MISSING_TEXT, 'speak needs a "text" field.', request_id=request_id
+                )
+            return _error(ErrorCode.INVALID_TEXT, '"text" must be a string.', request_id=request_id)
         if kind == "cancel" and field == "task_id":
             return _error(
-                "invalid_task_id", 'cancel needs a "task_id" string.', request_id=request_id
+                ErrorCode.INVALID_TASK_ID, 'cancel needs a "task_id" string.', request_id=request_id
             )
         return _error(
-            "invalid_message",
+            ErrorCode.INVALID_MESSAGE,
             f"Invalid {kind} message: {field}: {error['msg']}.",
             request_id=request_id,
         )

@@ -45,7 +45,8 @@ from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings
 from aivtuber_common.identity import read_identity
 from aivtuber_common.internal import WorkerRefusal
-from aivtuber_common.protocol import new_task_id
+from aivtuber_common.protocol import VoiceInfo, new_task_id
+from aivtuber_common.transport import TransportError
 from aivtuber_common.utterance import (
     UTTERANCE_PATH,
     AccentPhrase,
@@ -138,7 +139,7 @@ class VoicevoxApi:
         return JSONResponse(_version())
 
     async def speakers(self, _: Request) -> JSONResponse:
-        found, _default = await self.speech.known_voices()
+        found = await self._voices()
         return JSONResponse(
             [
                 {
@@ -164,8 +165,8 @@ class VoicevoxApi:
             voice = await self._voice_of(request)
         except VoicevoxError as exc:
             return exc.response()
-        found, _ = await self.speech.known_voices()
-        return JSONResponse(found.get(voice, {}).get("state") == "ready")
+        found = await self._voices()
+        return JSONResponse(found[voice].ready if voice in found else False)
 
     # --- speech -----------------------------------------------------------------------------
 
@@ -205,6 +206,17 @@ class VoicevoxApi:
 
     # --- internals --------------------------------------------------------------------------
 
+    async def _voices(self) -> dict[str, VoiceInfo]:
+        """Every voice of the workers by name; none when no worker answers."""
+        submitter = self.speech.submitter
+        if submitter is None:
+            return {}
+        try:
+            return {voice.name: voice for voice in await submitter.voices()}
+        except TransportError as exc:
+            log.info("voices_unavailable", code=exc.code)
+            return {}
+
     def _refuse(self, exc: VoicevoxError) -> JSONResponse:
         self.speech.metrics.errors.labels(exc.code).inc()
         log.info("voicevox_refused", code=exc.code, status=exc.status)
@@ -218,7 +230,7 @@ class VoicevoxApi:
             raise VoicevoxError(
                 422, ErrorCode.BAD_REQUEST, "'speaker' must be a style id (a whole number)."
             ) from None
-        found, _ = await self.speech.known_voices()
+        found = await self._voices()
         for voice in found:
             if self.style_id(voice) == style:
                 return voice

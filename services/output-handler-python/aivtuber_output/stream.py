@@ -22,6 +22,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aivtuber_common.closecodes import AppCloseCode, CloseCode
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.identity import read_identity
 from aivtuber_common.internal import TaskEnd, TaskOpen
 from aivtuber_common.protocol import (
@@ -32,11 +33,10 @@ from aivtuber_common.protocol import (
     dump,
     is_canonical_uuid,
 )
+from aivtuber_common.transport import FrameSource, TaskNotFound
 from aivtuber_common.visemes import Track
 
 from .metrics import OutputMetrics
-from .redis_source import RedisFrameSource
-from .store import TaskNotFound, TaskStore
 
 __all__ = ["OutputEndpoint"]
 
@@ -48,7 +48,7 @@ SAMPLE_WIDTH = 2
 class OutputEndpoint:
     def __init__(
         self,
-        store: TaskStore | RedisFrameSource,
+        store: FrameSource,
         metrics: OutputMetrics,
         internal_token: str | None = None,
     ) -> None:
@@ -64,13 +64,13 @@ class OutputEndpoint:
                 websocket,
                 OutputError(
                     task_id=task_id,
-                    code="invalid_task_id",
+                    code=ErrorCode.INVALID_TASK_ID,
                     error="The task id must be a lower-case canonical UUID such as "
                     "'3f1c2a9e-8d4b-4c1e-9a7f-0b6d5e4c3a21'.",
                 ),
                 AppCloseCode.BAD_REQUEST,
             )
-            self.metrics.subscriptions.labels("invalid_task_id").inc()
+            self.metrics.subscriptions.labels(ErrorCode.INVALID_TASK_ID).inc()
             return
         from_chunk = _from_chunk(websocket.query_params.get("from_chunk"))
         if from_chunk is None:
@@ -78,12 +78,12 @@ class OutputEndpoint:
                 websocket,
                 OutputError(
                     task_id=task_id,
-                    code="invalid_from_chunk",
+                    code=ErrorCode.INVALID_FROM_CHUNK,
                     error="from_chunk must be a whole number of 0 or more.",
                 ),
                 AppCloseCode.BAD_REQUEST,
             )
-            self.metrics.subscriptions.labels("invalid_from_chunk").inc()
+            self.metrics.subscriptions.labels(ErrorCode.INVALID_FROM_CHUNK).inc()
             return
         # Whose subscription this is, as the gateway says (believed only from it).
         peer = websocket.client.host if websocket.client else None
@@ -131,7 +131,7 @@ class OutputEndpoint:
                                 websocket,
                                 OutputError(
                                     task_id=task_id,
-                                    code=event.code or "tts_failed",
+                                    code=event.code or ErrorCode.TTS_ERROR,
                                     error=event.message or "Speech synthesis failed.",
                                 ),
                                 CloseCode.INTERNAL_ERROR,
@@ -207,7 +207,7 @@ def _audio_chunk(
 
 
 def _audio_complete(
-    store: TaskStore | RedisFrameSource,
+    store: FrameSource,
     end: TaskEnd,
     opened: TaskOpen | None,
     seen: tuple[int, int],

@@ -47,12 +47,15 @@ from aivtuber_common.bus.streams import (
     SAMPLES,
     is_id_collision,
 )
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import RedisBusSettings, Settings
+from aivtuber_common.health import WorkerHealth
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, encode_frame
+from aivtuber_common.refusal import Refusal
+from aivtuber_common.transport import SinkLost
 from aivtuber_common.visemes import Track
 
-from .errors import IngestLost
-from .tasks import Refusal, TaskManager
+from .tasks import TaskManager
 from .voices import Voices
 
 __all__ = ["RedisFrameSink", "RedisWorkerBus", "TaskConsumer", "ensure_group"]
@@ -103,15 +106,15 @@ class RedisFrameSink:
             self._samples.pop(task_id, None)
             if not is_id_collision(exc):
                 raise
-            raise IngestLost("the task was ended elsewhere (cancelled or claimed)") from exc
-        except IngestLost:
+            raise SinkLost("the task was ended elsewhere (cancelled or claimed)") from exc
+        except SinkLost:
             self._samples.pop(task_id, None)  # the task stops here: no end will be written
             raise
         self._samples[task_id] = samples
 
     async def end(self, end: TaskEnd) -> None:
         samples = self._samples.pop(end.task_id, None)
-        if end.code == "worker_stopped" and not samples:
+        if end.code == ErrorCode.WORKER_STOPPED and not samples:
             # A worker shutting down hands back what it has not spoken a sample of: left
             # pending and unended, another worker claims it and speaks it whole.
             self.handed_back.add(end.task_id)
@@ -129,11 +132,11 @@ class RedisFrameSink:
                     pipe.pexpire(key, self.ttl_ms)
                     await pipe.execute()
         except BusUnavailable as exc:
-            raise IngestLost(str(exc)) from exc
+            raise SinkLost(str(exc)) from exc
 
 
 async def write_end(link: RedisLink, end: TaskEnd, ttl_ms: int) -> bool:
-    """Append the task's end unless someone ended it first; False then. Raises IngestLost."""
+    """Append the task's end unless someone ended it first; False then. Raises SinkLost."""
     key = link.keys.task(end.task_id)
     try:
         with link.guard():
@@ -146,7 +149,7 @@ async def write_end(link: RedisLink, end: TaskEnd, ttl_ms: int) -> bool:
                 pipe.pexpire(key, ttl_ms)
                 added, _ = await pipe.execute(raise_on_error=False)
     except BusUnavailable as exc:
-        raise IngestLost(str(exc)) from exc
+        raise SinkLost(str(exc)) from exc
     if isinstance(added, ResponseError):
         if is_id_collision(added):
             log.debug("task_already_ended", task_id=end.task_id)
@@ -168,21 +171,19 @@ async def ensure_group(link: RedisLink) -> None:
 class TaskConsumer:
     def __init__(
         self,
-        link: RedisLink,
         sink: RedisFrameSink,
         manager: TaskManager,
         voices: Voices,
         name: str,
-        task_ttl_s: float,
-        describe: Callable[[], dict[str, Any]],
+        describe: Callable[[], WorkerHealth],
     ) -> None:
-        self.link = link
         self.sink = sink
+        self.link = sink.link  # one client per worker, and the streams' one TTL
+        self.ttl_ms = sink.ttl_ms
         self.manager = manager
         self.voices = voices
         self.name = name
-        self.ttl_ms = int(task_ttl_s * 1000)
-        self.heartbeat = Heartbeat(link, "worker", name, describe)
+        self.heartbeat = Heartbeat(self.link, "worker", name, describe)
         self.held: dict[str, bytes] = {}  # task id -> its entry in the tasks stream
         self.taken = 0
         self.claimed = 0
@@ -312,10 +313,10 @@ class TaskConsumer:
                 end = TaskEnd(
                     task_id=task.task_id,
                     status="failed",
-                    code="worker_lost",
+                    code=ErrorCode.WORKER_LOST,
                     message="The TTS worker speaking this task stopped before it finished.",
                 )
-                with contextlib.suppress(IngestLost):
+                with contextlib.suppress(SinkLost):
                     await write_end(self.link, end, self.ttl_ms)
             await self._ack(entry_id)
             return
@@ -333,7 +334,7 @@ class TaskConsumer:
             end = TaskEnd(
                 task_id=task.task_id, status="failed", code=refusal.code, message=refusal.message
             )
-            with contextlib.suppress(IngestLost):
+            with contextlib.suppress(SinkLost):
                 await write_end(self.link, end, self.ttl_ms)
             await self._ack(entry_id)
             return
@@ -372,10 +373,10 @@ class TaskConsumer:
                     lost = TaskEnd(
                         task_id=task_id,
                         status="failed",
-                        code="tts_unavailable",
+                        code=ErrorCode.TTS_UNAVAILABLE,
                         message="The task was interrupted: the message bus was unreachable.",
                     )
-                    with contextlib.suppress(IngestLost):
+                    with contextlib.suppress(SinkLost):
                         await write_end(self.link, lost, self.ttl_ms)
                 await self._ack(entry_id)
             except BusUnavailable:
@@ -428,28 +429,25 @@ class TaskConsumer:
 class RedisWorkerBus:
     """What the worker's lifespan owns on the Redis bus: the link, the sink, the consumer."""
 
-    def __init__(self, settings: Settings) -> None:
-        assert isinstance(settings.bus, RedisBusSettings)
+    def __init__(self, settings: Settings, bus: RedisBusSettings) -> None:
         self.settings = settings
-        self.link = RedisLink(settings.bus)
+        self.link = RedisLink(bus)
         self.name = instance_name()
         self.sink = RedisFrameSink(
-            self.link, settings.output_handler.task_ttl_s, settings.bus.max_frames_per_task
+            self.link, settings.output_handler.task_ttl_s, bus.max_frames_per_task
         )
         self.consumer: TaskConsumer | None = None
 
     def start(
-        self, manager: TaskManager, voices: Voices, describe: Callable[[], dict[str, Any]]
+        self, manager: TaskManager, voices: Voices, describe: Callable[[], WorkerHealth]
     ) -> set[asyncio.Task[None]]:
         """The background tasks; the caller cancels and awaits them, then :meth:`aclose`."""
         self.consumer = TaskConsumer(
-            self.link,
             self.sink,
             manager,
             voices,
             self.name,
-            self.settings.output_handler.task_ttl_s,
-            lambda: {"name": self.name, **describe()},
+            lambda: describe().model_copy(update={"name": self.name}),
         )
         return {
             asyncio.create_task(self.link.run(), name="bus-link"),

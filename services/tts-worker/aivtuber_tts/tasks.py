@@ -40,6 +40,7 @@ from typing import Any
 import structlog
 
 from aivtuber_common.audio import level
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import TtsWorkerSettings
 from aivtuber_common.identity import Identity
 from aivtuber_common.internal import (
@@ -50,16 +51,17 @@ from aivtuber_common.internal import (
     TaskOpen,
     TaskSnapshot,
 )
-from aivtuber_common.transport import FrameSink
+from aivtuber_common.refusal import Refusal
+from aivtuber_common.transport import FrameSink, SinkLost
 from aivtuber_common.visemes import Track
 
-from .errors import EngineError, IngestLost
+from .errors import EngineError
 from .metrics import TtsMetrics
 from .scheduler import PieceScheduler
 from .visemes import TrackCutter
 from .voices import Voice, Voices, VoiceState
 
-__all__ = ["Refusal", "StopReason", "TaskManager"]
+__all__ = ["StopReason", "TaskManager"]
 
 log = structlog.get_logger("aivtuber_tts.tasks")
 
@@ -72,16 +74,6 @@ RECENTLY_ENDED = 128
 # TaskEnds queued for one follower; one that falls this far behind is disconnected (it
 # reconnects and catches up from the snapshot) instead of holding memory.
 FOLLOWER_BACKLOG = 1024
-
-
-class Refusal(Exception):
-    """A submission the worker will not take; becomes a WorkerRefusal with ``status``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 class StopReason(enum.StrEnum):
@@ -117,7 +109,6 @@ class TaskManager:
         sink: FrameSink,
         scheduler: PieceScheduler,
         metrics: TtsMetrics,
-        ingest_connected: Callable[[], bool],
     ) -> None:
         self.settings = settings
         self.voices = voices
@@ -130,7 +121,6 @@ class TaskManager:
         self._per_group: Counter[str] = Counter()
         self._followers: set[asyncio.Queue[TaskEnd | None]] = set()
         self._recently_ended: deque[str] = deque(maxlen=RECENTLY_ENDED)
-        self._ingest_connected = ingest_connected
         self._jobs: dict[str, _Job] = {}
         self._seconds_per_char: dict[str, float] = {}  # per voice, a moving average
         self._runners: set[asyncio.Task[None]] = set()
@@ -184,10 +174,10 @@ class TaskManager:
                     tenant=task.tenant,
                 )
             )
-        except IngestLost as exc:
+        except SinkLost as exc:
             del self._jobs[task.task_id]
             self._ungroup(job)
-            raise self._refuse(503, "not_ready", str(exc)) from exc
+            raise self._refuse(503, ErrorCode.NOT_READY, str(exc)) from exc
         runner = asyncio.create_task(self._run(job), name=f"tts-{task.task_id}")
         self._runners.add(runner)
         runner.add_done_callback(self._runners.discard)
@@ -271,28 +261,34 @@ class TaskManager:
         voice = self.voices.get(voice_id)
         if voice is None:
             known = ", ".join(sorted(self.voices.voices))
-            raise self._refuse(404, "unknown_voice", f"No voice {voice_id!r}; known: {known}.")
+            raise self._refuse(
+                404, ErrorCode.UNKNOWN_VOICE, f"No voice {voice_id!r}; known: {known}."
+            )
         if not task.text.strip():
-            raise self._refuse(400, "bad_request", "The text is empty.")
+            raise self._refuse(400, ErrorCode.BAD_REQUEST, "The text is empty.")
         if task.task_id in self._jobs:
-            raise self._refuse(400, "bad_request", f"Task {task.task_id} is already running.")
+            raise self._refuse(
+                400, ErrorCode.BAD_REQUEST, f"Task {task.task_id} is already running."
+            )
         if voice.state is VoiceState.LOADING:
-            raise self._refuse(503, "not_ready", f"Voice {voice_id!r} is still loading.")
+            raise self._refuse(503, ErrorCode.NOT_READY, f"Voice {voice_id!r} is still loading.")
         if voice.state is VoiceState.FAILED:
-            raise self._refuse(503, "not_ready", f"Voice {voice_id!r} failed: {voice.error}")
-        if not self._ingest_connected():
-            raise self._refuse(503, "not_ready", "The output handler is not connected.")
+            raise self._refuse(
+                503, ErrorCode.NOT_READY, f"Voice {voice_id!r} failed: {voice.error}"
+            )
+        if not self.sink.is_connected:
+            raise self._refuse(503, ErrorCode.NOT_READY, "The output handler is not connected.")
         if len(self._jobs) >= self.capacity:
             raise self._refuse(
                 503,
-                "busy",
+                ErrorCode.BUSY,
                 f"All {self.settings.max_concurrent} engine slots are busy and "
                 f"{self.settings.max_queued} tasks are waiting.",
             )
         if self._per_group[group] >= self.group_capacity:
             raise self._refuse(
                 503,
-                "busy",
+                ErrorCode.BUSY,
                 f"This client already has {self.group_capacity} tasks on this worker, its "
                 f"share of the {self.capacity}; the rest is kept for the others.",
             )
@@ -330,7 +326,7 @@ class TaskManager:
         try:
             if end is not None:
                 await self.sink.end(end)
-        except IngestLost as exc:
+        except SinkLost as exc:
             log.warning("task_end_not_sent", error=str(exc))
         finally:
             self._finish(job, end)
@@ -346,7 +342,7 @@ class TaskManager:
                     return TaskEnd(
                         task_id=task_id,
                         status="failed",
-                        code="worker_stopped",
+                        code=ErrorCode.WORKER_STOPPED,
                         message="The TTS worker is shutting down.",
                     )
                 case _:
@@ -354,7 +350,7 @@ class TaskManager:
         error = synth.exception()
         if error is None:
             return TaskEnd(task_id=task_id, status="completed")
-        if isinstance(error, IngestLost):
+        if isinstance(error, SinkLost):
             job.stop_reason = StopReason.INGEST_LOST
             log.warning("task_lost_with_ingest", chunks=job.chunks, error=str(error))
             return None
@@ -365,7 +361,7 @@ class TaskManager:
         return TaskEnd(
             task_id=task_id,
             status="failed",
-            code="internal_error",
+            code=ErrorCode.INTERNAL_ERROR,
             message=f"The TTS worker hit an unexpected error: {error}",
         )
 
@@ -380,7 +376,9 @@ class TaskManager:
         job.done.set()
         self._recently_ended.append(job.task_id)
         # A task lost with the ingest link ended too: its listeners got worker_lost.
-        self._publish(end or TaskEnd(task_id=job.task_id, status="failed", code="worker_lost"))
+        self._publish(
+            end or TaskEnd(task_id=job.task_id, status="failed", code=ErrorCode.WORKER_LOST)
+        )
         for hook in self.finished_hooks:
             hook(job.task_id, end)
         outcome: str = end.status if end is not None else "lost"

@@ -14,13 +14,13 @@ import functools
 import time
 
 from aivtuber_common.codes import ErrorCode
+from aivtuber_common.refusal import Refusal
 from aivtuber_common.utterance import Utterance, UtteranceRequest
 
 from .engines import KokoroJaEngine, LocalEngine
 from .errors import EngineError
 from .moras import ipa_moras, japanese_phrases, kana_text, read_labels, shape_phrases
 from .scheduler import PieceScheduler
-from .tasks import Refusal
 from .visemes import Mark, Speech
 from .voices import Voice, Voices, VoiceState
 
