@@ -68,9 +68,7 @@ def run_plugins_formats(
 
     def both_voices(data: dict[str, Any]) -> None:
         voices = data["tts_worker"]["voices"]
-        voices[params.en_voice] = stack_mod.DEFAULT_VOICES[params.en_voice].model_dump(
-            exclude_defaults=True
-        )
+        voices[params.en_voice] = stack_mod.default_voice_config(params.en_voice)
 
     say(f"plugins formats: starting the stack ({params.ja_voice} and {params.en_voice})")
     with stack_mod.Stack(work_dir, params.ja_voice, both_voices) as stack:

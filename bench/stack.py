@@ -67,6 +67,13 @@ class Ports:
         return cls(free_port(), free_port(), free_port(), free_port())
 
 
+def default_voice_config(voice: str) -> dict[str, Any]:
+    """One of DEFAULT_VOICES as config.json writes it (its engine named: the voice settings
+    are a union keyed on it, and "engine" is a default each dump would leave out)."""
+    settings = DEFAULT_VOICES[voice]
+    return {"engine": settings.engine, **settings.model_dump(exclude_defaults=True)}
+
+
 def stack_config(
     ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json"
 ) -> dict[str, Any]:
@@ -103,7 +110,7 @@ def stack_config(
     )
     voices = worker.get("voices") or {}
     if voice not in voices and voice in DEFAULT_VOICES:
-        voices[voice] = DEFAULT_VOICES[voice].model_dump(exclude_defaults=True)
+        voices[voice] = default_voice_config(voice)
     if voice not in voices:
         known = ", ".join(sorted({*voices, *DEFAULT_VOICES}))
         raise BenchError(f"voice {voice!r} is not configured in {base.name} (known: {known})")
