@@ -5,9 +5,14 @@ the text ``synthesis`` speaks back."""
 from __future__ import annotations
 
 import pyopenjtalk
+import pytest
+from pydantic import ValidationError
 
+from aivtuber_common.config import InputHandlerSettings, Settings, VoicevoxSettings
 from aivtuber_common.utterance import AccentPhrase, Mora
-from aivtuber_input.voicevox import AudioQuery, spoken_text
+from aivtuber_input.metrics import InputMetrics
+from aivtuber_input.speech import SpeechApi
+from aivtuber_input.voicevox import AudioQuery, VoicevoxApi, spoken_text
 from aivtuber_tts.moras import (
     ipa_moras,
     japanese_phrases,
@@ -114,3 +119,15 @@ def test_synthesis_speaks_the_moras_back_as_kana_or_the_text_of_an_english_query
     assert spoken_text(japanese) == "コン、キョー ゲン？"
     english = AudioQuery(accent_phrases=[AccentPhrase(moras=[mora("a")], accent=1)], kana="Hi!")
     assert spoken_text(english) == "Hi!"
+
+
+def test_style_ids_come_from_config_and_unlisted_voices_get_a_stable_one() -> None:
+    settings = Settings(
+        input_handler=InputHandlerSettings(voicevox=VoicevoxSettings(style_ids={"heart": 7}))
+    )
+    api = VoicevoxApi(settings, SpeechApi(settings, InputMetrics()))
+    assert api.style_id("heart") == 7
+    other = api.style_id("my_voice")
+    assert other >= 1000 and other == api.style_id("my_voice") != api.style_id("my_voice2")
+    with pytest.raises(ValidationError, match="same style id"):
+        VoicevoxSettings(style_ids={"a": 1, "b": 1})
