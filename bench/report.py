@@ -51,6 +51,10 @@ def render(results: dict[str, Any]) -> str:
         from .plugins_formats import plugins_formats_tables
 
         parts.extend(plugins_formats_tables(scenarios["plugins"]["formats"]))
+    if "stream" in scenarios:
+        from .stream import stream_tables  # stream.py imports this module's markdown_table
+
+        parts.extend(stream_tables(scenarios["stream"]))
     if "bus" in scenarios:
         from .bus import bus_tables  # bus.py imports this module's markdown_table
 

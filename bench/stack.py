@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,18 @@ from aivtuber_common.config import (
     SineVoice,
     load_settings,
 )
+from aivtuber_common.identity import GATEWAY_TOKEN_HEADER
 
 from .procs import REPO_ROOT, BenchError, Proc, free_port, python_argv
 
-__all__ = ["Ports", "Stack", "stack_config", "start_worker", "write_config"]
+__all__ = [
+    "Ports",
+    "Stack",
+    "internal_headers",
+    "stack_config",
+    "start_worker",
+    "write_config",
+]
 
 MAIN = {
     "gateway": "services/gateway-python/main.py",
@@ -120,7 +129,16 @@ def stack_config(
     # and the worker's per-client share of its queue would measure themselves, not speech.
     data["limits"] = {**data.get("limits", {}), **UNLIMITED}
     worker["tenant_share"] = 1.0
+    # The internal token of this run's stack: what the bench shows a back end it dials
+    # directly (internal_headers), never the user's own token file.
+    data.setdefault("internal_token", secrets.token_urlsafe(24))
     return data
+
+
+def internal_headers(settings: Settings) -> dict[str, str]:
+    """What a direct client of a back end (not through the gateway) must present."""
+    token = settings.internal_token
+    return {GATEWAY_TOKEN_HEADER: token} if token else {}
 
 
 def write_config(

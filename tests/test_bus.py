@@ -315,7 +315,7 @@ async def test_on_redis_a_task_is_its_tenants_and_stays_active_only_until_it_end
         async with contextlib.aclosing(source.read(spoken, 0, "alice")) as events:
             heard = [event async for event in events]
         assert isinstance(heard[0], TaskOpen) and heard[0].tenant == "alice"
-        assert heard[1] == (0, 0.5, b"\x01\x00" * 8, None)
+        assert heard[1] == (0, 0.5, b"\x01\x00" * 8, None, None)
         assert isinstance(heard[-1], TaskEnd) and heard[-1].status == "completed"
     finally:
         await stand_in.withdraw()

@@ -198,8 +198,12 @@ async def input_handler(
 
 
 @contextlib.asynccontextmanager
-async def client(server: RunningServer) -> AsyncIterator[tuple[ClientConnection, str]]:
-    async with connect(server.ws_url + "/ws/input") as ws:
+async def client(
+    server: RunningServer, token: str | None = None
+) -> AsyncIterator[tuple[ClientConnection, str]]:
+    """A client of the input handler (as the gateway is: with ``token`` when one is set)."""
+    headers = {"x-aivtuber-gateway-token": token} if token else {}
+    async with connect(server.ws_url + "/ws/input", additional_headers=headers) as ws:
         hello = json.loads(await ws.recv())
         assert hello["type"] == "system" and hello["action"] == "task_id_assigned"
         yield ws, hello["task_id"]
@@ -365,12 +369,15 @@ async def test_cancel_reaches_the_worker_that_took_the_task() -> None:
     assert all(task_id in w.cancelled for task_id, w in owners.items())
 
 
+TOKEN = "s3cret-internal-token"
+
+
 async def test_the_internal_token_is_sent_to_the_workers() -> None:
     fake = FakeWorker()
-    async with run_server(fake.app) as tts, input_handler([tts.http_url], token="s3") as server:
-        async with client(server) as (ws, _):
+    async with run_server(fake.app) as tts, input_handler([tts.http_url], token=TOKEN) as server:
+        async with client(server, TOKEN) as (ws, _):
             await ask(ws, {"type": "speak", "text": "Hi"})
-    assert fake.headers == ["Bearer s3"]
+    assert fake.headers == [f"Bearer {TOKEN}"]
 
 
 async def test_health_and_metrics_describe_the_workers_and_the_traffic() -> None:

@@ -65,7 +65,7 @@ def test_timed_piece_trims_caps_the_pause_normalises_and_shifts_the_marks() -> N
     durations = np.array([10, 2, 4, 12, 3])
     audio = np.zeros(durations.sum() * unit, np.float32)
     audio[10 * unit : 16 * unit] = 0.25  # the spoken part, quiet like hibari
-    speech = timed_piece(
+    speech, spoken = timed_piece(
         audio,
         durations,
         symbols,
@@ -81,6 +81,13 @@ def test_timed_piece_trims_caps_the_pause_normalises_and_shifts_the_marks() -> N
     assert pcm.max() == 32767  # 0.25 normalised to full scale
     assert pcm[0] == 0  # faded in: no click
     assert speech.marks == ((0, "n"), (3 * unit, "a"), (7 * unit, "n"))
+    # The phonemes' timing in the trimmed piece: the lead pad starts before it.
+    assert spoken[:4] == [
+        ("^", -9 * unit, 10 * unit),
+        ("m", unit, 2 * unit),
+        ("a", 3 * unit, 4 * unit),
+        (".", 7 * unit, 12 * unit),
+    ]
 
 
 def test_only_the_bundled_voice_is_accepted_and_nothing_is_downloaded() -> None:

@@ -14,6 +14,7 @@ from aivtuber_tts.engines import KokoroJaEngine
 from aivtuber_tts.errors import EngineError
 from aivtuber_tts.visemes import Speech
 from aivtuber_tts.voices import _with_data_dir
+from tests.test_tts_words import spoken_words
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,14 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
     blocked.write_text("not a folder")
     with pytest.raises(EngineError, match="cannot create the kokoro_ja cache folder"):
         KokoroJaEngine(cache_dir=blocked / "kokoro-ja", warmup=False).load()
+
+
+def test_kokoro_ja_times_each_accent_phrase_of_the_text_in_order(alpha: KokoroJaEngine) -> None:
+    """The words of a Japanese line are its accent phrases: together exactly the text sent,
+    each starting inside the audio, in order."""
+    lines = (Path(__file__).resolve().parents[1] / "bench" / "texts" / "lines-ja.txt").read_text(
+        "utf-8"
+    )
+    for line in lines.splitlines()[:4]:
+        got = spoken_words(alpha, line)
+        assert "".join(got) == line and len(got) >= 3, got

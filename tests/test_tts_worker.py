@@ -189,14 +189,16 @@ async def test_a_task_id_already_running_is_refused() -> None:
 
 
 async def test_internal_token_is_demanded_on_tasks_and_sent_on_the_ingest() -> None:
-    async with running_recorder(token="s3cret") as recorder:
-        async with running_worker(sine_settings(recorder.url, token="s3cret")) as worker:
+    async with running_recorder(token="s3cret-internal-token") as recorder:
+        async with running_worker(
+            sine_settings(recorder.url, token="s3cret-internal-token")
+        ) as worker:
             missing = await worker.submit("Hello.")
             wrong = await worker.submit("Hello.", headers={"Authorization": "Bearer nope"})
             cancel = await worker.http.delete(f"/v1/tasks/{uuid.uuid4()}")
             task_id = str(uuid.uuid4())
             right = await worker.submit(
-                "Hello.", task_id=task_id, headers={"Authorization": "Bearer s3cret"}
+                "Hello.", task_id=task_id, headers={"Authorization": "Bearer s3cret-internal-token"}
             )
             await recorder.ended(task_id)
             health = await worker.health()
@@ -204,7 +206,7 @@ async def test_internal_token_is_demanded_on_tasks_and_sent_on_the_ingest() -> N
     assert missing.json()["code"] == "unauthorized"
     assert right.status_code == 202
     assert health.status_code == 200  # read-only endpoints stay open
-    assert recorder.authorization[-1] == "Bearer s3cret"
+    assert recorder.authorization[-1] == "Bearer s3cret-internal-token"
 
 
 async def test_worker_is_not_ready_while_the_output_handler_is_down_and_connects_later() -> None:

@@ -27,6 +27,7 @@ from aivtuber_common.internal import (
     decode_frame,
 )
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 from aivtuber_tts import create_app
 from aivtuber_tts.engines import Engine, LocalEngine, build_engine
 from tests.support import RunningServer, run_server
@@ -40,6 +41,7 @@ class Frame:
     level: float
     pcm: bytes
     visemes: Track | None = None
+    words: WordTrack | None = None
 
 
 @dataclass
@@ -93,8 +95,8 @@ class IngestRecorder:
                 if message["type"] == "websocket.disconnect":
                     break
                 if (data := message.get("bytes")) is not None:
-                    task_id, chunk_id, level, pcm, visemes = decode_frame(data)
-                    frame = Frame(chunk_id, level, bytes(pcm), visemes)
+                    task_id, chunk_id, level, pcm, visemes, words = decode_frame(data)
+                    frame = Frame(chunk_id, level, bytes(pcm), visemes, words)
                     await self._note(lambda t=task_id, f=frame: self._frame(t, f))
                     frames += 1
                     if self.drop_after_frames is not None and frames >= self.drop_after_frames:

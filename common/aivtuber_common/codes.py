@@ -94,8 +94,9 @@ MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.INVALID_TEXT: "`text` not a string, or holding NUL, a lone surrogate or another "
     "control character (tab and newline aside)",
     ErrorCode.EMPTY_TEXT: "the text is empty or blank, or `upload_complete` came with no chunk",
-    ErrorCode.TEXT_TOO_LONG: "more characters than the limit (`max_text_chars`, or a stream's "
-    "`max_stream_chars`)",
+    ErrorCode.TEXT_TOO_LONG: "more characters than the limit (`max_text_chars`; for a stream, "
+    "`max_stream_chars` in all or one piece over `chars_per_minute`): the text or piece is "
+    "dropped",
     ErrorCode.INVALID_UTF8: "the joined legacy upload is not UTF-8; it is discarded",
     ErrorCode.CHUNK_ID_MISMATCH: "a legacy upload chunk out of order; the upload is discarded",
     ErrorCode.MISSING_CHUNK_DATA: "chunk metadata followed by a text message instead of its "
@@ -104,7 +105,8 @@ MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.AUDIO_NOT_SUPPORTED: '`"type":"audio"`: no speech recogniser is configured',
     ErrorCode.INVALID_TASK_ID: "a task id that is not a lower-case canonical UUID",
     ErrorCode.TASK_NOT_FOUND: "no such task for this tenant: unknown, or another tenant's (the "
-    "two are indistinguishable)",
+    "two are indistinguishable); for `append`/`end`, a task this connection did not open as a "
+    "stream",
     ErrorCode.TASK_NOT_RUNNING: "`cancel` of a task no worker is running (finished, or never "
     "started)",
     ErrorCode.TASK_ENDED: "`append` or `end` to a streaming task that has already ended",

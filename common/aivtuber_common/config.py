@@ -160,6 +160,11 @@ def _default_routes() -> dict[str, RouteSettings]:
             audio_metrics=True,
             max_message_bytes=MIB,
         ),
+        # A task's captions.vtt and audio.wav, served by the output handler (before "openai":
+        # routes match in order).
+        "tasks": RouteSettings(
+            path="/v1/tasks/{task_id}/{file}", backends=["http://127.0.0.1:8002"], protocol="http"
+        ),
         # The OpenAI-compatible API (/v1/audio/speech, /v1/audio/voices, /v1/models) that the
         # input handler serves: plain HTTP, streamed through.
         "openai": RouteSettings(
@@ -599,8 +604,10 @@ class TtsWorkerSettings(StrictModel):
     # does not pay for the first inference.
     warmup: bool = True
     # Streaming tasks: text with no clause boundary yet is spoken up to its last word
-    # boundary once it has waited this long (a slow LLM still gets heard).
-    stream_max_wait_ms: Annotated[int, Field(ge=0, le=60000)] = 250
+    # boundary once it has waited this long (a slow LLM still gets heard). 1000: at 15 and
+    # 50 tokens/s every reply's first clause reaches its boundary sooner (measured:
+    # ./benchmark --scenario stream, docs/benchmarks.md); 250 cut two thirds mid-clause.
+    stream_max_wait_ms: Annotated[int, Field(ge=0, le=60000)] = 1000
 
     @model_validator(mode="after")
     def _default_voice_exists(self) -> TtsWorkerSettings:
@@ -670,8 +677,13 @@ class Settings(StrictModel):
     bus: BusSettings = DirectBusSettings()
 
     logging: LoggingSettings = LoggingSettings()
-    # Shared secret for the internal endpoints (worker submission, frame ingest). Empty: off.
-    internal_token: str | None = Field(default=None, repr=False)
+    # Shared secret of the gateway and the back ends (identity headers, every internal
+    # endpoint); at least 16 characters. Unset: each service reads (or creates once) the
+    # machine's token file, internal_token_file (docs/security.md).
+    internal_token: Annotated[str, Field(min_length=16)] | None = Field(default=None, repr=False)
+    # Where the generated token lives when internal_token is unset; unset:
+    # $XDG_STATE_HOME/aivtuber/internal_token (~/.local/state/aivtuber/internal_token).
+    internal_token_file: Path | None = None
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
     gateway: GatewaySettings = GatewaySettings()

@@ -5,12 +5,16 @@ handshake, strips every ``x-aivtuber-*`` header the client sent and adds its own
 
     x-aivtuber-tenant         the tenant's name; absent for an anonymous client
     x-aivtuber-client         the client's IP address (limits of anonymous clients)
-    x-aivtuber-gateway-token  ``internal_token``, when one is set
+    x-aivtuber-gateway-token  the internal token
 
-A back end believes these headers only from the gateway: when ``internal_token`` is set the
-token must match (compared in constant time); when none is set, only a peer on a loopback
-address is believed. Anything else is treated as an anonymous client at the peer's address,
-so a client that reaches a back end directly cannot claim a tenant.
+A back end believes these headers only from the gateway: the token must match (compared in
+constant time). A running service always has one (``internal_token``, else the machine's
+token file: :mod:`aivtuber_common.token_file`), and
+:class:`aivtuber_common.internal_auth.RequireInternalToken` refuses a request without it
+before it gets here. Only an app built in-process with no token (tests, embedding) falls
+back to believing a loopback peer. Anything else is an anonymous client at the peer's
+address (never an address from X-Forwarded-For: proxy-header trust is off everywhere), so a
+client that reaches a back end directly cannot claim a tenant.
 """
 
 from __future__ import annotations

@@ -19,11 +19,16 @@ from .closecodes import AppCloseCode
 from .internal import WorkerRefusal
 from .openai_errors import openai_error
 
-__all__ = ["OpenAIErrorType", "Refusal"]
+__all__ = ["RETRY_AFTER_S", "OpenAIErrorType", "Refusal"]
 
 OpenAIErrorType = Literal[
     "invalid_request_error", "authentication_error", "rate_limit_error", "server_error"
 ]
+
+
+# Retry-After of a 429 that knows no better time (too many connections: a place frees when
+# one of them closes, which cannot be known); a short wait keeps clients from hammering.
+RETRY_AFTER_S = 5
 
 
 class Refusal(Exception):
@@ -34,12 +39,15 @@ class Refusal(Exception):
         message: str,
         *,
         openai_type: OpenAIErrorType | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.openai_type: OpenAIErrorType = openai_type or _openai_type(status)
+        # Every 429 says when to try again (Retry-After), its own time or the default.
+        self.retry_after_s = retry_after_s if retry_after_s is not None else RETRY_AFTER_S
 
     @property
     def reason(self) -> str:
@@ -65,6 +73,8 @@ class Refusal(Exception):
         headers = {"cache-control": "no-store"}
         if self.status == 401:
             headers["www-authenticate"] = 'Bearer realm="aivtuber"'
+        if self.status == 429:
+            headers["retry-after"] = str(self.retry_after_s)
         return headers
 
     def wire(self) -> WorkerRefusal:

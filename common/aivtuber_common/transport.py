@@ -23,6 +23,7 @@ from .health import InputHealth, OutputHealth
 from .internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen, TaskText
 from .protocol import VoiceInfo
 from .visemes import Track
+from .words import WordTrack
 
 __all__ = [
     "FrameEvent",
@@ -130,13 +131,15 @@ class FrameSink(Protocol):
         level: float,
         pcm: bytes,
         visemes: Track | None = None,
+        words: WordTrack | None = None,
     ) -> None: ...
 
     async def end(self, end: TaskEnd) -> None: ...
 
 
-# A frame: (chunk_id, level, pcm, visemes); visemes is None when the engine has no timing.
-FrameEvent = TaskOpen | tuple[int, float, bytes, Track | None] | TaskEnd
+# A frame: (chunk_id, level, pcm, visemes, words); the tracks are None when the engine has no
+# timing.
+FrameEvent = TaskOpen | tuple[int, float, bytes, Track | None, WordTrack | None] | TaskEnd
 
 
 class FrameTotals(Protocol):

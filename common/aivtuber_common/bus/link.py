@@ -24,9 +24,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..codes import ErrorCode
 from ..config import RedisBusSettings
 from ..transport import TransportError
-from .codes import ErrorCode
 from .streams import Keys
 
 __all__ = ["BusUnavailable", "RedisLink", "safe_url"]

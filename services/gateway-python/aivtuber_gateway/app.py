@@ -29,6 +29,7 @@ from aivtuber_common.refusal import Refusal
 
 from .auth import Edge
 from .bounds import limit_messages
+from .clientaddr import ClientAddresses
 from .headers import forwarded_request
 from .health import HealthChecker
 from .http_routes import HttpForwarder
@@ -60,6 +61,7 @@ class GatewayApp:
         # Credentials, tickets, Origin, admin access, the connection quota: every route
         # (WebSocket or HTTP) is resolved through self.edge.resolve(scope) first.
         self.edge = Edge(settings)
+        self.clients = ClientAddresses(settings.gateway.trusted_proxies)
         self.metrics = GatewayMetrics(self.routes, self.edge.open_by_tenant)
         # The running runtime, for the server's shutdown (it has no request to read the
         # lifespan state from); None before startup and after shutdown.
@@ -76,6 +78,9 @@ class GatewayApp:
         self.forwarder = HttpForwarder(settings, self.log, self.metrics, self.edge)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        # The client's address, once for everything after: the peer's, or what a proxy in
+        # gateway.trusted_proxies says.
+        self.clients.apply(scope)
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
         elif scope["type"] == "http" and (route := self._http_route(scope)) is not None:

@@ -137,6 +137,10 @@ class Edge:
             bearer_is_key = False
         else:
             verdict, bearer_is_key = self._authenticate(bearer, found, params, client_ip)
+        # The admin key is a credential too: never passed on to a back end.
+        admin = self._admin_key
+        if bearer is not None and admin is not None and token_matches(bearer, admin):
+            bearer_is_key = True
         _strip(scope, headers, params, strip_bearer=bearer_is_key)
         return verdict
 

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, MutableMapping
 from typing import Any
 
 import httpx
@@ -39,6 +39,7 @@ from aivtuber_common.identity import (
     Identity,
     identity_headers,
 )
+from aivtuber_common.redact import short_path
 from aivtuber_common.refusal import Refusal
 
 from .auth import MISSING, Edge
@@ -183,7 +184,7 @@ class HttpForwarder:
                 "http_request",
                 route=route.name,
                 method=scope["method"],
-                path=scope["path"],
+                path=short_path(scope["path"]),  # a whole task id would let a reader listen
                 client=_client(scope),
                 backend=backend_url,
                 status=status,  # 0: the client left before an answer
@@ -201,7 +202,8 @@ class HttpForwarder:
         headers = [
             (name, value)
             for name, value in forwarded
-            if not name.startswith(IDENTITY_PREFIX) and name != "authorization"
+            # The client's credential stays here: a back end needs only the identity headers.
+            if not name.startswith(IDENTITY_PREFIX) and name not in ("authorization", "x-api-key")
         ]
         return headers + identity_headers(identity, self.settings.internal_token)
 
@@ -219,36 +221,40 @@ class HttpForwarder:
         if client is None:
             raise Refusal(503, ErrorCode.GOING_AWAY, "The gateway is shutting down.")
         body_done = asyncio.Event()
+        first = await receive()
+        if first["type"] == "http.disconnect":
+            return 0, None  # left before sending a body: nobody to answer
+        # A body that came in one piece (a JSON request) is known whole: it can be sent
+        # again on a fresh connection when a pooled one turns out dead. Longer bodies
+        # stream through (never buffered whole) and are sent once.
+        whole: bytes | None = None
+        if not first.get("more_body", False):
+            whole = first.get("body", b"")
+            sizes[0] = len(whole)
+            body_done.set()
+            if sizes[0] > self.gateway.max_message_bytes:
+                raise self._too_large()
         # Closed on every path: a back end may answer before it has read the whole body.
-        async with contextlib.aclosing(self._body(scope, receive, body_done, sizes)) as body:
+        stream = self._body(scope, receive, body_done, sizes, first)
+        async with contextlib.aclosing(stream) as body:
             raw_path = scope.get("raw_path")
             path = raw_path.decode("latin-1") if raw_path else scope["path"]
             query = scope.get("query_string", b"").decode("latin-1")
             failures: list[str] = []
             for backend in route.candidates():
-                request = client.build_request(
-                    scope["method"],
-                    backend.target(path, query),
-                    headers=headers,
-                    content=body,
-                    timeout=self.timeout,
-                )
+                target = backend.target(path, query)
                 try:
-                    response = await client.send(request, stream=True)
+                    response = await self._send(client, scope, target, headers, whole, body)
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                     backend.mark_down()
-                    failures.append(f"{backend.url}: {exc or type(exc).__name__}")
-                    if sizes[0]:
+                    failures.append(f"{backend.url}: {str(exc) or type(exc).__name__}")
+                    if sizes[0] and whole is None:
                         break  # the body is on its way out: it cannot be sent twice
                     continue
                 except _ClientLeft:
                     return 0, backend.url  # nobody to answer
                 except _BodyTooLarge:
-                    raise Refusal(
-                        413,
-                        ErrorCode.BODY_TOO_LARGE,
-                        f"The request body is larger than {self.gateway.max_message_bytes} bytes.",
-                    ) from None
+                    raise self._too_large() from None
                 except httpx.TimeoutException:
                     raise Refusal(
                         504,
@@ -256,7 +262,7 @@ class HttpForwarder:
                         f"The {route.name} back end did not answer in time.",
                     ) from None
                 except httpx.HTTPError as exc:
-                    failures.append(f"{backend.url}: {exc or type(exc).__name__}")
+                    failures.append(f"{backend.url}: {str(exc) or type(exc).__name__}")
                     break
                 backend.mark_up()
                 await self._relay(response, receive, send, body_done, sizes, on_first_byte)
@@ -264,7 +270,7 @@ class HttpForwarder:
         self.log.warning(
             "backend_unavailable",
             route=route.name,
-            path=scope["path"],
+            path=short_path(scope["path"]),
             client=_client(scope),
             backends=[backend.url for backend in route.backends],
             errors=failures,
@@ -273,6 +279,41 @@ class HttpForwarder:
             503,
             ErrorCode.BACKEND_UNAVAILABLE,
             f"The {route.name} back end is unavailable; try again in a moment.",
+        )
+
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        scope: dict[str, Any],
+        target: str,
+        headers: list[tuple[str, str]],
+        whole: bytes | None,
+        body: AsyncGenerator[bytes, None],
+    ) -> httpx.Response:
+        """Send the request; a body known whole is sent once more on a fresh connection
+        when the pooled one dies before any answer (a back end that closed it after a 500
+        without saying "Connection: close": that was a 503 for the next client)."""
+        for attempt in (1, 2):
+            request = client.build_request(
+                scope["method"],
+                target,
+                headers=headers,
+                content=whole if whole is not None else body,
+                timeout=self.timeout,
+            )
+            try:
+                return await client.send(request, stream=True)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                if whole is None or attempt == 2:
+                    raise
+                self.log.info("backend_connection_reset", target=target.partition("?")[0])
+        raise AssertionError("not reached")
+
+    def _too_large(self) -> Refusal:
+        return Refusal(
+            413,
+            ErrorCode.BODY_TOO_LARGE,
+            f"The request body is larger than {self.gateway.max_message_bytes} bytes.",
         )
 
     async def _relay(
@@ -334,12 +375,17 @@ class HttpForwarder:
                 raise exc  # a bug: uvicorn logs it
 
     async def _body(
-        self, scope: dict[str, Any], receive: Receive, done: asyncio.Event, sizes: list[int]
+        self,
+        scope: dict[str, Any],
+        receive: Receive,
+        done: asyncio.Event,
+        sizes: list[int],
+        first: MutableMapping[str, Any],
     ) -> AsyncGenerator[bytes, None]:
         limit = self.gateway.max_message_bytes
+        message = first
         try:
             while True:
-                message = await receive()
                 if message["type"] == "http.disconnect":
                     raise _ClientLeft  # aborts the back-end request: never a truncated body
                 data = message.get("body", b"")
@@ -350,6 +396,7 @@ class HttpForwarder:
                     yield data
                 if not message.get("more_body", False):
                     return
+                message = await receive()
         finally:
             done.set()
 

@@ -24,6 +24,7 @@ from aivtuber_common.config import OpenAISettings
 from aivtuber_common.refusal import OpenAIErrorType, Refusal
 
 from .audio_formats import SUPPORTED
+from .textcheck import BAD_TEXT, BAD_TEXT_MESSAGE, unencodable_field
 
 __all__ = [
     "ApiError",
@@ -73,7 +74,7 @@ class ApiError(Refusal):
         return self.openai_body(self.param)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
 
 
 def error_for_code(code: str, message: str, *, refused_by_worker: bool = False) -> ApiError:
@@ -116,8 +117,17 @@ def parse_speech_request(body: bytes, max_chars: int) -> SpeechRequest:
         raise ApiError(
             400, f"The request body is not valid JSON: {exc}.", ErrorCode.INVALID_JSON
         ) from exc
+    except (RecursionError, ValueError) as exc:  # nested too deeply; an int of 4300+ digits
+        raise ApiError(
+            400, "The request body cannot be read as JSON.", ErrorCode.INVALID_JSON
+        ) from exc
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.", ErrorCode.INVALID_REQUEST)
+    if (field := unencodable_field(data)) is not None:
+        # As on /ws/input: a lone surrogate can be neither sent on to a worker nor echoed.
+        if field == "input":
+            raise ApiError(400, BAD_TEXT_MESSAGE, ErrorCode.INVALID_TEXT, "input")
+        raise ApiError(400, f"'{field}' holds a lone surrogate.", ErrorCode.INVALID_VALUE, field)
     try:
         request = SpeechRequest.model_validate(data)
     except ValidationError as exc:
@@ -138,6 +148,8 @@ def parse_speech_request(body: bytes, max_chars: int) -> SpeechRequest:
 
 
 def _check(request: SpeechRequest, max_chars: int) -> None:
+    if BAD_TEXT.search(request.input):
+        raise ApiError(400, BAD_TEXT_MESSAGE, ErrorCode.INVALID_TEXT, "input")
     if not request.input.strip():
         raise ApiError(
             400, "'input' is empty: there is nothing to speak.", ErrorCode.EMPTY_TEXT, "input"
@@ -149,7 +161,7 @@ def _check(request: SpeechRequest, max_chars: int) -> None:
             ErrorCode.TEXT_TOO_LONG,
             "input",
         )
-    if not request.voice_name:
+    if not request.voice_name or BAD_TEXT.search(request.voice_name):
         raise ApiError(400, "'voice' must name a voice.", ErrorCode.INVALID_VALUE, "voice")
     if request.response_format not in SUPPORTED:
         raise ApiError(

@@ -16,6 +16,12 @@ cancelled too: the worker that takes it finds it ended and drops it. Only the te
 submitted a task (the SubmitTask in its ``queued`` entry) may cancel it: for any other, the
 task is not found, exactly like one that never existed.
 
+A streaming task's text (``text``) goes to the task's own text stream ``P:text:<id>``, one
+TaskText entry per piece, flush or end, in order; the worker holding the task reads it (from
+the start, so text sent before any worker took the task waits there). Before each write the
+task's stream is checked: no such task for the tenant is ``task_not_found``, one with its
+end entry ``task_ended``. The text stream expires with the task (``task_ttl_s``).
+
 Active tasks (``limits.max_active_tasks``): every task submitted here is followed until its
 stream shows its end entry, or is gone (expired ``task_ttl_s`` after its last write, or
 lost with a Redis restarted empty); then ``on_ended`` releases it. The check is one
@@ -51,9 +57,9 @@ from aivtuber_common.bus.streams import (
 from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import RedisBusSettings, Settings
 from aivtuber_common.health import BusHealth, InputBeat, InputHealth, WorkerHealth, WorkerView
-from aivtuber_common.internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen
+from aivtuber_common.internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen, TaskText
 from aivtuber_common.protocol import VoiceInfo
-from aivtuber_common.transport import SubmitRefused, TaskNotFound, TransportError
+from aivtuber_common.transport import SubmitRefused, TaskEnded, TaskNotFound, TransportError
 
 from .refreshes import Refreshes
 
@@ -243,6 +249,26 @@ class RedisTaskSubmitter:
             await self.link.client.publish(self.link.keys.cancel, task_id)
         self._ended(task_id)
         return True
+
+    async def text(self, message: TaskText) -> None:
+        """Append to the task's text stream. Raises TaskNotFound (unknown, expired or
+        another tenant's) or TaskEnded."""
+        task_id = message.task_id
+        key = self.link.keys.task(task_id)
+        with self.link.guard():
+            async with self.link.client.pipeline(transaction=False) as pipe:
+                pipe.xrange(key, count=2)
+                pipe.xrevrange(key, count=1)
+                first, top = await pipe.execute()
+            if _owner(first) != (True, message.tenant):
+                raise TaskNotFound(f"No task {task_id} is known: it never existed or is not yours.")
+            if top and top[0][1].get(KIND) == K_END:
+                raise TaskEnded(f"Task {task_id} has ended; it takes no more text.")
+            text_key = self.link.keys.text(task_id)
+            async with self.link.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(text_key, {DATA: message.model_dump_json()})
+                pipe.pexpire(text_key, self.ttl_ms)
+                await pipe.execute()
 
     async def refresh(self) -> None:
         """Read the workers' heartbeats and the backlog once. Raises BusUnavailable."""

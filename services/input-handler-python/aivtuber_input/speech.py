@@ -23,6 +23,7 @@ short (the client sees an incomplete chunked body, not a complete file).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -241,19 +242,23 @@ class SpeechApi:
         if limited is not None:
             self.metrics.submissions.labels(limited.code).inc()
             log.info("task_limited", tenant=identity.tenant, code=limited.code)
-            raise error_for_code(limited.code, limited.message)
+            refusal = error_for_code(limited.code, limited.message)
+            if limited.retry_after_ms is not None:
+                refusal.retry_after_s = math.ceil(limited.retry_after_ms / 1000)
+            raise refusal
         self.active.admitted(task.task_id, key, len(task.text))
         started = time.perf_counter()
         try:
             accepted = await submitter.submit(task)
-        except asyncio.CancelledError:
-            self.active.abandoned(task.task_id)
-            raise
         except TransportError as exc:
             self.active.refused(task.task_id)
             self.metrics.submissions.labels(exc.code).inc()
             refused = isinstance(exc, SubmitRefused)
             raise error_for_code(exc.code, str(exc), refused_by_worker=refused) from exc
+        except BaseException:
+            # Cancelled, or a bug: never a task counted as active that nothing will end.
+            self.active.abandoned(task.task_id)
+            raise
         self.metrics.submissions.labels("queued").inc()
         self.metrics.submit_seconds.observe(time.perf_counter() - started)
         log.info("task_queued", task_id=task.task_id, voice=accepted.voice, chars=len(task.text))

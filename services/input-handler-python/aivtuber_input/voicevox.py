@@ -98,7 +98,7 @@ class VoicevoxError(Exception):
 
 
 # Worker refusal codes -> our HTTP status (anything else from a worker: 502).
-_STATUS = {
+_STATUS: dict[str, int] = {
     ErrorCode.UNKNOWN_VOICE: 404,
     ErrorCode.NO_TIMING: 400,
     ErrorCode.BAD_REQUEST: 400,

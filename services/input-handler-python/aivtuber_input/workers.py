@@ -42,9 +42,15 @@ from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings
 from aivtuber_common.health import InputHealth, VoiceListing, WorkerHealth, WorkerView
 from aivtuber_common.identity import TENANT_HEADER
-from aivtuber_common.internal import TASKS_PATH, SubmitAccepted, SubmitTask, WorkerRefusal
+from aivtuber_common.internal import (
+    TASKS_PATH,
+    SubmitAccepted,
+    SubmitTask,
+    TaskText,
+    WorkerRefusal,
+)
 from aivtuber_common.protocol import VoiceInfo
-from aivtuber_common.transport import SubmitRefused, TaskNotFound, TransportError
+from aivtuber_common.transport import SubmitRefused, TaskEnded, TaskNotFound, TransportError
 
 __all__ = ["HttpTaskSubmitter", "WorkerStatus", "http_submitter"]
 
@@ -169,6 +175,32 @@ class HttpTaskSubmitter:
         if owner is None and all(result in (_GONE, None) for result in results):
             raise _not_found(task_id)  # no worker has it for this tenant
         return False  # it was this tenant's, and it already ended
+
+    async def text(self, message: TaskText) -> None:
+        """More text for a streaming task, to the worker that took it (only its tenant's)."""
+        owner = self._owners.get(message.task_id)
+        if owner is None or owner[1] != message.tenant:
+            raise _not_found(message.task_id)
+        worker = owner[0]
+        try:
+            response = await self.client.post(
+                f"{worker.url}{TASKS_PATH}/{message.task_id}/text",
+                content=message.model_dump_json(),
+                headers={**self.headers, "Content-Type": "application/json"},
+                timeout=self.timeout,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("text_failed", worker=worker.url, error=type(exc).__name__)
+            raise TransportError("The TTS worker speaking this task cannot be reached.") from exc
+        if response.status_code == 200:
+            return
+        refusal = _refusal(response)
+        if response.status_code == 404:
+            raise _not_found(message.task_id)
+        if response.status_code == 409:
+            raise TaskEnded(refusal.message)
+        log.warning("text_refused", worker=worker.url, status=response.status_code)
+        raise TransportError(refusal.message)
 
     async def voices(self) -> list[VoiceInfo]:
         """Every worker's voices, merged by name (ready if ready on any worker), sorted."""

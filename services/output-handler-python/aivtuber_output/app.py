@@ -6,6 +6,8 @@ Routes::
     WS   /internal/ingest                      workers push frames (direct bus only; never
                                                proxied)
     GET  /tasks/{task_id}/audio.wav            a finished task's whole audio
+    GET  /v1/tasks/{task_id}/captions.vtt      captions and audio for the frontend, through
+    GET  /v1/tasks/{task_id}/audio.wav         the gateway (see captions.py)
     GET  /status/{task_id}                     {"task_id","status","connected","chunks"}
     GET  /health                               liveness and counts
     GET  /metrics                              Prometheus text
@@ -31,11 +33,13 @@ from starlette.routing import Route, WebSocketRoute
 from aivtuber_common.audio import wav_bytes
 from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings
+from aivtuber_common.internal_auth import internal_middleware
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 from aivtuber_common.transport import FrameSource, TransportError
 
 from .bus import open_bus
+from .captions import task_file_routes
 from .metrics import OutputMetrics
 from .stream import OutputEndpoint
 
@@ -109,8 +113,11 @@ def create_app(settings: Settings) -> Starlette:
         Route("/status/{task_id}", task_status),
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
+        *task_file_routes(bus.source, settings.internal_token),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(
+        routes=routes, lifespan=lifespan, middleware=internal_middleware(settings.internal_token)
+    )
 
 
 def _check_id(task_id: str) -> Response | None:

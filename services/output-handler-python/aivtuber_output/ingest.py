@@ -113,12 +113,12 @@ class IngestEndpoint:
 
     def _frame(self, data: bytes) -> None:
         try:
-            task_id, chunk_id, level, pcm, visemes = decode_frame(data)
+            task_id, chunk_id, level, pcm, visemes, words = decode_frame(data)
         except ValueError as exc:
             raise IngestError(str(exc)) from exc
         # The level travels as a float32: round it once so every subscriber's JSON reads
         # 0.1234, not 0.12340000271797180.
-        gap = self.store.append(task_id, chunk_id, round(level, 4), bytes(pcm), visemes)
+        gap = self.store.append(task_id, chunk_id, round(level, 4), bytes(pcm), visemes, words)
         (self.metrics.first_frame if chunk_id == 0 else self.metrics.frame_gap).observe(gap)
         self.metrics.frames.inc()
         self.metrics.bytes.inc(len(pcm))

@@ -35,6 +35,7 @@ from aivtuber_common.health import BusHealth, OutputHealth
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, decode_frame
 from aivtuber_common.transport import FrameEvent, TaskAudio, TaskStatus
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 from .store import TaskNotFound, TaskSnapshot, TaskState
 
@@ -66,7 +67,7 @@ class RedisFrameSource:
     async def read(
         self, task_id: str, from_chunk: int = 0, tenant: str | None = None
     ) -> AsyncGenerator[FrameEvent, None]:
-        """TaskOpen, frames ``(chunk_id, level, pcm, visemes)`` from ``from_chunk``, TaskEnd.
+        """TaskOpen, frames ``(chunk_id, level, pcm, visemes, words)`` from ``from_chunk``, TaskEnd.
 
         Raises TaskNotFound when no worker opens the task within ``task_wait_s``, and
         likewise (after the same wait) when the task is another tenant's than ``tenant``
@@ -207,8 +208,8 @@ class RedisFrameSource:
                     )
                     return
                 while position - feed.base < len(feed.frames):
-                    level, pcm, visemes = feed.frames[position - feed.base]
-                    yield (position, level, pcm, visemes)
+                    level, pcm, visemes, words = feed.frames[position - feed.base]
+                    yield (position, level, pcm, visemes, words)
                     position += 1
                 if feed.end is not None:
                     self._remember(task_id, feed.end, feed.base + len(feed.frames), feed.samples)
@@ -232,7 +233,9 @@ class RedisFrameSource:
             while feed.end is None:
                 entries = await self._next(key, last_id, self.block_ms, count=FRAMES_PER_READ)
                 if not entries:
-                    if feed.frames and time.monotonic() - quiet_since >= self.task_timeout_s:
+                    streaming = feed.opened is not None and feed.opened.stream
+                    quiet_s = time.monotonic() - quiet_since
+                    if feed.frames and not streaming and quiet_s >= self.task_timeout_s:
                         message = f"The TTS worker sent nothing for {self.task_timeout_s:g} s."
                         feed.finish(_failed(feed.task_id, ErrorCode.TIMEOUT, message))
                     elif feed.opened is not None:
@@ -281,7 +284,7 @@ class _Feed:
     queued_by: str | None = None  # the tenant of the SubmitTask (until the TaskOpen says)
     queued: bool = False
     base: int = 0  # the first chunk kept (above 0 once MAXLEN trimmed the stream's start)
-    frames: list[tuple[float, bytes, Track | None]] = field(default_factory=list)
+    frames: list[tuple[float, bytes, Track | None, WordTrack | None]] = field(default_factory=list)
     samples: int = 0  # of the whole task up to the last frame, as the worker counted
     end: TaskEnd | None = None
     readers: int = 0
@@ -295,7 +298,7 @@ class _Feed:
         elif kind == K_OPEN:
             self.opened = TaskOpen.model_validate_json(fields[DATA])
         elif kind == K_FRAME:
-            _, chunk_id, level, pcm, visemes = decode_frame(fields[DATA])
+            _, chunk_id, level, pcm, visemes, words = decode_frame(fields[DATA])
             if not self.frames:
                 self.base = chunk_id
             elif chunk_id != self.base + len(self.frames):
@@ -306,7 +309,7 @@ class _Feed:
                 )
                 return
             # The level travels as a float32: rounded once, as on the direct bus.
-            self.frames.append((round(level, 4), bytes(pcm), visemes))
+            self.frames.append((round(level, 4), bytes(pcm), visemes, words))
             self.samples = int(fields.get(SAMPLES, 0))
         elif kind == K_END:
             self.end = TaskEnd.model_validate_json(fields[DATA])

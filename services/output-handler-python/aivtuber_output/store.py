@@ -44,6 +44,7 @@ from aivtuber_common.transport import (
     TransportError,
 )
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 __all__ = ["IngestError", "TaskNotFound", "TaskSnapshot", "TaskState", "TaskStore"]
 
@@ -78,7 +79,7 @@ class TaskSnapshot:
 class _Task:
     task_id: str
     open: TaskOpen | None = None
-    frames: list[tuple[float, bytes, Track | None]] = field(default_factory=list)
+    frames: list[tuple[float, bytes, Track | None, WordTrack | None]] = field(default_factory=list)
     end: TaskEnd | None = None
     source: Hashable | None = None
     subscribers: int = 0
@@ -137,10 +138,16 @@ class TaskStore:
         task.notify()
 
     def append(
-        self, task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None = None
+        self,
+        task_id: str,
+        chunk_id: int,
+        level: float,
+        pcm: bytes,
+        visemes: Track | None = None,
+        words: WordTrack | None = None,
     ) -> float:
-        """Store one frame (and its viseme track); returns the seconds since the task's
-        previous event."""
+        """Store one frame (and its viseme and word tracks); returns the seconds since the
+        task's previous event."""
         task = self._live(task_id, "a frame")
         if chunk_id != len(task.frames):
             # A gap or a repeat means the stream is not what the worker made: fail it
@@ -159,12 +166,14 @@ class TaskStore:
         now = time.monotonic()
         gap = now - task.last_event_at
         task.last_event_at = now
-        if not task.frames:
+        if not task.frames and not (task.open and task.open.stream):  # quiet awaiting text
             self._arm_watchdog(task, self.task_timeout_s)
-        task.frames.append((level, pcm, visemes))
-        task.nbytes += len(pcm)
+        task.frames.append((level, pcm, visemes, words))
+        # The words count too (characters): up to 64 x 255 a frame would escape the bound.
+        size = len(pcm) + (sum(len(word) for _, _, word in words) if words else 0)
+        task.nbytes += size
         task.samples += len(pcm) // SAMPLE_WIDTH
-        self.buffered_bytes += len(pcm)
+        self.buffered_bytes += size
         task.notify()
         if self.buffered_bytes > self.max_buffered_bytes:
             self._evict_over_bound()
@@ -203,7 +212,7 @@ class TaskStore:
     async def read(
         self, task_id: str, from_chunk: int = 0, tenant: str | None = None
     ) -> AsyncGenerator[FrameEvent, None]:
-        """TaskOpen, frames ``(chunk_id, level, pcm, visemes)`` from ``from_chunk``, TaskEnd.
+        """TaskOpen, frames ``(chunk_id, level, pcm, visemes, words)`` from ``from_chunk``, TaskEnd.
 
         Raises TaskNotFound when the task is not announced for ``tenant`` (None: anonymous)
         within ``task_wait_s``: a task of another tenant waits the same and fails the same
@@ -223,8 +232,8 @@ class TaskStore:
             while True:
                 frames = task.frames
                 while position < len(frames):
-                    level, pcm, visemes = frames[position]
-                    yield (position, level, pcm, visemes)
+                    level, pcm, visemes, words = frames[position]
+                    yield (position, level, pcm, visemes, words)
                     position += 1
                 if task.end is not None:
                     yield task.end

@@ -35,6 +35,7 @@ from aivtuber_common.protocol import (
 )
 from aivtuber_common.transport import FrameSource, TaskNotFound
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 from .metrics import OutputMetrics
 
@@ -120,8 +121,8 @@ class OutputEndpoint:
                         case TaskOpen():
                             opened = event
                             await websocket.send_text(_audio_start(event))
-                        case (chunk_id, level, pcm, visemes):
-                            chunk = _audio_chunk(task_id, chunk_id, level, pcm, visemes)
+                        case (chunk_id, level, pcm, visemes, words):
+                            chunk = _audio_chunk(task_id, chunk_id, level, pcm, visemes, words)
                             await websocket.send_text(chunk)
                             await websocket.send_bytes(pcm)
                             next_chunk, samples = chunk_id + 1, samples + len(pcm) // SAMPLE_WIDTH
@@ -172,10 +173,15 @@ async def _fail(websocket: WebSocket, error: OutputError, code: int) -> None:
         log.debug("subscriber_gone_before_error", code=error.code)
 
 
+MAX_FROM_CHUNK_DIGITS = 18
+
+
 def _from_chunk(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit():
+    # ASCII digits only ("²".isdigit() too), and few enough for int() and any real chunk id
+    # (past 4300 digits int() raises: that was a 1011 instead of a 4400).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_FROM_CHUNK_DIGITS:
         return None
     return int(raw)
 
@@ -193,7 +199,12 @@ def _audio_start(event: TaskOpen) -> str:
 
 
 def _audio_chunk(
-    task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None
+    task_id: str,
+    chunk_id: int,
+    level: float,
+    pcm: bytes,
+    visemes: Track | None,
+    words: WordTrack | None,
 ) -> str:
     return dump(
         AudioChunk(
@@ -202,6 +213,7 @@ def _audio_chunk(
             samples=len(pcm) // SAMPLE_WIDTH,
             level=level,
             visemes=visemes,
+            words=words,
         )
     )
 
@@ -224,5 +236,6 @@ def _audio_complete(
             chunks=chunks,
             duration_ms=duration_ms,
             cancelled=end.status == "cancelled",
+            reason=end.reason,
         )
     )

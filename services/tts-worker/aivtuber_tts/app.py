@@ -7,6 +7,9 @@ Routes::
                                  -> 404 WorkerRefusal(code="task_not_found")
                                     (x-aivtuber-tenant: the canceller's tenant; a task of
                                     another tenant is not found, exactly like an unknown one)
+    POST   /v1/tasks/{task_id}/text  TaskText -> 200 {"task_id"}: more text for a streaming task
+                                 -> 404 WorkerRefusal(code="task_not_found") (or another tenant's)
+                                 -> 409 WorkerRefusal(code="task_ended")
     WS     /v1/tasks/events      TaskSnapshot, then each TaskEnd as tasks end (JSON text
                                  messages); the input handlers count active tasks with it
     POST   /v1/utterance         UtteranceRequest -> 200 Utterance | WorkerRefusal: a text
@@ -48,7 +51,8 @@ from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings, TtsWorkerSettings
 from aivtuber_common.health import VoiceListing, WorkerHealth
 from aivtuber_common.identity import TENANT_HEADER
-from aivtuber_common.internal import TASK_EVENTS_PATH, TASKS_PATH, SubmitTask
+from aivtuber_common.internal import TASK_EVENTS_PATH, TASKS_PATH, SubmitTask, TaskText
+from aivtuber_common.internal_auth import internal_middleware
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 from aivtuber_common.refusal import Refusal
@@ -182,6 +186,29 @@ def create_app(
         log.info("task_cancel_requested", task_id=task_id, cancelled=cancelled)
         return JSONResponse({"task_id": task_id, "cancelled": cancelled})
 
+    async def text(request: Request) -> Response:
+        worker: Worker = request.state.worker
+        if (denied := _check_token(request, token, worker)) is not None:
+            return denied
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            too_big = f"The body is over {MAX_BODY_BYTES} bytes."
+            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, too_big)
+        try:
+            message = TaskText.model_validate_json(body)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in error["loc"]) or "body"
+            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, f"{where}: {error['msg']}")
+        task_id = request.path_params["task_id"]
+        if message.task_id != task_id:
+            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, "task_id: differs from the path's.")
+        try:
+            worker.manager.text(message)
+        except Refusal as refusal:
+            return _json(refusal.status, refusal.wire())
+        return JSONResponse({"task_id": task_id})
+
     async def task_events(websocket: WebSocket) -> None:
         worker: Worker = websocket.state.worker
         await websocket.accept()
@@ -222,11 +249,13 @@ def create_app(
             WebSocketRoute(TASK_EVENTS_PATH, task_events),
             Route(TASKS_PATH + "/{task_id}", cancel, methods=["DELETE"]),
             Route(UTTERANCE_PATH, timed_utterance, methods=["POST"]),
+            Route(TASKS_PATH + "/{task_id}/text", text, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/v1/voices", voices, methods=["GET"]),
             Route("/metrics", metrics_endpoint(metrics.registry), methods=["GET"]),
         ],
         lifespan=lifespan,
+        middleware=internal_middleware(token),
     )
 
 

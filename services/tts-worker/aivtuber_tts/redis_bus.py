@@ -18,6 +18,10 @@ task (a cancel, a worker that claimed it) stops the task like a lost ingest conn
   no live worker's tasks look idle;
 - cancel: the ``P:cancel`` channel; the holder stops the task at once.
 
+A streaming task held here has one more reader: its text stream ``P:text:<id>`` (TaskText
+entries written by the input handler), read from the start and handed to
+:meth:`TaskManager.text` until the task ends.
+
 A task is acknowledged (``XACK``) when it has ended, so a worker that dies holding queued
 or running tasks leaves them pending for the others; one that shuts down hands back the
 tasks it has not spoken a sample of (left pending, unended), and ends the others
@@ -50,10 +54,11 @@ from aivtuber_common.bus.streams import (
 from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import RedisBusSettings, Settings
 from aivtuber_common.health import WorkerHealth
-from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, encode_frame
+from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, TaskText, encode_frame
 from aivtuber_common.refusal import Refusal
 from aivtuber_common.transport import SinkLost
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 from .tasks import TaskManager
 from .voices import Voices
@@ -96,9 +101,10 @@ class RedisFrameSink:
         level: float,
         pcm: bytes,
         visemes: Track | None = None,
+        words: WordTrack | None = None,
     ) -> None:
         samples = self._samples.get(task_id, 0) + len(pcm) // SAMPLE_WIDTH
-        frame = encode_frame(task_id, chunk_id, level, pcm, visemes)
+        frame = encode_frame(task_id, chunk_id, level, pcm, visemes, words)
         fields = {KIND: K_FRAME, DATA: frame, SAMPLES: samples}
         try:
             await self._add(task_id, frame_entry_id(chunk_id), fields, trim=True)
@@ -190,6 +196,7 @@ class TaskConsumer:
         self._room = asyncio.Event()
         self._done: asyncio.Queue[tuple[str, bytes, TaskEnd | None]] = asyncio.Queue()
         self._cancels: set[asyncio.Task[bool]] = set()
+        self._texts: dict[str, asyncio.Task[None]] = {}  # streaming task id -> its reader
         manager.finished_hooks.append(self._finished)
 
     async def run(self) -> None:
@@ -202,10 +209,11 @@ class TaskConsumer:
                 group.create_task(self._forever(self._cancel_loop), name="bus-cancel")
                 group.create_task(self.heartbeat.run(self._refresh_held), name="bus-heartbeat")
         finally:
-            for task in self._cancels:
+            waiting = self._cancels | set(self._texts.values())
+            for task in waiting:
                 task.cancel()
-            if self._cancels:
-                await asyncio.wait(self._cancels)
+            if waiting:
+                await asyncio.wait(waiting)
             await self.heartbeat.withdraw()
 
     async def _forever(self, loop: Callable[[], Awaitable[None]]) -> None:
@@ -339,6 +347,38 @@ class TaskConsumer:
             await self._ack(entry_id)
             return
         self.taken += 1
+        if task.stream and self.manager.holds(task.task_id):
+            reader = asyncio.create_task(self._read_text(task.task_id), name="bus-text")
+            self._texts[task.task_id] = reader
+            reader.add_done_callback(lambda _: self._texts.pop(task.task_id, None))
+
+    async def _read_text(self, task_id: str) -> None:
+        """Hand a streaming task's text to the manager as it arrives, until the task ends
+        (this reader is cancelled then, see :meth:`_finished`)."""
+        key = self.link.keys.text(task_id)
+        block_ms = max(100, int(self.link.settings.timeout_s * 500))
+        last: bytes | str = "0-0"
+        while True:
+            try:
+                with self.link.guard():
+                    reply: Any = await self.link.client.xread({key: last}, count=64, block=block_ms)
+            except BusUnavailable:
+                await self.link.wait_up()
+                continue
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    try:
+                        message = TaskText.model_validate_json(fields.get(DATA, b""))
+                    except ValidationError:
+                        log.error("bus_text_unreadable", task_id=task_id)
+                        continue
+                    if message.task_id != task_id:
+                        continue
+                    try:
+                        self.manager.text(message)
+                    except Refusal:
+                        return  # ended here already: the rest of its text is not wanted
 
     async def _stream_state(self, task_id: str) -> str:
         """fresh (nothing spoken yet), streamed (has frames), ended, or gone (expired)."""
@@ -354,6 +394,8 @@ class TaskConsumer:
     # --- ending tasks ---------------------------------------------------------------------
 
     def _finished(self, task_id: str, end: TaskEnd | None) -> None:
+        if (reader := self._texts.pop(task_id, None)) is not None:
+            reader.cancel()
         entry_id = self.held.pop(task_id, None)
         self._room.set()
         if task_id in self.sink.handed_back:

@@ -28,6 +28,7 @@ from aivtuber_common.health import WorkerHealth
 from aivtuber_common.internal import INGEST_PATH, TaskEnd, TaskOpen, encode_frame
 from aivtuber_common.transport import SinkLost
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 if TYPE_CHECKING:  # the manager imports the sink's error; only its type is needed here
     from .tasks import TaskManager
@@ -112,9 +113,10 @@ class IngestSink:
         level: float,
         pcm: bytes,
         visemes: Track | None = None,
+        words: WordTrack | None = None,
     ) -> None:
         ws = self._socket_of(task_id)
-        await self._send(ws, encode_frame(task_id, chunk_id, level, pcm, visemes))
+        await self._send(ws, encode_frame(task_id, chunk_id, level, pcm, visemes, words))
 
     async def end(self, end: TaskEnd) -> None:
         ws = self._socket_of(end.task_id)

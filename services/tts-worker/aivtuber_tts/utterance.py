@@ -101,7 +101,7 @@ def _japanese(
     played: list[tuple[str, int]] = []
     pcm = bytearray()
     for piece in engine.split(spoken):
-        speech, phonemes = engine.timed_piece(piece)
+        speech, phonemes = engine.timed_phonemes(piece)
         played += phonemes
         pcm += speech.pcm
     timeline = ipa_moras(played)
