@@ -33,6 +33,7 @@ from .edge_memory import EdgeMemoryParams, run_edge_memory
 from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
 from .openai_api import OpenAIParams, run_openai_api
+from .plugins_formats import FormatsParams, run_plugins_formats
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
 from .speech_path import SpeechParams, run_speech_path
 from .stream import StreamParams, run_stream
@@ -59,6 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scenario",
         choices=[
             *("gateway", "speech", "edge", "voices", "openai", "browser", "bus", "stream"),
+            "plugins",
             "all",
         ],
         default="all",
@@ -179,6 +181,15 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         results["scenarios"]["browser"] = run_browser_path(browser_params(args), work_dir, say=_say)
     elif args.scenario == "all":
         _say("browser scenario skipped: no Chromium found (apt-get install -y chromium)")
+    if args.scenario == "plugins":
+        # The VOICEVOX API and Opus rows (bench/plugins_formats.py); not in all.
+        formats = {"quick": FormatsParams.quick(), "smoke": FormatsParams.smoke()}
+        formats_params = formats.get(mode, FormatsParams())
+        if args.rounds:
+            formats_params = dataclasses.replace(formats_params, rounds=args.rounds)
+        results["scenarios"]["plugins"] = {
+            "formats": run_plugins_formats(formats_params, work_dir, say=_say)
+        }
     if args.scenario == "bus":
         bus_params = {"quick": BusParams.quick(), "smoke": BusParams.smoke()}.get(mode, BusParams())
         if args.voice:

@@ -47,6 +47,10 @@ def render(results: dict[str, Any]) -> str:
         parts.extend(openai_tables(scenarios["openai"]))
     if "browser" in scenarios:
         parts.extend(browser_tables(scenarios["browser"]))
+    if "formats" in scenarios.get("plugins", {}):
+        from .plugins_formats import plugins_formats_tables
+
+        parts.extend(plugins_formats_tables(scenarios["plugins"]["formats"]))
     if "stream" in scenarios:
         from .stream import stream_tables  # stream.py imports this module's markdown_table
 
