@@ -60,6 +60,8 @@ class ErrorCode(StrEnum):
     FRAME_LOST = "frame_lost"
     INGEST_ERROR = "ingest_error"
     INTERNAL_ERROR = "internal_error"
+    # --- clients (never sent by a server) ----------------------------------------------
+    CONNECTION_LOST = "connection_lost"
 
 
 MEANINGS: dict[ErrorCode, str] = {
@@ -111,4 +113,6 @@ MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.FRAME_LOST: "the worker's frames skipped or repeated a chunk id",
     ErrorCode.INGEST_ERROR: "a worker sent something that does not fit the frame path",
     ErrorCode.INTERNAL_ERROR: "a bug: the log has the details",
+    ErrorCode.CONNECTION_LOST: "(clients only: the framework plugins) the gateway could not be "
+    "reached, or the connection dropped before the task ended",
 }
