@@ -217,7 +217,9 @@ async def wait_engine_idle(worker_url: str) -> None:
             await asyncio.sleep(0.02)
 
 
-async def _measure(stack: Stack, params: FairnessParams, say: Callable[[str], None]) -> dict:
+async def _measure(
+    stack: Stack, params: FairnessParams, say: Callable[[str], None]
+) -> dict[str, Any]:
     lines = read_lines()
     flood_text = " ".join(lines[: params.flood_lines])
     input_url = f"ws://127.0.0.1:{stack.ports.input_handler}"

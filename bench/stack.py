@@ -59,7 +59,9 @@ class Ports:
         return cls(free_port(), free_port(), free_port(), free_port())
 
 
-def stack_config(ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json") -> dict:
+def stack_config(
+    ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json"
+) -> dict[str, Any]:
     """config.json with the bench's ports, log level warning, ``voice`` as the default."""
     data: dict[str, Any] = json.loads(base.read_text(encoding="utf-8")) if base.exists() else {}
     data["logging"] = {**data.get("logging", {}), "level": "warning", "format": "json"}
@@ -105,7 +107,9 @@ def stack_config(ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json
     return data
 
 
-def write_config(work_dir: Path, data: dict, name: str = "stack.json") -> tuple[Path, Settings]:
+def write_config(
+    work_dir: Path, data: dict[str, Any], name: str = "stack.json"
+) -> tuple[Path, Settings]:
     path = work_dir / name
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")
     try:

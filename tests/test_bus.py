@@ -38,7 +38,7 @@ from aivtuber_tts.errors import IngestLost
 from aivtuber_tts.redis_bus import RedisFrameSink
 from tests.frontend import ask, frontend, listen
 from tests.redis_support import RedisServer, redis_bus_settings
-from tests.support import free_port, run_server
+from tests.support import RunningServer, eventually, free_port, run_server
 from tests.test_end_to_end import Gate, held_factory
 
 TIMEOUT_S = 15.0
@@ -125,11 +125,14 @@ async def test_a_task_cancelled_before_any_worker_took_it_is_dropped_by_the_work
             voices={"sine": VoiceSettings(engine="sine")}, default_voice="sine"
         )
         async with run_server(worker_app(Settings(bus=bus, tts_worker=config))):
+
+            async def all_taken() -> bool:
+                pending = (await link.client.xpending(link.keys.tasks, "workers"))["pending"]
+                groups = await link.client.xinfo_groups(link.keys.tasks)
+                return not pending and not groups[0]["lag"]
+
             async with asyncio.timeout(TIMEOUT_S):
-                while (await link.client.xpending(link.keys.tasks, "workers"))["pending"] or (
-                    await link.client.xinfo_groups(link.keys.tasks)
-                )[0]["lag"]:
-                    await asyncio.sleep(0.05)
+                await eventually(all_taken, every=0.05)
         entries = await link.client.xrange(link.keys.task(task_id))
     finally:
         await link.aclose()
@@ -144,11 +147,13 @@ async def test_redis_unreachable_at_start_is_a_503_and_clear_errors_never_a_hang
     async with run_server(output_app(settings)) as output, run_server(input_app(settings)) as inp:
         async with httpx.AsyncClient() as http:
             for server in (output, inp):
+
+                async def unavailable(url: str = server.http_url) -> httpx.Response | None:
+                    response = await http.get(f"{url}/health")
+                    return response if response.status_code == 503 else None
+
                 async with asyncio.timeout(TIMEOUT_S):
-                    while (
-                        response := await http.get(f"{server.http_url}/health")
-                    ).status_code != 503:
-                        await asyncio.sleep(0.05)
+                    response = await eventually(unavailable, every=0.05)
                 assert response.json()["bus"]["connected"] is False
         heard = await asyncio.wait_for(listen(output.ws_url, str(uuid.uuid4())), TIMEOUT_S)
         async with frontend(inp.ws_url) as (ws, _):
@@ -162,7 +167,8 @@ async def test_heartbeats_list_live_workers_and_forget_expired_ones(
     redis_server: RedisServer,
 ) -> None:
     link = RedisLink(
-        redis_bus_settings(redis_server.url, heartbeat_ttl_s=0.3, heartbeat_interval_s=0.1)
+        # A TTL long enough that the first refresh below sees the beat on a loaded machine.
+        redis_bus_settings(redis_server.url, heartbeat_ttl_s=2.0, heartbeat_interval_s=0.1)
     )
     beat = Heartbeat(link, "worker", "w1", lambda: {"name": "w1", "status": "ok"})
     submitter = RedisTaskSubmitter(link, 60)
@@ -172,8 +178,7 @@ async def test_heartbeats_list_live_workers_and_forget_expired_ones(
         await submitter.refresh()
         assert [worker.name for worker in submitter.workers] == ["w1"]
         async with asyncio.timeout(TIMEOUT_S):
-            while await client.exists(beat.key):
-                await asyncio.sleep(0.05)
+            await eventually(lambda: _gone(client, beat.key), every=0.05)
         await submitter.refresh()
         assert submitter.workers == []
         assert not await client.smembers(link.keys.live_index("worker"))
@@ -189,10 +194,9 @@ async def test_a_full_connection_pool_refuses_the_call_without_calling_redis_dow
     try:
         assert await link.ping()
         blocked = asyncio.create_task(link.client.xread({"nothing": "$"}, block=2000))
-        await asyncio.sleep(0)  # let it take the only connection
-        async with asyncio.timeout(TIMEOUT_S):
-            while not link.client.connection_pool._in_use_connections:  # type: ignore[attr-defined]
-                await asyncio.sleep(0.01)
+        pool = link.client.connection_pool
+        async with asyncio.timeout(TIMEOUT_S):  # until it has taken the only connection
+            await eventually(lambda: pool._in_use_connections)  # type: ignore[attr-defined]
         with pytest.raises(BusUnavailable, match="too many open reads"):
             with link.guard():
                 await link.client.get("x")
@@ -218,16 +222,12 @@ async def test_a_cancel_stops_the_task_on_the_worker_that_holds_it(
         async with run_server(app) as worker, httpx.AsyncClient() as http:
             await link.ping()
             async with asyncio.timeout(TIMEOUT_S):
-                while not submitter.available:
-                    await submitter.refresh()
-                    await asyncio.sleep(0.05)
+                await eventually(lambda: _refreshed(submitter), every=0.05)
                 await submitter.submit(SubmitTask(task_id=task_id, text="Go. Then HOLD on."))
-                while (await http.get(f"{worker.http_url}/health")).json()["running"] != 1:
-                    await asyncio.sleep(0.02)
+                await eventually(lambda: _running(http, worker, 1), every=0.02)
                 assert await submitter.cancel(task_id) is True
                 # Stopped there while its engine thread is still held: the slot is free.
-                while (await http.get(f"{worker.http_url}/health")).json()["running"]:
-                    await asyncio.sleep(0.02)
+                await eventually(lambda: _running(http, worker, 0), every=0.02)
             gate.release()
     finally:
         gate.release()
@@ -250,12 +250,9 @@ async def test_a_worker_shutting_down_hands_back_unspoken_tasks_to_another_worke
         await link.ping()
         async with run_server(leaving) as worker, httpx.AsyncClient() as http:
             async with asyncio.timeout(TIMEOUT_S):
-                while not submitter.available:
-                    await submitter.refresh()
-                    await asyncio.sleep(0.05)
+                await eventually(lambda: _refreshed(submitter), every=0.05)
                 await submitter.submit(SubmitTask(task_id=task_id, text=text))
-                while (await http.get(f"{worker.http_url}/health")).json()["running"] != 1:
-                    await asyncio.sleep(0.02)
+                await eventually(lambda: _running(http, worker, 1), every=0.02)
             worker.server.should_exit = True
             gate.release()  # the engine thread it was in may end now; no frame will be sent
         async with run_server(worker_app(Settings(bus=bus, tts_worker=config))):
@@ -339,3 +336,17 @@ async def test_on_redis_a_task_is_its_tenants_and_stays_active_only_until_it_end
         await stand_in.withdraw()
         await source.aclose()
         await link.aclose()
+
+
+async def _gone(client: Redis, key: str) -> bool:
+    return not await client.exists(key)
+
+
+async def _refreshed(submitter: RedisTaskSubmitter) -> bool:
+    await submitter.refresh()
+    return submitter.available
+
+
+async def _running(http: httpx.AsyncClient, worker: RunningServer, count: int) -> bool:
+    running: int = (await http.get(f"{worker.http_url}/health")).json()["running"]
+    return running == count

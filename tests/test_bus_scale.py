@@ -34,7 +34,7 @@ from aivtuber_common.config import GatewaySettings, RedisBusSettings, RouteSetti
 from aivtuber_gateway import create_app as gateway_app
 from tests.frontend import Heard, ask, frontend, listen, speak
 from tests.redis_support import RedisServer, redis_bus_settings, running_redis
-from tests.support import RunningServer, free_port, run_server
+from tests.support import RunningServer, eventually, free_port, run_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -153,9 +153,12 @@ class Cluster:
                 await asyncio.sleep(0.05)
 
     async def wait_workers(self, count: int) -> None:
+        async def seen() -> bool:
+            available: int = (await self.wait_health("input"))["workers_available"]
+            return available == count
+
         async with asyncio.timeout(TIMEOUT_S):
-            while (await self.wait_health("input"))["workers_available"] != count:
-                await asyncio.sleep(0.05)
+            await eventually(seen, every=0.05)
 
 
 WORKERS = ("tts-a", "tts-b")
@@ -219,9 +222,9 @@ async def test_an_output_replica_killed_mid_line_is_resumed_on_the_other_exactly
         serving = [name for name in OUTPUTS if (await c.health(name))[1]["subscribers"]]
         assert len(serving) == 1, serving
         # Wait for the first part's whole frames (the TTS holds after it), then kill.
+        whole = len(RemoteTts.FIRST) // FRAME_BYTES * FRAME_BYTES
         async with asyncio.timeout(TIMEOUT_S):
-            while len(first.audio) < len(RemoteTts.FIRST) // FRAME_BYTES * FRAME_BYTES:
-                await asyncio.sleep(0.01)
+            await eventually(lambda: len(first.audio) >= whole)
         c.kill(serving[0])
         await asyncio.wait_for(listening, TIMEOUT_S)
         assert first.end is None or first.end["type"] == "error", first.end

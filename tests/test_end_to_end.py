@@ -43,7 +43,7 @@ from aivtuber_output import create_app as output_app
 from aivtuber_tts import create_app as worker_app
 from aivtuber_tts.engines import Engine, SineEngine, build_engine
 from tests.frontend import Heard, ask, frontend, listen, speak
-from tests.support import RunningServer, free_port, run_server
+from tests.support import RunningServer, eventually, free_port, run_server
 
 HOLD = "HOLD"
 DIRECT = DirectBusSettings()
@@ -117,9 +117,11 @@ def voices(piper: bool) -> dict[str, VoiceSettings]:
 
 
 async def wait_ready(server: RunningServer) -> None:
+    async def ready() -> bool:
+        return (await http.get(f"{server.http_url}/health")).status_code == 200
+
     async with httpx.AsyncClient() as http, asyncio.timeout(READY_TIMEOUT_S):
-        while (await http.get(f"{server.http_url}/health")).status_code != 200:
-            await asyncio.sleep(0.02)
+        await eventually(ready, every=0.02)
 
 
 @contextlib.asynccontextmanager
@@ -194,9 +196,13 @@ async def stack(
 
 async def wait_workers_seen(handler: RunningServer, count: int) -> None:
     """Until the input handler has seen ``count`` workers' heartbeats (the Redis bus)."""
+
+    async def seen() -> bool:
+        available: int = (await http.get(f"{handler.http_url}/health")).json()["workers_available"]
+        return available >= count
+
     async with httpx.AsyncClient() as http, asyncio.timeout(READY_TIMEOUT_S):
-        while (await http.get(f"{handler.http_url}/health")).json()["workers_available"] < count:
-            await asyncio.sleep(0.02)
+        await eventually(seen, every=0.02)
 
 
 def assert_complete(heard: Heard, text: str, rate: int = SINE_RATE) -> None:
@@ -283,9 +289,11 @@ async def test_early_late_and_parallel_subscribers_get_identical_bytes(bus: BusS
 
 
 async def wait_connected(s: Stack, task_id: str) -> None:
+    async def connected() -> bool:
+        return bool((await http.get(f"{s.output.http_url}/status/{task_id}")).json()["connected"])
+
     async with httpx.AsyncClient() as http, asyncio.timeout(10):
-        while not (await http.get(f"{s.output.http_url}/status/{task_id}")).json()["connected"]:
-            await asyncio.sleep(0.01)
+        await eventually(connected)
 
 
 async def test_cancel_mid_stream_ends_the_stream_with_cancelled_true(bus: BusSettings) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 from aivtuber_common.config import VoiceSettings
 from aivtuber_tts.engines import LocalEngine
 from aivtuber_tts.scheduler import PieceScheduler
+from tests.support import wait_until
 from tests.tts_fakes import (
     WorkerClient,
     factory_with,
@@ -34,12 +35,6 @@ WAIT_S = 10.0
 def executor() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(2) as pool:
         yield pool
-
-
-async def wait_until(condition: Any) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not condition():
-            await asyncio.sleep(0.001)
 
 
 async def test_another_groups_piece_runs_next_even_behind_earlier_deadlines(
@@ -208,9 +203,7 @@ async def test_while_a_tenant_keeps_its_share_queued_another_tenants_line_starts
                 # One of alpha's pieces is in the engine; five more first pieces and beta's
                 # wait for it, all with earlier deadlines than beta's.
                 await asyncio.to_thread(engine.in_flight.wait, WAIT_S)
-                async with asyncio.timeout(WAIT_S):
-                    while await pieces_waiting(w) != 6:
-                        await asyncio.sleep(0.01)
+                await wait_until(lambda: _equals(pieces_waiting(w), 6))
                 engine.step(100)
                 await recorder.wait_for(
                     lambda: (
@@ -224,3 +217,7 @@ async def test_while_a_tenant_keeps_its_share_queued_another_tenants_line_starts
     assert engine.order[0].startswith("Flood")
     assert engine.order[1] == "Beta speaks."
     assert all(task.end and task.end.status == "completed" for task in recorder.tasks.values())
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected

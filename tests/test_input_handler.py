@@ -24,7 +24,7 @@ from aivtuber_common.protocol import ErrorMessage, TaskIdAssigned, UploadProcess
 from aivtuber_input import create_app
 from aivtuber_input.session import CancelTask, Close, InputSession, Reply, Submit
 from aivtuber_input.workers import HttpTaskSubmitter
-from tests.support import RunningServer, free_port, run_server
+from tests.support import RunningServer, eventually, free_port, run_server
 
 # --- the session without sockets ---------------------------------------------------------
 
@@ -378,13 +378,13 @@ async def test_health_and_metrics_describe_the_workers_and_the_traffic() -> None
             await ask(ws, {"type": "dance"})
             async with httpx.AsyncClient() as http:
 
-                async def probed() -> dict[str, Any]:
+                async def probed() -> dict[str, Any] | None:
                     # The first health probe of the worker runs as the handler starts.
-                    return (await http.get(f"{server.http_url}/health")).json()
+                    body: dict[str, Any] = (await http.get(f"{server.http_url}/health")).json()
+                    return body if body["workers"][0]["capacity"] == 2 else None
 
                 async with asyncio.timeout(10):
-                    while (health := await probed())["workers"][0]["capacity"] != 2:
-                        await asyncio.sleep(0.01)
+                    health = await eventually(probed)
                 metrics = (await http.get(f"{server.http_url}/metrics")).text
     assert health["status"] == "ok" and health["connections"] == 1
     assert health["workers"][0]["url"] == tts.http_url

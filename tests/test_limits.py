@@ -37,7 +37,7 @@ from aivtuber_input import create_app as input_app
 from aivtuber_input.activity import ORPHAN_GRACE_S, ActiveTasks
 from aivtuber_output import create_app as output_app
 from aivtuber_tts.engines import LocalEngine
-from tests.support import RunningServer, free_port, run_server
+from tests.support import RunningServer, eventually, free_port, run_server
 from tests.test_worker_crash import HoldingTts, wait_healthy, worker_process
 from tests.tts_fakes import (
     GatedEngine,
@@ -293,13 +293,15 @@ async def test_the_tasks_of_a_dead_or_hung_worker_stop_counting(
                 else:
                     process.send_signal(signal.SIGSTOP)
                     stack.callback(_resume, process)
+
                 # The place is free again. (The next speak meets no working worker, so it
                 # is tts_unavailable, no longer rate_limited.)
+                async def not_limited() -> dict[str, Any] | None:
+                    reply = await ask(ws, {"type": "speak", "text": "Hi."})
+                    return None if reply["code"] == "rate_limited" else reply
+
                 async with asyncio.timeout(WAIT_S):
-                    while (reply := await ask(ws, {"type": "speak", "text": "Hi."}))[
-                        "code"
-                    ] == "rate_limited":
-                        await asyncio.sleep(0.05)
+                    reply = await eventually(not_limited, every=0.05)
                 assert reply["code"] == "tts_unavailable", reply
 
 

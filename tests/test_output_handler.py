@@ -21,7 +21,7 @@ from aivtuber_common.config import OutputHandlerSettings, Settings
 from aivtuber_common.internal import INGEST_PATH, TaskEnd, TaskOpen, encode_frame
 from aivtuber_output import create_app
 from aivtuber_output.store import TaskNotFound, TaskState, TaskStore
-from tests.support import RunningServer, run_server
+from tests.support import RunningServer, run_server, wait_until
 
 RATE = 16000
 
@@ -103,13 +103,6 @@ async def listen(server: RunningServer, task_id: str, query: str = "") -> Receiv
             pass
         received.close_code = ws.close_code
     return received
-
-
-async def wait_until(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    """Wait for a condition another party makes true (a bounded wait, not a guess)."""
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.01)
 
 
 async def status(server: RunningServer, task_id: str) -> dict[str, Any]:

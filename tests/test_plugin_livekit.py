@@ -13,6 +13,7 @@ from aivtuber_common.codes import ErrorCode
 from aivtuber_integrations.livekit import USERDATA_VISEMES, AIVTuberAPIError, AIVTuberTTS
 from tests.frontend import listen
 from tests.plugin_stack import HEART_RATE, HOLD, KEY, SINE_RATE, plugin_stack
+from tests.support import wait_until
 
 NO_RETRY = APIConnectOptions(max_retry=0, timeout=10)
 LINE = "Hello everyone! Welcome back to the stream."
@@ -51,9 +52,7 @@ async def test_the_sample_rate_is_the_voices_own_learned_by_prewarm() -> None:
     async with plugin_stack() as s, AIVTuberTTS(url=s.url, voice="sine") as voice:
         assert voice.sample_rate == 24000  # not known yet: the default voice's
         voice.prewarm()
-        assert voice._prewarm is not None
-        await voice._prewarm
-        assert voice.sample_rate == SINE_RATE
+        await wait_until(lambda: voice.sample_rate == SINE_RATE)
         events = await collect(voice.synthesize("A tone."))
     assert {e.frame.sample_rate for e in events} == {SINE_RATE}
     assert [e.frame.userdata[USERDATA_VISEMES] for e in events] == [[]] * len(events)

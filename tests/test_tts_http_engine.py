@@ -20,7 +20,7 @@ from aivtuber_common.config import VoiceSettings
 from aivtuber_tts.engines import HttpEngine
 from aivtuber_tts.engines.wavstream import WavFormatError, WavStreamParser
 from aivtuber_tts.errors import EngineError, EngineTimeout, EngineUnavailable
-from tests.support import free_port, run_server
+from tests.support import eventually, free_port, run_server
 from tests.tts_fakes import WAIT_S, running_recorder, running_worker, sine_settings
 
 RATE = 22050
@@ -267,8 +267,7 @@ async def test_cancelling_an_http_task_closes_the_remote_request_at_once(
             # streaming once the server holds back, so wait for the request to be there.
             await recorder.wait_for(lambda: task_id in recorder.tasks)
             async with asyncio.timeout(WAIT_S):
-                while not server.requests:
-                    await asyncio.sleep(0.005)
+                await eventually(lambda: server.requests, every=0.005)
             response = await worker.http.delete(f"/v1/tasks/{task_id}")
             task = await recorder.ended(task_id)
             async with asyncio.timeout(WAIT_S):

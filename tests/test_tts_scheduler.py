@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from aivtuber_tts.scheduler import PieceScheduler
+from tests.support import wait_until
 
 WAIT_S = 10.0
 
@@ -18,12 +19,6 @@ WAIT_S = 10.0
 def executor() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(2) as pool:
         yield pool
-
-
-async def wait_until(condition: object) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.001)
 
 
 async def test_waiting_pieces_run_earliest_deadline_first(executor: ThreadPoolExecutor) -> None:

@@ -58,13 +58,16 @@ class IngestRecorder:
         self.tasks: dict[str, RecordedTask] = {}
         self.log: list[tuple[str, str]] = []  # (kind, task_id) in arrival order
         self.connections = 0
+        # Only goes up: a test waits on it, not on ``connections`` touching 0, a state that
+        # lasts only until the worker's reconnect (~100 ms) and is missed on a loaded machine.
+        self.disconnects = 0
         self.authorization: list[str | None] = []
         self.drop_after_frames: int | None = None  # close the socket after this many frames
         self._changed = asyncio.Condition()
         self.app = Starlette(routes=[WebSocketRoute(INGEST_PATH, self._endpoint)])
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-        async with asyncio.timeout(timeout), self._changed:
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT_S), self._changed:
             await self._changed.wait_for(predicate)
 
     async def ended(self, task_id: str) -> RecordedTask:
@@ -103,12 +106,16 @@ class IngestRecorder:
         except WebSocketDisconnect:
             pass
         finally:
-            await self._note(lambda: setattr(self, "connections", self.connections - 1))
+            await self._note(self._disconnected)
 
     async def _note(self, change: Callable[[], None]) -> None:
         async with self._changed:
             change()
             self._changed.notify_all()
+
+    def _disconnected(self) -> None:
+        self.connections -= 1
+        self.disconnects += 1
 
     def _frame(self, task_id: str, frame: Frame) -> None:
         task = self.tasks[task_id]
@@ -194,11 +201,9 @@ class WorkerClient:
     async def health(self) -> httpx.Response:
         return await self.http.get("/health")
 
-    async def wait_health(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = WAIT_S
-    ) -> dict[str, Any]:
+    async def wait_health(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """Poll /health until ``predicate`` holds (the worker pushes no events to wait on)."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(WAIT_S):
             while True:
                 body = (await self.health()).json()
                 if predicate(body):

@@ -24,7 +24,7 @@ import contextlib
 import weakref
 from collections import deque
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from livekit import rtc
 from livekit.agents import APIConnectOptions, APIStatusError, tts, utils
@@ -43,11 +43,12 @@ USERDATA_VISEMES = "aivtuber.visemes"
 offsets from the frame's start, shapes ``a i u e o n`` (empty for voices without timing)."""
 
 T = TypeVar("T")
+_NoEvents = Literal["error"]  # the TTS emits no events beyond the base class's
 
 # Until the first audio_start (or prewarm()) says otherwise: the rate of the default voice.
 DEFAULT_SAMPLE_RATE = 24000
 
-_STATUS = {
+_STATUS: dict[str, int] = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.ORIGIN_NOT_ALLOWED: 403,
     ErrorCode.UNKNOWN_VOICE: 404,
@@ -72,7 +73,7 @@ class AIVTuberAPIError(APIStatusError):
         self.code = error.code
 
 
-class AIVTuberTTS(tts.TTS):
+class AIVTuberTTS(tts.TTS[_NoEvents]):
     """The gateway's voice ``voice`` at ``url``, as the tenant of ``api_key`` (or ``ticket``)."""
 
     def __init__(
@@ -146,7 +147,7 @@ class _Speech:
     ``audio_start``; words go in as TimedStrings ahead of their PCM; visemes wait in a
     timeline until the frame that carries them comes out of the emitter."""
 
-    def __init__(self, owner: tts.TTS, emitter: tts.AudioEmitter) -> None:
+    def __init__(self, owner: AIVTuberTTS, emitter: tts.AudioEmitter) -> None:
         self.owner = owner
         self.emitter = emitter
         self.request_id = utils.shortuuid()  # the speak's, to match the gateway's answer

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
@@ -130,7 +131,8 @@ class RedisLink:
     async def ping(self) -> bool:
         try:
             with self.guard():
-                await self.client.execute_command("PING")
+                # redis-py types its commands for both clients (Awaitable[bool] | bool).
+                await cast(Awaitable[bool], self.client.ping())
         except BusUnavailable:
             return False
         self.mark_up()

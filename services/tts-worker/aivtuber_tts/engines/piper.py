@@ -175,7 +175,7 @@ class PiperEngine(LocalEngine):
             if "already marked" in str(exc):
                 return os.fspath(self.model_path)  # patched on disk with patch_voice_...
             raise EngineError(f"cannot expose {self.model_path.name}'s alignments: {exc}") from exc
-        return model.SerializeToString()
+        return bytes(model.SerializeToString())
 
     def _session(self) -> onnxruntime.InferenceSession:
         if not self.model_path.is_file():
