@@ -161,8 +161,7 @@ class Endpoint:
 
 
 async def open_socket(endpoint: Endpoint, url: str, timeout_s: float) -> ClientConnection:
-    """Connect to one of the gateway's WebSocket routes; errors as AIVTuberError (the URL in
-    them is the base one: a ticket never goes into a message)."""
+    """Connect to one of the gateway's WebSocket routes; errors as AIVTuberError."""
     try:
         return await connect(
             url,
@@ -171,15 +170,25 @@ async def open_socket(endpoint: Endpoint, url: str, timeout_s: float) -> ClientC
             compression=None,
             max_size=MAX_MESSAGE_BYTES,
         )
-    except InvalidStatus as exc:
+    except CONNECT_ERRORS as exc:
+        raise connect_error(endpoint, exc) from exc
+
+
+# What opening a WebSocket to the gateway may raise.
+CONNECT_ERRORS = (OSError, TimeoutError, InvalidHandshake, InvalidURI)
+
+
+def connect_error(endpoint: Endpoint, exc: BaseException) -> AIVTuberError:
+    """The error a failed handshake stands for (the URL in it is the base one: a ticket never
+    goes into a message)."""
+    if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         code = _HTTP_STATUSES.get(status, ErrorCode.CONNECTION_LOST)
-        raise AIVTuberError(code, f"the gateway at {endpoint.base} answered HTTP {status}") from exc
-    except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-        raise AIVTuberError(
-            ErrorCode.CONNECTION_LOST,
-            f"cannot reach the gateway at {endpoint.base}: {type(exc).__name__}",
-        ) from exc
+        return AIVTuberError(code, f"the gateway at {endpoint.base} answered HTTP {status}")
+    return AIVTuberError(
+        ErrorCode.CONNECTION_LOST,
+        f"cannot reach the gateway at {endpoint.base}: {type(exc).__name__}",
+    )
 
 
 def encode(message: BaseModel) -> str:
