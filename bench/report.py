@@ -47,6 +47,8 @@ def render(results: dict[str, Any]) -> str:
         parts.extend(openai_tables(scenarios["openai"]))
     if "browser" in scenarios:
         parts.extend(browser_tables(scenarios["browser"]))
+    if "plugins" in scenarios:
+        parts.extend(plugins_tables(scenarios["plugins"]))
     if "bus" in scenarios:
         from .bus import bus_tables  # bus.py imports this module's markdown_table
 
@@ -59,6 +61,16 @@ def render(results: dict[str, Any]) -> str:
         f"command: `{results.get('command', './bench')}`_"
     )
     return "\n\n".join(parts) + "\n"
+
+
+def plugins_tables(plugins: dict[str, Any]) -> list[str]:
+    """The plugins scenario: each part that ran (frameworks: bench/plugins.py)."""
+    parts: list[str] = []
+    if "frameworks" in plugins:
+        from .plugins import framework_tables  # it imports this module
+
+        parts.extend(framework_tables(plugins["frameworks"]))
+    return parts
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
