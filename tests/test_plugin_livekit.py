@@ -8,6 +8,8 @@ import asyncio
 import numpy as np
 import pytest
 from livekit.agents import APIConnectOptions, tts
+from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
+from livekit.agents.voice.io import TimedString
 
 from aivtuber_common.codes import ErrorCode
 from aivtuber_integrations.livekit import USERDATA_VISEMES, AIVTuberAPIError, AIVTuberTTS
@@ -103,3 +105,89 @@ async def test_a_dropped_connection_is_a_retryable_connection_lost() -> None:
         events = await collect(voice.synthesize("Back again."))
     assert raised.value.code == ErrorCode.CONNECTION_LOST and raised.value.retryable
     assert pcm_of(events).size > 0
+
+
+# --- stream(): text pushed piece by piece into one streaming task -------------------------
+
+PIECES = ["Hel", "lo every", "one! Wel", "come back ", "to the str", "eam, chat."]
+
+
+async def test_stream_speaks_the_pieces_as_one_task_with_timed_words() -> None:
+    async with plugin_stack() as s, AIVTuberTTS(url=s.url, voice="heart") as voice:
+        stream = voice.stream()
+        for piece in PIECES:
+            stream.push_text(piece)
+        stream.end_input()
+        events = await collect(stream)
+    text = "".join(PIECES)
+    assert {e.frame.sample_rate for e in events} == {HEART_RATE}
+    assert len({e.request_id for e in events}) == 1 and events[0].segment_id == events[0].request_id
+    assert events[-1].is_final
+    timed = [t for e in events for t in e.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT, [])]
+    assert all(isinstance(t, TimedString) for t in timed)
+    # The transcript is the text pushed, cut at the words, spaces and punctuation kept.
+    assert "".join(timed) == text
+    assert [t.strip(" ,.!") for t in timed if t.strip(" ,.!")] == text.replace(",", "").replace(
+        "!", ""
+    ).replace(".", "").split()
+    starts = [t.start_time for t in timed if isinstance(t.start_time, float)]
+    assert starts == sorted(starts) and len(starts) >= len(text.split())
+    duration_s = len(pcm_of(events)) / HEART_RATE
+    assert all(0 <= t.start_time <= t.end_time <= duration_s + 0.05 for t in timed)  # type: ignore[operator]
+    assert any(e.frame.userdata[USERDATA_VISEMES] for e in events)
+
+
+async def test_flush_speaks_text_without_a_boundary_before_the_input_ends() -> None:
+    async with plugin_stack() as s, AIVTuberTTS(url=s.url, voice="heart") as voice:
+        stream = voice.stream()
+        stream.push_text("Hello there my friend")  # no clause boundary yet
+        stream.flush()
+        async with asyncio.timeout(10):
+            first = await stream.__anext__()  # heard before end_input()
+        stream.end_input()
+        rest = await collect(stream)
+    assert first.frame.samples_per_channel > 0 and {e.request_id for e in rest} <= {
+        first.request_id
+    }
+
+
+async def test_a_stream_without_text_ends_quietly() -> None:
+    async with plugin_stack() as s, AIVTuberTTS(url=s.url, voice="heart") as voice:
+        stream = voice.stream()
+        stream.end_input()
+        assert await collect(stream) == []
+
+
+async def test_closing_a_stream_midway_cancels_the_task_on_the_server() -> None:
+    async with plugin_stack() as s, AIVTuberTTS(url=s.url, voice="sine") as voice:
+        stream = voice.stream()
+        stream.push_text("This starts at once. Then it would ")
+        stream.push_text(f"{HOLD} for a long while")  # the input stays open: an LLM still talking
+        async with asyncio.timeout(10):
+            first = await stream.__anext__()
+        await stream.aclose()  # what an interruption does
+        heard = await asyncio.wait_for(listen(s.direct_url, first.request_id), 10)
+    assert heard.end is not None and heard.end["cancelled"] is True, heard.end
+    assert heard.start is not None and heard.start["sample_rate"] == SINE_RATE
+
+
+async def test_a_stream_to_an_unknown_voice_raises_unknown_voice() -> None:
+    async with plugin_stack() as s, AIVTuberTTS(url=s.url, voice="nobody") as voice:
+        stream = voice.stream()
+        stream.push_text("Hello.")
+        stream.end_input()
+        with pytest.raises(AIVTuberAPIError) as raised:
+            await collect(stream)
+    assert raised.value.code == ErrorCode.UNKNOWN_VOICE
+
+
+async def test_a_stream_whose_connection_drops_raises_connection_lost() -> None:
+    async with plugin_stack() as s, AIVTuberTTS(url=s.url, voice="sine") as voice:
+        stream = voice.stream(conn_options=NO_RETRY)
+        stream.push_text(f"This starts at once. Then it would {HOLD} for a while.")
+        async with asyncio.timeout(10):
+            await stream.__anext__()
+        s.relay.cut()
+        with pytest.raises(AIVTuberAPIError) as raised:
+            await collect(stream)
+    assert raised.value.code == ErrorCode.CONNECTION_LOST

@@ -77,9 +77,11 @@ async def test_an_llm_reply_streamed_in_comes_out_as_one_task_of_audio_and_word_
     assert kinds == [TTSStartedFrame, TTSStoppedFrame]
     shapes = [shape for f in audio for _, shape in f.metadata[METADATA_VISEMES]]
     assert set(shapes) <= set("aiueon") and len(shapes) > 10
-    # Word frames carry the reply as heard, in order.
-    words = [f.text for f in down if isinstance(f, TTSTextFrame)]
-    assert "".join(words).replace(" ", "") == "".join(REPLY).replace(" ", "")
+    # One word frame per word, in order, stamped with when it is heard (the word timing).
+    words = [f for f in down if isinstance(f, TTSTextFrame)]
+    assert [f.text.strip() for f in words] == "".join(REPLY).split()
+    stamps = [f.pts for f in words]
+    assert all(stamps) and stamps == sorted(stamps)
 
 
 async def test_an_unknown_voice_is_an_error_frame_with_its_code() -> None:
