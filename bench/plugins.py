@@ -7,8 +7,8 @@ each line of ``bench/texts/lines-en.txt`` is cut into word pieces as an LLM stre
 other (the order rotates from line to line, so none always runs on a warmer machine):
 
 - **raw**: the protocol by hand (``/ws/input`` open before the clock): ``speak`` with
-  ``"stream": true`` and the first piece, ``/ws/output/{task_id}`` opened on the answer, the
-  other pieces as ``append``, then ``end``;
+  ``"stream": true`` and the first piece; on the answer the other pieces as ``append``, then
+  ``end``, then ``/ws/output/{task_id}`` opened;
 - **LiveKit**: ``AIVTuberTTS.stream()`` (connection prewarmed): ``push_text`` per piece,
   ``end_input()``; frames as the stream yields them;
 - **Pipecat**: ``AIVTuberTTSService`` in a running Pipecat pipeline (connected at start): an
@@ -157,10 +157,12 @@ async def _raw(
     if answer.get("action") != "upload_processed":
         raise SpeechError(f"raw: speak refused: {answer}")
     task_id = answer["task_id"]
+    # The rest of the text goes out at once (as the plugins send it while their listener
+    # connects); the output handler keeps the frames for a subscriber that comes after them.
+    for part in parts[1:]:
+        await control.send(json.dumps({"type": "append", "task_id": task_id, "text": part}))
+    await control.send(json.dumps({"type": "end", "task_id": task_id}))
     async with connect(f"{gateway_ws}/ws/output/{task_id}", compression=None) as output:
-        for part in parts[1:]:
-            await control.send(json.dumps({"type": "append", "task_id": task_id, "text": part}))
-        await control.send(json.dumps({"type": "end", "task_id": task_id}))
         async with asyncio.timeout(TURN_TIMEOUT_S):
             async for message in output:
                 if isinstance(message, bytes):

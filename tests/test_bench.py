@@ -197,3 +197,19 @@ def test_openai_smoke_run_times_the_http_endpoint_next_to_the_websocket_path(
     assert api["medians"]["http_over_ws_p50"] > 0
     table = capsys.readouterr().out
     assert "POST /v1/audio/speech" in table and "HTTP ÷ WS" in table
+
+
+def test_plugins_smoke_run_times_both_frameworks_next_to_the_raw_protocol(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = run_bench(tmp_path, "--scenario", "plugins")
+
+    frameworks = results["scenarios"]["plugins"]["frameworks"]
+    assert frameworks["voice"] == "sine" and frameworks["params"]["lines"] == 1
+    (row,) = frameworks["per_line"]
+    for method in ("raw", "livekit", "pipecat"):
+        assert row[f"{method}_ttfa_ms"] > 0 and row[f"{method}_ttfa_audible_ms"] > 0
+    assert frameworks["medians"]["livekit_over_raw_p50"] > 0
+    assert frameworks["medians"]["pipecat_over_raw_p50"] > 0
+    table = capsys.readouterr().out
+    assert "LiveKit stream()" in table and "Pipecat" in table and "≤ 1.3× raw" in table

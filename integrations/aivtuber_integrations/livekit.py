@@ -318,6 +318,8 @@ class SynthesizeStream(tts.SynthesizeStream):
                         data, voice=self._tts._voice, stream=True, request_id=speech.request_id
                     )
                     opened.set_result(task_id)
+                    # The player may start listening now, before the queued pieces are sent.
+                    await asyncio.sleep(0)
                 else:
                     await gateway.append(task_id, data)
             if task_id is not None:

@@ -232,6 +232,9 @@ class AIVTuberTTSService(WebsocketTTSService):
                 state.listener = self.create_task(
                     self._play(context_id, task_id), name=f"aivtuber-{task_id[:8]}"
                 )
+                # Let the listener start its handshake now: tokens queued behind this one
+                # would otherwise all be sent before it runs (a burst never yields).
+                await asyncio.sleep(0)
                 if not self._is_streaming_tokens:
                     await self._send(Append(type="append", task_id=task_id, text="", flush=True))
             elif state.task_id is not None and not state.failed and not state.ended:
