@@ -70,9 +70,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ],
         default="all",
         help="what to run (edge: the cost of authentication, fairness, memory under attack; "
-        "openai: /v1/audio/speech next to the WebSocket path; plugins: the LiveKit and Pipecat "
-        "plugins next to the raw streaming protocol; all: browser only when a "
-        "Chromium is found; bus: direct vs Redis Streams, needs redis-server, not in all)",
+        "openai: /v1/audio/speech next to the WebSocket path; all: browser only when a "
+        "Chromium is found; bus: direct vs Redis Streams, needs redis-server, not in all; "
+        "plugins: the LiveKit and Pipecat plugins next to the raw streaming protocol, not in all)",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         results["scenarios"]["browser"] = run_browser_path(browser_params(args), work_dir, say=_say)
     elif args.scenario == "all":
         _say("browser scenario skipped: no Chromium found (apt-get install -y chromium)")
-    if args.scenario in ("plugins", "all"):
+    if args.scenario == "plugins":
         # Parts: frameworks (bench/plugins.py); each part adds its own key.
         plugins = results["scenarios"]["plugins"] = {}
         plugins["frameworks"] = run_frameworks(_framework_params(mode, args), work_dir, say=_say)
