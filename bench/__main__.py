@@ -36,6 +36,7 @@ from .openai_api import OpenAIParams, run_openai_api
 from .plugins import FrameworkParams, run_frameworks
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
 from .speech_path import SpeechParams, run_speech_path
+from .stream import StreamParams, run_stream
 from .voices import VoicesParams, run_voices
 
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "latest.json"
@@ -58,13 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scenario",
         choices=[
-            "gateway",
-            "speech",
-            "edge",
-            "voices",
-            "openai",
-            "browser",
-            "bus",
+            *("gateway", "speech", "edge", "voices", "openai", "browser", "bus", "stream"),
             "plugins",
             "all",
         ],
@@ -72,6 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="what to run (edge: the cost of authentication, fairness, memory under attack; "
         "openai: /v1/audio/speech next to the WebSocket path; all: browser only when a "
         "Chromium is found; bus: direct vs Redis Streams, needs redis-server, not in all; "
+        "stream: an LLM's reply streamed in vs spoken whole or by sentence, not in all; "
         "plugins: the LiveKit and Pipecat plugins next to the raw streaming protocol, not in all)",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
@@ -195,6 +191,12 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         if args.voice:
             bus_params = dataclasses.replace(bus_params, voice=args.voice)
         results["scenarios"]["bus"] = run_bus(bus_params, work_dir, say=_say)
+    if args.scenario == "stream":
+        stream = {"quick": StreamParams.quick(), "smoke": StreamParams.smoke()}
+        stream_params = stream.get(mode, StreamParams())
+        if args.voice:
+            stream_params = dataclasses.replace(stream_params, voices=(args.voice,))
+        results["scenarios"]["stream"] = run_stream(stream_params, work_dir, say=_say)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
 

@@ -47,6 +47,10 @@ def render(results: dict[str, Any]) -> str:
         parts.extend(openai_tables(scenarios["openai"]))
     if "browser" in scenarios:
         parts.extend(browser_tables(scenarios["browser"]))
+    if "stream" in scenarios:
+        from .stream import stream_tables  # stream.py imports this module's markdown_table
+
+        parts.extend(stream_tables(scenarios["stream"]))
     if "plugins" in scenarios:
         parts.extend(plugins_tables(scenarios["plugins"]))
     if "bus" in scenarios:

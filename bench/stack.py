@@ -12,16 +12,33 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aivtuber_common.config import ConfigError, Settings, VoiceSettings, load_settings
+from aivtuber_common.config import (
+    ConfigError,
+    HibariVoice,
+    KokoroJaVoice,
+    PiperVoice,
+    Settings,
+    SineVoice,
+    load_settings,
+)
+from aivtuber_common.identity import GATEWAY_TOKEN_HEADER
 
 from .procs import REPO_ROOT, BenchError, Proc, free_port, python_argv
 
-__all__ = ["Ports", "Stack", "stack_config", "start_worker", "write_config"]
+__all__ = [
+    "Ports",
+    "Stack",
+    "internal_headers",
+    "stack_config",
+    "start_worker",
+    "write_config",
+]
 
 MAIN = {
     "gateway": "services/gateway-python/main.py",
@@ -33,10 +50,10 @@ MAIN = {
 # without a "voices" key gets (see aivtuber_common.config), and the bundled ones that
 # docs/voices.md tells how to enable (the Japanese voices are not in the shipped config).
 DEFAULT_VOICES = {
-    "joe": VoiceSettings(engine="piper"),
-    "sine": VoiceSettings(engine="sine"),
-    "heart": VoiceSettings(engine="hibari"),
-    "jf_alpha": VoiceSettings(engine="kokoro_ja", speaker="jf_alpha"),
+    "joe": PiperVoice(),
+    "sine": SineVoice(),
+    "heart": HibariVoice(),
+    "jf_alpha": KokoroJaVoice(speaker="jf_alpha"),
 }
 UNLIMITED = {
     "max_connections": 100_000,
@@ -104,7 +121,16 @@ def stack_config(
     # and the worker's per-client share of its queue would measure themselves, not speech.
     data["limits"] = {**data.get("limits", {}), **UNLIMITED}
     worker["tenant_share"] = 1.0
+    # The internal token of this run's stack: what the bench shows a back end it dials
+    # directly (internal_headers), never the user's own token file.
+    data.setdefault("internal_token", secrets.token_urlsafe(24))
     return data
+
+
+def internal_headers(settings: Settings) -> dict[str, str]:
+    """What a direct client of a back end (not through the gateway) must present."""
+    token = settings.internal_token
+    return {GATEWAY_TOKEN_HEADER: token} if token else {}
 
 
 def write_config(

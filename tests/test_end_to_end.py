@@ -27,12 +27,15 @@ from aivtuber_common.config import (
     BusSettings,
     DirectBusSettings,
     GatewaySettings,
+    HibariVoice,
     InputHandlerSettings,
     LimitsSettings,
     OutputHandlerSettings,
+    PiperVoice,
     RedisBusSettings,
     RouteSettings,
     Settings,
+    SineVoice,
     TtsWorkerSettings,
     VoiceSettings,
 )
@@ -109,10 +112,14 @@ class Stack:
         await self.stops[index].aclose()
 
 
-def voices(piper: bool) -> dict[str, VoiceSettings]:
-    table = {"sine": VoiceSettings(engine="sine", sample_rate=SINE_RATE, ms_per_char=MS_PER_CHAR)}
+def voices(piper: bool, heart: bool = False) -> dict[str, VoiceSettings]:
+    table: dict[str, VoiceSettings] = {
+        "sine": SineVoice(sample_rate=SINE_RATE, ms_per_char=MS_PER_CHAR)
+    }
     if piper:
-        table["joe"] = VoiceSettings(engine="piper", device="cpu")
+        table["joe"] = PiperVoice(device="cpu")
+    if heart:  # hibari: timed (visemes, words) and fast
+        table["heart"] = HibariVoice()
     return table
 
 
@@ -129,9 +136,11 @@ async def stack(
     bus: BusSettings = DIRECT,  # the bus fixture's; direct for the browser and page tests
     workers: int = 1,
     piper: bool = False,
+    heart: bool = False,
     dead_workers: int = 0,
     limits: LimitsSettings | None = None,
     audio_metrics: bool = False,
+    worker_options: dict[str, Any] | None = None,
     **input_options: Any,
 ) -> AsyncIterator[Stack]:
     """Output handler, worker(s), input handler, gateway: started in the order each needs,
@@ -151,10 +160,11 @@ async def stack(
             gate = Gate()
             config = TtsWorkerSettings(
                 output_handler_url=output.ws_url,
-                voices=voices(piper),
+                voices=voices(piper, heart),
                 default_voice="joe" if piper else "sine",
                 frame_ms=FRAME_MS,
                 max_concurrent=2,
+                **(worker_options or {}),
             )
             app = worker_app(
                 Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate)

@@ -30,6 +30,7 @@ from aivtuber_common.config import (
     OutputHandlerSettings,
     RouteSettings,
     Settings,
+    SineVoice,
     TenantSettings,
     TtsWorkerSettings,
     VoiceSettings,
@@ -117,7 +118,7 @@ async def stack(
         output = await outer.enter_async_context(
             run_server(output_app(Settings(output_handler=OutputHandlerSettings(task_wait_s=5))))
         )
-        voice = VoiceSettings(engine="sine", sample_rate=RATE, ms_per_char=MS_PER_CHAR)
+        voice = SineVoice(sample_rate=RATE, ms_per_char=MS_PER_CHAR)
         worker_settings = TtsWorkerSettings(
             output_handler_url=output.ws_url,
             voices={"sine": voice},

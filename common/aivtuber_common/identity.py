@@ -5,12 +5,16 @@ handshake, strips every ``x-aivtuber-*`` header the client sent and adds its own
 
     x-aivtuber-tenant         the tenant's name; absent for an anonymous client
     x-aivtuber-client         the client's IP address (limits of anonymous clients)
-    x-aivtuber-gateway-token  ``internal_token``, when one is set
+    x-aivtuber-gateway-token  the internal token
 
-A back end believes these headers only from the gateway: when ``internal_token`` is set the
-token must match (compared in constant time); when none is set, only a peer on a loopback
-address is believed. Anything else is treated as an anonymous client at the peer's address,
-so a client that reaches a back end directly cannot claim a tenant.
+A back end believes these headers only from the gateway: the token must match (compared in
+constant time). A running service always has one (``internal_token``, else the machine's
+token file: :mod:`aivtuber_common.token_file`), and
+:class:`aivtuber_common.internal_auth.RequireInternalToken` refuses a request without it
+before it gets here. Only an app built in-process with no token (tests, embedding) falls
+back to believing a loopback peer. Anything else is an anonymous client at the peer's
+address (never an address from X-Forwarded-For: proxy-header trust is off everywhere), so a
+client that reaches a back end directly cannot claim a tenant.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ __all__ = [
     "IDENTITY_PREFIX",
     "TENANT_HEADER",
     "Identity",
+    "identity_headers",
     "is_loopback",
     "read_identity",
     "token_matches",
@@ -66,6 +71,18 @@ def token_matches(given: str | None, expected: str) -> bool:
     if given is None:
         return False
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
+
+def identity_headers(identity: Identity, internal_token: str | None) -> list[tuple[str, str]]:
+    """The headers that tell a back end who ``identity`` is (the one producer of what
+    :func:`read_identity` parses): the gateway adds them on every backend hop, the input
+    handler on its own subscriptions to the output handler."""
+    headers = [(CLIENT_HEADER, identity.client_ip)]
+    if identity.tenant is not None:
+        headers.append((TENANT_HEADER, identity.tenant))
+    if internal_token:
+        headers.append((GATEWAY_TOKEN_HEADER, internal_token))
+    return headers
 
 
 def read_identity(

@@ -10,7 +10,9 @@ Each call costs at least ~400 ms whatever its length (RTF ~0.4 on this CPU), so 
 cut clause by clause (:func:`aivtuber_tts.splitting_ja.split_japanese`): the first clause
 is heard as soon as it is made, and each next clause is synthesised while the previous one
 plays. The model's ``/encoder/Round_output_0`` durations trim the silent pads and time the
-mouth shapes, as for hibari (see :mod:`.durations`).
+mouth shapes, as for hibari (see :mod:`.durations`), and the words: one per accent phrase
+as OpenJTalk parses the clause (about a bunsetsu, see :mod:`aivtuber_tts.words`), each
+phonemised alone by the same G2P to tie it to the phonemes spoken.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import structlog
 from ..errors import EngineError
 from ..splitting_ja import split_japanese
 from ..visemes import JAPANESE, Speech
+from ..words import WordMark, japanese_words, time_words
 from .base import LocalEngine
 from .durations import timed_piece, with_output
 from .piper import CPU, session_options
@@ -117,6 +120,7 @@ class KokoroJaEngine(LocalEngine):
             raise EngineError("the kokoro_ja voice is not loaded yet")
         with model.lock:
             phonemes = model.g2p(piece)
+            words = _words(model, piece)
         symbols = [c for c in phonemes if c in model.vocab][:MAX_TOKENS]
         if not symbols:
             return Speech(b"", ())
@@ -131,7 +135,7 @@ class KokoroJaEngine(LocalEngine):
                 "speed": np.array([self.speed], np.float32),
             },
         )
-        return timed_piece(
+        timed, spoken = timed_piece(
             audio,
             durations,
             ["^", *symbols, "$"],
@@ -141,6 +145,20 @@ class KokoroJaEngine(LocalEngine):
             max_tail_pause=MAX_TAIL_PAUSE,
             pause_symbols=PAUSES,
         )
+        written, word_phonemes = words
+        marks: tuple[WordMark, ...] = time_words(
+            written, word_phonemes, spoken, len(timed.pcm) // 2
+        )
+        return Speech(timed.pcm, timed.marks, marks)
+
+
+def _words(model: _Model, piece: str) -> tuple[list[str], list[str]]:
+    """The piece's accent phrases and each one's phonemes (under the model's G2P lock)."""
+    import pyopenjtalk
+
+    nodes = pyopenjtalk.run_frontend(piece, use_sudachi_kanji_yomi=False)
+    words = japanese_words(piece, [(node["string"], node["chain_flag"]) for node in nodes])
+    return words, [model.g2p(word) for word in words]
 
 
 def _cache_dir(configured: Path | None) -> Path:

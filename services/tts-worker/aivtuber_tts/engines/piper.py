@@ -15,11 +15,14 @@ Mouth shapes come from Piper's own alignments (piper-tts 1.8): the model's per-p
 sample counts (the ``Ceil`` tensor) are added as an output when the model is loaded, in
 memory with the ``onnx`` package (``piper.patch_voice_with_alignment``'s function), so
 nothing is written and a model patched on disk beforehand is used as it is. The same
-alignments say how long the silent BOS pad at the start of a piece lasts: most of it is cut.
+alignments say how long the silent BOS pad at the start of a piece lasts: most of it is cut,
+and they time the words (:mod:`aivtuber_tts.words`; each word is phonemised alone by the
+same espeak-ng, cached).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -33,6 +36,7 @@ from piper.config import PiperConfig
 
 from ..errors import EngineError
 from ..visemes import ENGLISH, Mark, Speech, marks_from_durations, table_for, trim_marks
+from ..words import Phone, phones, time_words, written_words
 from .base import LocalEngine, Piece
 
 __all__ = [
@@ -105,6 +109,8 @@ class PiperEngine(LocalEngine):
         self.warmup = warmup
         self._voice: PiperVoice | None = None
         self.sample_rate = 22050
+        # Words repeat (the, you, chat): each is phonemised once.
+        self._word_phonemes = functools.lru_cache(maxsize=WORD_CACHE)(self._phonemize_word)
 
     def load(self) -> None:
         try:
@@ -142,19 +148,28 @@ class PiperEngine(LocalEngine):
             return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(piece))
         pcm = bytearray()
         marks: list[Mark] = []
+        spoken: list[Phone] = []
         for chunk in self._voice.synthesize(piece, include_alignments=True):
             base = len(pcm) // 2
             audio = chunk.audio_int16_array
             if chunk.phoneme_alignments:  # None when Piper could not align this sentence
                 segments = [(a.phoneme, int(a.num_samples)) for a in chunk.phoneme_alignments]
                 chunk_marks = marks_from_durations(segments, self._table)
+                cut = 0
                 if not pcm:  # the piece's start: the listener waits for this silence
                     cut = _lead_cut(audio, segments[0][1])
                     audio = _fade_in(audio[cut:], self.sample_rate)
                     chunk_marks = trim_marks(chunk_marks, cut, cut + len(audio))
                 marks.extend((base + offset, shape) for offset, shape in chunk_marks)
+                spoken.extend(phones(segments, base - cut))
             pcm += audio.tobytes()
-        return Speech(bytes(pcm), tuple(marks))
+        words = written_words(piece)
+        timed = time_words(words, [self._word_phonemes(w) for w in words], spoken, len(pcm) // 2)
+        return Speech(bytes(pcm), tuple(marks), timed)
+
+    def _phonemize_word(self, word: str) -> str:
+        assert self._voice is not None
+        return "".join("".join(sentence) for sentence in self._voice.phonemize(word))
 
     def _model(self) -> str | bytes:
         """The model's path, or its bytes with the alignment output added (visemes)."""
@@ -208,6 +223,7 @@ def _bcp47(espeak_voice: str) -> str:
 # hops; the vocoder spreads the first phoneme's onset into the pad), and never cut into
 # sound (AUDIBLE_GUARD before the first sample above -40 dBFS).
 LEAD_KEEP = 512
+WORD_CACHE = 4096  # phonemised words kept per voice
 AUDIBLE_GUARD = 256
 FADE_IN_S = 0.0025
 
