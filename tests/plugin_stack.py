@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from aivtuber_common.config import (
     AuthSettings,
     GatewaySettings,
+    HibariVoice,
     InputHandlerSettings,
     OutputHandlerSettings,
     RouteSettings,
     Settings,
+    SineVoice,
     TenantSettings,
     TtsWorkerSettings,
-    VoiceSettings,
 )
 from aivtuber_gateway import create_app as gateway_app
 from aivtuber_input import create_app as input_app
@@ -117,8 +118,8 @@ async def plugin_stack(*, keyed: bool = False) -> AsyncIterator[PluginStack]:
         )
         gate = Gate()
         voices = {
-            "heart": VoiceSettings(engine="hibari"),
-            "sine": VoiceSettings(engine="sine", sample_rate=SINE_RATE, ms_per_char=20.0),
+            "heart": HibariVoice(),
+            "sine": SineVoice(sample_rate=SINE_RATE, ms_per_char=20.0),
         }
         config = TtsWorkerSettings(
             output_handler_url=output.ws_url, voices=voices, default_voice="heart"
