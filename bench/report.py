@@ -47,14 +47,12 @@ def render(results: dict[str, Any]) -> str:
         parts.extend(openai_tables(scenarios["openai"]))
     if "browser" in scenarios:
         parts.extend(browser_tables(scenarios["browser"]))
-    if "formats" in scenarios.get("plugins", {}):
-        from .plugins_formats import plugins_formats_tables
-
-        parts.extend(plugins_formats_tables(scenarios["plugins"]["formats"]))
     if "stream" in scenarios:
         from .stream import stream_tables  # stream.py imports this module's markdown_table
 
         parts.extend(stream_tables(scenarios["stream"]))
+    if "plugins" in scenarios:
+        parts.extend(plugins_tables(scenarios["plugins"]))
     if "bus" in scenarios:
         from .bus import bus_tables  # bus.py imports this module's markdown_table
 
@@ -67,6 +65,21 @@ def render(results: dict[str, Any]) -> str:
         f"command: `{results.get('command', './bench')}`_"
     )
     return "\n\n".join(parts) + "\n"
+
+
+def plugins_tables(plugins: dict[str, Any]) -> list[str]:
+    """The plugins scenario: each part that ran (frameworks: bench/plugins.py; the VOICEVOX
+    API and Opus: bench/plugins_formats.py)."""
+    parts: list[str] = []
+    if "frameworks" in plugins:
+        from .plugins import framework_tables  # it imports this module
+
+        parts.extend(framework_tables(plugins["frameworks"]))
+    if "formats" in plugins:
+        from .plugins_formats import plugins_formats_tables
+
+        parts.extend(plugins_formats_tables(plugins["formats"]))
+    return parts
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -81,6 +81,8 @@ class ErrorCode(StrEnum):
     # The VOICEVOX-compatible API (docs/voicevox.md)
     NO_TIMING = "no_timing"
     UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    # --- clients (never sent by a server) ----------------------------------------------
+    CONNECTION_LOST = "connection_lost"
 
 
 MEANINGS: dict[ErrorCode, str] = {
@@ -160,4 +162,6 @@ MEANINGS: dict[ErrorCode, str] = {
     "has no mora timing for VOICEVOX's audio_query (the sine and remote voices)",
     ErrorCode.UNSUPPORTED_PARAMETER: "a VOICEVOX AudioQuery asks for what the voices cannot "
     "do (speedScale, pitchScale, intonationScale, pause lengths other than the defaults)",
+    ErrorCode.CONNECTION_LOST: "(clients only: the framework plugins) the gateway could not be "
+    "reached, or the connection dropped before the task ended",
 }
