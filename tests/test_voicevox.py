@@ -249,3 +249,20 @@ async def test_the_key_may_also_come_as_a_query_parameter(vv: Stack) -> None:
     assert query.status_code == 200, query.text
     assert synthesis.status_code == 200 and synthesis.headers["content-type"] == "audio/wav"
     assert synthesis.content[:4] == b"RIFF"
+
+
+async def test_a_bad_speaker_or_query_is_refused_in_fastapis_shape(vv: Stack) -> None:
+    auth = {"authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(timeout=60, headers=auth) as http:
+        not_a_number = await http.post(
+            f"{vv.url(None)}/audio_query", params={"text": "はい", "speaker": "alpha"}
+        )
+        empty = await http.post(f"{vv.url(None)}/audio_query", params={"text": " ", "speaker": 0})
+        broken = await http.post(
+            f"{vv.url(None)}/synthesis", params={"speaker": ALPHA}, json={"accent_phrases": 3}
+        )
+        ready = await http.get(f"{vv.url(None)}/is_initialized_speaker", params={"speaker": 0})
+    assert not_a_number.status_code == 422 and not_a_number.json()["code"] == "bad_request"
+    assert empty.status_code == 422 and empty.json()["code"] == "empty_text"
+    assert broken.status_code == 422 and "accent_phrases" in broken.json()["detail"]
+    assert ready.status_code == 200 and ready.json() is True
