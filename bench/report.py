@@ -52,6 +52,8 @@ def render(results: dict[str, Any]) -> str:
         from .stream import stream_tables  # stream.py imports this module's markdown_table
 
         parts.extend(stream_tables(scenarios["stream"]))
+    if "plugins" in scenarios:
+        parts.extend(plugins_tables(scenarios["plugins"]))
     if "bus" in scenarios:
         from .bus import bus_tables  # bus.py imports this module's markdown_table
 
@@ -64,6 +66,21 @@ def render(results: dict[str, Any]) -> str:
         f"command: `{results.get('command', './bench')}`_"
     )
     return "\n\n".join(parts) + "\n"
+
+
+def plugins_tables(plugins: dict[str, Any]) -> list[str]:
+    """The plugins scenario: each part that ran (frameworks: bench/plugins.py; the VOICEVOX
+    API and Opus: bench/plugins_formats.py)."""
+    parts: list[str] = []
+    if "frameworks" in plugins:
+        from .plugins import framework_tables  # it imports this module
+
+        parts.extend(framework_tables(plugins["frameworks"]))
+    if "formats" in plugins:
+        from .plugins_formats import plugins_formats_tables
+
+        parts.extend(plugins_formats_tables(plugins["formats"]))
+    return parts
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -390,6 +407,12 @@ def voices_tables(voices: dict[str, Any]) -> list[str]:
     capacity = ", ".join(
         f"{name}: {voice['realtime_streams']}" for name, voice in voices["voices"].items()
     )
+    words = ", ".join(
+        f"{name} {voice['words']['exact']}/{voice['words']['utterances']}"
+        for name, voice in voices["voices"].items()
+        if voice.get("words", {}).get("timed")  # results from before word timing have none
+    )
+    notes = [f"Word tracks exactly the words sent, in order, inside the audio: {words}."]
     return [
         "## Voices: first byte vs first audible sample (-40 dBFS), per voice",
         markdown_table(header, rows),
@@ -399,6 +422,7 @@ def voices_tables(voices: dict[str, Any]) -> list[str]:
             load_rows,
         ),
         f"Largest level with no late frame: {capacity}.",
+        *(notes if words else []),
     ]
 
 

@@ -120,8 +120,10 @@ async def test_a_task_cancelled_before_any_worker_took_it_is_dropped_by_the_work
         async with run_server(worker_app(Settings(bus=bus, tts_worker=config))):
 
             async def all_taken() -> bool:
-                pending = (await link.client.xpending(link.keys.tasks, "workers"))["pending"]
                 groups = await link.client.xinfo_groups(link.keys.tasks)
+                if not groups:  # the worker has not made its group yet (xpending: NOGROUP)
+                    return False
+                pending = (await link.client.xpending(link.keys.tasks, "workers"))["pending"]
                 return not pending and not groups[0]["lag"]
 
             async with asyncio.timeout(TIMEOUT_S):

@@ -22,7 +22,13 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from aivtuber_common.config import BusSettings, HibariVoice, LimitsSettings, VoiceSettings
+from aivtuber_common.config import (
+    BusSettings,
+    HibariVoice,
+    KokoroJaVoice,
+    LimitsSettings,
+    VoiceSettings,
+)
 from aivtuber_tts import tasks
 from tests.edge_support import ALICE_KEY, BOB_KEY
 from tests.frontend import ask, frontend
@@ -463,3 +469,51 @@ async def test_a_stream_whose_input_handler_died_ends_by_itself_on_the_worker(
     assert task.end.reason == "idle"
     assert task.frames, "what was sent was spoken"
     assert health["running"] == health["queued"] == 0
+
+
+async def test_text_that_arrives_before_it_is_needed_joins_clauses_with_no_short_frame() -> None:
+    # Direct bus: an answered message on /ws/input means the worker holds the text before it.
+    async with stack(worker_options={"stream_max_wait_ms": NEVER_MS}) as s:
+        async with frontend(s.url) as (ws, _):
+            # 29 characters: its audio ends mid-frame (the sine voice: 320 samples each).
+            task_id = await open_stream(ws, f"{HOLD} the first clauses of it, ")
+            heard = asyncio.create_task(hear(s.url, task_id))
+            await append(ws, task_id, "and then the second clause follows. And a third ")
+            await append(ws, task_id, "sentence ends it.")
+            await end(ws, task_id)
+            marker = await ask(ws, {"type": "append", "task_id": task_id, "text": "x"})
+            s.gates[0].release()  # the first clause is made only now: the rest waits ready
+            async with asyncio.timeout(TIMEOUT_S):
+                stream = await heard
+        spoken = s.gates[0].pieces
+    assert marker["code"] == "task_ended"
+    assert len(spoken) >= 3, "spoken clause by clause"
+    assert_one_continuous_stream(stream)
+    frame = SINE_RATE * 40 // 1000
+    # No frame was cut short at a join: the cutter ran on from one clause into the next.
+    assert all(chunk["samples"] == frame for chunk in stream.chunks[:-1])
+
+
+async def test_a_japanese_voice_speaks_a_stream_split_at_japanese_boundaries(
+    tmp_path: Path,
+) -> None:
+    pieces = ["こんにち", "は、今日は", "いい天気で", "すね。また", "明日。"]
+    async with running_recorder() as recorder:
+        voices: dict[str, VoiceSettings] = {"alpha": KokoroJaVoice(speaker="jf_alpha")}
+        settings = sine_settings(
+            recorder.url, voices=voices, frame_ms=40, warmup=False, data_dir=str(tmp_path)
+        )
+        async with running_worker(settings) as worker:
+            task_id = str(uuid.uuid4())
+            body = {"task_id": task_id, "text": "", "stream": True}
+            assert (await worker.http.post("/v1/tasks", json=body)).status_code == 202
+            for index, piece in enumerate(pieces):
+                message = {"task_id": task_id, "text": piece, "end": index == len(pieces) - 1}
+                response = await worker.http.post(f"/v1/tasks/{task_id}/text", json=message)
+                assert response.status_code == 200, response.text
+            task = await recorder.ended(task_id)
+    assert task.end is not None and task.end.status == "completed"
+    assert [frame.chunk_id for frame in task.frames] == list(range(len(task.frames)))
+    pcm = np.frombuffer(b"".join(frame.pcm for frame in task.frames), dtype="<i2")
+    assert 1.5 < len(pcm) / 24000 < 8.0  # eighteen kana and kanji of speech
+    assert np.abs(pcm).max() > 3000

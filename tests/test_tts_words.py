@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,8 @@ from aivtuber_tts.engines import HibariEngine, PiperEngine
 from aivtuber_tts.engines.base import LocalEngine
 from aivtuber_tts.visemes import Speech, TrackCutter
 from aivtuber_tts.words import japanese_words, phones, time_words, written_words
+from bench.speech_client import Utterance
+from bench.voices import word_agreement
 from tests.frontend import Heard, frontend, listen, speak
 from tests.test_end_to_end import stack
 
@@ -250,3 +253,24 @@ async def test_an_untimed_voice_sends_no_word_track(bus: BusSettings) -> None:
     async with stack(bus) as s, frontend(s.url) as (ws, _):
         heard = await listen(s.url, await speak(ws, "Just a tone, no words."))
     assert heard.chunks and not any("words" in chunk for chunk in heard.chunks)
+
+
+def test_the_bench_counts_an_utterance_exact_only_with_every_word_in_order_inside_the_audio() -> (
+    None
+):
+    def heard(text: str, tracks: list[list[list[Any]] | None]) -> Utterance:
+        utterance = Utterance(text=text, sample_rate=1000)
+        utterance.frame_words, utterance.frame_samples = tracks, [100] * len(tracks)
+        return utterance
+
+    good = heard("Hi chat!", [[[5, 50, "Hi"]], [[20, 80, "chat!"]]])
+    reordered = heard("Hi chat!", [[[5, 50, "chat!"]], [[20, 80, "Hi"]]])
+    missing = heard("Hi chat!", [[[5, 50, "Hi"]], []])
+    untimed = heard("Hi chat!", [None, None])
+    assert word_agreement([good, reordered, missing, untimed], japanese=False) == {
+        "timed": True,
+        "utterances": 3,
+        "exact": 1,
+    }
+    ja = heard("今日も 配信に", [[[0, 90, "今日も"], [95, 90, "配信に"]]])
+    assert word_agreement([ja], japanese=True)["exact"] == 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -170,6 +171,10 @@ def _default_routes() -> dict[str, RouteSettings]:
         "openai": RouteSettings(
             path="/v1/{endpoint:path}", backends=["http://127.0.0.1:8001"], protocol="http"
         ),
+        # The VOICEVOX-compatible API (docs/voicevox.md), also served by the input handler.
+        "voicevox": RouteSettings(
+            path="/voicevox/{endpoint:path}", backends=["http://127.0.0.1:8001"], protocol="http"
+        ),
     }
 
 
@@ -319,6 +324,33 @@ class OpenAISettings(StrictModel):
     max_input_chars: Annotated[int, Field(ge=1)] = 4096
 
 
+def _default_style_ids() -> dict[str, int]:
+    return {
+        "jf_alpha": 0,
+        "jf_gongitsune": 1,
+        "jf_nezumi": 2,
+        "jf_tebukuro": 3,
+        "jm_kumo": 4,
+        "heart": 10,
+        "joe": 11,
+    }
+
+
+class VoicevoxSettings(StrictModel):
+    """The VOICEVOX-compatible API (``/voicevox/...``) of the input handler."""
+
+    # Voice id -> VOICEVOX style id (the "speaker" number clients send). A voice not
+    # listed gets 1000 + its id's CRC-32 modulo 1000000: stable, whatever else is loaded.
+    style_ids: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=_default_style_ids)
+
+    @model_validator(mode="after")
+    def _ids_unique(self) -> VoicevoxSettings:
+        ids = list(self.style_ids.values())
+        if len(ids) != len(set(ids)):
+            raise ValueError("style_ids: two voices have the same style id")
+        return self
+
+
 class InputHandlerSettings(StrictModel):
     # Interface to listen on (loopback: only the gateway reaches it).
     host: str = "127.0.0.1"
@@ -349,6 +381,7 @@ class InputHandlerSettings(StrictModel):
     # is refused with text_too_long (the text already taken is still spoken).
     max_stream_chars: Annotated[int, Field(ge=1)] = 20000
     openai: OpenAISettings = OpenAISettings()
+    voicevox: VoicevoxSettings = VoicevoxSettings()
 
 
 class OutputHandlerSettings(StrictModel):
@@ -719,6 +752,10 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None
             route = routes.setdefault(route_name, _default_routes()[route_name].model_dump())
             if isinstance(route, dict):
                 route["backends"] = value
+            # The output handlers also serve the tasks route (captions, WAV) over HTTP.
+            tasks = routes.get("tasks")
+            if route_name == "output" and isinstance(tasks, dict):
+                tasks["backends"] = re.sub(r"\bws(s?)://", r"http\1://", value)
 
 
 def _apply_auth_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:

@@ -24,12 +24,15 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field
+
 __all__ = [
     "CLIENT_HEADER",
     "GATEWAY_TOKEN_HEADER",
     "IDENTITY_PREFIX",
     "TENANT_HEADER",
     "Identity",
+    "IdentityHeaders",
     "identity_headers",
     "is_loopback",
     "read_identity",
@@ -73,16 +76,36 @@ def token_matches(given: str | None, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
 
 
+class IdentityHeaders(BaseModel):
+    """The identity headers on the wire (the field aliases are the header names)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    client: str | None = Field(
+        default=None, validation_alias="x-aivtuber-client", serialization_alias="x-aivtuber-client"
+    )
+    tenant: str | None = Field(
+        default=None, validation_alias="x-aivtuber-tenant", serialization_alias="x-aivtuber-tenant"
+    )
+    gateway_token: str | None = Field(
+        default=None,
+        validation_alias="x-aivtuber-gateway-token",
+        serialization_alias="x-aivtuber-gateway-token",
+        repr=False,
+    )
+
+    def items(self) -> list[tuple[str, str]]:
+        """As (name, value) pairs, without the absent ones."""
+        return [(name, value) for name, value in self.model_dump(by_alias=True).items() if value]
+
+
 def identity_headers(identity: Identity, internal_token: str | None) -> list[tuple[str, str]]:
     """The headers that tell a back end who ``identity`` is (the one producer of what
     :func:`read_identity` parses): the gateway adds them on every backend hop, the input
     handler on its own subscriptions to the output handler."""
-    headers = [(CLIENT_HEADER, identity.client_ip)]
-    if identity.tenant is not None:
-        headers.append((TENANT_HEADER, identity.tenant))
-    if internal_token:
-        headers.append((GATEWAY_TOKEN_HEADER, internal_token))
-    return headers
+    return IdentityHeaders(
+        client=identity.client_ip, tenant=identity.tenant, gateway_token=internal_token or None
+    ).items()
 
 
 def read_identity(
@@ -92,13 +115,13 @@ def read_identity(
     found: dict[str, str] = {}
     for name, value in headers:
         if name.startswith(IDENTITY_PREFIX):
-            found.setdefault(name, value)
+            found.setdefault(name, value)  # the first of a repeated header counts
+    claimed = IdentityHeaders.model_validate(found)
     peer = peer_host or "unknown"
     if internal_token:
-        trusted = token_matches(found.get(GATEWAY_TOKEN_HEADER), internal_token)
+        trusted = token_matches(claimed.gateway_token, internal_token)
     else:
         trusted = is_loopback(peer_host)
     if not trusted:
         return Identity(tenant=None, client_ip=peer)
-    tenant = found.get(TENANT_HEADER) or None
-    return Identity(tenant=tenant, client_ip=found.get(CLIENT_HEADER) or peer)
+    return Identity(tenant=claimed.tenant or None, client_ip=claimed.client or peer)

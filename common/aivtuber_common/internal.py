@@ -44,6 +44,7 @@ __all__ = [
     "IngestMessageAdapter",
     "SubmitAccepted",
     "SubmitTask",
+    "TaskCancelled",
     "TaskEnd",
     "TaskEvent",
     "TaskEventAdapter",
@@ -92,6 +93,13 @@ class SubmitAccepted(_Internal):
     task_id: str
     voice: str
     queued: int  # tasks waiting ahead of this one
+
+
+class TaskCancelled(_Internal):
+    """The worker's answer to a cancel it could act on (``DELETE /v1/tasks/{task_id}``)."""
+
+    task_id: str
+    cancelled: bool  # False: it was not running any more
 
 
 class WorkerRefusal(_Internal):

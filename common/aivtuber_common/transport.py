@@ -8,6 +8,16 @@ Direct implementations: ``aivtuber_input.workers`` (TaskSubmitter over HTTP),
 ``aivtuber_tts.redis_bus``, ``aivtuber_output.redis_source``. Each service picks its
 implementation in one place, its ``bus`` module (``open_bus``); everything else sees only
 these interfaces.
+
+Exceptions (named for what they mean on any bus)::
+
+    TransportError          code "tts_unavailable"
+     ├── TaskNotFound       "task_not_found": unknown, or another tenant's
+     ├── TaskEnded          "task_ended": more text for a stream that ended
+     ├── SubmitRefused      the worker's own code (unknown_voice, bad_request, ...)
+     ├── SinkLost           "not_ready": a task's frames can no longer reach the output side
+     ├── BusUnavailable     (aivtuber_common.bus) Redis cannot be reached
+     └── IngestError        (aivtuber_output.store) a worker sent what does not fit
 """
 
 from __future__ import annotations

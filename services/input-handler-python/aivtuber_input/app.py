@@ -55,6 +55,7 @@ from .session import (
     Submit,
 )
 from .speech import SpeechApi
+from .voicevox import VoicevoxApi
 
 __all__ = ["InputEndpoint", "create_app"]
 
@@ -110,6 +111,7 @@ def create_app(
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
         *speech.routes(),
+        *VoicevoxApi(settings, speech).routes(),  # /voicevox/...: docs/voicevox.md
     ]
     return Starlette(
         routes=routes, lifespan=lifespan, middleware=internal_middleware(settings.internal_token)

@@ -46,6 +46,7 @@ from aivtuber_common.internal import (
     TASKS_PATH,
     SubmitAccepted,
     SubmitTask,
+    TaskCancelled,
     TaskText,
     WorkerRefusal,
 )
@@ -337,9 +338,9 @@ class HttpTaskSubmitter:
             log.warning("cancel_refused", worker=worker.url, status=response.status_code)
             return None
         try:
-            return bool(response.json().get("cancelled", True))
-        except (ValueError, AttributeError):
-            return True
+            return TaskCancelled.model_validate_json(response.content).cancelled
+        except ValidationError:
+            return True  # it answered 200: the cancel was taken, whatever the body says
 
     async def _voices_of(self, worker: WorkerStatus) -> list[VoiceInfo] | None:
         """The worker's voices; None when it cannot be asked or answers nonsense."""

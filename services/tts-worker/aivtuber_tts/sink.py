@@ -171,7 +171,7 @@ class DirectWorkerBus:
         self, manager: TaskManager, voices: Voices, describe: Callable[[], WorkerHealth]
     ) -> set[asyncio.Task[None]]:
         """The background tasks; the caller cancels and awaits them, then :meth:`aclose`."""
-        self.sink.on_lost = manager.ingest_lost  # its tasks stop when their connection drops
+        self.sink.on_lost = manager.sink_lost  # its tasks stop when their connection drops
         return {asyncio.create_task(self.sink.run(), name="tts-ingest")}
 
     async def aclose(self) -> None:

@@ -91,7 +91,7 @@ _NOBODY = object()  # no tenant recorded (None is the anonymous tenant)
 
 class StopReason(enum.StrEnum):
     CANCELLED = "cancelled"  # DELETE /v1/tasks/{id}
-    INGEST_LOST = "ingest_lost"  # the output handler connection dropped
+    SINK_LOST = "sink_lost"  # its frames can no longer reach the output side (SinkLost)
     SHUTDOWN = "shutdown"
 
 
@@ -273,11 +273,11 @@ class TaskManager:
                     queue.get_nowait()
                 queue.put_nowait(None)  # ends that follower's stream
 
-    def ingest_lost(self, task_ids: list[str]) -> None:
+    def sink_lost(self, task_ids: list[str]) -> None:
         """The connection these tasks were announced on dropped: stop them, no TaskEnd."""
         for task_id in task_ids:
             if (job := self._jobs.get(task_id)) is not None:
-                self._stop(job, StopReason.INGEST_LOST)
+                self._stop(job, StopReason.SINK_LOST)
 
     async def shutdown(self) -> None:
         """Stop every task (each ends with failed/worker_stopped) and await them."""
@@ -372,8 +372,8 @@ class TaskManager:
         task_id = job.task_id
         if synth.cancelled():
             match job.stop_reason:
-                case StopReason.INGEST_LOST:
-                    log.warning("task_lost_with_ingest", chunks=job.chunks)
+                case StopReason.SINK_LOST:
+                    log.warning("task_lost_with_sink", chunks=job.chunks)
                     return None  # the output handler has failed it for its listeners
                 case StopReason.SHUTDOWN:
                     return TaskEnd(
@@ -388,8 +388,8 @@ class TaskManager:
         if error is None:
             return TaskEnd(task_id=task_id, status="completed", reason=job.end_reason)
         if isinstance(error, SinkLost):
-            job.stop_reason = StopReason.INGEST_LOST
-            log.warning("task_lost_with_ingest", chunks=job.chunks, error=str(error))
+            job.stop_reason = StopReason.SINK_LOST
+            log.warning("task_lost_with_sink", chunks=job.chunks, error=str(error))
             return None
         if isinstance(error, EngineError):
             log.error("task_failed", code=error.code, error=str(error))
