@@ -33,7 +33,7 @@ import hmac
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import httpx
 import structlog
@@ -107,6 +107,9 @@ class Worker:
         )
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
 def create_app(
     settings: Settings,
     http_transport: httpx.AsyncBaseTransport | None = None,
@@ -150,17 +153,9 @@ def create_app(
         worker: Worker = request.state.worker
         if (denied := _check_token(request, token, worker)) is not None:
             return denied
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return _refusal(
-                worker, 400, ErrorCode.BAD_REQUEST, f"The body is over {MAX_BODY_BYTES} bytes."
-            )
-        try:
-            task = SubmitTask.model_validate_json(body)
-        except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in error["loc"]) or "body"
-            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, f"{where}: {error['msg']}")
+        task = await _read_body(request, worker, SubmitTask)
+        if isinstance(task, Response):
+            return task
         if not is_canonical_uuid(task.task_id):
             return _refusal(
                 worker, 400, ErrorCode.BAD_REQUEST, "task_id: must be a canonical uuid."
@@ -190,16 +185,9 @@ def create_app(
         worker: Worker = request.state.worker
         if (denied := _check_token(request, token, worker)) is not None:
             return denied
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            too_big = f"The body is over {MAX_BODY_BYTES} bytes."
-            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, too_big)
-        try:
-            message = TaskText.model_validate_json(body)
-        except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in error["loc"]) or "body"
-            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, f"{where}: {error['msg']}")
+        message = await _read_body(request, worker, TaskText)
+        if isinstance(message, Response):
+            return message
         task_id = request.path_params["task_id"]
         if message.task_id != task_id:
             return _refusal(worker, 400, ErrorCode.BAD_REQUEST, "task_id: differs from the path's.")
@@ -266,6 +254,21 @@ def _check_token(request: Request, token: str | None, worker: Worker) -> Respons
         return None
     log.warning("unauthorized", path=request.url.path)
     return _refusal(worker, 401, ErrorCode.UNAUTHORIZED, "A valid internal token is required.")
+
+
+async def _read_body(request: Request, worker: Worker, model: type[_Model]) -> _Model | Response:
+    """The request's JSON body as ``model``, or the 400 refusal that says what is wrong."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return _refusal(
+            worker, 400, ErrorCode.BAD_REQUEST, f"The body is over {MAX_BODY_BYTES} bytes."
+        )
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        return _refusal(worker, 400, ErrorCode.BAD_REQUEST, f"{where}: {error['msg']}")
 
 
 def _refusal(worker: Worker, status: int, code: str, message: str) -> Response:
