@@ -19,7 +19,8 @@ task, so N clients asking for a long task cost N frames, not N copies of its aud
 Cues: a cue ends after a word that ends a clause (``, ; : . ! ? …`` and their full-width
 forms, ``、。``) or after :data:`MAX_CUE_WORDS` words; each word after the first carries
 its start as an inline timestamp (``<00:00:01.200>``). A voice without word timing gets one
-cue: the whole text over the whole audio.
+cue: the whole text over the whole audio (for a stream, its opening ``speak``'s text only:
+the appended pieces go to the worker, not here).
 """
 
 from __future__ import annotations
