@@ -17,10 +17,12 @@ Pure functions, no I/O: tested directly in tests/test_tts_splitting.py.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_MAX_CHARS",
     "DEFAULT_MIN_WORDS",
+    "Scan",
     "ready_end",
     "split_sentences",
     "split_text",
@@ -99,7 +101,21 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def ready_end(text: str, min_words: int = DEFAULT_MIN_WORDS) -> int:
+@dataclass
+class Scan:
+    """How far :func:`ready_end` (or :func:`~aivtuber_tts.splitting_ja.ready_end_japanese`)
+    got through a text that only grows at its end: given again with the longer text, the
+    next call starts where this one left off (at the last boundary that more text cannot
+    change), so a stream's pieces cost the work of the new text, not of all the text
+    still waiting. A new text (cut at the front) needs a new Scan."""
+
+    resume: int = 0  # boundaries ending before this are final
+    cut: int = 0  # the last boundary that counted
+    count: int = 0  # words (Japanese: spoken characters) of text[cut:counted]
+    counted: int = 0
+
+
+def ready_end(text: str, min_words: int = DEFAULT_MIN_WORDS, scan: Scan | None = None) -> int:
     """Where text arriving piece by piece can be cut now: the end of its last finished
     sentence or clause, 0 when there is none yet (streaming input, see
     :mod:`aivtuber_tts.streaming`).
@@ -110,12 +126,19 @@ def ready_end(text: str, min_words: int = DEFAULT_MIN_WORDS) -> int:
     :func:`split_text`: the voice never says a lone "Well," with the wrong prosody.
     """
     # Linear in the text (it runs on the worker's event loop for every piece that arrives,
-    # on text a client chose): no slice or split of the growing head, only of its last word.
-    cut = 0
-    head_from = _first_nonspace(text, 0)  # where the head's first word starts
-    words, counted = 0, 0  # whole-word count of text[cut:counted] (the head so far)
-    for match in _BOUNDARY.finditer(text):
+    # on text a client chose): no slice or split of the growing head, only of its last word;
+    # with a ``scan``, linear in what is new.
+    state = scan if scan is not None else Scan()
+    resume, cut, words, counted = state.resume, state.cut, state.count, state.counted
+    head_from = _first_nonspace(text, cut)  # where the head's first word starts
+    saved = False
+    for match in _BOUNDARY.finditer(text, resume):
         start = match.start()
+        if not saved and match.end() >= len(text):
+            # More white space may yet extend it: the next call looks at it again.
+            state.resume, state.cut, state.count, state.counted = resume, cut, words, counted
+            saved = True
+        resume = match.end()
         if head_from >= start:
             continue  # nothing but white space since the last cut
         if match.lastgroup == "sentence":
@@ -130,6 +153,8 @@ def ready_end(text: str, min_words: int = DEFAULT_MIN_WORDS) -> int:
         cut = counted = match.end()
         head_from = _first_nonspace(text, cut)
         words = 0
+    if not saved:
+        state.resume, state.cut, state.count, state.counted = resume, cut, words, counted
     return cut
 
 
