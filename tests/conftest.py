@@ -47,6 +47,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def machine_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The services' state dir ($XDG_STATE_HOME: the generated internal token file) for the
+    whole run: one "machine" shared by every service a test starts, never the user's own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def fast_path_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """``gateway.fast_path`` of every gateway the test builds with

@@ -23,23 +23,23 @@ from aivtuber_common.config import (
     OutputHandlerSettings,
     RedisBusSettings,
     Settings,
+    SineVoice,
     TtsWorkerSettings,
-    VoiceSettings,
     load_settings,
 )
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen
-from aivtuber_common.transport import TaskNotFound
+from aivtuber_common.transport import SinkLost, TaskNotFound
 from aivtuber_input import create_app as input_app
 from aivtuber_input.redis_submitter import RedisTaskSubmitter
 from aivtuber_output import create_app as output_app
 from aivtuber_output.redis_source import RedisFrameSource
 from aivtuber_tts import create_app as worker_app
-from aivtuber_tts.errors import IngestLost
 from aivtuber_tts.redis_bus import RedisFrameSink
 from tests.frontend import ask, frontend, listen
 from tests.redis_support import RedisServer, redis_bus_settings
 from tests.support import RunningServer, eventually, free_port, run_server
 from tests.test_end_to_end import Gate, held_factory
+from tests.tts_fakes import worker_health
 
 TIMEOUT_S = 15.0
 
@@ -79,10 +79,10 @@ async def test_a_second_writer_of_a_task_collides_so_a_task_never_has_two_voices
         await first.open(opened(task_id))
         await second.open(opened(task_id))  # a re-run of a task with no audio: allowed
         await first.append(task_id, 0, 0.5, b"\x01\x00" * 8)
-        with pytest.raises(IngestLost):
+        with pytest.raises(SinkLost):
             await second.append(task_id, 0, 0.5, b"\x02\x00" * 8)
         await first.end(TaskEnd(task_id=task_id, status="completed"))
-        with pytest.raises(IngestLost):  # nothing fits after the end
+        with pytest.raises(SinkLost):  # nothing fits after the end
             await first.append(task_id, 1, 0.5, b"\x01\x00" * 8)
         await second.end(TaskEnd(task_id=task_id, status="failed", code="worker_lost"))
         entries = await link.client.xrange(link.keys.task(task_id))
@@ -102,12 +102,7 @@ async def test_a_task_cancelled_before_any_worker_took_it_is_dropped_by_the_work
         link,
         "worker",
         worker_name,
-        lambda: {
-            "name": worker_name,
-            "status": "ok",
-            "default_voice": "sine",
-            "voices": [{"id": "sine", "state": "ready"}],
-        },
+        lambda: worker_health(name=worker_name),
     )
     submitter = RedisTaskSubmitter(link, 60)
     task_id = str(uuid.uuid4())
@@ -121,14 +116,14 @@ async def test_a_task_cancelled_before_any_worker_took_it_is_dropped_by_the_work
         with pytest.raises(TaskNotFound):  # never existed
             await submitter.cancel(str(uuid.uuid4()))
         await stand_in.withdraw()
-        config = TtsWorkerSettings(
-            voices={"sine": VoiceSettings(engine="sine")}, default_voice="sine"
-        )
+        config = TtsWorkerSettings(voices={"sine": SineVoice()}, default_voice="sine")
         async with run_server(worker_app(Settings(bus=bus, tts_worker=config))):
 
             async def all_taken() -> bool:
-                pending = (await link.client.xpending(link.keys.tasks, "workers"))["pending"]
                 groups = await link.client.xinfo_groups(link.keys.tasks)
+                if not groups:  # the worker has not made its group yet (xpending: NOGROUP)
+                    return False
+                pending = (await link.client.xpending(link.keys.tasks, "workers"))["pending"]
                 return not pending and not groups[0]["lag"]
 
             async with asyncio.timeout(TIMEOUT_S):
@@ -170,7 +165,7 @@ async def test_heartbeats_list_live_workers_and_forget_expired_ones(
         # A TTL long enough that the first refresh below sees the beat on a loaded machine.
         redis_bus_settings(redis_server.url, heartbeat_ttl_s=2.0, heartbeat_interval_s=0.1)
     )
-    beat = Heartbeat(link, "worker", "w1", lambda: {"name": "w1", "status": "ok"})
+    beat = Heartbeat(link, "worker", "w1", lambda: worker_health(name="w1"))
     submitter = RedisTaskSubmitter(link, 60)
     client = Redis.from_url(redis_server.url)
     try:
@@ -212,7 +207,7 @@ async def test_a_cancel_stops_the_task_on_the_worker_that_holds_it(
 ) -> None:
     bus = redis_bus_settings(redis_server.url)
     gate = Gate()
-    sine = {"sine": VoiceSettings(engine="sine", sample_rate=16000)}
+    sine = {"sine": SineVoice(sample_rate=16000)}
     config = TtsWorkerSettings(voices=sine, default_voice="sine")
     app = worker_app(Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate))
     link = RedisLink(bus)
@@ -238,7 +233,7 @@ async def test_a_worker_shutting_down_hands_back_unspoken_tasks_to_another_worke
     redis_server: RedisServer,
 ) -> None:
     bus = redis_bus_settings(redis_server.url)
-    sine = {"sine": VoiceSettings(engine="sine", sample_rate=16000)}
+    sine = {"sine": SineVoice(sample_rate=16000)}
     config = TtsWorkerSettings(voices=sine, default_voice="sine")
     gate = Gate()
     leaving = worker_app(Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate))
@@ -280,15 +275,7 @@ async def test_on_redis_a_task_is_its_tenants_and_stays_active_only_until_it_end
         link,
         "worker",
         "stand-in",
-        lambda: {
-            "name": "stand-in",
-            "status": "ok",
-            "default_voice": "sine",
-            "voices": [
-                {"id": "sine", "state": "ready", "engine": "sine", "sample_rate": 16000},
-                {"id": "other", "state": "loading", "engine": "sine", "sample_rate": 16000},
-            ],
-        },
+        lambda: worker_health(voices={"sine": "ready", "other": "loading"}, name="stand-in"),
     )
     ended: list[str] = []
     submitter = RedisTaskSubmitter(link, 60, on_ended=ended.append)

@@ -31,6 +31,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from aivtuber_common.config import GatewaySettings, RedisBusSettings, RouteSettings, Settings
+from aivtuber_common.token_file import with_internal_token
 from aivtuber_gateway import create_app as gateway_app
 from tests.frontend import Heard, ask, frontend, listen, speak
 from tests.redis_support import RedisServer, redis_bus_settings, running_redis
@@ -190,7 +191,12 @@ async def cluster(tmp: Path) -> AsyncIterator[Cluster]:
                 ),
             }  # fmt: skip
             c.gateway = await stack.enter_async_context(
-                run_server(gateway_app(Settings(gateway=GatewaySettings(routes=routes))))
+                # The services are processes reading the machine's token file: so does this.
+                run_server(
+                    gateway_app(
+                        with_internal_token(Settings(gateway=GatewaySettings(routes=routes)))
+                    )
+                )
             )
             c.tts_app = tts  # type: ignore[attr-defined]
             yield c

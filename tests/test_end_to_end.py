@@ -27,12 +27,15 @@ from aivtuber_common.config import (
     BusSettings,
     DirectBusSettings,
     GatewaySettings,
+    HibariVoice,
     InputHandlerSettings,
     LimitsSettings,
     OutputHandlerSettings,
+    PiperVoice,
     RedisBusSettings,
     RouteSettings,
     Settings,
+    SineVoice,
     TtsWorkerSettings,
     VoiceSettings,
 )
@@ -110,11 +113,13 @@ class Stack:
 
 
 def voices(piper: bool, heart: bool = False) -> dict[str, VoiceSettings]:
-    table = {"sine": VoiceSettings(engine="sine", sample_rate=SINE_RATE, ms_per_char=MS_PER_CHAR)}
+    table: dict[str, VoiceSettings] = {
+        "sine": SineVoice(sample_rate=SINE_RATE, ms_per_char=MS_PER_CHAR)
+    }
     if piper:
-        table["joe"] = VoiceSettings(engine="piper", device="cpu")
+        table["joe"] = PiperVoice(device="cpu")
     if heart:  # hibari: timed (visemes, words) and fast
-        table["heart"] = VoiceSettings(engine="hibari")
+        table["heart"] = HibariVoice()
     return table
 
 
@@ -135,6 +140,7 @@ async def stack(
     dead_workers: int = 0,
     limits: LimitsSettings | None = None,
     audio_metrics: bool = False,
+    worker_options: dict[str, Any] | None = None,
     **input_options: Any,
 ) -> AsyncIterator[Stack]:
     """Output handler, worker(s), input handler, gateway: started in the order each needs,
@@ -158,6 +164,7 @@ async def stack(
                 default_voice="joe" if piper else "sine",
                 frame_ms=FRAME_MS,
                 max_concurrent=2,
+                **(worker_options or {}),
             )
             app = worker_app(
                 Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate)

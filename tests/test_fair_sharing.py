@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from aivtuber_common.config import VoiceSettings
+from aivtuber_common.config import SineVoice
 from aivtuber_tts.engines import LocalEngine
 from aivtuber_tts.scheduler import PieceScheduler
 from tests.support import wait_until
@@ -183,7 +183,7 @@ async def test_while_a_tenant_keeps_its_share_queued_another_tenants_line_starts
     async with running_recorder() as recorder:
         settings = sine_settings(
             recorder.url,
-            voices={"stepped": VoiceSettings(engine="sine")},
+            voices={"stepped": SineVoice()},
             max_concurrent=1,
             max_queued=7,
             tenant_share=0.75,  # 8 places: one tenant may hold 6

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from aivtuber_common.config import TtsWorkerSettings, VoiceSettings
+from aivtuber_common.config import KokoroJaVoice, TtsWorkerSettings
 from aivtuber_tts.engines import KokoroJaEngine
 from aivtuber_tts.errors import EngineError
 from aivtuber_tts.visemes import Speech
@@ -59,7 +59,7 @@ def test_the_model_is_built_in_the_configured_cache_folder_and_shared(
 
 def test_the_cache_folder_defaults_under_the_worker_data_dir() -> None:
     settings = TtsWorkerSettings(
-        voices={"alpha": VoiceSettings(engine="kokoro_ja")},
+        voices={"alpha": KokoroJaVoice()},
         default_voice="alpha",
         data_dir="/srv/aivtuber/tts",
     )
@@ -68,7 +68,7 @@ def test_the_cache_folder_defaults_under_the_worker_data_dir() -> None:
 
 def test_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="jf_alpha, jf_gongitsune"):
-        VoiceSettings(engine="kokoro_ja", speaker="af_heart")
+        KokoroJaVoice(speaker="af_heart")
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     with pytest.raises(EngineError, match="cannot create the kokoro_ja cache folder"):

@@ -10,14 +10,15 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from aivtuber_common.config import Settings, TtsWorkerSettings, VoiceSettings
+from aivtuber_common.config import Settings, SineVoice, TtsWorkerSettings, VoiceSettings
+from aivtuber_common.health import VoiceDescription, VoiceState, WorkerHealth
 from aivtuber_common.internal import (
     INGEST_PATH,
     IngestMessageAdapter,
@@ -164,9 +165,7 @@ class GatedEngine(LocalEngine):
 
 
 def sine_settings(recorder_url: str, token: str | None = None, **worker: Any) -> Settings:
-    voices = worker.pop(
-        "voices", {"sine": VoiceSettings(engine="sine", ms_per_char=20.0, sample_rate=22050)}
-    )
+    voices = worker.pop("voices", {"sine": SineVoice(ms_per_char=20.0, sample_rate=22050)})
     return Settings(
         internal_token=token,
         tts_worker=TtsWorkerSettings(
@@ -235,3 +234,32 @@ async def running_recorder(
     async with run_server(recorder.app, **overrides) as server:
         recorder.url = server.ws_url
         yield recorder
+
+
+def worker_health(
+    status: Literal["ok", "starting", "degraded"] = "ok",
+    voices: dict[str, str] | None = None,
+    *,
+    default_voice: str | None = "sine",
+    running: int = 0,
+    queued: int = 0,
+    max_concurrent: int = 1,
+    name: str | None = None,
+) -> WorkerHealth:
+    """A worker's /health (or heartbeat) as a real worker would send it; ``voices`` maps a
+    voice id to its state (default: ``sine`` ready)."""
+    states = {"sine": "ready"} if voices is None else voices
+    return WorkerHealth(
+        status=status,
+        voices=[
+            VoiceDescription(id=voice, engine="sine", sample_rate=16000, state=VoiceState(state))
+            for voice, state in states.items()
+        ],
+        default_voice=default_voice,
+        running=running,
+        queued=queued,
+        capacity=max_concurrent * 2,
+        max_concurrent=max_concurrent,
+        ingest_connected=True,
+        name=name,
+    )

@@ -44,6 +44,7 @@ __all__ = [
     "IngestMessageAdapter",
     "SubmitAccepted",
     "SubmitTask",
+    "TaskCancelled",
     "TaskEnd",
     "TaskEvent",
     "TaskEventAdapter",
@@ -94,6 +95,13 @@ class SubmitAccepted(_Internal):
     queued: int  # tasks waiting ahead of this one
 
 
+class TaskCancelled(_Internal):
+    """The worker's answer to a cancel it could act on (``DELETE /v1/tasks/{task_id}``)."""
+
+    task_id: str
+    cancelled: bool  # False: it was not running any more
+
+
 class WorkerRefusal(_Internal):
     code: str  # busy | not_ready | unknown_voice | bad_request | unauthorized
     message: str
@@ -109,6 +117,8 @@ class TaskOpen(_Internal):
     engine: str
     sample_rate: int
     tenant: str | None = None  # the SubmitTask's: only this tenant may subscribe or cancel
+    # A streaming task: silent while it waits for text, so no frame timeout applies to it.
+    stream: bool = False
 
 
 class TaskEnd(_Internal):

@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..codes import ErrorCode
 from ..config import RedisBusSettings
 from ..transport import TransportError
 from .streams import Keys
@@ -39,7 +40,7 @@ PROBE_INTERVAL_S = 0.5
 
 
 class BusUnavailable(TransportError):
-    code = "tts_unavailable"
+    code = ErrorCode.TTS_UNAVAILABLE
 
 
 def safe_url(url: str) -> str:

@@ -28,11 +28,10 @@ from typing import Any, Literal
 
 import structlog
 
+from .hook import EXTENSION
+
 __all__ = ["EXTENSION", "PLAIN_PROTOCOL", "VERSIONS", "client_protocol", "self_test"]
 
-# The ASGI scope extension under which the fast path's protocol offers itself to the app
-# (see :class:`.clientside.ClientHook`): it survives middleware, unlike ``send.__self__``.
-EXTENSION = "aivtuber.fast_path"
 # uvicorn's ``ws`` setting for the plain path.
 PLAIN_PROTOCOL = "websockets-sansio"
 # (lowest tested, first untested) release of each package the fast path reaches into.

@@ -34,10 +34,7 @@ from aivtuber_common.codes import ErrorCode
 from aivtuber_common.identity import read_identity
 from aivtuber_common.internal import TaskEnd, TaskOpen
 from aivtuber_common.protocol import OutputError, dump, is_canonical_uuid
-from aivtuber_common.transport import TaskNotFound
-
-from .redis_source import RedisFrameSource
-from .store import TaskStore
+from aivtuber_common.transport import FrameSource, TaskNotFound
 
 __all__ = ["MAX_CUE_WORDS", "Spoken", "task_file_routes", "webvtt"]
 
@@ -63,10 +60,8 @@ class Spoken:
         return len(self.pcm) // SAMPLE_WIDTH * 1000 // self.opened.sample_rate
 
 
-def task_file_routes(
-    source: TaskStore | RedisFrameSource, internal_token: str | None
-) -> list[Route]:
-    """The two routes, reading from ``source`` (the store, or the Redis source)."""
+def task_file_routes(source: FrameSource, internal_token: str | None) -> list[Route]:
+    """The two routes, reading from ``source`` (either bus's)."""
 
     async def captions(request: Request) -> Response:
         spoken = await _spoken(request, source, internal_token)
@@ -113,7 +108,7 @@ def webvtt(words: Sequence[Word], timestamps: bool = True) -> str:
 
 
 async def _spoken(
-    request: Request, source: TaskStore | RedisFrameSource, internal_token: str | None
+    request: Request, source: FrameSource, internal_token: str | None
 ) -> Spoken | Response:
     """The whole task once it has ended, or the error answer."""
     task_id: str = request.path_params["task_id"]

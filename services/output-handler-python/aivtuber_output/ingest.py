@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aivtuber_common.closecodes import AppCloseCode
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.internal import IngestMessageAdapter, TaskEnd, TaskOpen, decode_frame
 
 from .metrics import OutputMetrics
@@ -57,7 +58,6 @@ class IngestEndpoint:
         # Silent this long before the connection dropped: the worker stopped answering.
         self.stall_s = stall_s
         self._ids = itertools.count(1)
-        self.connections = 0
 
     async def handle(self, websocket: WebSocket) -> None:
         await websocket.accept()
@@ -69,17 +69,17 @@ class IngestEndpoint:
         structlog.contextvars.bind_contextvars(ingest=source)
         log.info("ingest_connected", client=_client(websocket))
         self.metrics.ingest_connections.inc()
-        self.connections += 1
+        self.store.writers += 1
         silent_for = 0.0
         try:
             silent_for = await self._pump(websocket, source)
         finally:
             self.metrics.ingest_connections.dec()
-            self.connections -= 1
+            self.store.writers -= 1
             if self.stall_s is not None and silent_for >= self.stall_s:
                 lost = self.store.source_lost(
                     source,
-                    "timeout",
+                    ErrorCode.TIMEOUT,
                     f"The TTS worker stopped answering (silent for {silent_for:.0f} s, "
                     "no reply to keepalive pings).",
                 )

@@ -30,8 +30,10 @@ import structlog
 
 from aivtuber_common.bus import BusUnavailable, RedisLink
 from aivtuber_common.bus.streams import DATA, K_END, K_FRAME, K_OPEN, K_QUEUED, KIND, SAMPLES
+from aivtuber_common.codes import ErrorCode
+from aivtuber_common.health import BusHealth, OutputHealth
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, decode_frame
-from aivtuber_common.transport import FrameEvent
+from aivtuber_common.transport import FrameEvent, TaskAudio, TaskStatus
 from aivtuber_common.visemes import Track
 from aivtuber_common.words import WordTrack
 
@@ -99,7 +101,23 @@ class RedisFrameSource:
             message=end.message,
         )
 
-    async def status(self, task_id: str) -> tuple[str, int, str | None]:
+    async def status(self, task_id: str) -> TaskStatus:
+        """From the stream ("not_found" when absent); ``connected``: on this replica."""
+        state, chunks, code = await self._status(task_id)
+        connected = self.subscribers[task_id] > 0
+        return TaskStatus(
+            task_id=task_id, status=state, connected=connected, chunks=chunks, code=code
+        )
+
+    def health(self) -> OutputHealth:
+        link = self.link
+        return OutputHealth(
+            status="ok" if link.up else "unavailable",
+            subscribers=self.subscriber_count,
+            bus=BusHealth(kind="redis", url=link.url, connected=link.up, error=link.error),
+        )
+
+    async def _status(self, task_id: str) -> tuple[str, int, str | None]:
         """(state, chunks so far, failure code) from the stream; "not_found" when absent."""
         key = self.link.keys.task(task_id)
         with self.link.guard():
@@ -115,8 +133,9 @@ class RedisFrameSource:
         chunks = _chunks_through(last[0][1]) if last and last[0][1].get(KIND) == K_FRAME else 0
         return end.status, chunks, end.code
 
-    async def audio(self, task_id: str) -> tuple[TaskOpen | None, TaskEnd | None, bytes] | None:
-        """The whole stream: its TaskOpen, TaskEnd and PCM (None when there is no stream)."""
+    async def audio(self, task_id: str) -> TaskAudio | None:
+        """The whole stream: its TaskOpen, TaskEnd and PCM (None when there is no stream
+        or no worker announced the task yet)."""
         key = self.link.keys.task(task_id)
         opened: TaskOpen | None = None
         end: TaskEnd | None = None
@@ -137,7 +156,7 @@ class RedisFrameSource:
                         end = TaskEnd.model_validate_json(fields[DATA])
                     start = "(" + entry_id.decode()
                 if len(entries) < FRAMES_PER_READ:
-                    return opened, end, b"".join(pcm)
+                    return None if opened is None else TaskAudio(opened, end, b"".join(pcm))
 
     async def aclose(self) -> None:
         """Stop every feed's reader (the lifespan calls this at shutdown)."""
@@ -184,7 +203,7 @@ class RedisFrameSource:
                 if position < feed.base:
                     yield _failed(
                         task_id,
-                        "frame_lost",
+                        ErrorCode.FRAME_LOST,
                         f"Chunk {position} is no longer kept (the first kept is {feed.base}).",
                     )
                     return
@@ -214,13 +233,17 @@ class RedisFrameSource:
             while feed.end is None:
                 entries = await self._next(key, last_id, self.block_ms, count=FRAMES_PER_READ)
                 if not entries:
-                    if feed.frames and time.monotonic() - quiet_since >= self.task_timeout_s:
+                    streaming = feed.opened is not None and feed.opened.stream
+                    quiet_s = time.monotonic() - quiet_since
+                    if feed.frames and not streaming and quiet_s >= self.task_timeout_s:
                         message = f"The TTS worker sent nothing for {self.task_timeout_s:g} s."
-                        feed.finish(_failed(feed.task_id, "timeout", message))
+                        feed.finish(_failed(feed.task_id, ErrorCode.TIMEOUT, message))
                     elif feed.opened is not None:
                         with self.link.guard():
                             if not await self.link.client.exists(key):
-                                feed.finish(_failed(feed.task_id, "task_expired", "It expired."))
+                                feed.finish(
+                                    _failed(feed.task_id, ErrorCode.TASK_EXPIRED, "It expired.")
+                                )
                     continue
                 quiet_since = time.monotonic()
                 for entry_id, fields in entries:
@@ -232,7 +255,9 @@ class RedisFrameSource:
         except Exception:
             # No caller: say what broke, and end the stream for its listeners (never a hang).
             log.exception("bus_feed_failed", task_id=feed.task_id)
-            feed.finish(_failed(feed.task_id, "internal_error", "The stream could not be read."))
+            feed.finish(
+                _failed(feed.task_id, ErrorCode.INTERNAL_ERROR, "The stream could not be read.")
+            )
 
     async def _next(
         self, key: str, last_id: str | bytes, block_ms: int, count: int
@@ -278,7 +303,9 @@ class _Feed:
                 self.base = chunk_id
             elif chunk_id != self.base + len(self.frames):
                 self.finish(
-                    _failed(self.task_id, "frame_lost", f"Chunk {chunk_id} is out of order.")
+                    _failed(
+                        self.task_id, ErrorCode.FRAME_LOST, f"Chunk {chunk_id} is out of order."
+                    )
                 )
                 return
             # The level travels as a float32: rounded once, as on the direct bus.

