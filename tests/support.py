@@ -18,6 +18,10 @@ import uvicorn
 from aivtuber_common.cli import uvicorn_config
 
 START_TIMEOUT_S = 10.0
+# How long a service started as a process may take to listen and be healthy: its imports
+# alone take seconds, and five starting at once on a loaded 2-core machine took over 30 s.
+# A hang guard, not a speed check; tests starting processes raise their pytest timeout.
+PROCESS_START_S = 120.0
 # How long wait_until waits for another party's state before the test fails.
 POLL_WAIT_S = 15.0
 
@@ -77,7 +81,7 @@ async def run_server(app: Any, **overrides: Any) -> AsyncIterator[RunningServer]
 async def listening_port(stream: asyncio.StreamReader, seen: list[str] | None = None) -> int:
     """Read a service's JSON log lines (``--port 0``) until its ``listening`` event: the
     port the kernel gave it. Lines read are appended to ``seen``."""
-    async with asyncio.timeout(START_TIMEOUT_S * 3):
+    async with asyncio.timeout(PROCESS_START_S):
         while True:
             line = (await stream.readline()).decode()
             if not line:

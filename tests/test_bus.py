@@ -249,6 +249,11 @@ async def test_a_worker_shutting_down_hands_back_unspoken_tasks_to_another_worke
                 await submitter.submit(SubmitTask(task_id=task_id, text=text))
                 await eventually(lambda: _running(http, worker, 1), every=0.02)
             worker.server.should_exit = True
+            # The engine thread is released only once the worker has stopped the task (its
+            # shutdown withdraws the heartbeat after that): released at once, the piece
+            # could be spoken before a slow shutdown began, and then not handed back.
+            async with asyncio.timeout(TIMEOUT_S):
+                await eventually(lambda: _withdrawn(link), every=0.02)
             gate.release()  # the engine thread it was in may end now; no frame will be sent
         async with run_server(worker_app(Settings(bus=bus, tts_worker=config))):
             kinds: list[bytes] = []
@@ -327,6 +332,10 @@ async def test_on_redis_a_task_is_its_tenants_and_stays_active_only_until_it_end
 
 async def _gone(client: Redis, key: str) -> bool:
     return not await client.exists(key)
+
+
+async def _withdrawn(link: RedisLink) -> bool:
+    return not await link.client.smembers(link.keys.live_index("worker"))
 
 
 async def _refreshed(submitter: RedisTaskSubmitter) -> bool:

@@ -35,7 +35,7 @@ from aivtuber_common.token_file import with_internal_token
 from aivtuber_gateway import create_app as gateway_app
 from tests.frontend import Heard, ask, frontend, listen, speak
 from tests.redis_support import RedisServer, redis_bus_settings, running_redis
-from tests.support import RunningServer, eventually, free_port, run_server
+from tests.support import PROCESS_START_S, RunningServer, eventually, free_port, run_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -144,22 +144,27 @@ class Cluster:
             response = await http.get(f"{self.http(name)}/health", timeout=5)
         return response.status_code, response.json()
 
+    async def health_is(self, name: str, status: int = 200) -> dict[str, Any] | None:
+        """Its /health body once it answers ``status``; fails at once if the process died."""
+        if (code := self.procs[name].poll()) is not None:
+            raise AssertionError(f"{name} exited with {code}:\n{self.log(name)[-2000:]}")
+        with contextlib.suppress(httpx.TransportError):
+            answer, body = await self.health(name)
+            if answer == status:
+                return body
+        return None
+
     async def wait_health(self, name: str, status: int = 200) -> dict[str, Any]:
         async with asyncio.timeout(TIMEOUT_S):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    code, body = await self.health(name)
-                    if code == status:
-                        return body
-                await asyncio.sleep(0.05)
+            return await eventually(lambda: self.health_is(name, status), every=0.05)
+
+    async def workers_are(self, count: int) -> bool:
+        body = await self.health_is("input")
+        return body is not None and body["workers_available"] == count
 
     async def wait_workers(self, count: int) -> None:
-        async def seen() -> bool:
-            available: int = (await self.wait_health("input"))["workers_available"]
-            return available == count
-
         async with asyncio.timeout(TIMEOUT_S):
-            await eventually(seen, every=0.05)
+            await eventually(lambda: self.workers_are(count), every=0.05)
 
 
 WORKERS = ("tts-a", "tts-b")
@@ -180,9 +185,10 @@ async def cluster(tmp: Path) -> AsyncIterator[Cluster]:
             for name in OUTPUTS:
                 c.start(name, "services/output-handler-python/main.py")
             c.start("input", "services/input-handler-python/main.py")
-            for name in (*WORKERS, *OUTPUTS):
-                await c.wait_health(name)
-            await c.wait_workers(2)
+            async with asyncio.timeout(PROCESS_START_S):  # five at once: slow when loaded
+                for name in (*WORKERS, *OUTPUTS):
+                    await eventually(lambda name=name: c.health_is(name), every=0.05)
+                await eventually(lambda: c.workers_are(2), every=0.05)
             routes = {
                 "input": RouteSettings(path="/ws/input", backends=[f"ws://127.0.0.1:{c.ports['input']}"]),
                 "output": RouteSettings(
@@ -334,4 +340,5 @@ async def test_a_redis_restart_gives_clear_errors_then_everything_recovers_by_it
             assert log.count("redis_unreachable") == 1, (name, log.count("redis_unreachable"))
 
 
-pytestmark = pytest.mark.timeout(180)
+# Five service processes start in each test (see PROCESS_START_S).
+pytestmark = pytest.mark.timeout(360)

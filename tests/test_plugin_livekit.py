@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import numpy as np
 import pytest
 from livekit.agents import APIConnectOptions, tts
@@ -78,6 +79,16 @@ async def test_a_wrong_key_is_unauthorized_and_the_right_one_speaks() -> None:
             events = await collect(right.synthesize("Keyed."))
     assert raised.value.code == ErrorCode.UNAUTHORIZED
     assert raised.value.status_code == 401 and not raised.value.retryable
+    assert pcm_of(events).size > 0
+
+
+async def test_a_ticket_minted_with_the_key_speaks_as_the_tenant() -> None:
+    async with plugin_stack(keyed=True) as s:
+        async with httpx.AsyncClient(base_url=s.gateway.http_url) as http:
+            minted = await http.post("/v1/tickets", headers={"Authorization": f"Bearer {KEY}"})
+        ticket = minted.raise_for_status().json()["ticket"]
+        async with AIVTuberTTS(url=s.url, voice="sine", ticket=ticket) as voice:
+            events = await collect(voice.synthesize("With a ticket."))
     assert pcm_of(events).size > 0
 
 

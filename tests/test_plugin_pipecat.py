@@ -24,6 +24,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.tts_service import TextAggregationMode
 from pipecat.tests.utils import run_test
 
 from aivtuber_common.codes import ErrorCode
@@ -82,6 +83,19 @@ async def test_an_llm_reply_streamed_in_comes_out_as_one_task_of_audio_and_word_
     assert [f.text.strip() for f in words] == "".join(REPLY).split()
     stamps = [f.pts for f in words]
     assert all(stamps) and stamps == sorted(stamps)
+
+
+async def test_with_sentence_aggregation_each_sentence_is_flushed_into_the_one_task() -> None:
+    async with plugin_stack() as s:
+        service = AIVTuberTTSService(
+            url=s.url, voice="heart", text_aggregation_mode=TextAggregationMode.SENTENCE
+        )
+        down, up = await run(service, reply_frames(REPLY))
+    audio = audio_of(down)
+    assert not errors_of(up) and audio
+    assert len({f.metadata[METADATA_TASK_ID] for f in audio}) == 1
+    words = [f.text.strip() for f in down if isinstance(f, TTSTextFrame)]
+    assert words == "".join(REPLY).split()
 
 
 async def test_an_unknown_voice_is_an_error_frame_with_its_code() -> None:

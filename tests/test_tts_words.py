@@ -4,6 +4,7 @@ for the English voices), and the track through the whole stack on both buses, re
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from bench.speech_client import Utterance
 from bench.voices import word_agreement
 from tests.frontend import Heard, frontend, listen, speak
 from tests.test_end_to_end import stack
+from tests.test_streaming import append, end, open_stream
 
 TEXTS = Path(__file__).resolve().parents[1] / "bench" / "texts"
 
@@ -247,6 +249,27 @@ async def test_the_word_track_reaches_subscribers_on_both_buses_and_on_resume(
     assert [c["chunk_id"] for c in resumed.chunks][0] == 20
     later = [w for c in heard.chunks[20:] for w in c["words"]]
     assert [w for c in resumed.chunks for w in c["words"]] == later and later
+
+
+async def test_a_streamed_reply_keeps_its_words_whole_and_in_order_across_clauses(
+    bus: BusSettings,
+) -> None:
+    pieces = ["Okay, let us ", "try this le", "vel one more time. I th", "ink I have got it now."]
+    text = "".join(pieces)
+    async with stack(bus, heart=True) as s, frontend(s.url) as (ws, _):
+        task_id = await open_stream(ws, voice="heart")
+        listener = asyncio.create_task(listen(s.url, task_id))
+        for piece in pieces:
+            await append(ws, task_id, piece)
+        await end(ws, task_id)
+        async with asyncio.timeout(30):
+            heard = await listener
+    assert [c["chunk_id"] for c in heard.chunks] == list(range(len(heard.chunks)))
+    timed = words_of(heard)
+    assert [word for _, _, word in timed] == written_words(text)
+    starts = [start for start, _, _ in timed]
+    assert starts == sorted(starts) and heard.end is not None
+    assert starts[-1] < heard.end["duration_ms"]
 
 
 async def test_an_untimed_voice_sends_no_word_track(bus: BusSettings) -> None:

@@ -286,15 +286,18 @@ async def test_metrics_count_tasks_first_chunk_and_real_time_factor() -> None:
 
 async def test_shutdown_ends_running_tasks_as_failed_worker_stopped() -> None:
     gated = GatedEngine()
-    async with running_recorder() as recorder:
+    task_id = str(uuid.uuid4())
+    async with running_recorder() as recorder, asyncio.TaskGroup() as tasks:
+        ended = tasks.create_task(recorder.ended(task_id))
+        # The in-flight piece finishes in its thread only once the worker has ended the task:
+        # released on a timer, it could finish before a slow shutdown begins, and the task
+        # would complete instead.
+        ended.add_done_callback(lambda _: gated.release.set())
         settings = sine_settings(recorder.url, voices={"gated": SineVoice()})
         async with running_worker(settings, engine_factory=factory_with({"gated": gated})) as w:
-            task_id = str(uuid.uuid4())
             assert (await w.submit("One. Two.", task_id=task_id)).status_code == 202
             await asyncio.to_thread(gated.piece_started.wait, WAIT_S)
-            # Leaving the block stops the worker while the second piece is in flight; the
-            # piece finishes in its thread once released.
-            asyncio.get_running_loop().call_later(0.2, gated.release.set)
-        task = await recorder.ended(task_id)
+            # Leaving the block stops the worker while the second piece is in flight.
+    task = ended.result()
     assert task.end is not None and task.end.status == "failed"
     assert task.end.code == "worker_stopped"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -40,6 +41,8 @@ from tests.support import RunningServer, listening_port, run_server
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
 TIMEOUT_S = 30.0
+# The worker process starts twice (see PROCESS_START_S): over the default 60 s when loaded.
+pytestmark = pytest.mark.timeout(300)
 
 
 class HoldingTts:

@@ -196,16 +196,9 @@ def create_app(
         worker: Worker = request.state.worker
         if (denied := _check_token(request, token, worker)) is not None:
             return denied
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            too_big = f"The body is over {MAX_BODY_BYTES} bytes."
-            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, too_big)
-        try:
-            message = TaskText.model_validate_json(body)
-        except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in error["loc"]) or "body"
-            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, f"{where}: {error['msg']}")
+        message = await _read(request, TaskText, worker)
+        if isinstance(message, Response):
+            return message
         task_id = request.path_params["task_id"]
         if message.task_id != task_id:
             return _refusal(worker, 400, ErrorCode.BAD_REQUEST, "task_id: differs from the path's.")
