@@ -197,3 +197,24 @@ async def test_append_after_end_throws_task_ended() -> None:
     assert outcome["thrown"] == "task_ended"
     assert outcome["end"]["cancelled"] is False
     assert words_of(" ".join(s.gates[0].pieces)) == words_of("Short and done.")
+
+
+async def test_the_demos_llm_mode_streams_the_text_box_at_the_chosen_rate() -> None:
+    text = "Streamed from the page itself, token by token, then ended."
+    async with stack() as s, open_page(f"{s.gateway.http_url}/demo") as (page, log):
+        await ready(page, ("start", "end"))
+        await page.fill("#text", text)
+        await page.check("#streaming")
+        await page.fill("#rate", "40")  # a range input: fill sets its value and fires input
+        await page.select_option("#voice", "sine")
+        shown = await page.text_content("#rate-shown")
+        await page.click("#speak")
+        done = await wait_stats(page, "s.state === 'done' && s.writing === false")
+        events = await page.evaluate("window.seen")
+    log.assert_clean()
+    assert shown == "40 tokens/s"
+    assert [e["type"] for e in events] == ["start", "end"]  # one stream
+    assert len(output_sockets(log.websockets)) == 1
+    assert done["captionShown"] == text  # written; the sine voice has no word timing
+    assert done["chunksPlayed"] == done["totalChunks"] > 0
+    assert words_of(" ".join(s.gates[0].pieces)) == words_of(text)

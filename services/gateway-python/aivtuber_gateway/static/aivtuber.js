@@ -15,12 +15,13 @@
 //   const line = client.stream();                       // text as an LLM writes it
 //   line.append("Hel"); line.append("lo chat!"); await line.end();
 //
-// Events (CustomEvent, data in event.detail; `time` is on the AudioContext's clock): start
-// {taskId, sampleRate, voice, engine, ttfaMs, time},
-// level {taskId, chunkId, level}, viseme {taskId, chunkId, shape, openness}, word {taskId,
-// chunkId, word, index, durationMs, heardText, text}, mouth {taskId, time, source, vrm, live2d}, chunk {taskId,
-// chunkId, samples, level, pcm} (on arrival, before playback), end {taskId, chunks, cancelled,
-// underruns, resumes, reason, heardText, heardMs, time}, error {code, message, closeCode, taskId}.
+// Events (CustomEvent, data in event.detail; `time` is on the AudioContext's clock):
+// start {taskId, sampleRate, voice, engine, ttfaMs, time}, level {taskId, chunkId, level},
+// viseme {taskId, chunkId, shape, openness}, word {taskId, chunkId, word, index, durationMs,
+// heardText, text}, mouth {taskId, time, source, vrm, live2d}, chunk {taskId, chunkId,
+// samples, level, pcm} (on arrival, before playback), end {taskId, chunks, cancelled,
+// serverCancelled, reason, underruns, resumes, ttfaMs, heardText, heardMs, time},
+// error {code, message, closeCode, taskId, retryAfterMs}.
 
 /** How far each viseme shape opens the mouth (0..1): a starting point for rigs. */
 export const VISEME_OPENNESS = Object.freeze({ a: 1.0, o: 0.8, e: 0.65, u: 0.5, i: 0.45, n: 0.08 });
@@ -617,7 +618,9 @@ export class AIVTuberClient extends EventTarget {
   /** Move the mouth towards what the line heard now says, and tell the rig when it moved. */
   _tickMouth(heard) {
     // The line whose audio is heard now (a queued line takes over where the one before ends).
-    const line = this._lines.find((l) => !l.cancelled && l.startTime !== null && heard >= l.startTime && heard < l.nextTime);
+    const line = this._lines.find(
+      (l) => !l.cancelled && l.startTime !== null && heard >= l.startTime && heard < l.nextTime,
+    );
     const playing = Boolean(line);
     const shape = playing && line.usesVisemes ? line.lastViseme : null;
     const target = playing ? mouthTarget(shape, line.level) : closedMouth();
@@ -1073,7 +1076,8 @@ class Line {
     if (this.cancelAt !== null && this.stopLatencyMs === null && client._outputSilent()) {
       this.stopLatencyMs = Math.round((client.audioContext.currentTime - this.cancelAt) * 1000);
     }
-    if (this.finished) return;
+    // Cancelled: silent now, so nothing more is heard while the server confirms.
+    if (this.finished || this.cancelled) return;
     if (this.startTime !== null && this.ttfaMs === null && heard >= this.startTime) {
       this.ttfaMs = Math.round(client._perfTimeOf(this.startTime) - this.startedAt);
       if (this.state === "buffering") this.state = "playing";
