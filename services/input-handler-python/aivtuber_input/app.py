@@ -40,6 +40,7 @@ from .limits import SpeakLimiter
 from .metrics import InputMetrics
 from .redis_submitter import RedisTaskSubmitter, redis_submitter
 from .session import CancelTask, Close, Event, InputSession, ListVoicesRequest, Reply, Submit
+from .shared_limits import RedisLimits
 from .speech import SpeechApi
 from .workers import HttpTaskSubmitter
 
@@ -72,9 +73,17 @@ def create_app(
         if isinstance(settings.bus, RedisBusSettings):  # bus seam: workers found on Redis
             async with redis_submitter(settings, on_ended=endpoint.active.ended) as on_redis:
                 endpoint.submitter = speech.submitter = on_redis
+                # The limits on Redis too: every replica counts against the same window.
+                bus = settings.bus
+                shared = RedisLimits(on_redis.link, endpoint.active.holds, bus.heartbeat_ttl_s)
+                endpoint.limiter.shared = shared
+                renew = asyncio.create_task(shared.run(bus.heartbeat_interval_s))
                 try:
                     yield {"submitter": on_redis}
                 finally:
+                    renew.cancel()
+                    await asyncio.gather(renew, return_exceptions=True)
+                    endpoint.limiter.shared = None
                     endpoint.submitter = speech.submitter = None
             return
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
@@ -218,7 +227,7 @@ class InputEndpoint:
         assert self.submitter is not None
         key = identity.limits_key
         limits = self.settings.limits_for(identity.tenant)
-        limited = self.limiter.admit(key, limits, len(submit.text))
+        limited = await self.limiter.admit(key, limits, len(submit.text), submit.task_id)
         if limited is not None:
             self.metrics.submissions.labels(limited.code).inc()
             log.info("task_limited", tenant=identity.tenant, code=limited.code)
