@@ -110,7 +110,10 @@ def create_app(
             client = await stack.enter_async_context(
                 httpx.AsyncClient(transport=http_transport, limits=HTTP_POOL)
             )
-            executor = ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="tts-engine")
+            # One thread more than the slots: the scheduler's spare slot (scheduler.py).
+            executor = ThreadPoolExecutor(
+                config.max_concurrent + 1, thread_name_prefix="tts-engine"
+            )
             # Last in, first out: threads are released after the tasks using them stopped.
             stack.push_async_callback(_shutdown_executor, executor)
             voices = Voices(config, client, engine_factory, executor)
