@@ -505,6 +505,10 @@ class TtsWorkerSettings(StrictModel):
     # 16 streams started at once then all stutter on 2 cores; 1.5 still left 6 of them
     # stuttering, 3.0 none (quick bench, 2 cores). Idle, it changes nothing.
     first_chunk_slack_s: Annotated[float, Field(ge=0)] = 3.0
+    # A spare engine slot for the first piece of a tenant with nothing running, when every
+    # slot is busy with other tenants' pieces: it does not wait behind their long pieces
+    # (fair sharing under a flood); off: it waits for the next free slot.
+    spare_slot: bool = True
     # Synthesise one short line on each engine thread at start, so the first viewer
     # does not pay for the first inference.
     warmup: bool = True

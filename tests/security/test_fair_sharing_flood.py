@@ -91,3 +91,17 @@ async def test_the_spare_slot_serves_one_newcomer_at_a_time_and_only_first_piece
         gate.set()
     await asyncio.gather(held, beta, gamma, delta)
     assert scheduler.busy == 0 and scheduler.spare_busy == 0
+
+
+async def test_without_the_spare_slot_a_newcomer_waits_for_the_next_free_slot(
+    executor: ThreadPoolExecutor,
+) -> None:
+    scheduler = PieceScheduler(1, executor, spare=False)
+    gate = threading.Event()
+    held = asyncio.create_task(scheduler.run(0.0, lambda: gate.wait(WAIT_S), group="alpha"))
+    await wait_until(lambda: scheduler.busy == 1)
+    beta = asyncio.create_task(scheduler.run(1.0, lambda: None, group="beta", first=True))
+    await wait_until(lambda: scheduler.waiting == 1)
+    assert scheduler.spare_busy == 0 and not beta.done()
+    gate.set()
+    await asyncio.gather(held, beta)

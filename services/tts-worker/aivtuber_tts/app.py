@@ -110,10 +110,9 @@ def create_app(
             client = await stack.enter_async_context(
                 httpx.AsyncClient(transport=http_transport, limits=HTTP_POOL)
             )
-            # One thread more than the slots: the scheduler's spare slot (scheduler.py).
-            executor = ThreadPoolExecutor(
-                config.max_concurrent + 1, thread_name_prefix="tts-engine"
-            )
+            # One thread more than the slots for the scheduler's spare slot (scheduler.py).
+            threads = config.max_concurrent + (1 if config.spare_slot else 0)
+            executor = ThreadPoolExecutor(threads, thread_name_prefix="tts-engine")
             # Last in, first out: threads are released after the tasks using them stopped.
             stack.push_async_callback(_shutdown_executor, executor)
             voices = Voices(config, client, engine_factory, executor)
@@ -135,7 +134,7 @@ def create_app(
                 config,
                 voices,
                 sink,
-                PieceScheduler(config.max_concurrent, executor),
+                PieceScheduler(config.max_concurrent, executor, spare=config.spare_slot),
                 metrics,
                 ingest_connected=lambda: sink.is_connected,
             )

@@ -71,10 +71,16 @@ class _Group:
 
 class PieceScheduler:
     def __init__(
-        self, slots: int, executor: Executor, clock: Callable[[], float] = time.perf_counter
+        self,
+        slots: int,
+        executor: Executor,
+        clock: Callable[[], float] = time.perf_counter,
+        spare: bool = True,
     ) -> None:
-        """``clock`` times the pieces (engine seconds); tests may hand in their own."""
+        """``clock`` times the pieces (engine seconds); tests may hand in their own;
+        ``spare``: whether a newcomer's first piece may use the spare slot."""
         self.slots = slots
+        self.spare = spare
         self._clock = clock
         self.busy = 0  # slots whose thread is running a piece
         self.spare_busy = 0  # the spare slot (0 or 1) runs a newcomer's first piece
@@ -140,6 +146,7 @@ class PieceScheduler:
             return group, False
         if (
             first
+            and self.spare
             and self.spare_busy == 0
             and self.busy >= self.slots
             and group.running == 0
