@@ -4,7 +4,8 @@ handlers it runs (they used to be counted per process: N replicas gave N times t
 
 Two input handlers on one Redis (a redis-server of the test's own), a stand-in worker that
 announces itself with a heartbeat and never takes a task (so every task stays active until
-it is cancelled), frontends that speak to both handlers alternately.
+it is cancelled), frontends that speak to both handlers alternately, with the identity
+headers and internal token the gateway would send.
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from aivtuber_common.bus import RedisLink
 from aivtuber_common.bus.liveness import Heartbeat
 from aivtuber_common.config import LimitsSettings, RedisBusSettings, Settings
-from aivtuber_common.identity import CLIENT_HEADER, TENANT_HEADER
+from aivtuber_common.identity import CLIENT_HEADER, GATEWAY_TOKEN_HEADER, TENANT_HEADER
 from aivtuber_input import create_app as input_app
 from tests.redis_support import RedisServer, redis_bus_settings
 from tests.support import RunningServer, run_server
 
 WAIT_S = 15.0
+# The gateway's identity headers are believed with the internal token.
+TOKEN = "redis-limits-test-token-0123"
 
 
 def _stand_in() -> dict[str, Any]:
@@ -50,7 +54,7 @@ async def replicas(
         async with contextlib.AsyncExitStack() as stack:
             servers = [
                 await stack.enter_async_context(
-                    run_server(input_app(Settings(bus=bus, limits=limits)))
+                    run_server(input_app(Settings(bus=bus, limits=limits, internal_token=TOKEN)))
                 )
                 for _ in range(count)
             ]
@@ -65,8 +69,6 @@ async def replicas(
 
 async def _wait_ready(server: RunningServer, bus: RedisBusSettings) -> None:
     """Until the handler has seen the stand-in's heartbeat (its /health says ok)."""
-    import httpx
-
     async with httpx.AsyncClient() as client, asyncio.timeout(WAIT_S):
         while (await client.get(server.http_url + "/health")).status_code != 200:
             await asyncio.sleep(bus.heartbeat_interval_s / 4)
@@ -74,7 +76,7 @@ async def _wait_ready(server: RunningServer, bus: RedisBusSettings) -> None:
 
 @contextlib.asynccontextmanager
 async def frontend(server: RunningServer, tenant: str) -> AsyncIterator[ClientConnection]:
-    headers = {CLIENT_HEADER: "10.0.0.1", TENANT_HEADER: tenant}
+    headers = {CLIENT_HEADER: "10.0.0.1", TENANT_HEADER: tenant, GATEWAY_TOKEN_HEADER: TOKEN}
     async with connect(server.ws_url + "/ws/input", additional_headers=headers) as ws:
         assert json.loads(await ws.recv())["action"] == "task_id_assigned"
         yield ws
