@@ -105,3 +105,31 @@ async def test_without_the_spare_slot_a_newcomer_waits_for_the_next_free_slot(
     assert scheduler.spare_busy == 0 and not beta.done()
     gate.set()
     await asyncio.gather(held, beta)
+
+
+async def test_while_the_spare_runs_a_freed_slot_waits_so_the_newcomer_has_the_cores(
+    executor: ThreadPoolExecutor,
+) -> None:
+    scheduler = PieceScheduler(1, executor)
+    alpha_gate, beta_gate = threading.Event(), threading.Event()
+    ran: list[str] = []
+    alpha = asyncio.create_task(
+        scheduler.run(0.0, lambda: alpha_gate.wait(WAIT_S), group="alpha", cost=3.0)
+    )
+    await wait_until(lambda: scheduler.busy == 1)
+    more = asyncio.create_task(scheduler.run(1.0, lambda: ran.append("alpha1"), group="alpha"))
+    await wait_until(lambda: scheduler.waiting == 1)
+
+    def beta_piece() -> None:
+        beta_gate.wait(WAIT_S)
+        ran.append("beta")
+
+    beta = asyncio.create_task(scheduler.run(2.0, beta_piece, group="beta", first=True))
+    await wait_until(lambda: scheduler.spare_busy == 1)
+    alpha_gate.set()  # alpha's piece ends while beta's still runs: its next one waits
+    await alpha
+    await wait_until(lambda: scheduler.busy == 0)
+    assert scheduler.waiting == 1 and ran == []
+    beta_gate.set()
+    await asyncio.gather(beta, more)
+    assert ran == ["beta", "alpha1"]

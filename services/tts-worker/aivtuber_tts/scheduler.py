@@ -27,9 +27,10 @@ instead of waiting for one of them to end. Pieces are cut at sentences (up to 24
 characters, a second or more of engine time on a small CPU), so without it a tenant under
 its share would wait behind another tenant's long pieces: measured with
 ``./benchmark --scenario edge`` (docs/limits.md), a flooded worker answered a newcomer 2.4-3x
-later than an idle one. The spare runs beside the busy slots (for one short first piece at
-a time, the cores are briefly shared); one group alone never uses it, so one user's
-scheduling is unchanged.
+later than an idle one. The spare runs beside the busy slots, and while it runs a slot that
+frees up is not handed on: the newcomer's piece shares the cores only with the pieces that
+were already running, then has them to itself. One group alone never uses it, so one
+user's scheduling is unchanged.
 
 A slot is given back when its thread finishes, not when the waiting coroutine is cancelled:
 a cancelled task stops awaiting at once, but the CPU stays busy with the piece until it
@@ -140,7 +141,7 @@ class PieceScheduler:
     ) -> tuple[_Group, bool]:
         """The piece's group, and whether it runs in the spare slot."""
         group = self._group(name)
-        if self.busy < self.slots and not self.waiting:
+        if self.busy < self.slots and not self.waiting and not self.spare_busy:
             self.busy += 1
             self._start(group, cost)
             return group, False
@@ -185,27 +186,30 @@ class PieceScheduler:
         group.running -= 1
         group.tag += elapsed - charged  # the estimate, corrected by what the piece took
         if spare:
-            self.spare_busy = 0  # the regular slots are handed over as they free up
-            self._forget_idle()
+            self.spare_busy = 0  # the spare's piece held no regular slot
         else:
-            self._release()
-
-    def _release(self) -> None:
-        # Hand the slot straight to the next piece, so busy never dips and a fresh arrival
-        # cannot jump the queue in between.
-        best: tuple[float, float, int] | None = None
-        chosen: _Group | None = None
-        for group in self._groups.values():
-            head = group.head()
-            if head is not None and (best is None or (group.tag, head[0], head[1]) < best):
-                best, chosen = (group.tag, head[0], head[1]), group
-        if chosen is None:
             self.busy -= 1
-        else:
+        self._fill()
+        self._forget_idle()
+
+    def _fill(self) -> None:
+        # Hand free slots straight to the next pieces (called where a slot was freed, with
+        # no await in between, so a fresh arrival cannot jump the queue). While the spare
+        # slot runs a newcomer's first piece, freed slots stay free: that piece then has the
+        # cores to itself once the pieces it started beside have ended.
+        while self.busy < self.slots and not self.spare_busy:
+            best: tuple[float, float, int] | None = None
+            chosen: _Group | None = None
+            for group in self._groups.values():
+                head = group.head()
+                if head is not None and (best is None or (group.tag, head[0], head[1]) < best):
+                    best, chosen = (group.tag, head[0], head[1]), group
+            if chosen is None:
+                return
             _, _, turn, cost = heapq.heappop(chosen.waiting)
+            self.busy += 1
             self._start(chosen, cost)
             turn.set_result(None)
-        self._forget_idle()
 
     def _forget_idle(self) -> None:
         idle = [
