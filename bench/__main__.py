@@ -166,7 +166,13 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         refused = RefusedParams.smoke() if mode == "smoke" else RefusedParams()
         edge["refused"] = run_edge_refused(work_dir, refused)
         _say("edge limits: one tenant's limits with 1 and 2 input handlers on Redis")
-        edge["limits"] = run_edge_limits(work_dir, LimitsParams())
+        # Three more processes per handler count: left out of the smoke run (its own test,
+        # tests/test_bench_edge_limits.py, runs it).
+        edge["limits"] = (
+            {"skipped": "not in a smoke run"}
+            if mode == "smoke"
+            else run_edge_limits(work_dir, LimitsParams())
+        )
     if args.scenario in ("voices", "all") and mode != "smoke":
         voices_params = VoicesParams.quick() if mode == "quick" else VoicesParams()
         if args.rounds:

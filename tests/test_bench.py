@@ -104,7 +104,7 @@ def test_edge_smoke_run_measures_authentication_next_to_the_anonymous_gateway(
     refused = results["scenarios"]["edge"]["refused"]
     assert refused["rest_mb"] > 0 and refused["answers"] == {"4401": refused["params"]["conns"]}
     limits = results["scenarios"]["edge"]["limits"]
-    assert "skipped" in limits or [run["handlers"] for run in limits["runs"]] == [1, 2]
+    assert limits == {"skipped": "not in a smoke run"}
     table = capsys.readouterr().out
     assert "Edge: the cost of authentication" in table and "bearer ÷ anonymous" in table
     assert "Fair sharing" in table and "gateway memory under attack" in table
