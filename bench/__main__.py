@@ -1,4 +1,4 @@
-"""``./bench [--quick] [--scenario gateway|speech|edge|voices|openai|browser|all]``:
+"""``./bench [--quick] [--scenario gateway|speech|edge|voices|openai|browser|plugins|all]``:
 measure, print tables, write JSON.
 
 Progress goes to stderr, the Markdown tables to stdout, everything measured (medians, each
@@ -35,8 +35,11 @@ from .edge_refused import RefusedParams, run_edge_refused
 from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
 from .openai_api import OpenAIParams, run_openai_api
+from .plugins import FrameworkParams, run_frameworks
+from .plugins_formats import FormatsParams, run_plugins_formats
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
 from .speech_path import SpeechParams, run_speech_path
+from .stream import StreamParams, run_stream
 from .voices import VoicesParams, run_voices
 
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "latest.json"
@@ -58,11 +61,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenario",
-        choices=["gateway", "speech", "edge", "voices", "openai", "browser", "bus", "all"],
+        choices=[
+            *("gateway", "speech", "edge", "voices", "openai", "browser", "bus", "stream"),
+            "plugins",
+            "all",
+        ],
         default="all",
         help="what to run (edge: the cost of authentication, fairness, memory under attack; "
         "openai: /v1/audio/speech next to the WebSocket path; all: browser only when a "
-        "Chromium is found; bus: direct vs Redis Streams, needs redis-server, not in all)",
+        "Chromium is found; bus: direct vs Redis Streams, needs redis-server, not in all; "
+        "stream: an LLM's reply streamed in vs spoken whole or by sentence, not in all; "
+        "plugins: the LiveKit and Pipecat plugins next to the raw streaming protocol, not in all)",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
@@ -188,13 +197,38 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         results["scenarios"]["browser"] = run_browser_path(browser_params(args), work_dir, say=_say)
     elif args.scenario == "all":
         _say("browser scenario skipped: no Chromium found (apt-get install -y chromium)")
+    if args.scenario == "plugins":
+        # Parts, each under its own key: frameworks (bench/plugins.py), and the VOICEVOX
+        # API and Opus rows (bench/plugins_formats.py); not in all.
+        plugins = results["scenarios"]["plugins"] = {}
+        plugins["frameworks"] = run_frameworks(_framework_params(mode, args), work_dir, say=_say)
+        formats = {"quick": FormatsParams.quick(), "smoke": FormatsParams.smoke()}
+        formats_params = formats.get(mode, FormatsParams())
+        if args.rounds:
+            formats_params = dataclasses.replace(formats_params, rounds=args.rounds)
+        plugins["formats"] = run_plugins_formats(formats_params, work_dir, say=_say)
     if args.scenario == "bus":
         bus_params = {"quick": BusParams.quick(), "smoke": BusParams.smoke()}.get(mode, BusParams())
         if args.voice:
             bus_params = dataclasses.replace(bus_params, voice=args.voice)
         results["scenarios"]["bus"] = run_bus(bus_params, work_dir, say=_say)
+    if args.scenario == "stream":
+        stream = {"quick": StreamParams.quick(), "smoke": StreamParams.smoke()}
+        stream_params = stream.get(mode, StreamParams())
+        if args.voice:
+            stream_params = dataclasses.replace(stream_params, voices=(args.voice,))
+        results["scenarios"]["stream"] = run_stream(stream_params, work_dir, say=_say)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
+
+
+def _framework_params(mode: str, args: argparse.Namespace) -> FrameworkParams:
+    params = {"smoke": FrameworkParams.smoke, "quick": FrameworkParams.quick}.get(
+        mode, FrameworkParams
+    )()
+    if args.rounds:
+        params = dataclasses.replace(params, rounds=args.rounds)
+    return params
 
 
 def _openai_params(mode: str, args: argparse.Namespace, voice: str) -> OpenAIParams:

@@ -29,7 +29,15 @@ from websockets.asyncio.client import connect
 from .procs import BenchError, Proc, free_port, python_argv
 from .speech_client import Utterance, prepare, speak_and_listen
 from .speech_path import _speak_together, read_lines, realtime_streams
-from .stack import MAIN, READY_TIMEOUT_S, Ports, _clean_env, stack_config, write_config
+from .stack import (
+    MAIN,
+    READY_TIMEOUT_S,
+    Ports,
+    _clean_env,
+    internal_headers,
+    stack_config,
+    write_config,
+)
 from .stats import percentile
 
 __all__ = ["BusParams", "run_bus"]
@@ -70,7 +78,7 @@ class BusStack:
                 "url": redis_url,
                 "prefix": f"bench{uuid.uuid4().hex[:8]}",
             }
-        self.config, _ = write_config(work_dir, data, f"{name}.json")
+        self.config, self.settings = write_config(work_dir, data, f"{name}.json")
         self.procs: list[Proc] = []
         self.gateway_ws = f"ws://127.0.0.1:{self.ports.gateway}"
         self.output_ws = f"ws://127.0.0.1:{self.ports.output_handler}"
@@ -195,7 +203,8 @@ async def _fanout(stack: BusStack, subscribers: int) -> dict[str, Any]:
 
     async def read() -> int:
         frames = 0
-        async with connect(url, max_size=None, compression=None) as ws:
+        internal = internal_headers(stack.settings)  # the output handler, dialed directly
+        async with connect(url, max_size=None, compression=None, additional_headers=internal) as ws:
             async for message in ws:
                 frames += isinstance(message, bytes)
         return frames

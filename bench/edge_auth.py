@@ -34,7 +34,8 @@ import httpx
 from websockets.asyncio.client import connect
 
 from aivtuber_common.config import Settings
-from aivtuber_gateway.auth import Edge, Refusal
+from aivtuber_common.refusal import Refusal
+from aivtuber_gateway.auth import Edge
 
 from .procs import Proc, free_port, python_argv
 from .stats import Samples, percentile

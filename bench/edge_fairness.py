@@ -5,7 +5,7 @@ One stack (:class:`bench.stack.Stack`, the chosen voice, the shipped limits) wit
 tenants: ``alpha`` may keep as many tasks as the worker lets one tenant hold (its share of
 the queue, ``tts_worker.tenant_share``), ``beta`` has the default limits. The frontends talk
 to the input and output handlers directly, with the identity headers the gateway would add
-(loopback, no internal token): this measures how the worker shares itself, not the
+and the stack's internal token: this measures how the worker shares itself, not the
 gateway's authentication (the edge scenario measures that on its own).
 
 Each round, interleaved so the machine's drift hits both sides alike:
@@ -47,7 +47,7 @@ from aivtuber_common.identity import CLIENT_HEADER, TENANT_HEADER
 
 from .procs import BenchError
 from .speech_path import read_lines
-from .stack import Stack
+from .stack import Stack, internal_headers
 from .stats import median
 
 __all__ = ["FairnessParams", "render", "run_edge_fairness"]
@@ -101,15 +101,16 @@ def _customize(data: dict[str, Any]) -> None:
     }
 
 
-def _headers(tenant: str) -> dict[str, str]:
-    return {TENANT_HEADER: tenant, CLIENT_HEADER: "127.0.0.1"}
+def _headers(tenant: str, internal: dict[str, str]) -> dict[str, str]:
+    """What the gateway would send for ``tenant`` (the back ends are dialed directly)."""
+    return {TENANT_HEADER: tenant, CLIENT_HEADER: "127.0.0.1", **internal}
 
 
-async def _connect(url: str, tenant: str) -> ClientConnection:
+async def _connect(url: str, tenant: str, internal: dict[str, str]) -> ClientConnection:
     try:
         return await connect(
             url,
-            additional_headers=_headers(tenant),
+            additional_headers=_headers(tenant, internal),
             compression=None,
             max_size=None,
             ping_interval=None,
@@ -127,16 +128,18 @@ async def _json(ws: ClientConnection) -> dict[str, Any]:
     return data
 
 
-async def speak_timed(input_url: str, output_url: str, text: str) -> float:
+async def speak_timed(
+    input_url: str, output_url: str, text: str, internal: dict[str, str]
+) -> float:
     """Beta speaks ``text``; ms from speak sent to the first audible sample."""
     async with contextlib.AsyncExitStack() as stack:
-        speaker = await _connect(f"{input_url}/ws/input", LISTENER)
+        speaker = await _connect(f"{input_url}/ws/input", LISTENER, internal)
         stack.push_async_callback(speaker.close)
         hello = await _json(speaker)
         task_id = hello.get("task_id")
         if hello.get("action") != "task_id_assigned" or not task_id:
             raise BenchError(f"expected task_id_assigned, got {hello}")
-        listener = await _connect(f"{output_url}/ws/output/{task_id}", LISTENER)
+        listener = await _connect(f"{output_url}/ws/output/{task_id}", LISTENER, internal)
         stack.push_async_callback(listener.close)
         async with asyncio.timeout(LINE_TIMEOUT_S):
             sent = time.perf_counter()
@@ -156,9 +159,11 @@ async def speak_timed(input_url: str, output_url: str, text: str) -> float:
         raise BenchError(f"{LISTENER}'s output closed before any audio")
 
 
-async def flood(input_url: str, text: str, state: _Flood, stop: asyncio.Event) -> None:
+async def flood(
+    input_url: str, text: str, state: _Flood, stop: asyncio.Event, internal: dict[str, str]
+) -> None:
     """Alpha keeps the worker's share of it full until ``stop``; then cancels it all."""
-    ws = await _connect(f"{input_url}/ws/input", FLOODER)
+    ws = await _connect(f"{input_url}/ws/input", FLOODER, internal)
     try:
         await _json(ws)  # task_id_assigned
         while not stop.is_set():
@@ -186,9 +191,9 @@ async def flood(input_url: str, text: str, state: _Flood, stop: asyncio.Event) -
 
 
 @contextlib.asynccontextmanager
-async def flooding(input_url: str, text: str) -> AsyncIterator[_Flood]:
+async def flooding(input_url: str, text: str, internal: dict[str, str]) -> AsyncIterator[_Flood]:
     state, stop = _Flood(), asyncio.Event()
-    runner = asyncio.create_task(flood(input_url, text, state, stop))
+    runner = asyncio.create_task(flood(input_url, text, state, stop, internal))
     try:
         waiting = asyncio.create_task(state.full.wait())
         await asyncio.wait(
@@ -218,13 +223,16 @@ async def wait_engine_idle(worker_url: str) -> None:
             await asyncio.sleep(0.02)
 
 
-async def _measure(stack: Stack, params: FairnessParams, say: Callable[[str], None]) -> dict:
+async def _measure(
+    stack: Stack, params: FairnessParams, say: Callable[[str], None]
+) -> dict[str, Any]:
     lines = read_lines()
     flood_text = " ".join(lines[: params.flood_lines])
     input_url = f"ws://127.0.0.1:{stack.ports.input_handler}"
     output_url = f"ws://127.0.0.1:{stack.ports.output_handler}"
     worker_url = f"http://127.0.0.1:{stack.ports.tts_worker}"
-    await speak_timed(input_url, output_url, lines[0])  # warm the path once, not measured
+    internal = internal_headers(stack.settings)
+    await speak_timed(input_url, output_url, lines[0], internal)  # warm the path once, not measured
     alone: list[float] = []
     flooded: list[float] = []
     held: list[int] = []  # tasks the flooder had submitted when the listener spoke
@@ -232,12 +240,12 @@ async def _measure(stack: Stack, params: FairnessParams, say: Callable[[str], No
     for round_no in range(params.rounds):
         line = lines[(2 * round_no + 1) % len(lines)]
         await wait_engine_idle(worker_url)
-        alone.append(await speak_timed(input_url, output_url, line))
-        async with flooding(input_url, flood_text) as state:
+        alone.append(await speak_timed(input_url, output_url, line, internal))
+        async with flooding(input_url, flood_text, internal) as state:
             held.append(len(state.task_ids))
             refused.append(state.refused_full)
             line = lines[(2 * round_no + 2) % len(lines)]
-            flooded.append(await speak_timed(input_url, output_url, line))
+            flooded.append(await speak_timed(input_url, output_url, line, internal))
         say(
             f"edge fairness round {round_no + 1}/{params.rounds}: {LISTENER} alone "
             f"{alone[-1]:.0f} ms, while {FLOODER} keeps its share full ({held[-1]} tasks sent) "

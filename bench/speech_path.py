@@ -24,7 +24,7 @@ from typing import Any
 import uvloop
 
 from . import stack as stack_mod
-from .procs import REPO_ROOT, BenchError
+from .procs import REPO_ROOT, BenchError, free_port
 from .speech_client import SpeechError, Utterance, close, prepare, speak_and_listen
 from .stats import Samples, median, percentile
 
@@ -149,7 +149,7 @@ def _extra_worker_start(stack: stack_mod.Stack, work_dir: Path, number: int) -> 
         stack.ports.gateway,
         stack.ports.input_handler,
         stack.ports.output_handler,
-        stack_mod.free_port(),
+        free_port(),
     )
     data = stack_mod.stack_config(ports, stack.settings.tts_worker.default_voice)
     path, settings = stack_mod.write_config(work_dir, data, f"worker-{number}.json")
@@ -162,7 +162,7 @@ def _one_line(gateway_ws: str, engine: Any, text: str) -> dict[str, Any]:
     from aivtuber_tts.engines import measure
 
     utterance = _run(_speak_one(gateway_ws, text))
-    summary = utterance.summary()
+    summary: dict[str, Any] = utterance.summary()
     timing = measure(engine, text)
     summary.update(
         engine_first_chunk_ms=timing.first_chunk_ms,

@@ -12,16 +12,33 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aivtuber_common.config import ConfigError, Settings, VoiceSettings, load_settings
+from aivtuber_common.config import (
+    ConfigError,
+    HibariVoice,
+    KokoroJaVoice,
+    PiperVoice,
+    Settings,
+    SineVoice,
+    load_settings,
+)
+from aivtuber_common.identity import GATEWAY_TOKEN_HEADER
 
 from .procs import REPO_ROOT, BenchError, Proc, free_port, python_argv
 
-__all__ = ["Ports", "Stack", "stack_config", "start_worker", "write_config"]
+__all__ = [
+    "Ports",
+    "Stack",
+    "internal_headers",
+    "stack_config",
+    "start_worker",
+    "write_config",
+]
 
 MAIN = {
     "gateway": "services/gateway-python/main.py",
@@ -33,10 +50,10 @@ MAIN = {
 # without a "voices" key gets (see aivtuber_common.config), and the bundled ones that
 # docs/voices.md tells how to enable (the Japanese voices are not in the shipped config).
 DEFAULT_VOICES = {
-    "joe": VoiceSettings(engine="piper"),
-    "sine": VoiceSettings(engine="sine"),
-    "heart": VoiceSettings(engine="hibari"),
-    "jf_alpha": VoiceSettings(engine="kokoro_ja", speaker="jf_alpha"),
+    "joe": PiperVoice(),
+    "sine": SineVoice(),
+    "heart": HibariVoice(),
+    "jf_alpha": KokoroJaVoice(speaker="jf_alpha"),
 }
 UNLIMITED = {
     "max_connections": 100_000,
@@ -59,7 +76,16 @@ class Ports:
         return cls(free_port(), free_port(), free_port(), free_port())
 
 
-def stack_config(ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json") -> dict:
+def default_voice_config(voice: str) -> dict[str, Any]:
+    """One of DEFAULT_VOICES as config.json writes it (its engine named: the voice settings
+    are a union keyed on it, and "engine" is a default each dump would leave out)."""
+    settings = DEFAULT_VOICES[voice]
+    return {"engine": settings.engine, **settings.model_dump(exclude_defaults=True)}
+
+
+def stack_config(
+    ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json"
+) -> dict[str, Any]:
     """config.json with the bench's ports, log level warning, ``voice`` as the default."""
     data: dict[str, Any] = json.loads(base.read_text(encoding="utf-8")) if base.exists() else {}
     data["logging"] = {**data.get("logging", {}), "level": "warning", "format": "json"}
@@ -74,8 +100,11 @@ def stack_config(ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json
     routes["input"]["backends"] = [f"ws://{local}:{ports.input_handler}"]
     routes["output"] = {**routes.get("output", {}), "path": "/ws/output/{task_id}"}
     routes["output"]["backends"] = [f"ws://{local}:{ports.output_handler}"]
-    if "openai" in routes:  # the OpenAI-compatible API: plain HTTP to the input handler
-        routes["openai"]["backends"] = [f"http://{local}:{ports.input_handler}"]
+    for api in ("openai", "voicevox"):  # the input handler's HTTP APIs
+        if api in routes:
+            routes[api]["backends"] = [f"http://{local}:{ports.input_handler}"]
+    if "tasks" in routes:  # captions and WAV of a task: plain HTTP to the output handler
+        routes["tasks"]["backends"] = [f"http://{local}:{ports.output_handler}"]
     data.setdefault("input_handler", {}).update(
         host=local,
         port=ports.input_handler,
@@ -92,7 +121,7 @@ def stack_config(ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json
     )
     voices = worker.get("voices") or {}
     if voice not in voices and voice in DEFAULT_VOICES:
-        voices[voice] = DEFAULT_VOICES[voice].model_dump(exclude_defaults=True)
+        voices[voice] = default_voice_config(voice)
     if voice not in voices:
         known = ", ".join(sorted({*voices, *DEFAULT_VOICES}))
         raise BenchError(f"voice {voice!r} is not configured in {base.name} (known: {known})")
@@ -102,10 +131,21 @@ def stack_config(ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json
     # and the worker's per-client share of its queue would measure themselves, not speech.
     data["limits"] = {**data.get("limits", {}), **UNLIMITED}
     worker["tenant_share"] = 1.0
+    # The internal token of this run's stack: what the bench shows a back end it dials
+    # directly (internal_headers), never the user's own token file.
+    data.setdefault("internal_token", secrets.token_urlsafe(24))
     return data
 
 
-def write_config(work_dir: Path, data: dict, name: str = "stack.json") -> tuple[Path, Settings]:
+def internal_headers(settings: Settings) -> dict[str, str]:
+    """What a direct client of a back end (not through the gateway) must present."""
+    token = settings.internal_token
+    return {GATEWAY_TOKEN_HEADER: token} if token else {}
+
+
+def write_config(
+    work_dir: Path, data: dict[str, Any], name: str = "stack.json"
+) -> tuple[Path, Settings]:
     path = work_dir / name
     path.write_text(json.dumps(data, indent=2), encoding="utf-8")
     try:

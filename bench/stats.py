@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = ["Samples", "median", "percentile", "ratio", "summarize"]
 
@@ -27,7 +28,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return float(ordered[low] + (ordered[high] - ordered[low]) * (rank - low))
 
 
-def summarize(values: Sequence[float], quantiles: Iterable[int] = (50, 95, 99)) -> dict:
+def summarize(values: Sequence[float], quantiles: Iterable[int] = (50, 95, 99)) -> dict[str, Any]:
     """count, mean and the given percentiles of one round's samples."""
     out: dict[str, float | int | None] = {"count": len(values)}
     out["mean"] = statistics.fmean(values) if values else None

@@ -6,7 +6,9 @@
 Every key of config.json gets a row: its dotted name, type and bounds, default, and what it
 is for: the field's ``description`` when it has one, else the comment right above the field
 (or at the end of its line) in config.py. So a key added with a comment shows up here after
-a regeneration, and tests/test_config_docs.py fails until it is regenerated.
+a regeneration, and tests/test_config_docs.py fails until it is regenerated. Defaults come
+from the models; one computed at start (from the machine) is described by the docstring of
+the function that computes it.
 """
 
 from __future__ import annotations
@@ -30,9 +32,6 @@ from aivtuber_common import config
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "docs" / "configuration.md"
 
-# Defaults that depend on the machine, spelled out instead of computed here.
-MACHINE_DEFAULTS = {"tts_worker.max_concurrent": "cores / 2, at least 1"}
-
 HEADER = """\
 # Configuration
 
@@ -45,9 +44,10 @@ section (`gateway`, `input_handler`, `output_handler`, `tts_worker`) plus the sh
 stay short. `--config PATH` or `AIVTUBER_CONFIG=PATH` picks another file; `--host`,
 `--port` and `--log-level` override it per process; `INPUT_HANDLER_URL` and
 `OUTPUT_HANDLER_URL` replace the gateway's two routes' backends (one URL, or several
-separated by commas); `GATEWAY_API_KEY` adds a tenant named `default`,
-`GATEWAY_ADMIN_KEY` sets `auth.admin_key`, and `REDIS_URL` replaces `bus.url` on the Redis
-bus (so the Redis password stays out of the file; docs/bus.md).
+separated by commas; the output handlers' URLs also become the `tasks` route's, as
+`http://`); `GATEWAY_API_KEY` adds a tenant named `default`, `GATEWAY_ADMIN_KEY` sets
+`auth.admin_key`, and `REDIS_URL` replaces `bus.url` on the Redis bus (so the Redis
+password stays out of the file; docs/bus.md).
 
 The file is validated at start: an unknown key or a bad value stops the service with one
 line naming the key, and exit code 2:
@@ -89,17 +89,27 @@ def _walk(
         elif inner[0] == "model":
             _walk(inner[1], f"{key}.", f"`{key}`", sections)
         elif inner[0] == "union":
-            # One of several sections, told apart by their "kind" (bus: direct or redis).
-            names = " \\| ".join(_type_name(m.model_fields["kind"].annotation) for m in inner[1])
-            kinds = f"section, `kind` one of {names}"
+            # One of several sections, told apart by a tag (bus: its kind, direct or redis).
+            tag, members = _tag_of(inner[1]), inner[1]
+            names = " \\| ".join(_type_name(m.model_fields[tag].annotation) for m in members)
+            kinds = f"section, `{tag}` one of {names}"
             default = field.default
             shown = ""
             if isinstance(default, BaseModel):
                 shown = f"`{json.dumps(default.model_dump())}`"
             rows.append([f"`{key}`", kinds, shown or _default(key, field), description])
-            for member in inner[1]:
-                kind = _type_name(member.model_fields["kind"].annotation)
-                _walk(member, f"{key}.", f"`{key}` (kind {kind})", sections)
+            for member in members:
+                name = _type_name(member.model_fields[tag].annotation)
+                _walk(member, f"{key}.", f"`{key}` ({tag} {name})", sections)
+        elif inner[0] == "map_union":
+            # A map of sections of several shapes (voices: one per engine).
+            tag, members = _tag_of(inner[1]), inner[1]
+            names = " \\| ".join(_type_name(m.model_fields[tag].annotation) for m in members)
+            kind = f"map of name to `{key}.<name>`, `{tag}` one of {names}"
+            rows.append([f"`{key}`", kind, _default(key, field), description])
+            for member in members:
+                name = _type_name(member.model_fields[tag].annotation)
+                _walk(member, f"{key}.<name>.", f"`{key}.<name>` ({tag} {name})", sections)
         else:
             kind = f"map of name to `{key}.<name>`"
             rows.append([f"`{key}`", kind, _default(key, field), description])
@@ -108,23 +118,60 @@ def _walk(
 
 def _model_of(annotation: Any) -> tuple[str, Any] | None:
     """("model", M) for a nested section, ("map", M) for a dict of sections, ("union",
-    [M, ...]) for one of several sections told apart by their ``kind``."""
+    [M, ...]) for one of several sections told apart by a tag (``kind``), ("map_union",
+    [M, ...]) for a dict of such sections (``engine``)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "model", annotation
-    if get_origin(annotation) in (Union, types.UnionType):
-        members = get_args(annotation)
-        if all(isinstance(m, type) and issubclass(m, BaseModel) for m in members):
-            return "union", list(members)
+    if (members := _union_members(annotation)) is not None:
+        return "union", members
     if get_origin(annotation) is dict:
         value = get_args(annotation)[1]
         if isinstance(value, type) and issubclass(value, BaseModel):
             return "map", value
+        if (members := _union_members(value)) is not None:
+            return "map_union", members
     return None
 
 
+def _union_members(annotation: Any) -> list[type[BaseModel]] | None:
+    """The models of a union of models (each may be ``Annotated`` with its tag)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) not in (Union, types.UnionType):
+        return None
+    members = []
+    for member in get_args(annotation):
+        while get_origin(member) is Annotated:
+            member = get_args(member)[0]
+        if not (isinstance(member, type) and issubclass(member, BaseModel)):
+            return None
+        members.append(member)
+    return members
+
+
+def _tag_of(members: list[type[BaseModel]]) -> str:
+    """The field that tells the members apart: a Literal field every one of them has."""
+    for name, field in members[0].model_fields.items():
+        if get_origin(field.annotation) is Literal and all(
+            name in m.model_fields and get_origin(m.model_fields[name].annotation) is Literal
+            for m in members
+        ):
+            return name
+    raise ValueError(f"no tag field common to {members}")
+
+
 def _comments(model: type[BaseModel]) -> dict[str, str]:
-    """Field name -> the comment block right above it, or its end-of-line comment."""
-    source = inspect.getsource(model)
+    """Field name -> the comment block right above it, or its end-of-line comment (in the
+    model or the base it inherits the field from)."""
+    found: dict[str, str] = {}
+    for cls in reversed(model.__mro__):
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and cls is not BaseModel:
+            found.update(_own_comments(cls, model))
+    return found
+
+
+def _own_comments(cls: type[BaseModel], model: type[BaseModel]) -> dict[str, str]:
+    source = inspect.getsource(cls)
     lines = source.splitlines()
     tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
     trailing = {
@@ -138,6 +185,8 @@ def _comments(model: type[BaseModel]) -> dict[str, str]:
         stripped = line.strip()
         name, colon, _ = stripped.partition(":")
         if not colon or not name.isidentifier() or name not in model.model_fields:
+            continue
+        if name not in cls.__annotations__:
             continue
         width = len(line) - len(line.lstrip())
         if indent is None:
@@ -203,12 +252,11 @@ def _bound(item: Any) -> str:
 
 
 def _default(key: str, field: FieldInfo) -> str:
-    generic = key.replace(".<name>", "")
-    for pattern, text in MACHINE_DEFAULTS.items():
-        if generic == pattern:
-            return text
-    if field.default_factory is not None:
-        value = field.default_factory()  # type: ignore[call-arg]
+    factory = field.default_factory
+    if inspect.isfunction(factory) and factory.__doc__:
+        return factory.__doc__.strip()  # computed at start: what it is, not this machine's
+    if factory is not None:
+        value = factory()  # type: ignore[call-arg]
     elif field.default is PydanticUndefined:
         return "required"
     else:

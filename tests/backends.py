@@ -110,8 +110,8 @@ class EchoBackend:
         for live in self.live.values():
             live.ws.transport.resume_reading()
 
-    async def next_close(self, timeout: float = 15.0) -> BackendClose:
-        async with asyncio.timeout(timeout):
+    async def next_close(self) -> BackendClose:
+        async with asyncio.timeout(15.0):
             return await self.closes.get()
 
     def _process_request(self, _: ServerConnection, request: Request) -> Response | None:

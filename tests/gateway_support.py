@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -17,7 +17,7 @@ from aivtuber_gateway.clientside import GatewayWebSocketProtocol
 from aivtuber_gateway.proxy import ProxyConnection
 from aivtuber_gateway.registry import Registry
 from aivtuber_gateway.server import uvicorn_overrides
-from tests.support import RunningServer, run_server
+from tests.support import RunningServer, run_server, wait_until
 
 WAIT_S = 15.0
 # gateway.fast_path of the gateways gateway_settings() builds: set per test by the
@@ -94,13 +94,6 @@ async def run_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         yield gateway
         # Every test ends with nothing leaked: registry empty, proxy tasks gone.
         await gateway.settled()
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    """Wait for ``condition`` to hold, checking often; fail after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:

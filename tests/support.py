@@ -4,16 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import inspect
 import json
 import socket
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
 
 import uvicorn
 
 from aivtuber_common.cli import uvicorn_config
 
 START_TIMEOUT_S = 10.0
+# How long wait_until waits for another party's state before the test fails.
+POLL_WAIT_S = 15.0
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], T | None | Awaitable[T | None]], every: float = 0.01) -> T:
+    """Poll ``check`` (sync or async) until it returns something truthy, and return that.
+    For state that another process or server owns (its /health, a Redis key, a counter of a
+    server's) and that offers no event to wait on; the caller bounds the wait."""
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        await asyncio.sleep(every)
+
+
+async def wait_until(check: Callable[[], object]) -> None:
+    """:func:`eventually`, failing the test after POLL_WAIT_S."""
+    async with asyncio.timeout(POLL_WAIT_S):
+        await eventually(check)
 
 
 class RunningServer:
@@ -69,3 +96,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def load_script(name: str) -> ModuleType:
+    """A module of scripts/ (not a package), e.g. the docs generators."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -202,3 +202,28 @@ def test_openai_smoke_run_times_the_http_endpoint_next_to_the_websocket_path(
     assert api["medians"]["http_over_ws_p50"] > 0
     table = capsys.readouterr().out
     assert "POST /v1/audio/speech" in table and "HTTP ÷ WS" in table
+
+
+@pytest.mark.timeout(400)  # the kokoro-ja model is built and loaded for the Japanese line
+def test_plugins_smoke_run_times_frameworks_voicevox_and_opus_next_to_their_baselines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = run_bench(tmp_path, "--scenario", "plugins")
+
+    frameworks = results["scenarios"]["plugins"]["frameworks"]
+    assert frameworks["voice"] == "sine" and frameworks["params"]["lines"] == 1
+    (row,) = frameworks["per_line"]
+    for method in ("raw", "livekit", "pipecat"):
+        assert row[f"{method}_ttfa_ms"] > 0 and row[f"{method}_ttfa_audible_ms"] > 0
+    assert frameworks["medians"]["livekit_over_raw_p50"] > 0
+    assert frameworks["medians"]["pipecat_over_raw_p50"] > 0
+    formats = results["scenarios"]["plugins"]["formats"]
+    assert formats["params"]["ja_lines"] == 1 and formats["params"]["en_lines"] == 2
+    (voicevox,) = formats["per_line"]["voicevox"]
+    assert voicevox["synthesis_ms"] > 0 and voicevox["wav_ms"] > 0 and voicevox["query_ms"] > 0
+    opus = formats["per_line"]["formats"]
+    assert all(row["opus_bytes"] > 0 and row["audio_s"] > 0 for row in opus)
+    assert formats["medians"]["opus_bytes_per_s"] > 0
+    table = capsys.readouterr().out
+    assert "LiveKit stream()" in table and "Pipecat" in table and "≤ 1.3× raw" in table
+    assert "VOICEVOX /synthesis" in table and "opus bytes per second" in table

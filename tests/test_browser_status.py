@@ -35,10 +35,10 @@ async def test_the_status_page_draws_the_speech_view_with_no_console_error() -> 
             speech = (await http.get(f"{s.gateway.http_url}/speech")).json()
     log.assert_clean()
     worker = speech["workers"][0]
-    # The voices column shows what the input handler reports for the worker ("-" while
-    # its /health does not list voices).
-    voices = ", ".join(voice["name"] for voice in worker["voices"]) or "-"
-    assert cells == [worker["url"], "ok", "0", "0", "2", voices]
+    # The voices column shows the worker's ready voices, as the input handler's probe of
+    # its /health found them.
+    voices = ", ".join(voice["name"] for voice in worker["voices"])
+    assert voices and cells == [worker["url"], "ok", "0", "0", "2", voices]
     assert in_flight == "0" and speech["time_to_first_audio"]["count"] == 2
 
 

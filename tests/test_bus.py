@@ -23,23 +23,23 @@ from aivtuber_common.config import (
     OutputHandlerSettings,
     RedisBusSettings,
     Settings,
+    SineVoice,
     TtsWorkerSettings,
-    VoiceSettings,
     load_settings,
 )
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen
-from aivtuber_common.transport import TaskNotFound
+from aivtuber_common.transport import SinkLost, TaskNotFound
 from aivtuber_input import create_app as input_app
 from aivtuber_input.redis_submitter import RedisTaskSubmitter
 from aivtuber_output import create_app as output_app
 from aivtuber_output.redis_source import RedisFrameSource
 from aivtuber_tts import create_app as worker_app
-from aivtuber_tts.errors import IngestLost
 from aivtuber_tts.redis_bus import RedisFrameSink
 from tests.frontend import ask, frontend, listen
 from tests.redis_support import RedisServer, redis_bus_settings
-from tests.support import free_port, run_server
+from tests.support import RunningServer, eventually, free_port, run_server
 from tests.test_end_to_end import Gate, held_factory
+from tests.tts_fakes import worker_health
 
 TIMEOUT_S = 15.0
 
@@ -79,10 +79,10 @@ async def test_a_second_writer_of_a_task_collides_so_a_task_never_has_two_voices
         await first.open(opened(task_id))
         await second.open(opened(task_id))  # a re-run of a task with no audio: allowed
         await first.append(task_id, 0, 0.5, b"\x01\x00" * 8)
-        with pytest.raises(IngestLost):
+        with pytest.raises(SinkLost):
             await second.append(task_id, 0, 0.5, b"\x02\x00" * 8)
         await first.end(TaskEnd(task_id=task_id, status="completed"))
-        with pytest.raises(IngestLost):  # nothing fits after the end
+        with pytest.raises(SinkLost):  # nothing fits after the end
             await first.append(task_id, 1, 0.5, b"\x01\x00" * 8)
         await second.end(TaskEnd(task_id=task_id, status="failed", code="worker_lost"))
         entries = await link.client.xrange(link.keys.task(task_id))
@@ -102,12 +102,7 @@ async def test_a_task_cancelled_before_any_worker_took_it_is_dropped_by_the_work
         link,
         "worker",
         worker_name,
-        lambda: {
-            "name": worker_name,
-            "status": "ok",
-            "default_voice": "sine",
-            "voices": [{"id": "sine", "state": "ready"}],
-        },
+        lambda: worker_health(name=worker_name),
     )
     submitter = RedisTaskSubmitter(link, 60)
     task_id = str(uuid.uuid4())
@@ -121,15 +116,18 @@ async def test_a_task_cancelled_before_any_worker_took_it_is_dropped_by_the_work
         with pytest.raises(TaskNotFound):  # never existed
             await submitter.cancel(str(uuid.uuid4()))
         await stand_in.withdraw()
-        config = TtsWorkerSettings(
-            voices={"sine": VoiceSettings(engine="sine")}, default_voice="sine"
-        )
+        config = TtsWorkerSettings(voices={"sine": SineVoice()}, default_voice="sine")
         async with run_server(worker_app(Settings(bus=bus, tts_worker=config))):
+
+            async def all_taken() -> bool:
+                groups = await link.client.xinfo_groups(link.keys.tasks)
+                if not groups:  # the worker has not made its group yet (xpending: NOGROUP)
+                    return False
+                pending = (await link.client.xpending(link.keys.tasks, "workers"))["pending"]
+                return not pending and not groups[0]["lag"]
+
             async with asyncio.timeout(TIMEOUT_S):
-                while (await link.client.xpending(link.keys.tasks, "workers"))["pending"] or (
-                    await link.client.xinfo_groups(link.keys.tasks)
-                )[0]["lag"]:
-                    await asyncio.sleep(0.05)
+                await eventually(all_taken, every=0.05)
         entries = await link.client.xrange(link.keys.task(task_id))
     finally:
         await link.aclose()
@@ -144,11 +142,13 @@ async def test_redis_unreachable_at_start_is_a_503_and_clear_errors_never_a_hang
     async with run_server(output_app(settings)) as output, run_server(input_app(settings)) as inp:
         async with httpx.AsyncClient() as http:
             for server in (output, inp):
+
+                async def unavailable(url: str = server.http_url) -> httpx.Response | None:
+                    response = await http.get(f"{url}/health")
+                    return response if response.status_code == 503 else None
+
                 async with asyncio.timeout(TIMEOUT_S):
-                    while (
-                        response := await http.get(f"{server.http_url}/health")
-                    ).status_code != 503:
-                        await asyncio.sleep(0.05)
+                    response = await eventually(unavailable, every=0.05)
                 assert response.json()["bus"]["connected"] is False
         heard = await asyncio.wait_for(listen(output.ws_url, str(uuid.uuid4())), TIMEOUT_S)
         async with frontend(inp.ws_url) as (ws, _):
@@ -162,9 +162,10 @@ async def test_heartbeats_list_live_workers_and_forget_expired_ones(
     redis_server: RedisServer,
 ) -> None:
     link = RedisLink(
-        redis_bus_settings(redis_server.url, heartbeat_ttl_s=0.3, heartbeat_interval_s=0.1)
+        # A TTL long enough that the first refresh below sees the beat on a loaded machine.
+        redis_bus_settings(redis_server.url, heartbeat_ttl_s=2.0, heartbeat_interval_s=0.1)
     )
-    beat = Heartbeat(link, "worker", "w1", lambda: {"name": "w1", "status": "ok"})
+    beat = Heartbeat(link, "worker", "w1", lambda: worker_health(name="w1"))
     submitter = RedisTaskSubmitter(link, 60)
     client = Redis.from_url(redis_server.url)
     try:
@@ -172,8 +173,7 @@ async def test_heartbeats_list_live_workers_and_forget_expired_ones(
         await submitter.refresh()
         assert [worker.name for worker in submitter.workers] == ["w1"]
         async with asyncio.timeout(TIMEOUT_S):
-            while await client.exists(beat.key):
-                await asyncio.sleep(0.05)
+            await eventually(lambda: _gone(client, beat.key), every=0.05)
         await submitter.refresh()
         assert submitter.workers == []
         assert not await client.smembers(link.keys.live_index("worker"))
@@ -189,10 +189,9 @@ async def test_a_full_connection_pool_refuses_the_call_without_calling_redis_dow
     try:
         assert await link.ping()
         blocked = asyncio.create_task(link.client.xread({"nothing": "$"}, block=2000))
-        await asyncio.sleep(0)  # let it take the only connection
-        async with asyncio.timeout(TIMEOUT_S):
-            while not link.client.connection_pool._in_use_connections:  # type: ignore[attr-defined]
-                await asyncio.sleep(0.01)
+        pool = link.client.connection_pool
+        async with asyncio.timeout(TIMEOUT_S):  # until it has taken the only connection
+            await eventually(lambda: pool._in_use_connections)  # type: ignore[attr-defined]
         with pytest.raises(BusUnavailable, match="too many open reads"):
             with link.guard():
                 await link.client.get("x")
@@ -208,7 +207,7 @@ async def test_a_cancel_stops_the_task_on_the_worker_that_holds_it(
 ) -> None:
     bus = redis_bus_settings(redis_server.url)
     gate = Gate()
-    sine = {"sine": VoiceSettings(engine="sine", sample_rate=16000)}
+    sine = {"sine": SineVoice(sample_rate=16000)}
     config = TtsWorkerSettings(voices=sine, default_voice="sine")
     app = worker_app(Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate))
     link = RedisLink(bus)
@@ -218,16 +217,12 @@ async def test_a_cancel_stops_the_task_on_the_worker_that_holds_it(
         async with run_server(app) as worker, httpx.AsyncClient() as http:
             await link.ping()
             async with asyncio.timeout(TIMEOUT_S):
-                while not submitter.available:
-                    await submitter.refresh()
-                    await asyncio.sleep(0.05)
+                await eventually(lambda: _refreshed(submitter), every=0.05)
                 await submitter.submit(SubmitTask(task_id=task_id, text="Go. Then HOLD on."))
-                while (await http.get(f"{worker.http_url}/health")).json()["running"] != 1:
-                    await asyncio.sleep(0.02)
+                await eventually(lambda: _running(http, worker, 1), every=0.02)
                 assert await submitter.cancel(task_id) is True
                 # Stopped there while its engine thread is still held: the slot is free.
-                while (await http.get(f"{worker.http_url}/health")).json()["running"]:
-                    await asyncio.sleep(0.02)
+                await eventually(lambda: _running(http, worker, 0), every=0.02)
             gate.release()
     finally:
         gate.release()
@@ -238,7 +233,7 @@ async def test_a_worker_shutting_down_hands_back_unspoken_tasks_to_another_worke
     redis_server: RedisServer,
 ) -> None:
     bus = redis_bus_settings(redis_server.url)
-    sine = {"sine": VoiceSettings(engine="sine", sample_rate=16000)}
+    sine = {"sine": SineVoice(sample_rate=16000)}
     config = TtsWorkerSettings(voices=sine, default_voice="sine")
     gate = Gate()
     leaving = worker_app(Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate))
@@ -250,12 +245,9 @@ async def test_a_worker_shutting_down_hands_back_unspoken_tasks_to_another_worke
         await link.ping()
         async with run_server(leaving) as worker, httpx.AsyncClient() as http:
             async with asyncio.timeout(TIMEOUT_S):
-                while not submitter.available:
-                    await submitter.refresh()
-                    await asyncio.sleep(0.05)
+                await eventually(lambda: _refreshed(submitter), every=0.05)
                 await submitter.submit(SubmitTask(task_id=task_id, text=text))
-                while (await http.get(f"{worker.http_url}/health")).json()["running"] != 1:
-                    await asyncio.sleep(0.02)
+                await eventually(lambda: _running(http, worker, 1), every=0.02)
             worker.server.should_exit = True
             gate.release()  # the engine thread it was in may end now; no frame will be sent
         async with run_server(worker_app(Settings(bus=bus, tts_worker=config))):
@@ -283,15 +275,7 @@ async def test_on_redis_a_task_is_its_tenants_and_stays_active_only_until_it_end
         link,
         "worker",
         "stand-in",
-        lambda: {
-            "name": "stand-in",
-            "status": "ok",
-            "default_voice": "sine",
-            "voices": [
-                {"id": "sine", "state": "ready", "engine": "sine", "sample_rate": 16000},
-                {"id": "other", "state": "loading", "engine": "sine", "sample_rate": 16000},
-            ],
-        },
+        lambda: worker_health(voices={"sine": "ready", "other": "loading"}, name="stand-in"),
     )
     ended: list[str] = []
     submitter = RedisTaskSubmitter(link, 60, on_ended=ended.append)
@@ -333,9 +317,23 @@ async def test_on_redis_a_task_is_its_tenants_and_stays_active_only_until_it_end
         async with contextlib.aclosing(source.read(spoken, 0, "alice")) as events:
             heard = [event async for event in events]
         assert isinstance(heard[0], TaskOpen) and heard[0].tenant == "alice"
-        assert heard[1] == (0, 0.5, b"\x01\x00" * 8, None)
+        assert heard[1] == (0, 0.5, b"\x01\x00" * 8, None, None)
         assert isinstance(heard[-1], TaskEnd) and heard[-1].status == "completed"
     finally:
         await stand_in.withdraw()
         await source.aclose()
         await link.aclose()
+
+
+async def _gone(client: Redis, key: str) -> bool:
+    return not await client.exists(key)
+
+
+async def _refreshed(submitter: RedisTaskSubmitter) -> bool:
+    await submitter.refresh()
+    return submitter.available
+
+
+async def _running(http: httpx.AsyncClient, worker: RunningServer, count: int) -> bool:
+    running: int = (await http.get(f"{worker.http_url}/health")).json()["running"]
+    return running == count

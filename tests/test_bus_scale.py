@@ -31,10 +31,11 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from aivtuber_common.config import GatewaySettings, RedisBusSettings, RouteSettings, Settings
+from aivtuber_common.token_file import with_internal_token
 from aivtuber_gateway import create_app as gateway_app
 from tests.frontend import Heard, ask, frontend, listen, speak
 from tests.redis_support import RedisServer, redis_bus_settings, running_redis
-from tests.support import RunningServer, free_port, run_server
+from tests.support import RunningServer, eventually, free_port, run_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -153,9 +154,12 @@ class Cluster:
                 await asyncio.sleep(0.05)
 
     async def wait_workers(self, count: int) -> None:
+        async def seen() -> bool:
+            available: int = (await self.wait_health("input"))["workers_available"]
+            return available == count
+
         async with asyncio.timeout(TIMEOUT_S):
-            while (await self.wait_health("input"))["workers_available"] != count:
-                await asyncio.sleep(0.05)
+            await eventually(seen, every=0.05)
 
 
 WORKERS = ("tts-a", "tts-b")
@@ -187,7 +191,12 @@ async def cluster(tmp: Path) -> AsyncIterator[Cluster]:
                 ),
             }  # fmt: skip
             c.gateway = await stack.enter_async_context(
-                run_server(gateway_app(Settings(gateway=GatewaySettings(routes=routes))))
+                # The services are processes reading the machine's token file: so does this.
+                run_server(
+                    gateway_app(
+                        with_internal_token(Settings(gateway=GatewaySettings(routes=routes)))
+                    )
+                )
             )
             c.tts_app = tts  # type: ignore[attr-defined]
             yield c
@@ -219,9 +228,9 @@ async def test_an_output_replica_killed_mid_line_is_resumed_on_the_other_exactly
         serving = [name for name in OUTPUTS if (await c.health(name))[1]["subscribers"]]
         assert len(serving) == 1, serving
         # Wait for the first part's whole frames (the TTS holds after it), then kill.
+        whole = len(RemoteTts.FIRST) // FRAME_BYTES * FRAME_BYTES
         async with asyncio.timeout(TIMEOUT_S):
-            while len(first.audio) < len(RemoteTts.FIRST) // FRAME_BYTES * FRAME_BYTES:
-                await asyncio.sleep(0.01)
+            await eventually(lambda: len(first.audio) >= whole)
         c.kill(serving[0])
         await asyncio.wait_for(listening, TIMEOUT_S)
         assert first.end is None or first.end["type"] == "error", first.end

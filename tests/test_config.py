@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aivtuber_common.config import ConfigError, Settings, load_settings
+from aivtuber_common.config import ConfigError, PiperVoice, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_ENV: dict[str, str] = {}
@@ -143,6 +143,43 @@ def test_a_config_error_is_one_line_naming_the_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("voice", "expected"),
+    [
+        (
+            {"engine": "piper", "url": "http://tts:8880"},
+            "tts_worker.voices.v.url: not a key of the piper engine (its keys: engine, "
+            "language, visemes, intra_op_threads, model, device)",
+        ),
+        ({"engine": "http"}, "tts_worker.voices.v.url: required by the http engine"),
+        ({"engine": "riva"}, "tts_worker.voices.v.server: required by the riva engine"),
+        (
+            {"engine": "espeak"},
+            "tts_worker.voices.v: engine must be one of piper, hibari, kokoro_ja, sine, http, riva",
+        ),
+        (
+            {"engine": "sine", "speaker": "heart"},
+            "tts_worker.voices.v.speaker: not a key of the sine engine (its keys: engine, "
+            "language, sample_rate, frequency_hz, ms_per_char)",
+        ),
+    ],
+)
+def test_a_voice_takes_only_its_engines_keys_and_says_so_in_one_line(
+    tmp_path: Path, voice: dict[str, object], expected: str
+) -> None:
+    config = {"tts_worker": {"voices": {"v": voice}, "default_voice": "v"}}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, config), environ=NO_ENV)
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).endswith(expected)
+
+
+def test_a_voice_without_an_engine_is_a_piper_voice(tmp_path: Path) -> None:
+    config = {"tts_worker": {"voices": {"v": {"device": "cpu"}}, "default_voice": "v"}}
+    voice = load_settings(write(tmp_path, config), environ=NO_ENV).tts_worker.voices["v"]
+    assert isinstance(voice, PiperVoice) and voice.device == "cpu"
+
+
+@pytest.mark.parametrize(
     ("route", "expected"),
     [
         (
@@ -171,3 +208,31 @@ def test_the_openai_api_is_an_http_route_to_the_input_handler_by_default(tmp_pat
         route = settings.gateway.routes["openai"]
         assert (route.protocol, route.backends) == ("http", ["http://127.0.0.1:8001"])
         assert settings.input_handler.output_handler_url == "ws://127.0.0.1:8002"
+
+
+def test_output_handler_url_also_points_the_tasks_route_at_the_output_handlers(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        write(tmp_path, {}),
+        environ={"OUTPUT_HANDLER_URL": "ws://10.0.0.6:9002, wss://out.example:443"},
+    )
+    tasks = settings.gateway.routes["tasks"]
+    assert tasks.protocol == "http" and tasks.path == "/v1/tasks/{task_id}/{file}"
+    assert tasks.backends == ["http://10.0.0.6:9002", "https://out.example:443"]
+
+
+def test_the_shipped_config_speaks_heart_by_default_and_keeps_joe() -> None:
+    worker = load_settings(ROOT / "config.json", environ=NO_ENV).tts_worker
+    assert worker.default_voice == "heart" and worker.voices["heart"].engine == "hibari"
+    assert worker.voices["joe"].engine == "piper"
+
+
+def test_the_voicevox_api_is_an_http_route_to_the_input_handler_by_default(tmp_path: Path) -> None:
+    for settings in (
+        load_settings(write(tmp_path, {}), environ=NO_ENV),
+        load_settings(ROOT / "config.json", environ=NO_ENV),
+    ):
+        route = settings.gateway.routes["voicevox"]
+        assert route.path == "/voicevox/{endpoint:path}"
+        assert (route.protocol, route.backends) == ("http", ["http://127.0.0.1:8001"])

@@ -27,12 +27,15 @@ from aivtuber_common.config import (
     BusSettings,
     DirectBusSettings,
     GatewaySettings,
+    HibariVoice,
     InputHandlerSettings,
     LimitsSettings,
     OutputHandlerSettings,
+    PiperVoice,
     RedisBusSettings,
     RouteSettings,
     Settings,
+    SineVoice,
     TtsWorkerSettings,
     VoiceSettings,
 )
@@ -43,7 +46,7 @@ from aivtuber_output import create_app as output_app
 from aivtuber_tts import create_app as worker_app
 from aivtuber_tts.engines import Engine, SineEngine, build_engine
 from tests.frontend import Heard, ask, frontend, listen, speak
-from tests.support import RunningServer, free_port, run_server
+from tests.support import RunningServer, eventually, free_port, run_server
 
 HOLD = "HOLD"
 DIRECT = DirectBusSettings()
@@ -109,17 +112,23 @@ class Stack:
         await self.stops[index].aclose()
 
 
-def voices(piper: bool) -> dict[str, VoiceSettings]:
-    table = {"sine": VoiceSettings(engine="sine", sample_rate=SINE_RATE, ms_per_char=MS_PER_CHAR)}
+def voices(piper: bool, heart: bool = False) -> dict[str, VoiceSettings]:
+    table: dict[str, VoiceSettings] = {
+        "sine": SineVoice(sample_rate=SINE_RATE, ms_per_char=MS_PER_CHAR)
+    }
     if piper:
-        table["joe"] = VoiceSettings(engine="piper", device="cpu")
+        table["joe"] = PiperVoice(device="cpu")
+    if heart:  # hibari: timed (visemes, words) and fast
+        table["heart"] = HibariVoice()
     return table
 
 
 async def wait_ready(server: RunningServer) -> None:
+    async def ready() -> bool:
+        return (await http.get(f"{server.http_url}/health")).status_code == 200
+
     async with httpx.AsyncClient() as http, asyncio.timeout(READY_TIMEOUT_S):
-        while (await http.get(f"{server.http_url}/health")).status_code != 200:
-            await asyncio.sleep(0.02)
+        await eventually(ready, every=0.02)
 
 
 @contextlib.asynccontextmanager
@@ -127,9 +136,11 @@ async def stack(
     bus: BusSettings = DIRECT,  # the bus fixture's; direct for the browser and page tests
     workers: int = 1,
     piper: bool = False,
+    heart: bool = False,
     dead_workers: int = 0,
     limits: LimitsSettings | None = None,
     audio_metrics: bool = False,
+    worker_options: dict[str, Any] | None = None,
     **input_options: Any,
 ) -> AsyncIterator[Stack]:
     """Output handler, worker(s), input handler, gateway: started in the order each needs,
@@ -149,10 +160,11 @@ async def stack(
             gate = Gate()
             config = TtsWorkerSettings(
                 output_handler_url=output.ws_url,
-                voices=voices(piper),
+                voices=voices(piper, heart),
                 default_voice="joe" if piper else "sine",
                 frame_ms=FRAME_MS,
                 max_concurrent=2,
+                **(worker_options or {}),
             )
             app = worker_app(
                 Settings(bus=bus, tts_worker=config), engine_factory=held_factory(gate)
@@ -194,9 +206,13 @@ async def stack(
 
 async def wait_workers_seen(handler: RunningServer, count: int) -> None:
     """Until the input handler has seen ``count`` workers' heartbeats (the Redis bus)."""
+
+    async def seen() -> bool:
+        available: int = (await http.get(f"{handler.http_url}/health")).json()["workers_available"]
+        return available >= count
+
     async with httpx.AsyncClient() as http, asyncio.timeout(READY_TIMEOUT_S):
-        while (await http.get(f"{handler.http_url}/health")).json()["workers_available"] < count:
-            await asyncio.sleep(0.02)
+        await eventually(seen, every=0.02)
 
 
 def assert_complete(heard: Heard, text: str, rate: int = SINE_RATE) -> None:
@@ -283,9 +299,11 @@ async def test_early_late_and_parallel_subscribers_get_identical_bytes(bus: BusS
 
 
 async def wait_connected(s: Stack, task_id: str) -> None:
+    async def connected() -> bool:
+        return bool((await http.get(f"{s.output.http_url}/status/{task_id}")).json()["connected"])
+
     async with httpx.AsyncClient() as http, asyncio.timeout(10):
-        while not (await http.get(f"{s.output.http_url}/status/{task_id}")).json()["connected"]:
-            await asyncio.sleep(0.01)
+        await eventually(connected)
 
 
 async def test_cancel_mid_stream_ends_the_stream_with_cancelled_true(bus: BusSettings) -> None:

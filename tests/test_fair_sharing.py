@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from aivtuber_common.config import VoiceSettings
+from aivtuber_common.config import SineVoice
 from aivtuber_tts.engines import LocalEngine
 from aivtuber_tts.scheduler import PieceScheduler
+from tests.support import wait_until
 from tests.tts_fakes import (
     WorkerClient,
     factory_with,
@@ -34,12 +35,6 @@ WAIT_S = 10.0
 def executor() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(2) as pool:
         yield pool
-
-
-async def wait_until(condition: Any) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not condition():
-            await asyncio.sleep(0.001)
 
 
 async def test_another_groups_piece_runs_next_even_behind_earlier_deadlines(
@@ -196,7 +191,7 @@ async def test_while_a_tenant_keeps_its_share_queued_another_tenants_line_starts
     async with running_recorder() as recorder:
         settings = sine_settings(
             recorder.url,
-            voices={"stepped": VoiceSettings(engine="sine")},
+            voices={"stepped": SineVoice()},
             max_concurrent=1,
             max_queued=7,
             tenant_share=0.75,  # 8 places: one tenant may hold 6
@@ -216,9 +211,11 @@ async def test_while_a_tenant_keeps_its_share_queued_another_tenants_line_starts
                 # One of alpha's pieces is in the engine and five more first pieces wait for
                 # it; beta's first piece does not: it runs beside it, in the spare slot.
                 await asyncio.to_thread(engine.in_flight.wait, WAIT_S)
-                async with asyncio.timeout(WAIT_S):
-                    while await pieces_waiting(w) != 5 or await engine_busy(w) != 2:
-                        await asyncio.sleep(0.01)
+
+                async def five_wait_two_run() -> bool:
+                    return await pieces_waiting(w) == 5 and await engine_busy(w) == 2
+
+                await wait_until(five_wait_two_run)
                 # Both in the engine before any piece has finished.
                 assert engine.entered == ["Flood one.", "Beta speaks."] and not engine.order
                 engine.step(100)
@@ -232,3 +229,7 @@ async def test_while_a_tenant_keeps_its_share_queued_another_tenants_line_starts
                 engine.step(100)
     assert "Beta speaks." in engine.order
     assert all(task.end and task.end.status == "completed" for task in recorder.tasks.values())
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 
+from aivtuber_common.health import InputHealth, OutputHealth, WorkerView
 from aivtuber_gateway.pages import speech_view
 from aivtuber_gateway.recent import RecentSpeech
 from tests.frontend import frontend, listen, speak
@@ -50,24 +51,31 @@ def test_recent_speech_memory_is_bounded_however_many_streams_come() -> None:
     assert len(view["frames"]["per_minute"]) <= 11
 
 
-def test_speech_view_sums_tasks_and_reads_voices_in_either_form() -> None:
+def test_speech_view_sums_tasks_and_lists_each_workers_voices() -> None:
     workers = [
-        {"url": "http://w1:8003", "healthy": True, "running": 1, "voices": ["sine", "joe"]},
-        {"url": "http://w2:8003", "healthy": False, "voices": [{"name": "joe", "ready": False}]},
-        "not a worker",
+        WorkerView(
+            name="http://w1:8003",
+            url="http://w1:8003",
+            healthy=True,
+            state="ready",
+            running=1,
+            voices=["joe", "sine"],
+        ),
+        WorkerView(name="w2-redis", healthy=False, state="starting"),
     ]
     view = speech_view(
         RecentSpeech().snapshot(),
-        [{"workers": workers}, None],
-        [{"tasks": {"streaming": 2, "waiting": 1, "completed": 9}}, None],
+        [InputHealth(status="ok", workers_available=1, workers=workers), None],
+        [OutputHealth(subscribers=0, tasks={"streaming": 2, "waiting": 1, "completed": 9}), None],
     )
     assert view["tasks"] == {
         "in_flight": 3,
         "by_state": {"streaming": 2, "waiting": 1, "completed": 9},
     }
-    assert [w["url"] for w in view["workers"]] == ["http://w1:8003", "http://w2:8003"]
-    assert view["workers"][0]["voices"] == [{"name": "sine"}, {"name": "joe"}]
-    assert view["workers"][1]["voices"] == [{"name": "joe", "ready": False}]
+    # A worker on the Redis bus has a name, not a URL: the name stands in.
+    assert [w["url"] for w in view["workers"]] == ["http://w1:8003", "w2-redis"]
+    assert view["workers"][0]["voices"] == [{"name": "joe"}, {"name": "sine"}]
+    assert view["workers"][1]["voices"] == []
     assert view["handlers"] == {"input": 1, "output": 1}
 
 
@@ -84,6 +92,8 @@ async def test_speech_reports_a_spoken_line_without_its_task_id() -> None:
     assert view["frames"]["sent"] == len(heard.chunks)
     assert view["tasks"]["in_flight"] == 0 and view["handlers"] == {"input": 1, "output": 1}
     assert [w["url"] for w in view["workers"]] == [s.workers[0].http_url]
+    # The worker's ready voices, as the input handler's probe of its /health found them.
+    assert view["workers"][0]["voices"] == [{"name": "sine"}]
     assert task_id[:8] not in response.text
 
 

@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 
 from tests.backends import EchoBackend
 from tests.gateway_support import gateway_settings, run_gateway, wait_until
+from tests.support import eventually
 from tests.test_gateway_keepalive import DeafClient
 
 HANG_GUARD_S = 20.0
@@ -34,8 +35,7 @@ async def test_a_client_that_stops_answering_pings_is_named_in_the_log_and_conne
                     return (unanswered.get("client") or 0) > PINGS["ping_interval_s"]
 
                 async with asyncio.timeout(HANG_GUARD_S):
-                    while not await overdue():
-                        await asyncio.sleep(0.05)
+                    await eventually(overdue, every=0.05)
                 await asyncio.wait_for(running, HANG_GUARD_S)  # the gateway hangs up
                 close = await backend.next_close()
                 await wait_until(lambda: not len(gateway.registry))

@@ -20,6 +20,7 @@ import httpx
 from aivtuber_common.config import OutputHandlerSettings, Settings
 from aivtuber_common.internal import TASKS_PATH, SubmitTask
 from aivtuber_common.protocol import new_task_id
+from aivtuber_common.token_file import with_internal_token
 from aivtuber_output import create_app as output_app
 from aivtuber_output.keepalive import uvicorn_overrides
 from tests.frontend import Heard, listen
@@ -33,6 +34,8 @@ HANG_GUARD_S = 60.0  # the test never waits longer than this, whatever happens
 async def test_tasks_of_a_stopped_worker_fail_with_timeout(tmp_path: Path) -> None:
     tts = HoldingTts()
     settings = Settings(output_handler=OutputHandlerSettings(task_timeout_s=TASK_TIMEOUT_S))
+    # The worker process reads the machine's token file: its task endpoints want it.
+    internal = {"Authorization": f"Bearer {with_internal_token(Settings()).internal_token}"}
     port = free_port()
     worker_url = f"http://127.0.0.1:{port}"
     async with run_server(tts.app) as remote:
@@ -44,7 +47,9 @@ async def test_tasks_of_a_stopped_worker_fail_with_timeout(tmp_path: Path) -> No
                     ids = [new_task_id(), new_task_id()]
                     for task_id in ids:  # the first runs (and holds), the second may queue
                         task = SubmitTask(task_id=task_id, text="This line HOLDs forever.")
-                        response = await http.post(worker_url + TASKS_PATH, json=task.model_dump())
+                        response = await http.post(
+                            worker_url + TASKS_PATH, json=task.model_dump(), headers=internal
+                        )
                         assert response.status_code == 202, response.text
                     heard = [Heard(), Heard()]
                     listening = [

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from aivtuber_common.config import ConfigError, load_settings
-from aivtuber_common.identity import Identity, read_identity
+from aivtuber_common.identity import (
+    CLIENT_HEADER,
+    GATEWAY_TOKEN_HEADER,
+    TENANT_HEADER,
+    Identity,
+    identity_headers,
+    read_identity,
+)
 
 TOKEN = "internal-token-0123456789"
 CLAIM = [("x-aivtuber-tenant", "alice"), ("x-aivtuber-client", "203.0.113.9")]
@@ -61,3 +68,12 @@ def test_short_tenant_key_is_a_config_error(tmp_path: Path) -> None:
     path.write_text('{"auth": {"tenants": {"alice": {"key": "short"}}}}')
     with pytest.raises(ConfigError, match="auth.tenants.alice.key"):
         load_settings(path, environ={})
+
+
+def test_the_identity_headers_written_are_the_ones_read() -> None:
+    identity = Identity("alice", "203.0.113.9")
+    headers = identity_headers(identity, TOKEN)
+    assert [name for name, _ in headers] == [CLIENT_HEADER, TENANT_HEADER, GATEWAY_TOKEN_HEADER]
+    assert read_identity(headers, "198.51.100.7", TOKEN) == identity
+    anonymous = identity_headers(Identity(None, "203.0.113.9"), None)
+    assert anonymous == [(CLIENT_HEADER, "203.0.113.9")]

@@ -19,12 +19,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.config import InputHandlerSettings, Settings
+from aivtuber_common.health import WorkerHealth
 from aivtuber_common.internal import SubmitTask
 from aivtuber_common.protocol import ErrorMessage, TaskIdAssigned, UploadProcessed
 from aivtuber_input import create_app
 from aivtuber_input.session import CancelTask, Close, InputSession, Reply, Submit
 from aivtuber_input.workers import HttpTaskSubmitter
-from tests.support import RunningServer, free_port, run_server
+from tests.support import RunningServer, eventually, free_port, run_server
+from tests.tts_fakes import worker_health
 
 # --- the session without sockets ---------------------------------------------------------
 
@@ -182,7 +184,8 @@ class FakeWorker:
         return JSONResponse({"task_id": task_id, "cancelled": True})
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "running": 0, "queued": 0, "capacity": 2})
+        body = worker_health(max_concurrent=2).model_dump_json()
+        return Response(body, media_type="application/json")
 
 
 @contextlib.asynccontextmanager
@@ -195,8 +198,12 @@ async def input_handler(
 
 
 @contextlib.asynccontextmanager
-async def client(server: RunningServer) -> AsyncIterator[tuple[ClientConnection, str]]:
-    async with connect(server.ws_url + "/ws/input") as ws:
+async def client(
+    server: RunningServer, token: str | None = None
+) -> AsyncIterator[tuple[ClientConnection, str]]:
+    """A client of the input handler (as the gateway is: with ``token`` when one is set)."""
+    headers = {"x-aivtuber-gateway-token": token} if token else {}
+    async with connect(server.ws_url + "/ws/input", additional_headers=headers) as ws:
         hello = json.loads(await ws.recv())
         assert hello["type"] == "system" and hello["action"] == "task_id_assigned"
         yield ws, hello["task_id"]
@@ -362,12 +369,15 @@ async def test_cancel_reaches_the_worker_that_took_the_task() -> None:
     assert all(task_id in w.cancelled for task_id, w in owners.items())
 
 
+TOKEN = "s3cret-internal-token"
+
+
 async def test_the_internal_token_is_sent_to_the_workers() -> None:
     fake = FakeWorker()
-    async with run_server(fake.app) as tts, input_handler([tts.http_url], token="s3") as server:
-        async with client(server) as (ws, _):
+    async with run_server(fake.app) as tts, input_handler([tts.http_url], token=TOKEN) as server:
+        async with client(server, TOKEN) as (ws, _):
             await ask(ws, {"type": "speak", "text": "Hi"})
-    assert fake.headers == ["Bearer s3"]
+    assert fake.headers == [f"Bearer {TOKEN}"]
 
 
 async def test_health_and_metrics_describe_the_workers_and_the_traffic() -> None:
@@ -378,13 +388,13 @@ async def test_health_and_metrics_describe_the_workers_and_the_traffic() -> None
             await ask(ws, {"type": "dance"})
             async with httpx.AsyncClient() as http:
 
-                async def probed() -> dict[str, Any]:
+                async def probed() -> dict[str, Any] | None:
                     # The first health probe of the worker runs as the handler starts.
-                    return (await http.get(f"{server.http_url}/health")).json()
+                    body: dict[str, Any] = (await http.get(f"{server.http_url}/health")).json()
+                    return body if body["workers"][0]["capacity"] == 2 else None
 
                 async with asyncio.timeout(10):
-                    while (health := await probed())["workers"][0]["capacity"] != 2:
-                        await asyncio.sleep(0.01)
+                    health = await eventually(probed)
                 metrics = (await http.get(f"{server.http_url}/metrics")).text
     assert health["status"] == "ok" and health["connections"] == 1
     assert health["workers"][0]["url"] == tts.http_url
@@ -396,12 +406,12 @@ async def test_health_and_metrics_describe_the_workers_and_the_traffic() -> None
 # --- choosing a worker (httpx.MockTransport: pure request/response logic) ------------------
 
 
-def mock_workers(health: dict[str, tuple[int, dict[str, Any]]], posted: list[str]) -> Any:
+def mock_workers(health: dict[str, tuple[int, WorkerHealth]], posted: list[str]) -> Any:
     def handle(request: httpx.Request) -> httpx.Response:
         base = f"http://{request.url.host}"
         if request.url.path == "/health":
             status, body = health[base]
-            return httpx.Response(status, json=body)
+            return httpx.Response(status, content=body.model_dump_json())
         posted.append(base)
         task = json.loads(request.content)
         return httpx.Response(202, json={"task_id": task["task_id"], "voice": "sine", "queued": 0})
@@ -412,9 +422,9 @@ def mock_workers(health: dict[str, tuple[int, dict[str, Any]]], posted: list[str
 async def test_the_least_busy_healthy_worker_gets_each_task() -> None:
     posted: list[str] = []
     health = {
-        "http://busy": (200, {"running": 2, "queued": 3, "max_concurrent": 2}),
-        "http://idle": (200, {"running": 0, "queued": 0, "max_concurrent": 2}),
-        "http://down": (503, {"status": "starting"}),
+        "http://busy": (200, worker_health(running=2, queued=3, max_concurrent=2)),
+        "http://idle": (200, worker_health(running=0, queued=0, max_concurrent=2)),
+        "http://down": (503, worker_health("starting", {"sine": "loading"})),
     }
     async with httpx.AsyncClient(transport=mock_workers(health, posted)) as http:
         submitter = HttpTaskSubmitter(http, list(health), timeout_s=1.0)
@@ -428,7 +438,7 @@ async def test_the_least_busy_healthy_worker_gets_each_task() -> None:
 
 async def test_equally_loaded_workers_take_turns() -> None:
     posted: list[str] = []
-    idle = (200, {"running": 0, "queued": 0, "max_concurrent": 1})
+    idle = (200, worker_health())
     health = {"http://a": idle, "http://b": idle}
     async with httpx.AsyncClient(transport=mock_workers(health, posted)) as http:
         submitter = HttpTaskSubmitter(http, list(health), timeout_s=1.0)

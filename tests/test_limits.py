@@ -27,17 +27,18 @@ from aivtuber_common.config import (
     LimitsSettings,
     OutputHandlerSettings,
     Settings,
+    SineVoice,
     TenantSettings,
-    VoiceSettings,
 )
-from aivtuber_common.identity import CLIENT_HEADER, TENANT_HEADER
+from aivtuber_common.identity import CLIENT_HEADER, GATEWAY_TOKEN_HEADER, TENANT_HEADER
 from aivtuber_common.internal import TASK_EVENTS_PATH, TaskSnapshot
+from aivtuber_common.token_file import with_internal_token
 from aivtuber_input import activity
 from aivtuber_input import create_app as input_app
 from aivtuber_input.activity import ORPHAN_GRACE_S, ActiveTasks
 from aivtuber_output import create_app as output_app
 from aivtuber_tts.engines import LocalEngine
-from tests.support import RunningServer, free_port, run_server
+from tests.support import RunningServer, eventually, free_port, run_server
 from tests.test_worker_crash import HoldingTts, wait_healthy, worker_process
 from tests.tts_fakes import (
     GatedEngine,
@@ -72,9 +73,9 @@ async def stack(
         worker_settings = sine_settings(
             recorder.url,
             voices={
-                "gated": VoiceSettings(engine="sine"),
-                "failing": VoiceSettings(engine="sine"),
-                "sine": VoiceSettings(engine="sine"),
+                "gated": SineVoice(),
+                "failing": SineVoice(),
+                "sine": SineVoice(),
             },
             max_concurrent=1,
         )
@@ -94,9 +95,13 @@ async def stack(
 
 @contextlib.asynccontextmanager
 async def frontend(
-    server: RunningServer, tenant: str | None = None, client_ip: str = "10.0.0.1"
+    server: RunningServer,
+    tenant: str | None = None,
+    client_ip: str = "10.0.0.1",
+    token: str | None = None,
 ) -> AsyncIterator[ClientConnection]:
-    headers = {CLIENT_HEADER: client_ip}
+    """A client of the input handler as the gateway is (with ``token`` when one is set)."""
+    headers = {CLIENT_HEADER: client_ip, **({GATEWAY_TOKEN_HEADER: token} if token else {})}
     if tenant is not None:
         headers[TENANT_HEADER] = tenant
     async with connect(server.ws_url + "/ws/input", additional_headers=headers) as ws:
@@ -275,14 +280,17 @@ async def test_the_tasks_of_a_dead_or_hung_worker_stop_counting(
         output = await stack.enter_async_context(
             run_server(output_app(Settings(output_handler=OutputHandlerSettings())))
         )
-        settings = Settings(
-            limits=LimitsSettings(max_active_tasks=1),
-            input_handler=InputHandlerSettings(workers=[worker_url], worker_timeout_s=1.0),
+        # The worker process reads the machine's token file: so does this input handler.
+        settings = with_internal_token(
+            Settings(
+                limits=LimitsSettings(max_active_tasks=1),
+                input_handler=InputHandlerSettings(workers=[worker_url], worker_timeout_s=1.0),
+            )
         )
         handler = await stack.enter_async_context(run_server(input_app(settings)))
         async with worker_process(tmp_path, port, output, remote) as (process, _):
             await wait_healthy(worker_url)
-            async with frontend(handler, "alpha") as ws:
+            async with frontend(handler, "alpha", token=settings.internal_token) as ws:
                 held = await ask(ws, {"type": "speak", "text": "Please HOLD this line."})
                 assert held["action"] == "upload_processed", held
                 reply = await ask(ws, {"type": "speak", "text": "Another HOLD line."})
@@ -293,13 +301,15 @@ async def test_the_tasks_of_a_dead_or_hung_worker_stop_counting(
                 else:
                     process.send_signal(signal.SIGSTOP)
                     stack.callback(_resume, process)
+
                 # The place is free again. (The next speak meets no working worker, so it
                 # is tts_unavailable, no longer rate_limited.)
+                async def not_limited() -> dict[str, Any] | None:
+                    reply = await ask(ws, {"type": "speak", "text": "Hi."})
+                    return None if reply["code"] == "rate_limited" else reply
+
                 async with asyncio.timeout(WAIT_S):
-                    while (reply := await ask(ws, {"type": "speak", "text": "Hi."}))[
-                        "code"
-                    ] == "rate_limited":
-                        await asyncio.sleep(0.05)
+                    reply = await eventually(not_limited, every=0.05)
                 assert reply["code"] == "tts_unavailable", reply
 
 
@@ -388,14 +398,16 @@ def test_a_task_whose_end_arrives_before_its_acceptance_is_not_counted() -> None
 
 
 async def test_the_workers_events_socket_needs_the_internal_token() -> None:
-    async with running_recorder("s3cret") as recorder:
-        async with running_worker(sine_settings(recorder.url, token="s3cret")) as worker:
+    async with running_recorder("s3cret-internal-token") as recorder:
+        async with running_worker(
+            sine_settings(recorder.url, token="s3cret-internal-token")
+        ) as worker:
             url = worker.server.ws_url + TASK_EVENTS_PATH
             async with connect(url) as ws:
                 with pytest.raises(ConnectionClosed):
                     await ws.recv()
             assert ws.close_code == 4401
-            headers = {"Authorization": "Bearer s3cret"}
+            headers = {"Authorization": "Bearer s3cret-internal-token"}
             async with connect(url, additional_headers=headers) as ws:
                 first = json.loads(await ws.recv())
     assert first == {"type": "task_snapshot", "active": [], "ended": []}

@@ -21,7 +21,7 @@ from aivtuber_common.config import OutputHandlerSettings, Settings
 from aivtuber_common.internal import INGEST_PATH, TaskEnd, TaskOpen, encode_frame
 from aivtuber_output import create_app
 from aivtuber_output.store import TaskNotFound, TaskState, TaskStore
-from tests.support import RunningServer, run_server
+from tests.support import RunningServer, run_server, wait_until
 
 RATE = 16000
 
@@ -81,10 +81,16 @@ class Received:
         return b"".join(self.pcm)
 
 
-async def listen(server: RunningServer, task_id: str, query: str = "") -> Received:
-    """Subscribe and read until the server closes, checking the message order on the way."""
+async def listen(
+    server: RunningServer, task_id: str, query: str = "", token: str | None = None
+) -> Received:
+    """Subscribe and read until the server closes, checking the message order on the way
+    (as the gateway does, with ``token`` when one is in force)."""
     received = Received()
-    async with connect(f"{server.ws_url}/ws/output/{task_id}{query}") as ws:
+    headers = {"x-aivtuber-gateway-token": token} if token else {}
+    async with connect(
+        f"{server.ws_url}/ws/output/{task_id}{query}", additional_headers=headers
+    ) as ws:
         try:
             async for message in ws:
                 if isinstance(message, bytes):
@@ -103,13 +109,6 @@ async def listen(server: RunningServer, task_id: str, query: str = "") -> Receiv
             pass
         received.close_code = ws.close_code
     return received
-
-
-async def wait_until(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    """Wait for a condition another party makes true (a bounded wait, not a guess)."""
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.01)
 
 
 async def status(server: RunningServer, task_id: str) -> dict[str, Any]:
@@ -461,17 +460,17 @@ async def test_status_follows_a_task_from_waiting_to_completed() -> None:
 
 async def test_ingest_demands_the_internal_token_when_one_is_set() -> None:
     task_id = str(uuid.uuid4())
-    async with output_handler(token="s3cret") as server:
+    async with output_handler(token="s3cret-internal-token") as server:
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             async with connect(server.ws_url + INGEST_PATH, additional_headers=headers) as ws:
                 with pytest.raises(ConnectionClosed):
                     await ws.recv()
                 assert ws.close_code == 4401
-        async with worker(server, token="s3cret") as tts:
+        async with worker(server, token="s3cret-internal-token") as tts:
             await tts.open(task_id)
             await tts.frames(task_id, [frame(0)])
             await tts.end(task_id)
-            got = await listen(server, task_id)
+            got = await listen(server, task_id, token="s3cret-internal-token")
     assert got.pcm == [frame(0)]
 
 

@@ -90,9 +90,9 @@ def test_binary_frame_round_trips_task_chunk_level_and_pcm() -> None:
     task_id = str(uuid.uuid4())
     data = encode_frame(task_id, 7, 0.25, b"\x01\x02\x03\x04")
     assert len(data) == FrameHeader.SIZE + 4
-    got_id, chunk_id, level, pcm, visemes = decode_frame(data)
+    got_id, chunk_id, level, pcm, visemes, words = decode_frame(data)
     assert (got_id, chunk_id, level, bytes(pcm)) == (task_id, 7, 0.25, b"\x01\x02\x03\x04")
-    assert visemes is None
+    assert visemes is None and words is None
     with pytest.raises(ValueError, match="shorter than its header"):
         decode_frame(b"\x00" * 3)
 

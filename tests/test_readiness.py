@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from aivtuber_input.workers import HttpTaskSubmitter
 from bench.procs import Proc, python_argv
@@ -18,6 +18,7 @@ from bench.stack import MAIN, Ports, stack_config, write_config
 from tests.frontend import frontend, listen, speak
 from tests.support import run_server
 from tests.test_input_handler import FakeWorker, ask, client, input_handler
+from tests.tts_fakes import worker_health
 
 START_TIMEOUT_S = 60.0  # a hang guard for four cold processes on a loaded machine
 
@@ -33,7 +34,8 @@ class WarmingWorker(FakeWorker):
     async def health(self, request: Request) -> Response:
         if not self.warm.is_set():
             self.probed_starting.set()
-            return JSONResponse({"status": "starting"}, status_code=503)
+            body = worker_health("starting", {"sine": "loading"}).model_dump_json()
+            return Response(body, status_code=503, media_type="application/json")
         return await super().health(request)
 
 
@@ -103,18 +105,13 @@ async def test_the_stack_started_at_once_speaks_as_soon_as_the_gateway_health_sa
 
 
 async def test_a_worker_whose_other_voice_failed_is_ready_for_its_default_voice() -> None:
-    degraded = {
-        "status": "degraded",
-        "ingest_connected": True,
-        "default_voice": "joe",
-        "voices": [{"id": "joe", "state": "ready"}, {"id": "broken", "state": "failed"}],
-    }
-    starting = {**degraded, "status": "starting", "voices": [{"id": "joe", "state": "loading"}]}
+    degraded = worker_health("degraded", {"joe": "ready", "broken": "failed"}, default_voice="joe")
+    starting = worker_health("starting", {"joe": "loading"}, default_voice="joe")
     answers = {"http://a": (503, degraded), "http://b": (503, starting)}
 
     def handle(request: httpx.Request) -> httpx.Response:
         status, body = answers[f"http://{request.url.host}"]
-        return httpx.Response(status, json=body)
+        return httpx.Response(status, content=body.model_dump_json())
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
         submitter = HttpTaskSubmitter(http, list(answers), timeout_s=1.0)

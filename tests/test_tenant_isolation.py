@@ -11,7 +11,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.config import (
     AuthSettings,
@@ -48,26 +50,28 @@ TASK_WAIT_S = 1.0
 
 
 @contextlib.asynccontextmanager
-async def tenant_stack(bus: BusSettings) -> AsyncIterator[tuple[str, str, Gate]]:
-    """Gateway (tenants alice and bob), handlers and a held sine worker, all with
-    ``internal_token``, on the ``bus`` fixture's bus; yields the gateway's and the output
-    handler's ws:// URLs."""
+async def tenant_stack(
+    bus: BusSettings, heart: bool = False, replicas: int = 1
+) -> AsyncIterator[tuple[str, str, Gate]]:
+    """Gateway (tenants alice and bob), handlers and a held sine worker (and the hibari
+    ``heart`` voice), all with ``internal_token``, on the ``bus`` fixture's bus; yields the
+    gateway's and the (first) output handler's ws:// URLs. ``replicas`` output handlers
+    behind the gateway's output and tasks routes: Redis bus only."""
     gate = Gate()
     tenants = {"alice": TenantSettings(key=ALICE_KEY), "bob": TenantSettings(key=BOB_KEY)}
     base = Settings(bus=bus, internal_token=TOKEN, auth=AuthSettings(tenants=tenants))
+    output_settings = base.model_copy(
+        update={"output_handler": OutputHandlerSettings(task_wait_s=TASK_WAIT_S)}
+    )
     async with contextlib.AsyncExitStack() as stack:
-        output = await stack.enter_async_context(
-            run_server(
-                output_app(
-                    base.model_copy(
-                        update={"output_handler": OutputHandlerSettings(task_wait_s=TASK_WAIT_S)}
-                    )
-                )
-            )
-        )
+        outputs = [
+            await stack.enter_async_context(run_server(output_app(output_settings)))
+            for _ in range(replicas)
+        ]
+        output = outputs[0]
         worker_settings = TtsWorkerSettings(
             output_handler_url=output.ws_url,
-            voices=voices(False),
+            voices=voices(False, heart),
             default_voice="sine",
             frame_ms=FRAME_MS,
             max_concurrent=2,
@@ -95,7 +99,15 @@ async def tenant_stack(bus: BusSettings) -> AsyncIterator[tuple[str, str, Gate]]
             await wait_workers_seen(handler, 1)
         routes = {
             "input": RouteSettings(path="/ws/input", backends=[handler.ws_url]),
-            "output": RouteSettings(path="/ws/output/{task_id}", backends=[output.ws_url]),
+            "output": RouteSettings(
+                path="/ws/output/{task_id}", backends=[o.ws_url for o in outputs]
+            ),
+            "tasks": RouteSettings(
+                path="/v1/tasks/{task_id}/{file}",
+                backends=[o.http_url for o in outputs],
+                protocol="http",
+                balance="round_robin",
+            ),
         }
         gateway = await stack.enter_async_context(
             run_server(
@@ -177,14 +189,15 @@ async def test_a_client_reaching_the_output_handler_directly_cannot_claim_a_tena
         async with speaker(url, ALICE_KEY) as alice:
             reply = await ask(alice, {"type": "speak", "text": f"{HOLD} it there."})
             task_id = reply["task_id"]
-            forged = await subscribe(
-                output_url,
-                task_id,
-                None,
-                **{"X-Aivtuber-Tenant": "alice", "X-Aivtuber-Gateway-Token": "guess"},
-            )
+            forged = {"X-Aivtuber-Tenant": "alice", "X-Aivtuber-Gateway-Token": "guess"}
+            async with connect(
+                f"{output_url}/ws/output/{task_id}", additional_headers=forged
+            ) as ws:
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
             gate.release()
-    assert forged["close"] == (4404, "task_not_found")
+    # Without the internal token the output handler does not even listen (before: 4404).
+    assert (ws.close_code, ws.close_reason) == (4401, "a valid internal token is required")
 
 
 async def test_aivtuber_say_speaks_as_the_tenant_of_its_api_key(bus: BusSettings) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from aivtuber_common.config import VoiceSettings
+from aivtuber_common.config import HibariVoice, PiperVoice
 from aivtuber_tts.engines import HibariEngine, build_engine
 from aivtuber_tts.engines.durations import FRAME_UNIT, timed_piece
 from aivtuber_tts.engines.hibari import LEAD_KEEP, MAX_TAIL_PAUSE
@@ -20,7 +20,7 @@ from tests.tts_fakes import running_recorder, running_worker, sine_settings
 
 @pytest.fixture(scope="module")
 def heart() -> HibariEngine:
-    engine = build_engine("heart", VoiceSettings(engine="hibari"), warmup=False)
+    engine = build_engine("heart", HibariVoice(), warmup=False)
     assert isinstance(engine, HibariEngine)
     engine.load_and_warm_up()
     return engine
@@ -65,7 +65,7 @@ def test_timed_piece_trims_caps_the_pause_normalises_and_shifts_the_marks() -> N
     durations = np.array([10, 2, 4, 12, 3])
     audio = np.zeros(durations.sum() * unit, np.float32)
     audio[10 * unit : 16 * unit] = 0.25  # the spoken part, quiet like hibari
-    speech = timed_piece(
+    speech, spoken = timed_piece(
         audio,
         durations,
         symbols,
@@ -81,20 +81,27 @@ def test_timed_piece_trims_caps_the_pause_normalises_and_shifts_the_marks() -> N
     assert pcm.max() == 32767  # 0.25 normalised to full scale
     assert pcm[0] == 0  # faded in: no click
     assert speech.marks == ((0, "n"), (3 * unit, "a"), (7 * unit, "n"))
+    # The phonemes' timing in the trimmed piece: the lead pad starts before it.
+    assert spoken[:4] == [
+        ("^", -9 * unit, 10 * unit),
+        ("m", unit, 2 * unit),
+        ("a", 3 * unit, 4 * unit),
+        (".", 7 * unit, 12 * unit),
+    ]
 
 
 def test_only_the_bundled_voice_is_accepted_and_nothing_is_downloaded() -> None:
     with pytest.raises(ValidationError, match="not bundled"):
-        VoiceSettings(engine="hibari", speaker="emma")
+        HibariVoice(speaker="emma")
     with pytest.raises(EngineError, match="not bundled"):
         HibariEngine("emma").load()
-    with pytest.raises(ValidationError, match="'speaker' is for hibari and kokoro_ja"):
-        VoiceSettings(engine="piper", speaker="heart")
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        PiperVoice(speaker="heart")  # a piper voice has no speaker
 
 
 async def test_heart_through_the_worker_sends_a_track_with_every_frame() -> None:
     async with running_recorder() as recorder:
-        voices = {"heart": VoiceSettings(engine="hibari")}
+        voices = {"heart": HibariVoice()}
         settings = sine_settings(recorder.url, voices=voices, frame_ms=40, warmup=False)
         async with running_worker(settings) as worker:
             task_id = str(uuid.uuid4())

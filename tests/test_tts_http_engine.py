@@ -16,11 +16,11 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from aivtuber_common.audio import wav_header
-from aivtuber_common.config import VoiceSettings
+from aivtuber_common.config import HttpVoice
 from aivtuber_tts.engines import HttpEngine
 from aivtuber_tts.engines.wavstream import WavFormatError, WavStreamParser
 from aivtuber_tts.errors import EngineError, EngineTimeout, EngineUnavailable
-from tests.support import free_port, run_server
+from tests.support import eventually, free_port, run_server
 from tests.tts_fakes import WAIT_S, running_recorder, running_worker, sine_settings
 
 RATE = 22050
@@ -233,8 +233,8 @@ async def test_an_http_voice_streams_through_the_worker_and_fails_clearly_when_d
     server, url = remote
     server.release.set()
     voices = {
-        "remote": VoiceSettings(engine="http", url=f"{url}/pcm", api_key="k3y", auth="bearer"),
-        "gone": VoiceSettings(engine="http", url=f"http://127.0.0.1:{free_port()}/tts"),
+        "remote": HttpVoice(url=f"{url}/pcm", api_key="k3y", auth="bearer"),
+        "gone": HttpVoice(url=f"http://127.0.0.1:{free_port()}/tts"),
     }
     async with running_recorder() as recorder:
         async with running_worker(sine_settings(recorder.url, voices=voices)) as worker:
@@ -258,7 +258,7 @@ async def test_cancelling_an_http_task_closes_the_remote_request_at_once(
     remote: tuple[RemoteTts, str],
 ) -> None:
     server, url = remote
-    voices = {"remote": VoiceSettings(engine="http", url=f"{url}/wav", api_key="k3y")}
+    voices = {"remote": HttpVoice(url=f"{url}/wav", api_key="k3y")}
     async with running_recorder() as recorder:
         async with running_worker(sine_settings(recorder.url, voices=voices)) as worker:
             task_id = str(uuid.uuid4())
@@ -267,8 +267,7 @@ async def test_cancelling_an_http_task_closes_the_remote_request_at_once(
             # streaming once the server holds back, so wait for the request to be there.
             await recorder.wait_for(lambda: task_id in recorder.tasks)
             async with asyncio.timeout(WAIT_S):
-                while not server.requests:
-                    await asyncio.sleep(0.005)
+                await eventually(lambda: server.requests, every=0.005)
             response = await worker.http.delete(f"/v1/tasks/{task_id}")
             task = await recorder.ended(task_id)
             async with asyncio.timeout(WAIT_S):

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from aivtuber_common.config import TtsWorkerSettings, VoiceSettings
+from aivtuber_common.config import KokoroJaVoice, TtsWorkerSettings
 from aivtuber_tts.engines import KokoroJaEngine
 from aivtuber_tts.errors import EngineError
 from aivtuber_tts.visemes import Speech
 from aivtuber_tts.voices import _with_data_dir
+from tests.test_tts_words import spoken_words
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_the_model_is_built_in_the_configured_cache_folder_and_shared(
 
 def test_the_cache_folder_defaults_under_the_worker_data_dir() -> None:
     settings = TtsWorkerSettings(
-        voices={"alpha": VoiceSettings(engine="kokoro_ja")},
+        voices={"alpha": KokoroJaVoice()},
         default_voice="alpha",
         data_dir="/srv/aivtuber/tts",
     )
@@ -67,8 +68,19 @@ def test_the_cache_folder_defaults_under_the_worker_data_dir() -> None:
 
 def test_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="jf_alpha, jf_gongitsune"):
-        VoiceSettings(engine="kokoro_ja", speaker="af_heart")
+        KokoroJaVoice(speaker="af_heart")
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     with pytest.raises(EngineError, match="cannot create the kokoro_ja cache folder"):
         KokoroJaEngine(cache_dir=blocked / "kokoro-ja", warmup=False).load()
+
+
+def test_kokoro_ja_times_each_accent_phrase_of_the_text_in_order(alpha: KokoroJaEngine) -> None:
+    """The words of a Japanese line are its accent phrases: together exactly the text sent,
+    each starting inside the audio, in order."""
+    lines = (Path(__file__).resolve().parents[1] / "bench" / "texts" / "lines-ja.txt").read_text(
+        "utf-8"
+    )
+    for line in lines.splitlines()[:4]:
+        got = spoken_words(alpha, line)
+        assert "".join(got) == line and len(got) >= 3, got

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aivtuber_common.config import VoiceSettings
+from aivtuber_common.config import PiperVoice
 from aivtuber_tts.engines import PiperEngine, build_engine, measure
 from aivtuber_tts.engines.piper import session_options
 from tests.tts_fakes import running_recorder, running_worker, sine_settings
@@ -22,7 +22,7 @@ TEXT = "Hello everyone, welcome back to the stream. Thank you for coming!"
 @pytest.mark.piper
 async def test_piper_task_streams_plausible_non_silent_speech_at_22050_hz() -> None:
     async with running_recorder() as recorder:
-        settings = sine_settings(recorder.url, voices={"joe": VoiceSettings(engine="piper")})
+        settings = sine_settings(recorder.url, voices={"joe": PiperVoice()})
         async with running_worker(settings) as worker:
             health = (await worker.health()).json()
             task_id = str(uuid.uuid4())
@@ -46,7 +46,7 @@ async def test_piper_task_streams_plausible_non_silent_speech_at_22050_hz() -> N
 
 @pytest.mark.piper
 def test_engine_timing_measures_first_chunk_sentence_and_real_time_factor() -> None:
-    engine = build_engine("joe", VoiceSettings(engine="piper"), max_concurrent=2)
+    engine = build_engine("joe", PiperVoice(), max_concurrent=2)
     assert isinstance(engine, PiperEngine)
     engine.load_and_warm_up()
     timing = measure(engine, "Hi chat! Welcome back to the stream, it is good to see you.")
@@ -107,7 +107,7 @@ def test_a_missing_piper_model_stops_at_start_with_one_line(tmp_path: Path) -> N
 def test_piper_alignments_give_mouth_shapes_inside_the_audio() -> None:
     from aivtuber_tts.visemes import Speech
 
-    engine = build_engine("joe", VoiceSettings(engine="piper"), max_concurrent=2, warmup=False)
+    engine = build_engine("joe", PiperVoice(), max_concurrent=2, warmup=False)
     assert isinstance(engine, PiperEngine)
     engine.load()
     assert engine.language == "en-US"
@@ -123,7 +123,7 @@ def test_piper_alignments_give_mouth_shapes_inside_the_audio() -> None:
     assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] < samples
     assert {"e", "o", "a"} <= {shape for _, shape in speech.marks}
     # visemes: false skips the alignment work and sends plain PCM
-    plain = build_engine("joe", VoiceSettings(engine="piper", visemes=False), warmup=False)
+    plain = build_engine("joe", PiperVoice(visemes=False), warmup=False)
     assert isinstance(plain, PiperEngine)
     plain.load()
     assert isinstance(plain.synthesize_piece("Hello."), bytes)
@@ -144,7 +144,7 @@ def test_a_timed_piper_piece_starts_sooner() -> None:
     from aivtuber_tts.engines import first_audible_sample
     from aivtuber_tts.visemes import Speech
 
-    engine = build_engine("joe", VoiceSettings(engine="piper"), max_concurrent=2, warmup=False)
+    engine = build_engine("joe", PiperVoice(), max_concurrent=2, warmup=False)
     assert isinstance(engine, PiperEngine)
     engine.load()
     assert engine._voice is not None

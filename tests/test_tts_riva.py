@@ -16,7 +16,7 @@ import pytest
 import trustme
 from riva.client.proto import riva_audio_pb2, riva_tts_pb2, riva_tts_pb2_grpc
 
-from aivtuber_common.config import VoiceSettings
+from aivtuber_common.config import VoiceAdapter, VoiceSettings
 from aivtuber_tts.engines import SineEngine, build_engine
 from aivtuber_tts.engines.riva import RivaEngine
 from aivtuber_tts.errors import EngineError, EngineTimeout, EngineUnavailable
@@ -95,7 +95,7 @@ def riva_voice(server: str, **overrides: Any) -> VoiceSettings:
         "sample_rate": RATE,
         "timeout_s": 5.0,
     }
-    return VoiceSettings(**(settings | overrides))
+    return VoiceAdapter.validate_python(settings | overrides)
 
 
 async def no_slots(work: Any, size: int) -> Any:

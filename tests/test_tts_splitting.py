@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aivtuber_tts.splitting import FIRST_MAX_CHARS, split_sentences, split_text
+from aivtuber_tts.splitting import FIRST_MAX_CHARS, ready_end, split_sentences, split_text, word_end
 
 
 def test_the_first_clause_goes_alone_then_sentence_by_sentence() -> None:
@@ -108,3 +108,27 @@ def test_pieces_keep_every_word_in_order_and_collapse_white_space() -> None:
     pieces = split_text(text)
     assert " ".join(pieces).split() == text.split()
     assert all(piece == " ".join(piece.split()) for piece in pieces)
+
+
+@pytest.mark.parametrize(
+    ("text", "ready"),
+    [
+        ("Hello there, every", ""),  # a two-word clause is not cut off alone
+        ("Okay, so", "Okay, "),  # an interjection is
+        ("Welcome back everyone, to", "Welcome back everyone, "),
+        ("It costs 3.5", ""),  # no white space after the "." yet: no sentence end
+        ("It costs 3.", ""),
+        ("Hi! How", "Hi! "),
+        ("Mr. Smith is here. And", "Mr. Smith is here. "),  # an abbreviation is no end
+        ("One. Two three four, five six", "One. Two three four, "),
+        ("Line one\nline", "Line one\n"),
+    ],
+)
+def test_ready_end_is_the_last_boundary_that_has_fully_arrived(text: str, ready: str) -> None:
+    assert text[: ready_end(text)] == ready
+
+
+def test_word_end_keeps_an_unfinished_word_back() -> None:
+    assert word_end("and then we went to the sta") == len("and then we went to the")
+    assert word_end("and then ") == len("and then")
+    assert word_end("unfinis") == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aivtuber_tts.splitting_ja import split_japanese
+from aivtuber_tts.splitting_ja import ready_end_japanese, split_japanese, word_end_japanese
 
 
 def test_first_clause_goes_alone_then_short_clauses_are_grouped() -> None:
@@ -62,3 +62,17 @@ def test_empty_and_punctuation_only_input() -> None:
     assert split_japanese("") == []
     assert split_japanese("   \n ") == []
     assert split_japanese("。") == ["。"]
+
+
+def test_ready_end_japanese_waits_for_the_character_after_a_boundary() -> None:
+    assert ready_end_japanese("こんにちは、", first=True) == 0  # "」" or "！" may follow
+    assert ready_end_japanese("こんにちは、み", first=True) == len("こんにちは、")
+    # After the first clause, pieces gather min_chars spoken characters.
+    assert ready_end_japanese("はい、今日は", first=False) == 0
+    text = "今日はいい天気ですね。明日"
+    assert ready_end_japanese(text, first=False) == len("今日はいい天気ですね。")
+
+
+def test_word_end_japanese_never_cuts_a_latin_word() -> None:
+    assert word_end_japanese("日本語abc") == len("日本語")
+    assert word_end_japanese("日本語") == len("日本語")

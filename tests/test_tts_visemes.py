@@ -125,29 +125,34 @@ def test_track_cutter_puts_each_mark_in_its_frame_with_its_offset_inside_it() ->
     last = cutter.flush()
     assert last is not None
     frames.append(last)
-    assert [len(pcm) // 2 for pcm, _ in frames] == [40, 40, 35]
-    assert [track for _, track in frames] == [
+    assert [len(pcm) // 2 for pcm, _, _ in frames] == [40, 40, 35]
+    assert [track for _, track, _ in frames] == [
         [(0, "n"), (10, "a")],
         [(5, "i"), (29, "n"), (30, "o")],  # the second piece starts at sample 70
         [(20, "u")],
     ]
-    for pcm, track in frames:
+    for pcm, track, _ in frames:
         assert track is not None
         assert all(0 <= offset < len(pcm) // 2 for offset, _ in track)
     # Shapes add up to the audio: every mark landed in exactly one frame.
-    assert sum(len(track or []) for _, track in frames) == 6
+    assert sum(len(track or []) for _, track, _ in frames) == 6
 
 
 def test_plain_pcm_pieces_carry_no_track() -> None:
     cutter = TrackCutter(16000, 40)
     frames = list(cutter.push(b"\x01\x00" * 1000))
-    assert frames and all(track is None for _, track in frames)
+    assert frames and all(track is None and words is None for _, track, words in frames)
 
 
 def test_a_timed_stream_gives_every_frame_a_track_even_an_empty_one() -> None:
     cutter = TrackCutter(1000, 10)
     frames = list(cutter.push(Speech(b"\x00\x00" * 30, ((0, "a"),))))
-    assert [track for _, track in frames] == [[(0, "a")], [], []]
+    assert [track for _, track, _ in frames] == [[(0, "a")], [], []]
+    # An engine that times phonemes but not words sends no word track.
+    assert [words for _, _, words in frames] == [None, None, None]
+    worded = TrackCutter(1000, 10)
+    frames = list(worded.push(Speech(b"\x00\x00" * 30, ((0, "a"),), ())))
+    assert [words for _, _, words in frames] == [[], [], []]
 
 
 # --- on the wire ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from aivtuber_common.audio import samples_per_frame
-from aivtuber_common.config import VoiceSettings
+from aivtuber_common.config import SineVoice
 from aivtuber_tts.splitting import split_text
 from tests.tts_fakes import (
     WAIT_S,
@@ -50,8 +50,8 @@ async def test_sine_task_streams_open_then_contiguous_frames_then_completed() ->
 
 async def test_default_voice_is_used_when_the_task_names_none_and_voices_are_listed() -> None:
     voices = {
-        "beep": VoiceSettings(engine="sine", frequency_hz=440.0),
-        "boop": VoiceSettings(engine="sine", sample_rate=16000),
+        "beep": SineVoice(frequency_hz=440.0),
+        "boop": SineVoice(sample_rate=16000),
     }
     async with running_recorder() as recorder:
         settings = sine_settings(recorder.url, voices=voices, default_voice="boop")
@@ -84,7 +84,7 @@ async def test_health_reports_voices_devices_counts_and_ingest() -> None:
 async def test_cancel_stops_the_task_at_once_and_its_in_flight_piece_sends_nothing() -> None:
     gated = GatedEngine()
     async with running_recorder() as recorder:
-        settings = sine_settings(recorder.url, voices={"gated": VoiceSettings(engine="sine")})
+        settings = sine_settings(recorder.url, voices={"gated": SineVoice()})
         async with running_worker(settings, engine_factory=factory_with({"gated": gated})) as w:
             task_id = str(uuid.uuid4())
             text = "First piece here. Second piece here. Third piece here."
@@ -125,7 +125,7 @@ async def test_worker_says_busy_when_slots_and_queue_are_full() -> None:
     async with running_recorder() as recorder:
         settings = sine_settings(
             recorder.url,
-            voices={"gated": VoiceSettings(engine="sine")},
+            voices={"gated": SineVoice()},
             max_concurrent=1,
             max_queued=1,
         )
@@ -178,7 +178,7 @@ async def test_bad_submissions_get_bad_request_with_a_reason(body: bytes, where:
 async def test_a_task_id_already_running_is_refused() -> None:
     gated = GatedEngine()
     async with running_recorder() as recorder:
-        settings = sine_settings(recorder.url, voices={"gated": VoiceSettings(engine="sine")})
+        settings = sine_settings(recorder.url, voices={"gated": SineVoice()})
         async with running_worker(settings, engine_factory=factory_with({"gated": gated})) as w:
             task_id = str(uuid.uuid4())
             assert (await w.submit("One. Two.", task_id=task_id)).status_code == 202
@@ -189,14 +189,16 @@ async def test_a_task_id_already_running_is_refused() -> None:
 
 
 async def test_internal_token_is_demanded_on_tasks_and_sent_on_the_ingest() -> None:
-    async with running_recorder(token="s3cret") as recorder:
-        async with running_worker(sine_settings(recorder.url, token="s3cret")) as worker:
+    async with running_recorder(token="s3cret-internal-token") as recorder:
+        async with running_worker(
+            sine_settings(recorder.url, token="s3cret-internal-token")
+        ) as worker:
             missing = await worker.submit("Hello.")
             wrong = await worker.submit("Hello.", headers={"Authorization": "Bearer nope"})
             cancel = await worker.http.delete(f"/v1/tasks/{uuid.uuid4()}")
             task_id = str(uuid.uuid4())
             right = await worker.submit(
-                "Hello.", task_id=task_id, headers={"Authorization": "Bearer s3cret"}
+                "Hello.", task_id=task_id, headers={"Authorization": "Bearer s3cret-internal-token"}
             )
             await recorder.ended(task_id)
             health = await worker.health()
@@ -204,7 +206,7 @@ async def test_internal_token_is_demanded_on_tasks_and_sent_on_the_ingest() -> N
     assert missing.json()["code"] == "unauthorized"
     assert right.status_code == 202
     assert health.status_code == 200  # read-only endpoints stay open
-    assert recorder.authorization[-1] == "Bearer s3cret"
+    assert recorder.authorization[-1] == "Bearer s3cret-internal-token"
 
 
 async def test_worker_is_not_ready_while_the_output_handler_is_down_and_connects_later() -> None:
@@ -231,13 +233,13 @@ async def test_a_task_whose_ingest_connection_drops_is_stopped_and_the_worker_re
     gated = GatedEngine()
     async with running_recorder() as recorder:
         recorder.drop_after_frames = 2
-        settings = sine_settings(recorder.url, voices={"gated": VoiceSettings(engine="sine")})
+        settings = sine_settings(recorder.url, voices={"gated": SineVoice()})
         async with running_worker(settings, engine_factory=factory_with({"gated": gated})) as w:
             task_id = str(uuid.uuid4())
             assert (await w.submit("One. Two. Three.", task_id=task_id)).status_code == 202
             await asyncio.to_thread(gated.piece_started.wait, WAIT_S)
             # The socket drops; the worker stops the task and comes back on a new socket.
-            await recorder.wait_for(lambda: recorder.connections == 0)
+            await recorder.wait_for(lambda: recorder.disconnects >= 1)
             await w.wait_health(lambda b: b["status"] == "ok" and b["running"] == 0)
             gated.release.set()
             metrics = (await w.http.get("/metrics")).text
@@ -253,7 +255,7 @@ async def test_an_engine_error_ends_the_task_failed_with_a_sentence() -> None:
     broken = GatedEngine(fail_on_piece=1)
     broken.release.set()
     async with running_recorder() as recorder:
-        settings = sine_settings(recorder.url, voices={"broken": VoiceSettings(engine="sine")})
+        settings = sine_settings(recorder.url, voices={"broken": SineVoice()})
         async with running_worker(settings, engine_factory=factory_with({"broken": broken})) as w:
             task_id = str(uuid.uuid4())
             assert (await w.submit("One. Two. Three.", task_id=task_id)).status_code == 202
@@ -285,7 +287,7 @@ async def test_metrics_count_tasks_first_chunk_and_real_time_factor() -> None:
 async def test_shutdown_ends_running_tasks_as_failed_worker_stopped() -> None:
     gated = GatedEngine()
     async with running_recorder() as recorder:
-        settings = sine_settings(recorder.url, voices={"gated": VoiceSettings(engine="sine")})
+        settings = sine_settings(recorder.url, voices={"gated": SineVoice()})
         async with running_worker(settings, engine_factory=factory_with({"gated": gated})) as w:
             task_id = str(uuid.uuid4())
             assert (await w.submit("One. Two.", task_id=task_id)).status_code == 202

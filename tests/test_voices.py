@@ -12,12 +12,13 @@ import pytest
 
 from aivtuber_common.config import (
     GatewaySettings,
+    HibariVoice,
     InputHandlerSettings,
     OutputHandlerSettings,
     RouteSettings,
     Settings,
+    SineVoice,
     TtsWorkerSettings,
-    VoiceSettings,
 )
 from aivtuber_common.say import say
 from aivtuber_gateway import create_app as gateway_app
@@ -46,12 +47,12 @@ async def two_workers(dead_worker: bool = False) -> AsyncIterator[VoiceStack]:
         )
         tables = [
             {
-                "sine": VoiceSettings(engine="sine", sample_rate=16000, ms_per_char=20.0),
-                "heart": VoiceSettings(engine="hibari"),
+                "sine": SineVoice(sample_rate=16000, ms_per_char=20.0),
+                "heart": HibariVoice(),
             },
             {
-                "sine": VoiceSettings(engine="sine", sample_rate=16000, ms_per_char=20.0),
-                "tone": VoiceSettings(engine="sine", sample_rate=22050, language="ja"),
+                "sine": SineVoice(sample_rate=16000, ms_per_char=20.0),
+                "tone": SineVoice(sample_rate=22050, language="ja"),
             },
         ]
         workers: list[RunningServer] = []

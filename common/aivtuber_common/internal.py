@@ -19,7 +19,9 @@ carry the JSON models below; each audio frame is one binary message laid out by
 :class:`FrameHeader` (task id, chunk id, level) followed by the PCM bytes, so no base64 and
 no extra JSON per frame. A frame with a viseme track sets :data:`TRACK_FLAG` in the chunk id
 and puts the track (:func:`aivtuber_common.visemes.encode_track`) between header and PCM;
-a frame without one is byte for byte what it was before tracks existed.
+a frame with a word track sets :data:`WORDS_FLAG` and puts it
+(:func:`aivtuber_common.words.encode_words`) after the viseme track, before the PCM. A frame
+without tracks is byte for byte what it was before tracks existed.
 
 ``Authorization: Bearer <internal_token>`` on both when ``internal_token`` is set.
 """
@@ -33,6 +35,7 @@ from typing import Annotated, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .visemes import Track, decode_track, encode_track
+from .words import WordTrack, decode_words, encode_words
 
 __all__ = [
     "FrameHeader",
@@ -41,6 +44,7 @@ __all__ = [
     "IngestMessageAdapter",
     "SubmitAccepted",
     "SubmitTask",
+    "TaskCancelled",
     "TaskEnd",
     "TaskEvent",
     "TaskEventAdapter",
@@ -91,6 +95,13 @@ class SubmitAccepted(_Internal):
     queued: int  # tasks waiting ahead of this one
 
 
+class TaskCancelled(_Internal):
+    """The worker's answer to a cancel it could act on (``DELETE /v1/tasks/{task_id}``)."""
+
+    task_id: str
+    cancelled: bool  # False: it was not running any more
+
+
 class WorkerRefusal(_Internal):
     code: str  # busy | not_ready | unknown_voice | bad_request | unauthorized
     message: str
@@ -106,6 +117,8 @@ class TaskOpen(_Internal):
     engine: str
     sample_rate: int
     tenant: str | None = None  # the SubmitTask's: only this tenant may subscribe or cancel
+    # A streaming task: silent while it waits for text, so no frame timeout applies to it.
+    stream: bool = False
 
 
 class TaskEnd(_Internal):
@@ -144,9 +157,11 @@ class FrameHeader:
     SIZE = STRUCT.size
 
 
-# The chunk id's top bit: a viseme track follows the header. Chunk ids stay far below it (2**31
-# frames of 10 ms are eight months of audio).
+# The chunk id's top bits: a viseme track (TRACK_FLAG), a word track (WORDS_FLAG) follows the
+# header. Chunk ids stay far below them (2**30 frames of 10 ms are four months of audio).
 TRACK_FLAG = 0x8000_0000
+WORDS_FLAG = 0x4000_0000
+_FLAGS = TRACK_FLAG | WORDS_FLAG
 
 
 class IngestFrame(NamedTuple):
@@ -155,24 +170,41 @@ class IngestFrame(NamedTuple):
     level: float
     pcm: memoryview
     visemes: Track | None  # None: the engine has no phoneme timing
+    words: WordTrack | None = None  # None: no word timing
 
 
 def encode_frame(
-    task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None = None
+    task_id: str,
+    chunk_id: int,
+    level: float,
+    pcm: bytes,
+    visemes: Track | None = None,
+    words: WordTrack | None = None,
 ) -> bytes:
-    if visemes is None:
+    if visemes is None and words is None:
         return FrameHeader.STRUCT.pack(uuid.UUID(task_id).bytes, chunk_id, level) + pcm
-    header = FrameHeader.STRUCT.pack(uuid.UUID(task_id).bytes, chunk_id | TRACK_FLAG, level)
-    return header + encode_track(visemes) + pcm
+    flags = (TRACK_FLAG if visemes is not None else 0) | (WORDS_FLAG if words is not None else 0)
+    header = FrameHeader.STRUCT.pack(uuid.UUID(task_id).bytes, chunk_id | flags, level)
+    tracks = encode_track(visemes) if visemes is not None else b""
+    if words is not None:
+        tracks += encode_words(words)
+    return header + tracks + pcm
 
 
 def decode_frame(data: bytes) -> IngestFrame:
-    """Raises ValueError on a message too short to hold its header (and track)."""
+    """Raises ValueError on a message too short to hold its header (and tracks), or whose
+    tracks are malformed."""
     if len(data) < FrameHeader.SIZE:
         raise ValueError(f"binary frame of {len(data)} bytes is shorter than its header")
     raw_id, chunk_id, level = FrameHeader.STRUCT.unpack_from(data)
     task_id = str(uuid.UUID(bytes=raw_id))
-    if not chunk_id & TRACK_FLAG:
+    if not chunk_id & _FLAGS:
         return IngestFrame(task_id, chunk_id, level, memoryview(data)[FrameHeader.SIZE :], None)
-    track, end = decode_track(data, FrameHeader.SIZE)
-    return IngestFrame(task_id, chunk_id & ~TRACK_FLAG, level, memoryview(data)[end:], track)
+    at = FrameHeader.SIZE
+    track: Track | None = None
+    words: WordTrack | None = None
+    if chunk_id & TRACK_FLAG:
+        track, at = decode_track(data, at)
+    if chunk_id & WORDS_FLAG:
+        words, at = decode_words(data, at)
+    return IngestFrame(task_id, chunk_id & ~_FLAGS, level, memoryview(data)[at:], track, words)

@@ -94,8 +94,12 @@ def configure_logging(
             logger.addFilter(_RedactQueryStrings())
     # At debug these libraries log whole handshakes (headers included: Authorization,
     # Cookie) and frames (content): never let a secret reach a log.
-    for name in ("websockets", "httpx", "httpcore", "hpack"):
+    for name in ("websockets", "hpack"):
         logging.getLogger(name).setLevel(max(logging.INFO, level_number(level)))
+    # httpx logs every request's whole URL at info ("HTTP Request: DELETE .../v1/tasks/<id>",
+    # a forwarded query string): whole task ids and credentials. Its warnings only.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, level_number(level)))
     # uvicorn's WebSocket implementations hand "uvicorn.error" to websockets as its logger,
     # and uvicorn resets that logger's level itself: a filter drops its debug records.
     error_logger = logging.getLogger("uvicorn.error")

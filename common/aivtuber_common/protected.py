@@ -3,8 +3,9 @@
 - The gateway serves anonymous clients (no ``auth.tenants``, no ``GATEWAY_API_KEY``) only
   when it listens on a loopback address, or when ``auth.anonymous`` says so explicitly.
 - The internal services (input handler, output handler, TTS worker) trust the gateway's
-  identity headers and each other's task traffic by ``internal_token``, or by the peer
-  being on loopback when none is set: on any other address they need the token.
+  identity headers and each other's task traffic by the internal token, always in force:
+  ``internal_token``, else the machine's generated token file. On a non-loopback address
+  they need ``internal_token`` set in the config (the file is one machine's).
 
 Each refusal is one line naming the fix; :func:`aivtuber_common.cli.run_service` prints it
 and exits with code 2.

@@ -2,12 +2,19 @@
 
     aivtuber-say "Hello everyone!" -o hello.wav [--url ws://127.0.0.1:8000] [--voice joe]
         [--api-key KEY]   (default $GATEWAY_API_KEY: the tenant key, sent as a Bearer)
+    llm | aivtuber-say --stream -o reply.wav [--url ...] [--voice heart]
 
 Steps (the frontend protocol): connect ``/ws/input``, read ``task_id_assigned``, send
 ``speak``, read ``upload_processed``, connect ``/ws/output/{task_id}``, collect
 ``audio_start``, each ``audio_chunk`` and its binary PCM, ``audio_complete``. Prints the time
 to first audio (speak sent -> first PCM byte received) and the real-time factor (speak sent
 -> last PCM byte, over the audio's duration: below 1 means faster than real time).
+
+With ``--stream`` the text is read from standard input as it arrives (pipe an LLM's output
+into it) and sent as a streaming task: ``speak`` with ``"stream": true``, each read as an
+``append``, ``end`` at the end of input. It prints the time from the first byte read to the
+first audible sample (a sample above -40 dBFS, as heard by a player that starts with the
+first frame and plays in real time).
 
 Exit status: 0 spoken, 1 the server refused or failed (its error code and message are
 printed), 2 bad usage.
@@ -21,11 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +44,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from .audio import wav_bytes
 from .config import ENV_API_KEY
 
-__all__ = ["SayError", "SayResult", "main", "say"]
+__all__ = ["SayError", "SayResult", "main", "read_pieces", "say", "say_stream"]
 
 DEFAULT_URL = "ws://127.0.0.1:8000"
+AUDIBLE = 328  # -40 dBFS of int16 full scale: the first sample above it is heard
+READ_BYTES = 4096
 
 
 class SayError(Exception):
@@ -61,6 +71,9 @@ class SayResult:
     total_s: float  # speak sent -> last PCM byte
     cancelled: bool = False
     levels: list[float] = field(default_factory=list)
+    first_heard_at: float | None = None  # time.perf_counter() the first audible sample played
+    # --stream: first byte read -> first audible sample heard (None: silent, or not a stream)
+    first_audible_s: float | None = None
 
     @property
     def duration_s(self) -> float:
@@ -105,6 +118,85 @@ async def say(
             return await _listen(base, reply["task_id"], started, headers)
 
 
+async def say_stream(
+    pieces: AsyncIterator[str],
+    url: str = DEFAULT_URL,
+    voice: str | None = None,
+    timeout_s: float = 120.0,
+    api_key: str | None = None,
+) -> SayResult:
+    """Speak text as it comes out of ``pieces`` as one streaming task; the clock starts
+    when the first piece comes. Raises SayError, OSError, TimeoutError."""
+    base = url.rstrip("/")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with asyncio.timeout(timeout_s):
+        async with connect(
+            f"{base}/ws/input", compression=None, max_size=None, additional_headers=headers
+        ) as conn:
+            hello = await _json(conn)
+            if hello.get("action") != "task_id_assigned":
+                raise SayError("protocol_error", f"expected task_id_assigned, got {hello}")
+            speak: dict[str, Any] = {"type": "speak", "text": "", "stream": True}
+            if voice:
+                speak["voice"] = voice
+            started = time.perf_counter()
+            await conn.send(json.dumps(speak))
+            reply = await _json(conn)
+            if reply.get("type") == "error":
+                raise SayError(reply.get("code", "error"), reply.get("message", str(reply)))
+            task_id = reply["task_id"]
+            clock = _FirstPiece()
+            listener = asyncio.create_task(_listen(base, task_id, started, headers))
+            sender = asyncio.create_task(_send_pieces(conn, task_id, pieces, clock))
+            errors = asyncio.create_task(_json(conn))  # taken pieces get no answer
+            try:
+                done, _ = await asyncio.wait(
+                    {listener, errors}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if errors in done:
+                    answer = errors.result()
+                    raise SayError(answer.get("code", "error"), answer.get("message", str(answer)))
+                result = listener.result()
+            finally:
+                for task in (listener, sender, errors):
+                    task.cancel()
+                await asyncio.gather(listener, sender, errors, return_exceptions=True)
+            if clock.at is not None:
+                heard = result.first_heard_at
+                result.first_audible_s = None if heard is None else heard - clock.at
+            return result
+
+
+class _FirstPiece:
+    """When the first text came (time.perf_counter())."""
+
+    at: float | None = None
+
+
+async def _send_pieces(
+    conn: ClientConnection, task_id: str, pieces: AsyncIterator[str], clock: _FirstPiece
+) -> None:
+    async for piece in pieces:
+        if clock.at is None and piece:
+            clock.at = time.perf_counter()
+        if piece:
+            await conn.send(json.dumps({"type": "append", "task_id": task_id, "text": piece}))
+    await conn.send(json.dumps({"type": "end", "task_id": task_id}))
+
+
+async def read_pieces(fd: int) -> AsyncIterator[str]:
+    """The text of file descriptor ``fd`` as it arrives (each read as it returns; UTF-8
+    split between reads is joined again), until end of input."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while True:
+        data = await asyncio.to_thread(os.read, fd, READ_BYTES)
+        text = decoder.decode(data, final=not data)
+        if text:
+            yield text
+        if not data:
+            return
+
+
 async def _listen(base: str, task_id: str, started: float, headers: dict[str, str]) -> SayResult:
     async with connect(
         f"{base}/ws/output/{task_id}", compression=None, max_size=None, additional_headers=headers
@@ -123,6 +215,7 @@ async def _listen(base: str, task_id: str, started: float, headers: dict[str, st
             total_s=0.0,
         )
         pieces: list[bytes] = []
+        playing_from = 0.0  # when the first frame arrived: the player starts then
         while True:
             message = await _json(conn)
             kind = message.get("type")
@@ -138,7 +231,13 @@ async def _listen(base: str, task_id: str, started: float, headers: dict[str, st
                 now = time.perf_counter()
                 if not pieces:
                     result.first_audio_s = now - started
+                    playing_from = now
                 result.total_s = now - started
+                if result.first_heard_at is None and (at := _first_audible(pcm)) is not None:
+                    # Played from the first frame on in real time, or late on arrival.
+                    before = sum(len(piece) for piece in pieces) // 2 / result.sample_rate
+                    starts = max(now, playing_from + before)
+                    result.first_heard_at = starts + at / result.sample_rate
                 pieces.append(pcm)
                 result.levels.append(float(message.get("level", 0.0)))
                 result.chunks += 1
@@ -150,6 +249,14 @@ async def _listen(base: str, task_id: str, started: float, headers: dict[str, st
                 raise SayError(message.get("code", "error"), message.get("error", str(message)))
             else:
                 raise SayError("protocol_error", f"unexpected message {message}")
+
+
+def _first_audible(pcm: bytes) -> int | None:
+    """The index of the first sample above -40 dBFS in s16le ``pcm``."""
+    for index in range(0, len(pcm) - 1, 2):
+        if abs(int.from_bytes(pcm[index : index + 2], "little", signed=True)) > AUDIBLE:
+            return index // 2
+    return None
 
 
 async def _json(conn: ClientConnection) -> dict[str, Any]:
@@ -174,7 +281,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="aivtuber-say",
         description="Speak TEXT through the AIVtuber gateway like a frontend and save a WAV.",
     )
-    parser.add_argument("text", help='what to say ("-" reads it from standard input)')
+    parser.add_argument("text", nargs="?", help='what to say ("-" reads it from standard input)')
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="read standard input as it arrives and speak it as a streaming task",
+    )
     parser.add_argument(
         "-o", "--output", type=Path, default=Path("speech.wav"), help="WAV file to write"
     )
@@ -193,9 +305,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    text = sys.stdin.read() if args.text == "-" else args.text
+    if args.stream == (args.text is not None):
+        print("aivtuber-say: give TEXT (or -), or --stream to read stdin", file=sys.stderr)
+        return 2
     try:
-        result = asyncio.run(say(text, args.url, args.voice, args.timeout, args.api_key))
+        if args.stream:
+            pieces = read_pieces(sys.stdin.fileno())
+            run = say_stream(pieces, args.url, args.voice, args.timeout, args.api_key)
+        else:
+            text = sys.stdin.read() if args.text == "-" else args.text
+            run = say(text, args.url, args.voice, args.timeout, args.api_key)
+        result = asyncio.run(run)
     except SayError as exc:
         print(f"aivtuber-say: {exc.code}: {exc}", file=sys.stderr)
         return 1
@@ -213,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"time to first audio: {result.first_audio_s * 1000:.0f} ms (speak sent -> first PCM)")
     print(f"real-time factor:    {result.real_time_factor:.3f} (speak sent -> last PCM / duration)")
+    if result.first_audible_s is not None:
+        print(f"first byte read -> first audible sample: {result.first_audible_s * 1000:.0f} ms")
     return 0
 
 

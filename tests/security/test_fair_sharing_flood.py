@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from aivtuber_tts.scheduler import PieceScheduler
+from tests.support import wait_until
 
 WAIT_S = 10.0
 
@@ -25,12 +26,6 @@ WAIT_S = 10.0
 def executor() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(3) as pool:
         yield pool
-
-
-async def wait_until(condition: object) -> None:
-    async with asyncio.timeout(WAIT_S):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.001)
 
 
 async def test_a_newcomers_first_piece_runs_while_another_tenants_long_piece_is_in_the_engine(

@@ -25,7 +25,7 @@ from aivtuber_common.config import LimitsSettings, RedisBusSettings, Settings
 from aivtuber_common.identity import CLIENT_HEADER, GATEWAY_TOKEN_HEADER, TENANT_HEADER
 from aivtuber_input import create_app as input_app
 from tests.redis_support import RedisServer, redis_bus_settings
-from tests.support import RunningServer, run_server
+from tests.support import RunningServer, eventually, run_server, wait_until
 
 WAIT_S = 15.0
 # The gateway's identity headers are believed with the internal token.
@@ -69,9 +69,12 @@ async def replicas(
 
 async def _wait_ready(server: RunningServer, bus: RedisBusSettings) -> None:
     """Until the handler has seen the stand-in's heartbeat (its /health says ok)."""
-    async with httpx.AsyncClient() as client, asyncio.timeout(WAIT_S):
-        while (await client.get(server.http_url + "/health")).status_code != 200:
-            await asyncio.sleep(bus.heartbeat_interval_s / 4)
+    async with httpx.AsyncClient() as client:
+
+        async def ready() -> bool:
+            return (await client.get(server.http_url + "/health")).status_code == 200
+
+        await wait_until(ready)
 
 
 @contextlib.asynccontextmanager
@@ -136,8 +139,12 @@ async def test_active_tasks_hold_once_across_two_input_handlers_and_free_on_canc
             # free for the tenant on either handler once that handler has seen the end.
             cancel = await ask(a2, {"type": "cancel", "task_id": second["task_id"]})
             assert cancel.get("code") is None, cancel
+
+            async def admitted() -> dict[str, Any] | None:
+                reply = await speak(a1)
+                return None if reply.get("code") == "rate_limited" else reply
+
             async with asyncio.timeout(WAIT_S):
-                while (reply := await speak(a1)).get("code") == "rate_limited":
-                    await asyncio.sleep(min(reply["retry_after_ms"], 50) / 1000)
+                reply = await eventually(admitted, every=0.05)
             assert reply.get("action") == "upload_processed", reply
             assert (await speak(a2)).get("code") == "rate_limited"

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
@@ -23,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..codes import ErrorCode
 from ..config import RedisBusSettings
 from ..transport import TransportError
 from .streams import Keys
@@ -38,7 +40,7 @@ PROBE_INTERVAL_S = 0.5
 
 
 class BusUnavailable(TransportError):
-    code = "tts_unavailable"
+    code = ErrorCode.TTS_UNAVAILABLE
 
 
 def safe_url(url: str) -> str:
@@ -130,7 +132,8 @@ class RedisLink:
     async def ping(self) -> bool:
         try:
             with self.guard():
-                await self.client.execute_command("PING")
+                # redis-py types its commands for both clients (Awaitable[bool] | bool).
+                await cast(Awaitable[bool], self.client.ping())
         except BusUnavailable:
             return False
         self.mark_up()

@@ -7,20 +7,22 @@ needed on the Redis bus.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
+from pydantic import BaseModel, ValidationError
 
 from .link import BusUnavailable, RedisLink
 
 __all__ = ["Heartbeat", "instance_name", "read_live"]
 
 log = structlog.get_logger("aivtuber_common.bus.liveness")
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_LIVE = 1000  # processes read per role: a bound on what a heartbeat scan can cost
 
@@ -31,10 +33,11 @@ def instance_name() -> str:
 
 
 class Heartbeat:
-    """Renews ``P:live:<role>:<name>`` every ``heartbeat_interval_s`` with ``describe()``."""
+    """Renews ``P:live:<role>:<name>`` every ``heartbeat_interval_s`` with ``describe()``
+    (a wire model: :class:`~aivtuber_common.health.WorkerHealth` for workers)."""
 
     def __init__(
-        self, link: RedisLink, role: str, name: str, describe: Callable[[], dict[str, Any]]
+        self, link: RedisLink, role: str, name: str, describe: Callable[[], BaseModel]
     ) -> None:
         self.link = link
         self.name = name
@@ -45,7 +48,7 @@ class Heartbeat:
 
     async def beat(self) -> None:
         settings = self.link.settings
-        body = json.dumps(self.describe())
+        body = self.describe().model_dump_json()
         with self.link.guard():
             async with self.link.client.pipeline(transaction=False) as pipe:
                 pipe.set(self.key, body, px=int(settings.heartbeat_ttl_s * 1000))
@@ -80,8 +83,9 @@ class Heartbeat:
             pass
 
 
-async def read_live(link: RedisLink, role: str) -> list[dict[str, Any]]:
-    """What every live process of ``role`` last said about itself. Raises BusUnavailable."""
+async def read_live(link: RedisLink, role: str, model: type[M]) -> list[M]:
+    """What every live process of ``role`` last said about itself (unreadable heartbeats
+    are logged and skipped). Raises BusUnavailable."""
     index = link.keys.live_index(role)
     client: Any = link.client  # redis-py types set commands as sync-or-async
     with link.guard():
@@ -97,10 +101,7 @@ async def read_live(link: RedisLink, role: str) -> list[dict[str, Any]]:
         if value is None:
             continue
         try:
-            data = json.loads(value)
-        except ValueError:
-            log.warning("heartbeat_unreadable")
-            continue
-        if isinstance(data, dict):
-            live.append(data)
+            live.append(model.model_validate_json(value))
+        except ValidationError as exc:
+            log.warning("heartbeat_unreadable", role=role, error=str(exc)[:200])
     return live

@@ -70,6 +70,10 @@ class Keys:
     def task(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}"
 
+    def text(self, task_id: str) -> str:
+        """A streaming task's text: TaskText entries, in order (input handler -> worker)."""
+        return f"{self.prefix}:text:{task_id}"
+
     def live(self, role: str, name: str) -> str:
         return f"{self.prefix}:live:{role}:{name}"
 

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypedDict
+from typing import Any
 
 import httpx
 import structlog
@@ -25,9 +25,11 @@ from aivtuber_common.closecodes import AppCloseCode, CloseCode
 from aivtuber_common.config import Settings
 from aivtuber_common.identity import Identity
 from aivtuber_common.redact import short_path
+from aivtuber_common.refusal import Refusal
 
-from .auth import Edge, Refusal
+from .auth import Edge
 from .bounds import limit_messages, refuse_cheaply, settle
+from .clientaddr import ClientAddresses
 from .headers import forwarded_request
 from .health import HealthChecker
 from .http_routes import HttpForwarder
@@ -39,30 +41,12 @@ from .pages import page_routes
 from .proxy import ProxyConnection, ProxyOptions, Receive, Send
 from .registry import Registry
 from .routing import Route, RouteTable
+from .runtime import GatewayState, Runtime
 from .upstream import BackendRejected, BackendUnavailable, open_backend
 
 __all__ = ["GatewayApp", "GatewayState", "Runtime", "create_app"]
 
 GOING_AWAY = "going away"
-
-
-class Runtime:
-    """What exists while the app is running (between lifespan startup and shutdown)."""
-
-    def __init__(
-        self, registry: Registry[ProxyConnection], options: ProxyOptions, health: HealthChecker
-    ) -> None:
-        self.registry = registry
-        self.options = options
-        self.health = health
-        self.started = time.monotonic()
-        self.closing = False
-
-
-class GatewayState(TypedDict):
-    """The lifespan state: what every request and WebSocket of the app sees."""
-
-    runtime: Runtime
 
 
 class GatewayApp:
@@ -77,12 +61,16 @@ class GatewayApp:
         # Credentials, tickets, Origin, admin access, the connection quota: every route
         # (WebSocket or HTTP) is resolved through self.edge.resolve(scope) first.
         self.edge = Edge(settings)
+        self.clients = ClientAddresses(settings.gateway.trusted_proxies)
         self.metrics = GatewayMetrics(self.routes, self.edge.open_by_tenant)
         # The running runtime, for the server's shutdown (it has no request to read the
         # lifespan state from); None before startup and after shutdown.
         self._runtime: Runtime | None = None
         self.http = Starlette(
-            routes=[*monitor_routes(self.metrics, self.edge), *page_routes(self)],
+            routes=[
+                *monitor_routes(self.metrics, self.edge),
+                *page_routes(self.edge, self.metrics, self.routes),
+            ],
             lifespan=self._lifespan,
         )
         # Routes with protocol "http" (the OpenAI-compatible API): forwarded, streamed,
@@ -90,6 +78,9 @@ class GatewayApp:
         self.forwarder = HttpForwarder(settings, self.log, self.metrics, self.edge)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        # The client's address, once for everything after: the peer's, or what a proxy in
+        # gateway.trusted_proxies says.
+        self.clients.apply(scope)
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
         elif scope["type"] == "http" and (route := self._http_route(scope)) is not None:
@@ -111,7 +102,14 @@ class GatewayApp:
         if runtime is None:
             return
         runtime.closing = True
-        await runtime.registry.close_all(code, reason, self.gateway.shutdown_timeout_s)
+        timeout = self.gateway.shutdown_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await runtime.registry.close_all(code, reason)
+        except TimeoutError:
+            self.log.warning(
+                "connections_still_open", count=len(runtime.registry), timeout_s=timeout
+            )
 
     @asynccontextmanager
     async def _lifespan(self, _: Starlette) -> AsyncIterator[GatewayState]:

@@ -9,6 +9,9 @@ scope so nothing downstream (a backend, its logs) ever sees it.
 Credentials, tried in this order, the first valid one wins:
 
     Authorization: Bearer <tenant key>
+    Authorization: Basic <base64 of "any-name:<tenant key>">   (a key in the URL's
+                                   user info, http://voicevox:KEY@host:8000/voicevox, which
+                                   HTTP libraries send as Basic: clients that take only a URL)
     X-Api-Key: <tenant key>
     ?api_key=<tenant key>          (browsers cannot set headers on a WebSocket)
     ?ticket=<ticket>               (see :mod:`.tickets`; POST /v1/tickets issues them)
@@ -32,60 +35,39 @@ which says so in X-Forwarded-For, is not a loopback client).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from starlette.responses import JSONResponse
 from starlette.types import Scope
 
-from aivtuber_common.closecodes import AppCloseCode
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings
 from aivtuber_common.identity import (
-    CLIENT_HEADER,
-    GATEWAY_TOKEN_HEADER,
     IDENTITY_PREFIX,
-    TENANT_HEADER,
     Identity,
+    identity_headers,
     is_loopback,
     token_matches,
 )
+from aivtuber_common.refusal import Refusal
 
 from .tickets import TicketBook, TicketProblem
 
-__all__ = ["CREDENTIAL_PARAMS", "Edge", "Refusal"]
+__all__ = ["CREDENTIAL_PARAMS", "Edge"]
 
-FORBIDDEN = 4403
-TOO_MANY = 4429
 # Query parameters that carry a credential: never forwarded, never shown.
 CREDENTIAL_PARAMS = frozenset({"api_key", "ticket", "admin_key"})
 _FORWARDED = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
 _MAX_CREDENTIAL_CHARS = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why a request is turned away: a WebSocket close code, an HTTP status, a code."""
-
-    close_code: int
-    status: int
-    code: str
-    reason: str  # short: it is a close frame's reason (at most 123 bytes)
-
-    def response(self) -> JSONResponse:
-        """The HTTP answer: the project's error shape."""
-        headers = {"cache-control": "no-store"}
-        if self.status == 401:
-            headers["www-authenticate"] = 'Bearer realm="aivtuber"'
-        body = {"type": "error", "code": self.code, "message": self.reason}
-        return JSONResponse(body, status_code=self.status, headers=headers)
-
-
 def _unauthorized(reason: str) -> Refusal:
-    return Refusal(AppCloseCode.UNAUTHORIZED, 401, "unauthorized", reason)
+    return Refusal(401, ErrorCode.UNAUTHORIZED, reason)
 
 
 MISSING = _unauthorized(
@@ -96,20 +78,18 @@ TICKET_REFUSALS = {
     TicketProblem.INVALID: _unauthorized("invalid ticket"),
     TicketProblem.EXPIRED: _unauthorized("ticket expired"),
 }
-BAD_ORIGIN = Refusal(FORBIDDEN, 403, "origin_not_allowed", "origin not allowed")
+BAD_ORIGIN = Refusal(403, ErrorCode.ORIGIN_NOT_ALLOWED, "origin not allowed")
 ADMIN_KEY_NEEDED = _unauthorized(
     "admin key required: Authorization: Bearer <key> or ?admin_key=<key>"
 )
 ADMIN_LOOPBACK_ONLY = Refusal(
-    FORBIDDEN,
     403,
-    "forbidden",
+    ErrorCode.FORBIDDEN,
     "monitoring answers loopback clients only; set auth.admin_key to reach it from elsewhere",
 )
 TICKETS_DISABLED = Refusal(
-    AppCloseCode.NOT_FOUND,
     404,
-    "tickets_disabled",
+    ErrorCode.TICKETS_DISABLED,
     "no tenant is configured (auth.tenants or GATEWAY_API_KEY): connect without a credential",
 )
 
@@ -151,12 +131,16 @@ class Edge:
                 verdict = BAD_ORIGIN
                 _strip(scope, headers, params, strip_bearer=True)
                 return verdict
-        bearer = _bearer(found.get(b"authorization"))
+        bearer = _bearer(found.get(b"authorization")) or _basic(found.get(b"authorization"))
         if self.anonymous:
             verdict = Identity(tenant=None, client_ip=client_ip)
             bearer_is_key = False
         else:
             verdict, bearer_is_key = self._authenticate(bearer, found, params, client_ip)
+        # The admin key is a credential too: never passed on to a back end.
+        admin = self._admin_key
+        if bearer is not None and admin is not None and token_matches(bearer, admin):
+            bearer_is_key = True
         _strip(scope, headers, params, strip_bearer=bearer_is_key)
         return verdict
 
@@ -174,7 +158,7 @@ class Edge:
         count = self._open.get(key, 0)
         if count >= limit:
             return Refusal(
-                TOO_MANY, 429, "too_many_connections", f"too many connections (limit {limit})"
+                429, ErrorCode.TOO_MANY_CONNECTIONS, f"too many connections (limit {limit})"
             )
         self._open[key] = count + 1
         return None
@@ -204,12 +188,7 @@ class Edge:
 
     def backend_headers(self, identity: Identity) -> list[tuple[str, str]]:
         """The identity headers of :mod:`aivtuber_common.identity` for the backend hop."""
-        headers = [(CLIENT_HEADER, identity.client_ip)]
-        if identity.tenant is not None:
-            headers.append((TENANT_HEADER, identity.tenant))
-        if self._internal_token:
-            headers.append((GATEWAY_TOKEN_HEADER, self._internal_token))
-        return headers
+        return identity_headers(identity, self._internal_token)
 
     # -- monitoring and tickets ------------------------------------------------------------
 
@@ -304,6 +283,21 @@ def _bearer(value: bytes | None) -> str | None:
         return None
     scheme, _, token = value.decode("latin-1").strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _basic(value: bytes | None) -> str | None:
+    """The password of ``Authorization: Basic`` (the user name is not looked at)."""
+    if value is None:
+        return None
+    scheme, _, token = value.decode("latin-1").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return password if colon and password else None
 
 
 def _first_headers(headers: Any) -> dict[bytes, bytes]:

@@ -14,37 +14,25 @@ The ``ServerProtocol``'s parser must only ever see whole frames (or, from the fi
 it is given whole no more, everything): uvicorn feeds it the request head first, then
 each frame not taken here is given to it whole.
 
-The app finds it through the ASGI scope extension :data:`.fastpath.EXTENSION` (a
-:class:`ClientHook`). Used only for the uvicorn and websockets releases it was tested with,
+The app finds it through the ASGI scope extension :data:`.hook.EXTENSION` (a
+:class:`.hook.ClientHook`). Used only for the uvicorn and websockets releases it was tested with,
 and after an in-memory self-test: see :mod:`.fastpath`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 from websockets.protocol import OPEN
 
-from .fastpath import EXTENSION
 from .framing import BINARY, TEXT, FrameScanner, Mode, apply_mask, encode_frame
+from .hook import EXTENSION
 
-__all__ = ["ClientHook", "GatewayWebSocketProtocol"]
-
-
-class ClientHook(Protocol):
-    """What the fast path offers the app in ``scope["extensions"][EXTENSION]``."""
-
-    # Takes a data message (opcode, payload) straight from the socket callback; True if
-    # it did, False to let it go to the app's receive() as usual.
-    direct: Callable[[int, bytes], bool] | None
-
-    def write_frame(self, opcode: int, payload: bytes, defer: bool = False) -> bool: ...
-
-    def flush_pending(self) -> None: ...
+__all__ = ["GatewayWebSocketProtocol"]
 
 
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):

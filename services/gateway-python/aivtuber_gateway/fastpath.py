@@ -22,17 +22,16 @@ import concurrent.futures
 import functools
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
 import structlog
 
+from .hook import EXTENSION
+
 __all__ = ["EXTENSION", "PLAIN_PROTOCOL", "VERSIONS", "client_protocol", "self_test"]
 
-# The ASGI scope extension under which the fast path's protocol offers itself to the app
-# (see :class:`.clientside.ClientHook`): it survives middleware, unlike ``send.__self__``.
-EXTENSION = "aivtuber.fast_path"
 # uvicorn's ``ws`` setting for the plain path.
 PLAIN_PROTOCOL = "websockets-sansio"
 # (lowest tested, first untested) release of each package the fast path reaches into.
@@ -115,6 +114,14 @@ def self_test() -> str | None:
             return f"self-test failed: {type(exc).__name__}: {exc}"
 
 
+async def _until(done: Callable[[], object]) -> None:
+    """Give the event loop turns until ``done()``: the self-test drives uvicorn's protocol,
+    which moves its handshake and close along in callbacks it schedules itself and offers no
+    event to wait on (the caller bounds the wait)."""
+    while not done():  # noqa: ASYNC110 - nothing to wait on but uvicorn's own state
+        await asyncio.sleep(0)
+
+
 async def _self_test() -> str | None:
     import uvicorn
     from uvicorn.server import ServerState
@@ -161,31 +168,26 @@ async def _self_test() -> str | None:
     server.data_received(b"".join(client.data_to_send()))
     try:
         async with asyncio.timeout(5):
-            while not server.handshake_complete:
-                await asyncio.sleep(0)
+            await _until(lambda: server.handshake_complete)
             client.receive_data(transport.take())
             client.send_text("in é".encode())
             client.send_binary(b"\x01\x02")
             chunks = client.data_to_send()
             server.data_received(chunks[0])
             first = await received.get()
-            while not hooks:
-                await asyncio.sleep(0)
+            await _until(lambda: hooks)
             if hooks[0] is None:
                 return f"self-test: the {EXTENSION!r} scope extension is missing"
-            while hooks[0].direct is None:
-                await asyncio.sleep(0)
+            await _until(lambda: hooks[0].direct is not None)
             server.data_received(chunks[1])  # taken by the direct path
             client.send_text(b"last")
             server.data_received(b"".join(client.data_to_send()))
             last = await received.get()
-            while not server.close_sent:
-                await asyncio.sleep(0)
+            await _until(lambda: server.close_sent)
             client.receive_data(transport.take())
             events = client.events_received()
             server.data_received(b"".join(client.data_to_send()))  # the close's echo
-            while not transport.closed:
-                await asyncio.sleep(0)
+            await _until(lambda: transport.closed)
     finally:
         server.connection_lost(None)
     frames = [(event.opcode, bytes(event.data)) for event in events if isinstance(event, Frame)]

@@ -18,6 +18,8 @@ from .routing import Backend, Route, RouteTable
 
 __all__ = ["HealthChecker"]
 
+MAX_REPORT_BYTES = 1024 * 1024  # a backend's /health kept for the status page, at most
+
 
 class HealthChecker:
     def __init__(
@@ -30,9 +32,10 @@ class HealthChecker:
         self._lock = asyncio.Lock()
         self._cached: dict[str, Any] | None = None
         self._cached_at = 0.0
-        # The last /health body of each backend (by URL): the status page's speech view
-        # reads workers, voices and tasks from the handlers' own reports.
-        self.reports: dict[str, dict[str, Any]] = {}
+        # The last /health body of each backend (by URL), as sent: the status page's speech
+        # view parses the handlers' own reports (aivtuber_common.health) for workers,
+        # voices and tasks.
+        self.reports: dict[str, bytes] = {}
 
     async def backends(self) -> tuple[bool, dict[str, Any]]:
         """(all ok, per-route report), probing at most once per ``cache_s``."""
@@ -86,11 +89,7 @@ class HealthChecker:
         return {"url": backend.url, "status": "down", "latency_ms": None, "error": error}
 
     def _keep_report(self, backend: Backend, response: httpx.Response | None) -> None:
-        try:
-            body = None if response is None else response.json()
-        except ValueError:  # not JSON: nothing to show
-            body = None
-        if isinstance(body, dict):
-            self.reports[backend.url] = body
+        if response is not None and len(response.content) <= MAX_REPORT_BYTES:
+            self.reports[backend.url] = response.content
         else:
             self.reports.pop(backend.url, None)

@@ -26,29 +26,29 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, MutableMapping
 from typing import Any
 
 import httpx
 import structlog
 
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings
 from aivtuber_common.identity import (
-    CLIENT_HEADER,
-    GATEWAY_TOKEN_HEADER,
     IDENTITY_PREFIX,
-    TENANT_HEADER,
     Identity,
+    identity_headers,
 )
-from aivtuber_common.openai_errors import openai_error
+from aivtuber_common.redact import short_path
+from aivtuber_common.refusal import Refusal
 
-from .auth import MISSING, Edge, Refusal
+from .auth import MISSING, Edge
 from .headers import forwarded_request
 from .metrics import GatewayMetrics
 from .proxy import Receive, Send
 from .routing import Route
 
-__all__ = ["HttpForwarder", "HttpRefusal"]
+__all__ = ["HttpForwarder", "send_refusal"]
 
 # Dropped from the back end's answer: hop-by-hop (RFC 9110 7.6.1), and what uvicorn adds.
 _RESPONSE_DROP = frozenset(
@@ -68,20 +68,14 @@ _RESPONSE_DROP = frozenset(
 POOL = httpx.Limits(max_connections=256, max_keepalive_connections=32)
 
 
-class HttpRefusal(Exception):
-    """The gateway's own answer to a request (auth, body size, no back end)."""
-
-    def __init__(self, status: int, message: str, code: str, type_: str) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.type = status, message, code, type_
-
-    async def send(self, send: Send) -> None:
-        body = json.dumps(openai_error(self.message, self.type, self.code)).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        if self.status == 401:
-            headers.append((b"www-authenticate", b'Bearer realm="aivtuber"'))
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+async def send_refusal(refusal: Refusal, send: Send) -> None:
+    """The gateway's own answer to a request (auth, body size, no back end), in OpenAI's
+    error shape."""
+    body = json.dumps(refusal.openai_body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += [(k.encode(), v.encode()) for k, v in refusal.headers().items()]
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _BodyTooLarge(Exception):
@@ -129,21 +123,22 @@ class HttpForwarder:
 
     async def authenticate(self, scope: dict[str, Any]) -> Identity:
         """Who is calling (the edge's check, as for the WebSocket routes: credentials,
-        tickets, Origin; strips the credential from the scope), or raise HttpRefusal in
+        tickets, Origin; strips the credential from the scope), or raise Refusal in
         OpenAI's error shape."""
         result = self.edge.resolve(scope)
         if not isinstance(result, Refusal):
             return result
+        code: str
         if result is MISSING:
             code, message = (
-                "missing_api_key",
+                ErrorCode.MISSING_API_KEY,
                 ("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."),
             )
         elif result.status == 401:
-            code, message = "invalid_api_key", "Incorrect API key provided."
+            code, message = ErrorCode.INVALID_API_KEY, "Incorrect API key provided."
         else:
             code, message = result.code, result.reason
-        raise HttpRefusal(result.status, message, code, "invalid_request_error")
+        raise Refusal(result.status, code, message, openai_type="invalid_request_error")
 
     async def handle(
         self, route: Route, scope: dict[str, Any], receive: Receive, send: Send
@@ -159,15 +154,12 @@ class HttpForwarder:
                 scope["headers"] = ()  # read; holds credentials: not kept for longer
             if any(part in (".", "..") for part in scope["path"].split("/")):
                 # A back end (or httpx) would resolve them: /v1/../metrics is not /v1/.
-                raise HttpRefusal(
-                    400,
-                    "The path must not hold '.' or '..' segments.",
-                    "invalid_path",
-                    "invalid_request_error",
+                raise Refusal(
+                    400, ErrorCode.INVALID_PATH, "The path must not hold '.' or '..' segments."
                 )
             # limits.max_connections counts a streaming request like a WebSocket.
             if (over := self.edge.open_connection(identity)) is not None:
-                raise HttpRefusal(over.status, over.reason, over.code, "rate_limit_error")
+                raise over
             try:
                 status, backend_url = await self._forward(
                     route,
@@ -180,9 +172,9 @@ class HttpForwarder:
                 )
             finally:
                 self.edge.close_connection(identity)
-        except HttpRefusal as refusal:
+        except Refusal as refusal:
             status = refusal.status
-            await refusal.send(send)
+            await send_refusal(refusal, send)
         finally:
             if self.metrics is not None:
                 self.metrics.http_requests.labels(route.name, str(status)).inc()
@@ -192,7 +184,7 @@ class HttpForwarder:
                 "http_request",
                 route=route.name,
                 method=scope["method"],
-                path=scope["path"],
+                path=short_path(scope["path"]),  # a whole task id would let a reader listen
                 client=_client(scope),
                 backend=backend_url,
                 status=status,  # 0: the client left before an answer
@@ -210,14 +202,10 @@ class HttpForwarder:
         headers = [
             (name, value)
             for name, value in forwarded
-            if not name.startswith(IDENTITY_PREFIX) and name != "authorization"
+            # The client's credential stays here: a back end needs only the identity headers.
+            if not name.startswith(IDENTITY_PREFIX) and name not in ("authorization", "x-api-key")
         ]
-        headers.append((CLIENT_HEADER, identity.client_ip))
-        if identity.tenant is not None:
-            headers.append((TENANT_HEADER, identity.tenant))
-        if self.settings.internal_token:
-            headers.append((GATEWAY_TOKEN_HEADER, self.settings.internal_token))
-        return headers
+        return headers + identity_headers(identity, self.settings.internal_token)
 
     async def _forward(
         self,
@@ -231,48 +219,50 @@ class HttpForwarder:
     ) -> tuple[int, str | None]:
         client = self._client
         if client is None:
-            raise HttpRefusal(503, "The gateway is shutting down.", "going_away", "server_error")
+            raise Refusal(503, ErrorCode.GOING_AWAY, "The gateway is shutting down.")
         body_done = asyncio.Event()
+        first = await receive()
+        if first["type"] == "http.disconnect":
+            return 0, None  # left before sending a body: nobody to answer
+        # A body that came in one piece (a JSON request) is known whole: it can be sent
+        # again on a fresh connection when a pooled one turns out dead. Longer bodies
+        # stream through (never buffered whole) and are sent once.
+        whole: bytes | None = None
+        if not first.get("more_body", False):
+            whole = first.get("body", b"")
+            sizes[0] = len(whole)
+            body_done.set()
+            if sizes[0] > self.gateway.max_message_bytes:
+                raise self._too_large()
         # Closed on every path: a back end may answer before it has read the whole body.
-        async with contextlib.aclosing(self._body(scope, receive, body_done, sizes)) as body:
+        stream = self._body(scope, receive, body_done, sizes, first)
+        async with contextlib.aclosing(stream) as body:
             raw_path = scope.get("raw_path")
             path = raw_path.decode("latin-1") if raw_path else scope["path"]
             query = scope.get("query_string", b"").decode("latin-1")
             failures: list[str] = []
             for backend in route.candidates():
-                request = client.build_request(
-                    scope["method"],
-                    backend.target(path, query),
-                    headers=headers,
-                    content=body,
-                    timeout=self.timeout,
-                )
+                target = backend.target(path, query)
                 try:
-                    response = await client.send(request, stream=True)
+                    response = await self._send(client, scope, target, headers, whole, body)
                 except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                     backend.mark_down()
-                    failures.append(f"{backend.url}: {exc or type(exc).__name__}")
-                    if sizes[0]:
+                    failures.append(f"{backend.url}: {str(exc) or type(exc).__name__}")
+                    if sizes[0] and whole is None:
                         break  # the body is on its way out: it cannot be sent twice
                     continue
                 except _ClientLeft:
                     return 0, backend.url  # nobody to answer
                 except _BodyTooLarge:
-                    raise HttpRefusal(
-                        413,
-                        f"The request body is larger than {self.gateway.max_message_bytes} bytes.",
-                        "body_too_large",
-                        "invalid_request_error",
-                    ) from None
+                    raise self._too_large() from None
                 except httpx.TimeoutException:
-                    raise HttpRefusal(
+                    raise Refusal(
                         504,
+                        ErrorCode.BACKEND_TIMEOUT,
                         f"The {route.name} back end did not answer in time.",
-                        "backend_timeout",
-                        "server_error",
                     ) from None
                 except httpx.HTTPError as exc:
-                    failures.append(f"{backend.url}: {exc or type(exc).__name__}")
+                    failures.append(f"{backend.url}: {str(exc) or type(exc).__name__}")
                     break
                 backend.mark_up()
                 await self._relay(response, receive, send, body_done, sizes, on_first_byte)
@@ -280,16 +270,50 @@ class HttpForwarder:
         self.log.warning(
             "backend_unavailable",
             route=route.name,
-            path=scope["path"],
+            path=short_path(scope["path"]),
             client=_client(scope),
             backends=[backend.url for backend in route.backends],
             errors=failures,
         )
-        raise HttpRefusal(
+        raise Refusal(
             503,
+            ErrorCode.BACKEND_UNAVAILABLE,
             f"The {route.name} back end is unavailable; try again in a moment.",
-            "backend_unavailable",
-            "server_error",
+        )
+
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        scope: dict[str, Any],
+        target: str,
+        headers: list[tuple[str, str]],
+        whole: bytes | None,
+        body: AsyncGenerator[bytes, None],
+    ) -> httpx.Response:
+        """Send the request; a body known whole is sent once more on a fresh connection
+        when the pooled one dies before any answer (a back end that closed it after a 500
+        without saying "Connection: close": that was a 503 for the next client)."""
+        for attempt in (1, 2):
+            request = client.build_request(
+                scope["method"],
+                target,
+                headers=headers,
+                content=whole if whole is not None else body,
+                timeout=self.timeout,
+            )
+            try:
+                return await client.send(request, stream=True)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                if whole is None or attempt == 2:
+                    raise
+                self.log.info("backend_connection_reset", target=target.partition("?")[0])
+        raise AssertionError("not reached")
+
+    def _too_large(self) -> Refusal:
+        return Refusal(
+            413,
+            ErrorCode.BODY_TOO_LARGE,
+            f"The request body is larger than {self.gateway.max_message_bytes} bytes.",
         )
 
     async def _relay(
@@ -351,12 +375,17 @@ class HttpForwarder:
                 raise exc  # a bug: uvicorn logs it
 
     async def _body(
-        self, scope: dict[str, Any], receive: Receive, done: asyncio.Event, sizes: list[int]
+        self,
+        scope: dict[str, Any],
+        receive: Receive,
+        done: asyncio.Event,
+        sizes: list[int],
+        first: MutableMapping[str, Any],
     ) -> AsyncGenerator[bytes, None]:
         limit = self.gateway.max_message_bytes
+        message = first
         try:
             while True:
-                message = await receive()
                 if message["type"] == "http.disconnect":
                     raise _ClientLeft  # aborts the back-end request: never a truncated body
                 data = message.get("body", b"")
@@ -367,6 +396,7 @@ class HttpForwarder:
                     yield data
                 if not message.get("more_body", False):
                     return
+                message = await receive()
         finally:
             done.set()
 
@@ -374,7 +404,8 @@ class HttpForwarder:
 def _bearer(scope: dict[str, Any]) -> str | None:
     for name, value in scope.get("headers", ()):
         if name.lower() == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
+            text: str = value.decode("latin-1")
+            scheme, _, token = text.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
     return None

@@ -21,13 +21,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from aivtuber_common.metrics import metrics_endpoint
+from aivtuber_common.refusal import Refusal
 
-from .auth import Edge, Refusal
+from .auth import Edge
 from .metrics import GatewayMetrics
 
 if TYPE_CHECKING:
-    from .app import Runtime
     from .proxy import ProxyConnection
+    from .runtime import Runtime
 
 __all__ = ["monitor_routes", "snapshot"]
 

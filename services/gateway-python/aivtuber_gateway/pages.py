@@ -18,15 +18,22 @@ from its cached probes. No task id and no query string appears in it.
 from __future__ import annotations
 
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-if TYPE_CHECKING:
-    from .app import GatewayApp, Runtime
+from aivtuber_common.health import InputHealth, OutputHealth
+
+from .auth import Edge
+from .metrics import GatewayMetrics
+from .routing import RouteTable
+from .runtime import Runtime
+
+M = TypeVar("M", bound=BaseModel)
 
 __all__ = ["admin_routes", "page_routes", "public_routes", "speech_view"]
 
@@ -42,13 +49,11 @@ PAGE_HEADERS = {
 }
 # Tasks a worker or subscriber is still waiting on or streaming (output handler states).
 IN_FLIGHT_STATES = ("waiting", "streaming")
-WORKER_KEYS = ("healthy", "busy", "running", "queued", "capacity", "last_error")
-VOICE_KEYS = ("name", "language", "sample_rate", "engine", "ready")
 
 
-def page_routes(gateway: GatewayApp) -> list[BaseRoute]:
+def page_routes(edge: Edge, metrics: GatewayMetrics, routes: RouteTable) -> list[BaseRoute]:
     """Every route of this module (the open ones first)."""
-    return [*public_routes(), *admin_routes(gateway)]
+    return [*public_routes(), *admin_routes(edge, metrics, routes)]
 
 
 def public_routes() -> list[BaseRoute]:
@@ -61,10 +66,10 @@ def public_routes() -> list[BaseRoute]:
     return [Route("/demo", demo, methods=["GET"]), Mount("/static", app=static, name="static")]
 
 
-def admin_routes(gateway: GatewayApp) -> list[BaseRoute]:
+def admin_routes(edge: Edge, metrics: GatewayMetrics, routes: RouteTable) -> list[BaseRoute]:
     async def speech(request: Request) -> Response:
         # Operator data, like /connections: the admin key (loopback without one).
-        refusal = gateway.edge.check_admin(request.scope)
+        refusal = edge.check_admin(request.scope)
         if refusal is not None:
             return refusal.response()
         runtime: Runtime | None = getattr(request.state, "runtime", None)
@@ -72,9 +77,9 @@ def admin_routes(gateway: GatewayApp) -> list[BaseRoute]:
             return JSONResponse({"status": "stopping"}, status_code=503)
         await runtime.health.backends()  # refreshes the handlers' reports (cached)
         body = speech_view(
-            gateway.metrics.recent.snapshot(),
-            _reports(gateway, runtime, "input"),
-            _reports(gateway, runtime, "output"),
+            metrics.recent.snapshot(),
+            _reports(routes, runtime, "input", InputHealth),
+            _reports(routes, runtime, "output", OutputHealth),
         )
         return JSONResponse(body, headers={"cache-control": "no-store"})
 
@@ -83,26 +88,23 @@ def admin_routes(gateway: GatewayApp) -> list[BaseRoute]:
 
 def speech_view(
     recent: dict[str, Any],
-    input_reports: list[dict[str, Any] | None],
-    output_reports: list[dict[str, Any] | None],
+    input_reports: list[InputHealth | None],
+    output_reports: list[OutputHealth | None],
 ) -> dict[str, Any]:
     """The ``/speech`` body from the recent window and the handlers' ``/health`` bodies
-    (None for a handler that did not answer)."""
+    (None for a handler that did not answer, or not with its health)."""
     by_state: dict[str, int] = {}
-    for report in output_reports:
-        for state, count in ((report or {}).get("tasks") or {}).items():
-            if isinstance(count, int):
-                by_state[state] = by_state.get(state, 0) + count
+    for output in output_reports:
+        for state, count in ((output.tasks or {}) if output else {}).items():
+            by_state[state] = by_state.get(state, 0) + count
     workers: list[dict[str, Any]] = []
     for report in input_reports:
-        listed = (report or {}).get("workers") or []
-        shared_voices = _voices((report or {}).get("voices"))
-        for worker in listed if isinstance(listed, list) else []:
-            if not isinstance(worker, dict):
-                continue
-            entry = {key: worker.get(key) for key in WORKER_KEYS}
-            entry["url"] = str(worker.get("url", ""))
-            entry["voices"] = _voices(worker.get("voices")) or shared_voices
+        for worker in report.workers if report else []:
+            # healthy, busy, running, queued, capacity, last_error (and what a newer handler
+            # adds); its URL, or its name on the Redis bus.
+            entry = worker.model_dump(exclude={"name", "url", "state", "voices"})
+            entry["url"] = worker.url or worker.name
+            entry["voices"] = [{"name": voice} for voice in worker.voices]
             workers.append(entry)
     return {
         "tasks": {
@@ -118,25 +120,23 @@ def speech_view(
     }
 
 
-def _reports(gateway: GatewayApp, runtime: Runtime, route_name: str) -> list[dict[str, Any] | None]:
+def _reports(
+    routes: RouteTable, runtime: Runtime, route_name: str, model: type[M]
+) -> list[M | None]:
     reports = runtime.health.reports
-    for route in gateway.routes:
+    for route in routes:
         if route.name == route_name:
-            return [reports.get(backend.url) for backend in route.backends]
+            return [_parse(model, reports.get(backend.url)) for backend in route.backends]
     return []
 
 
-def _voices(listed: Any) -> list[dict[str, Any]]:
-    """Voices as the handlers list them: names, or objects like ``list_voices`` answers."""
-    voices: list[dict[str, Any]] = []
-    for voice in listed if isinstance(listed, list) else []:
-        if isinstance(voice, str):
-            voices.append({"name": voice})
-        elif isinstance(voice, dict) and ("name" in voice or "id" in voice):
-            entry = {key: voice[key] for key in VOICE_KEYS if key in voice}
-            entry.setdefault("name", voice.get("id"))
-            voices.append(entry)
-    return voices
+def _parse(model: type[M], body: bytes | None) -> M | None:
+    if body is None:
+        return None
+    try:
+        return model.model_validate_json(body)
+    except ValidationError:
+        return None  # not a handler of this kind (or an older one): nothing to show
 
 
 def _static_text(name: str) -> str:

@@ -35,9 +35,8 @@ from websockets.exceptions import ConnectionClosed
 from aivtuber_common.redact import short_path
 
 from .bounds import BoundedWebSocketProtocol
-from .clientside import ClientHook
-from .fastpath import EXTENSION
 from .framing import BINARY, TEXT
+from .hook import EXTENSION, ClientHook
 from .lifecycle import End, Side, backend_end, client_end, short_reason, to_backend, to_client
 from .link import CLOSE_TIMEOUT_S, BackendGone, BackendLink
 from .registry import Registry

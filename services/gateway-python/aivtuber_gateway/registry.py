@@ -110,21 +110,16 @@ class Registry(Generic[C]):
                 now.bytes_out += conn.bytes_out
         return now
 
-    async def wait_empty(self, timeout: float) -> bool:
-        """True once no connection is left, False if ``timeout`` passed first."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._empty.wait()
-        except TimeoutError:
-            return False
-        return True
+    async def wait_empty(self) -> None:
+        """Until no connection is left (the caller bounds the wait)."""
+        await self._empty.wait()
 
-    async def close_all(self, code: int, reason: str, timeout: float) -> None:
-        """Close every connection on both sides with ``code`` and wait until they are gone."""
+    async def close_all(self, code: int, reason: str) -> None:
+        """Close every connection on both sides with ``code`` and wait until they are gone
+        (the caller bounds the wait: gateway.shutdown_timeout_s)."""
         if not self._live:
             return
         self.log.info("closing_all_connections", count=len(self._live), code=code)
         for conn in self:
             conn.terminate(code, reason)
-        if not await self.wait_empty(timeout):
-            self.log.warning("connections_still_open", count=len(self._live), timeout_s=timeout)
+        await self.wait_empty()

@@ -7,6 +7,8 @@ uvicorn's own shutdown closes WebSockets with 1012 before the lifespan shutdown 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import socket
 from typing import Any
 
@@ -65,6 +67,24 @@ class GatewayServer(GracefulServer):
             for key, value in uvicorn_overrides(config.app.gateway).items():
                 setattr(config, key, value)
         super().__init__(config)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        app = self.config.app
+        if self.config.ssl is None or not isinstance(app, GatewayApp):
+            await super().startup(sockets)
+            return
+        # A TLS handshake bounded like a request head (gateway.head_timeout_s): asyncio and
+        # uvloop otherwise hold a connection that never sends a ClientHello for 60 s, and
+        # uvicorn has no setting for it. Its create_server is given the bound for the
+        # duration of the start-up (the loop's own method is back right after).
+        loop = asyncio.get_running_loop()
+        create_server = loop.create_server
+        bounded = functools.partial(create_server, ssl_handshake_timeout=app.gateway.head_timeout_s)
+        loop.create_server = bounded  # type: ignore[method-assign]
+        try:
+            await super().startup(sockets)
+        finally:
+            del loop.create_server  # the class's method again
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in getattr(self, "servers", []):

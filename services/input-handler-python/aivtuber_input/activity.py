@@ -66,6 +66,7 @@ class _Active:
     worker: str | None = None  # the worker that took it
     accepted_at: float | None = None
     orphaned_at: float | None = None  # its worker's events stream was lost then
+    stream: bool = False  # a streaming task: its life is the text's pace, not synthesis's
 
 
 class ActiveTasks:
@@ -89,8 +90,8 @@ class ActiveTasks:
 
     # --- the input side -----------------------------------------------------------------
 
-    def admitted(self, task_id: str, key: str, chars: int) -> None:
-        task = _Active(task_id, key, chars, self._clock())
+    def admitted(self, task_id: str, key: str, chars: int, stream: bool = False) -> None:
+        task = _Active(task_id, key, chars, self._clock(), stream=stream)
         self._tasks[task_id] = task
         self._by_key[key][task_id] = task
         if len(self._tasks) >= self._sweep_at:
@@ -146,7 +147,7 @@ class ActiveTasks:
 
     def ended(self, task_id: str) -> None:
         task = self._drop(task_id)
-        if task is not None and task.chars > 0 and task.orphaned_at is None:
+        if task is not None and task.chars > 0 and task.orphaned_at is None and not task.stream:
             sample = (self._clock() - task.admitted_at) / task.chars
             self._s_per_char += (sample - self._s_per_char) * LIFETIME_SMOOTHING
 

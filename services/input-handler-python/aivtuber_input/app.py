@@ -8,7 +8,9 @@ the speak before it was queued).
 Who a connection is comes from the gateway's identity headers (``aivtuber_common.identity``);
 each speak passes the tenant's limits (:mod:`aivtuber_input.limits`) before any worker is
 asked, and its task counts as active until the worker reports its end
-(:mod:`aivtuber_input.activity`).
+(:mod:`aivtuber_input.activity`). A streaming task's pieces count against the same
+characters-per-minute limit as they arrive; a stream stays active until it ends. Each
+connection has one watcher that ends its streams when they go idle.
 """
 
 from __future__ import annotations
@@ -24,25 +26,36 @@ import httpx
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from aivtuber_common.config import RedisBusSettings, Settings
+from aivtuber_common.codes import ErrorCode
+from aivtuber_common.config import Settings
+from aivtuber_common.health import InputHealth
 from aivtuber_common.identity import Identity, read_identity
-from aivtuber_common.internal import SubmitTask
+from aivtuber_common.internal import SubmitTask, TaskText
+from aivtuber_common.internal_auth import internal_middleware
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import ErrorMessage, VoiceList, dump
 from aivtuber_common.transport import TaskSubmitter, TransportError
 
-from .activity import ActiveTasks, WorkerEvents
+from .activity import ActiveTasks
+from .bus import open_bus
 from .limits import SpeakLimiter
 from .metrics import InputMetrics
-from .redis_submitter import RedisTaskSubmitter, redis_submitter
-from .session import CancelTask, Close, Event, InputSession, ListVoicesRequest, Reply, Submit
-from .shared_limits import RedisLimits
+from .session import (
+    CancelTask,
+    Close,
+    Event,
+    InputSession,
+    ListVoicesRequest,
+    Reply,
+    SendText,
+    Submit,
+)
 from .speech import SpeechApi
-from .workers import HttpTaskSubmitter
+from .voicevox import VoicevoxApi
 
 __all__ = ["InputEndpoint", "create_app"]
 
@@ -52,7 +65,7 @@ log = structlog.get_logger("aivtuber_input")
 class InputState(TypedDict):
     """The lifespan state: what every request of the app sees (``request.state``)."""
 
-    submitter: HttpTaskSubmitter | RedisTaskSubmitter
+    submitter: TaskSubmitter
 
 
 def create_app(
@@ -60,7 +73,6 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
     """``transport`` replaces the network under the workers' HTTP client (tests)."""
-    config = settings.input_handler
     metrics = InputMetrics()
     started = time.monotonic()
     endpoint = InputEndpoint(settings, metrics)
@@ -70,81 +82,41 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[InputState]:
-        if isinstance(settings.bus, RedisBusSettings):  # bus seam: workers found on Redis
-            async with redis_submitter(settings, on_ended=endpoint.active.ended) as on_redis:
-                endpoint.submitter = speech.submitter = on_redis
-                # The limits on Redis too: every replica counts against the same window.
-                bus = settings.bus
-                shared = RedisLimits(on_redis.link, endpoint.active.holds, bus.heartbeat_ttl_s)
-                endpoint.limiter.shared = shared
-                renew = asyncio.create_task(shared.run(bus.heartbeat_interval_s))
-                try:
-                    yield {"submitter": on_redis}
-                finally:
-                    renew.cancel()
-                    await asyncio.gather(renew, return_exceptions=True)
-                    endpoint.limiter.shared = None
-                    endpoint.submitter = speech.submitter = None
-            return
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        async with httpx.AsyncClient(transport=transport, limits=limits) as client:
-            submitter = HttpTaskSubmitter(
-                client,
-                list(config.workers),
-                timeout_s=config.worker_timeout_s,
-                token=settings.internal_token,
-                ready_wait_s=config.ready_wait_s,
-                on_accepted=endpoint.active.accepted,
-            )
+        # On Redis the limiter counts in Redis, once for every replica (shared_limits.py).
+        async with open_bus(settings, endpoint.active, transport, endpoint.limiter) as submitter:
             endpoint.submitter = speech.submitter = submitter
-            events = WorkerEvents(
-                endpoint.active,
-                list(config.workers),
-                settings.internal_token,
-                config.worker_timeout_s,
-            )
-            background = [
-                asyncio.create_task(submitter.run_health_checks(config.health_interval_s)),
-                asyncio.create_task(events.run()),
-            ]
             try:
                 yield {"submitter": submitter}
             finally:
-                for task in background:
-                    task.cancel()
-                await asyncio.gather(*background, return_exceptions=True)
                 endpoint.submitter = speech.submitter = None
 
     async def health(request: Request) -> Response:
-        # 200 only when a line can be spoken now: a worker answered its /health with 200
-        # (voices warm, ingest connected). Until then "degraded", 503: the gateway's /health
-        # (and whoever waits on it) does not say ok before a speak can succeed.
-        submitter: HttpTaskSubmitter | RedisTaskSubmitter | None = getattr(
-            request.state, "submitter", None
+        # 200 only when a line can be spoken now: a worker is ready (voices warm, frames
+        # reach the output side). Until then "degraded" (or "unavailable" when the bus is
+        # down), 503: the gateway's /health does not say ok before a speak can succeed.
+        submitter: TaskSubmitter | None = getattr(request.state, "submitter", None)
+        uptime_s = round(time.monotonic() - started, 1)
+        if submitter is None:
+            body = InputHealth(status="degraded", workers_available=0, workers=[])
+        else:
+            body = submitter.health()
+        body = body.model_copy(update={"uptime_s": uptime_s, "connections": endpoint.connections})
+        return Response(
+            body.model_dump_json(exclude_none=True),
+            status_code=200 if body.status == "ok" else 503,
+            media_type="application/json",
         )
-        states = [worker.as_dict() for worker in submitter.workers] if submitter else []
-        ready = submitter is not None and submitter.ready
-        body: dict[str, object] = {
-            "status": "ok" if ready else "degraded",
-            "service": "input_handler",
-            "uptime_s": round(time.monotonic() - started, 1),
-            "connections": endpoint.connections,
-            "workers_available": submitter.available if submitter else 0,
-            "workers": states,
-        }
-        if isinstance(submitter, RedisTaskSubmitter):  # bus seam: Redis down is "unavailable"
-            body["bus"] = submitter.state()
-            if not submitter.link.up:
-                body["status"] = "unavailable"
-        return JSONResponse(body, status_code=200 if ready else 503)
 
     routes = [
         WebSocketRoute("/ws/input", endpoint.handle),
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
         *speech.routes(),
+        *VoicevoxApi(settings, speech).routes(),  # /voicevox/...: docs/voicevox.md
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(
+        routes=routes, lifespan=lifespan, middleware=internal_middleware(settings.internal_token)
+    )
 
 
 class InputEndpoint:
@@ -170,21 +142,33 @@ class InputEndpoint:
         session = InputSession(
             max_text_chars=self.config.max_text_chars,
             max_message_bytes=self.config.max_message_bytes,
+            max_stream_chars=self.config.max_stream_chars,
+            stream_idle_timeout_s=self.config.stream_idle_timeout_s,
         )
         structlog.contextvars.bind_contextvars(conn=f"in-{next(self._ids)}")
         self.connections += 1
         self.metrics.connections.inc()
+        heard = asyncio.Event()  # a message was handled: the idle watcher looks again
+        watcher = asyncio.create_task(self._watch_idle(session, identity, heard))
         try:
             if await self._carry_out(websocket, session, identity, session.opening()):
-                await self._serve(websocket, session, identity)
+                await self._serve(websocket, session, identity, heard)
         except WebSocketDisconnect:
             pass  # the client left while we were answering: nothing left to do
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            # Streams still open end with the connection: what was sent is spoken.
+            for event in session.close():
+                if isinstance(event, SendText):
+                    await self._send_text(session, identity, event)
             self.connections -= 1
             self.metrics.connections.dec()
             structlog.contextvars.unbind_contextvars("conn")
 
-    async def _serve(self, websocket: WebSocket, session: InputSession, identity: Identity) -> None:
+    async def _serve(
+        self, websocket: WebSocket, session: InputSession, identity: Identity, heard: asyncio.Event
+    ) -> None:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -195,6 +179,24 @@ class InputEndpoint:
                 events = session.receive_bytes(message.get("bytes") or b"")
             if not await self._carry_out(websocket, session, identity, events):
                 return
+            heard.set()
+
+    async def _watch_idle(
+        self, session: InputSession, identity: Identity, heard: asyncio.Event
+    ) -> None:
+        """End this connection's streams that go idle; never writes to the socket (the
+        client learns it from audio_complete's ``"reason":"idle"``)."""
+        while True:
+            due = session.idle_due()
+            heard.clear()
+            wait_s = None if due is None else max(0.0, due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await heard.wait()
+            for event in session.expire_idle():
+                if isinstance(event, SendText):
+                    log.info("stream_idle", task_id=event.task_id)
+                    await self._send_text(session, identity, event)
 
     async def _carry_out(
         self, websocket: WebSocket, session: InputSession, identity: Identity, events: list[Event]
@@ -210,12 +212,14 @@ class InputEndpoint:
                     await websocket.send_text(dump(message))
                 case Submit():
                     pending[:0] = await self._submit(session, identity, event)
+                case SendText():
+                    pending[:0] = await self._send_text(session, identity, event)
                 case CancelTask(task_id):
                     pending[:0] = await self._cancel(session, task_id, identity.tenant)
                 case ListVoicesRequest(request_id):
                     pending[:0] = await self._voices(request_id)
                 case Close(code, reason):
-                    self.metrics.errors.labels("message_too_big").inc()
+                    self.metrics.errors.labels(ErrorCode.MESSAGE_TOO_BIG).inc()
                     log.warning("closing", code=code, reason=reason)
                     await websocket.close(code, reason)
                     return False
@@ -240,23 +244,56 @@ class InputEndpoint:
             voice=submit.voice,
             tenant=identity.tenant,
             client=identity.client_ip,
+            stream=submit.stream,
         )
-        self.active.admitted(task.task_id, key, len(task.text))
+        self.active.admitted(task.task_id, key, len(task.text), stream=submit.stream)
         started = time.perf_counter()
         try:
             accepted = await self.submitter.submit(task)
-        except asyncio.CancelledError:
-            self.active.abandoned(task.task_id)
-            raise
         except TransportError as exc:
             self.active.refused(task.task_id)
             self.metrics.submissions.labels(exc.code).inc()
             log.info("task_refused", task_id=submit.task_id, code=exc.code)
             return session.refused(submit, exc.code, str(exc))
+        except BaseException:
+            # Cancelled, or a bug: never a task counted as active that nothing will end.
+            self.active.abandoned(task.task_id)
+            raise
         self.metrics.submissions.labels("queued").inc()
         self.metrics.submit_seconds.observe(time.perf_counter() - started)
         log.info("task_queued", task_id=submit.task_id, voice=accepted.voice, chars=len(task.text))
         return session.queued(submit)
+
+    async def _send_text(
+        self, session: InputSession, identity: Identity, send: SendText
+    ) -> list[Event]:
+        assert self.submitter is not None
+        if send.text:
+            limits = self.settings.limits_for(identity.tenant)
+            limited = self.limiter.admit_text(identity.limits_key, limits, len(send.text))
+            if limited is not None:
+                self.metrics.submissions.labels(limited.code).inc()
+                error = ErrorMessage(
+                    code=limited.code,
+                    message=limited.message,
+                    retry_after_ms=limited.retry_after_ms,
+                    task_id=send.task_id,
+                )
+                return session.text_refused(send, error)
+        message = TaskText(
+            task_id=send.task_id,
+            text=send.text,
+            flush=send.flush,
+            end=send.end,
+            reason=send.reason,
+            tenant=identity.tenant,
+        )
+        try:
+            await self.submitter.text(message)
+        except TransportError as exc:
+            log.info("stream_text_refused", task_id=send.task_id, code=exc.code)
+            return session.text_failed(send, exc.code, str(exc))
+        return []
 
     async def _voices(self, request_id: str | None) -> list[Event]:
         assert self.submitter is not None

@@ -4,19 +4,22 @@ Everything is counted per :attr:`aivtuber_common.identity.Identity.limits_key` (
 the address of an anonymous client), across all of its connections to this input handler,
 with the tenant's own ``limits`` over the defaults (``Settings.limits_for``).
 
-The rates are sliding logs: each admitted speak is remembered (time, characters) for one
-minute, so the limit holds over any 60 s, there is no burst at a window boundary, and the
-wait until a speak fits again is exact: the moment enough old entries leave the window. A log
-holds at most ``speaks_per_minute`` entries per key, and a key whose log and active tasks are
-empty is forgotten.
+The rates are sliding logs: each admitted speak (and each piece of text appended to a
+streaming task, which counts characters but is no speak) is remembered for one minute, so
+the limit holds over any 60 s, there is no burst at a window boundary, and the wait until a
+speak fits again is exact: the moment enough old entries leave the window. A log holds at
+most ``speaks_per_minute`` speaks per key, and appended pieces at most one entry per 50 ms
+(at most ``chars_per_minute`` in all); a key whose log and active tasks are empty is
+forgotten.
 
 A speak that is refused (by a limit here, or a validation error before) costs nothing; one
 that reaches the workers is counted whether or not a worker takes it, so a client cannot
 hammer the workers with submissions they refuse.
 
-On the Redis bus the same limits are kept in Redis instead (:attr:`SpeakLimiter.shared`,
-:mod:`.shared_limits`), so that every input handler of the stack counts against one window
-and one set of active tasks per key.
+On the Redis bus the speaks, their characters and the active tasks are counted in Redis
+instead (:attr:`SpeakLimiter.shared`, :mod:`.shared_limits`), once for every input handler;
+characters appended to a stream (:meth:`SpeakLimiter.admit_text`) are still counted here,
+per input handler.
 """
 
 from __future__ import annotations
@@ -48,21 +51,29 @@ class Limited:
     retry_after_ms: int | None = None
 
 
+# Appended pieces this close together share one entry of the log: a client sending many
+# tiny pieces costs one entry per 50 ms, not one per piece.
+COALESCE_S = 0.05
+
+
 @dataclass
 class _Log:
     entries: deque[tuple[float, int]] = field(default_factory=deque)  # (time, chars)
+    speaks: deque[float] = field(default_factory=deque)  # when each speak was admitted
     chars: int = 0
 
     def expire(self, now: float) -> None:
         while self.entries and self.entries[0][0] <= now - WINDOW_S:
             _, chars = self.entries.popleft()
             self.chars -= chars
+        while self.speaks and self.speaks[0] <= now - WINDOW_S:
+            self.speaks.popleft()
 
     def wait_for_speak(self, now: float, limit: int) -> float:
         """Seconds until one more speak fits under ``limit`` speaks per window."""
-        if len(self.entries) < limit:
+        if len(self.speaks) < limit:
             return 0.0
-        return self.entries[len(self.entries) - limit][0] + WINDOW_S - now
+        return self.speaks[len(self.speaks) - limit] + WINDOW_S - now
 
     def wait_for_chars(self, now: float, chars: int, limit: int) -> float:
         """Seconds until ``chars`` more fit under ``limit`` characters per window."""
@@ -82,7 +93,7 @@ class SpeakLimiter:
         self._clock = clock
         self._logs: dict[str, _Log] = {}
         self._sweep_at = 64  # table size that triggers the next sweep of idle keys
-        # Set on the Redis bus (by the app's lifespan): the limits shared by every replica.
+        # Set on the Redis bus (shared_limits.shared_limits): the limits every replica shares.
         self.shared: RedisLimits | None = None
 
     async def admit(
@@ -139,14 +150,44 @@ class SpeakLimiter:
         if log is None:
             log = self._logs[key] = _Log()
         log.entries.append((now, chars))
+        log.speaks.append(now)
+        log.chars += chars
+        self._forget_idle(now)
+        return None
+
+    def admit_text(self, key: str, limits: LimitsSettings, chars: int) -> Limited | None:
+        """Count ``chars`` more characters appended to a stream of ``key`` (no speak), or
+        say why they must wait."""
+        if chars > limits.chars_per_minute:
+            return Limited(
+                ErrorCode.TEXT_TOO_LONG,
+                f"The piece is {chars} characters long; this client may speak at most "
+                f"{limits.chars_per_minute} characters per minute.",
+            )
+        now = self._clock()
+        log = self._logs.get(key)
+        if log is None:
+            log = self._logs[key] = _Log()
+        log.expire(now)
+        if wait := log.wait_for_chars(now, chars, limits.chars_per_minute):
+            retry_ms = max(1, math.ceil(wait * 1000))
+            return Limited(
+                ErrorCode.RATE_LIMITED,
+                f"Too many requests: the limit is {limits.chars_per_minute} characters per "
+                f"minute; try again in {retry_ms} ms.",
+                retry_ms,
+            )
+        if log.entries and now - log.entries[-1][0] < COALESCE_S:
+            at, before = log.entries[-1]
+            log.entries[-1] = (at, before + chars)
+        else:
+            log.entries.append((now, chars))
         log.chars += chars
         self._forget_idle(now)
         return None
 
     @property
     def keys(self) -> int:
-        if self.shared is not None:
-            return self.shared.held
         return len(self._logs)
 
     def _forget_idle(self, now: float) -> None:

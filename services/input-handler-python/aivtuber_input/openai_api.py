@@ -19,10 +19,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import JSONResponse
 
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import OpenAISettings
-from aivtuber_common.openai_errors import openai_error
+from aivtuber_common.refusal import OpenAIErrorType, Refusal
 
-from .audio_formats import SUPPORTED, UNSUPPORTED
+from .audio_formats import SUPPORTED
+from .textcheck import BAD_TEXT, BAD_TEXT_MESSAGE, unencodable_field
 
 __all__ = [
     "ApiError",
@@ -35,30 +37,27 @@ __all__ = [
     "sse_error",
 ]
 
-ErrorType = Literal[
-    "invalid_request_error", "authentication_error", "rate_limit_error", "server_error"
-]
 
 # Our error codes (from the worker, the output handler, the limits) -> HTTP status and type.
-_CODE_STATUS: dict[str, tuple[int, ErrorType]] = {
-    "unknown_voice": (400, "invalid_request_error"),
-    "bad_request": (400, "invalid_request_error"),
-    "empty_text": (400, "invalid_request_error"),
-    "text_too_long": (400, "invalid_request_error"),
-    "unauthorized": (401, "authentication_error"),
-    "rate_limited": (429, "rate_limit_error"),
-    "too_many_tasks": (429, "rate_limit_error"),
-    "tts_unavailable": (503, "server_error"),
-    "engine_unavailable": (503, "server_error"),
-    "worker_lost": (503, "server_error"),
-    "worker_stopped": (503, "server_error"),
-    "engine_timeout": (504, "server_error"),
-    "timeout": (504, "server_error"),
+_CODE_STATUS: dict[str, tuple[int, OpenAIErrorType]] = {
+    ErrorCode.UNKNOWN_VOICE: (400, "invalid_request_error"),
+    ErrorCode.BAD_REQUEST: (400, "invalid_request_error"),
+    ErrorCode.EMPTY_TEXT: (400, "invalid_request_error"),
+    ErrorCode.TEXT_TOO_LONG: (400, "invalid_request_error"),
+    ErrorCode.UNAUTHORIZED: (401, "authentication_error"),
+    ErrorCode.RATE_LIMITED: (429, "rate_limit_error"),
+    ErrorCode.TTS_UNAVAILABLE: (503, "server_error"),
+    ErrorCode.ENGINE_UNAVAILABLE: (503, "server_error"),
+    ErrorCode.WORKER_LOST: (503, "server_error"),
+    ErrorCode.WORKER_STOPPED: (503, "server_error"),
+    ErrorCode.ENGINE_TIMEOUT: (504, "server_error"),
+    ErrorCode.TIMEOUT: (504, "server_error"),
 }
 
 
-class ApiError(Exception):
-    """A refusal in OpenAI's shape; ``code`` is ours (snake_case), as on /ws/input."""
+class ApiError(Refusal):
+    """A refusal in OpenAI's shape, naming the request's field at fault (``param``);
+    ``code`` is ours (snake_case), as on /ws/input."""
 
     def __init__(
         self,
@@ -66,20 +65,16 @@ class ApiError(Exception):
         message: str,
         code: str,
         param: str | None = None,
-        type_: ErrorType = "invalid_request_error",
+        type_: OpenAIErrorType = "invalid_request_error",
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
+        super().__init__(status, code, message, openai_type=type_)
         self.param = param
-        self.type = type_
 
     def body(self) -> dict[str, Any]:
-        return openai_error(self.message, self.type, self.code, self.param)
+        return self.openai_body(self.param)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
 
 
 def error_for_code(code: str, message: str, *, refused_by_worker: bool = False) -> ApiError:
@@ -88,7 +83,9 @@ def error_for_code(code: str, message: str, *, refused_by_worker: bool = False) 
     status, type_ = _CODE_STATUS.get(
         code, (400, "invalid_request_error") if refused_by_worker else (500, "server_error")
     )
-    param = "voice" if code == "unknown_voice" else "input" if code.endswith("_text") else None
+    param = (
+        "voice" if code == ErrorCode.UNKNOWN_VOICE else "input" if code.endswith("_text") else None
+    )
     return ApiError(status, message, code, param, type_)
 
 
@@ -117,9 +114,20 @@ def parse_speech_request(body: bytes, max_chars: int) -> SpeechRequest:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"The request body is not valid JSON: {exc}.", "invalid_json") from exc
+        raise ApiError(
+            400, f"The request body is not valid JSON: {exc}.", ErrorCode.INVALID_JSON
+        ) from exc
+    except (RecursionError, ValueError) as exc:  # nested too deeply; an int of 4300+ digits
+        raise ApiError(
+            400, "The request body cannot be read as JSON.", ErrorCode.INVALID_JSON
+        ) from exc
     if not isinstance(data, dict):
-        raise ApiError(400, "The request body must be a JSON object.", "invalid_request")
+        raise ApiError(400, "The request body must be a JSON object.", ErrorCode.INVALID_REQUEST)
+    if (field := unencodable_field(data)) is not None:
+        # As on /ws/input: a lone surrogate can be neither sent on to a worker nor echoed.
+        if field == "input":
+            raise ApiError(400, BAD_TEXT_MESSAGE, ErrorCode.INVALID_TEXT, "input")
+        raise ApiError(400, f"'{field}' holds a lone surrogate.", ErrorCode.INVALID_VALUE, field)
     try:
         request = SpeechRequest.model_validate(data)
     except ValidationError as exc:
@@ -127,50 +135,53 @@ def parse_speech_request(body: bytes, max_chars: int) -> SpeechRequest:
         field = str(error["loc"][0]) if error["loc"] else None
         if error["type"] == "missing":
             raise ApiError(
-                400, f"'{field}' is a required property.", "missing_required_parameter", field
+                400,
+                f"'{field}' is a required property.",
+                ErrorCode.MISSING_REQUIRED_PARAMETER,
+                field,
             ) from exc
-        raise ApiError(400, f"Invalid '{field}': {error['msg']}.", "invalid_value", field) from exc
+        raise ApiError(
+            400, f"Invalid '{field}': {error['msg']}.", ErrorCode.INVALID_VALUE, field
+        ) from exc
     _check(request, max_chars)
     return request
 
 
 def _check(request: SpeechRequest, max_chars: int) -> None:
+    if BAD_TEXT.search(request.input):
+        raise ApiError(400, BAD_TEXT_MESSAGE, ErrorCode.INVALID_TEXT, "input")
     if not request.input.strip():
-        raise ApiError(400, "'input' is empty: there is nothing to speak.", "empty_text", "input")
+        raise ApiError(
+            400, "'input' is empty: there is nothing to speak.", ErrorCode.EMPTY_TEXT, "input"
+        )
     if len(request.input) > max_chars:
         raise ApiError(
             400,
             f"'input' is {len(request.input)} characters long; the limit is {max_chars}.",
-            "text_too_long",
+            ErrorCode.TEXT_TOO_LONG,
             "input",
         )
-    if not request.voice_name:
-        raise ApiError(400, "'voice' must name a voice.", "invalid_value", "voice")
-    if request.response_format in UNSUPPORTED:
-        raise ApiError(
-            400,
-            f"response_format '{request.response_format}' is not supported by this server; "
-            f"use one of {', '.join(SUPPORTED)}.",
-            "unsupported_response_format",
-            "response_format",
-        )
+    if not request.voice_name or BAD_TEXT.search(request.voice_name):
+        raise ApiError(400, "'voice' must name a voice.", ErrorCode.INVALID_VALUE, "voice")
     if request.response_format not in SUPPORTED:
         raise ApiError(
             400,
             f"Invalid 'response_format': {request.response_format!r}; "
             f"use one of {', '.join(SUPPORTED)}.",
-            "invalid_value",
+            ErrorCode.INVALID_VALUE,
             "response_format",
         )
     if not 0.25 <= request.speed <= 4.0:
-        raise ApiError(400, "'speed' must be between 0.25 and 4.0.", "invalid_value", "speed")
+        raise ApiError(
+            400, "'speed' must be between 0.25 and 4.0.", ErrorCode.INVALID_VALUE, "speed"
+        )
     if request.speed != 1.0:
         # Honest refusal: the voices speak at their own pace; no time-stretching here.
         raise ApiError(
             400,
             f"'speed' {request.speed:g} is not supported: the voices speak at their own pace. "
             "Send 1.0 or leave it out.",
-            "unsupported_speed",
+            ErrorCode.UNSUPPORTED_SPEED,
             "speed",
         )
 

@@ -24,12 +24,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from aivtuber_common.identity import (
-    CLIENT_HEADER,
-    GATEWAY_TOKEN_HEADER,
-    TENANT_HEADER,
-    Identity,
-)
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.protocol import AudioChunk, AudioComplete, AudioStart, OutputError
 
 __all__ = ["Failed", "Finished", "OutputEvent", "OutputUnavailable", "Pcm", "Started", "subscribe"]
@@ -41,7 +36,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class OutputUnavailable(Exception):
-    code = "tts_unavailable"
+    code = ErrorCode.TTS_UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +65,6 @@ class Failed:
 
 
 OutputEvent = Started | Pcm | Finished | Failed
-
-
-def identity_headers(identity: Identity, internal_token: str | None) -> list[tuple[str, str]]:
-    """The headers the gateway would add, so the output handler sees the same caller."""
-    headers = [(CLIENT_HEADER, identity.client_ip)]
-    if identity.tenant is not None:
-        headers.append((TENANT_HEADER, identity.tenant))
-    if internal_token:
-        headers.append((GATEWAY_TOKEN_HEADER, internal_token))
-    return headers
 
 
 @contextlib.asynccontextmanager
@@ -146,7 +131,7 @@ async def _events(websocket: ClientConnection) -> AsyncGenerator[OutputEvent, No
                     return
     except ConnectionClosed:
         pass
-    yield Failed("worker_lost", "The audio stream ended before the task did.")
+    yield Failed(ErrorCode.WORKER_LOST, "The audio stream ended before the task did.")
 
 
 def _parse(text: str) -> OutputEvent | None:
@@ -154,7 +139,9 @@ def _parse(text: str) -> OutputEvent | None:
         message = _OutputMessage.validate_json(text)
     except ValidationError:
         log.error("output_message_unexpected", size=len(text))
-        return Failed("internal_error", "The audio stream sent a message it should not have.")
+        return Failed(
+            ErrorCode.INTERNAL_ERROR, "The audio stream sent a message it should not have."
+        )
     match message:
         case AudioStart():
             return Started(message.sample_rate, message.voice, message.engine)

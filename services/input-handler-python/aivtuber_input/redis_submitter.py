@@ -16,6 +16,12 @@ cancelled too: the worker that takes it finds it ended and drops it. Only the te
 submitted a task (the SubmitTask in its ``queued`` entry) may cancel it: for any other, the
 task is not found, exactly like one that never existed.
 
+A streaming task's text (``text``) goes to the task's own text stream ``P:text:<id>``, one
+TaskText entry per piece, flush or end, in order; the worker holding the task reads it (from
+the start, so text sent before any worker took the task waits there). Before each write the
+task's stream is checked: no such task for the tenant is ``task_not_found``, one with its
+end entry ``task_ended``. The text stream expires with the task (``task_ttl_s``).
+
 Active tasks (``limits.max_active_tasks``): every task submitted here is followed until its
 stream shows its end entry, or is gone (expired ``task_ttl_s`` after its last write, or
 lost with a Redis restarted empty); then ``on_ended`` releases it. The check is one
@@ -29,8 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -48,12 +54,14 @@ from aivtuber_common.bus.streams import (
     KIND,
     is_id_collision,
 )
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import RedisBusSettings, Settings
-from aivtuber_common.internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen
+from aivtuber_common.health import BusHealth, InputBeat, InputHealth, WorkerHealth, WorkerView
+from aivtuber_common.internal import SubmitAccepted, SubmitTask, TaskEnd, TaskOpen, TaskText
 from aivtuber_common.protocol import VoiceInfo
-from aivtuber_common.transport import TaskNotFound, TransportError
+from aivtuber_common.transport import SubmitRefused, TaskEnded, TaskNotFound, TransportError
 
-from .workers import SubmitRefused
+from .refreshes import Refreshes
 
 __all__ = ["LiveWorker", "RedisTaskSubmitter"]
 
@@ -70,56 +78,35 @@ class LiveWorker:
     """A worker as its last heartbeat described it."""
 
     name: str
-    status: str
-    running: int = 0
-    queued: int = 0
-    capacity: int = 1
-    default_voice: str | None = None
-    voices: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> describe()
+    beat: WorkerHealth
 
     @property
     def healthy(self) -> bool:
-        return self.status in ("ok", "degraded")
+        return self.beat.status in ("ok", "degraded")
 
     @property
     def ready(self) -> bool:
         """Fit for a task now: alive, with its default voice loaded."""
-        if not self.healthy:
-            return False
-        ready = self.ready_voices
-        return self.default_voice in ready if self.default_voice else bool(ready)
+        return self.healthy and self.beat.speaks_default
 
     @property
-    def ready_voices(self) -> set[str]:
-        return {voice for voice, info in self.voices.items() if info.get("state") == "ready"}
+    def ready_voices(self) -> list[str]:
+        return self.beat.ready_voices
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "healthy": self.healthy,
-            "status": self.status,
-            "running": self.running,
-            "queued": self.queued,
-            "capacity": self.capacity,
-            "voices": sorted(self.ready_voices),
-        }
+    def view(self) -> WorkerView:
+        return WorkerView(
+            name=self.name,
+            healthy=self.healthy,
+            state=self.beat.status,
+            running=self.beat.running,
+            queued=self.beat.queued,
+            capacity=self.beat.capacity,
+            voices=self.ready_voices,
+        )
 
     @classmethod
-    def from_heartbeat(cls, data: dict[str, Any]) -> LiveWorker:
-        voices = {
-            str(voice["id"]): voice
-            for voice in data.get("voices") or []
-            if isinstance(voice, dict) and "id" in voice
-        }
-        return cls(
-            name=str(data.get("name", "?")),
-            status=str(data.get("status", "?")),
-            running=_count(data.get("running")),
-            queued=_count(data.get("queued")),
-            capacity=_count(data.get("capacity")) or 1,
-            default_voice=data.get("default_voice") if data.get("default_voice") else None,
-            voices=voices,
-        )
+    def from_heartbeat(cls, beat: WorkerHealth) -> LiveWorker:
+        return cls(name=beat.name or "?", beat=beat)
 
 
 class RedisTaskSubmitter:
@@ -142,7 +129,7 @@ class RedisTaskSubmitter:
         self.backlog = 0  # tasks in the stream no worker has taken yet
         self.heartbeat = Heartbeat(link, "input", self.name, self._describe)
         self._followed: OrderedDict[str, None] = OrderedDict()  # submitted here, not ended
-        self._refreshed = asyncio.Event()  # set (and replaced) after every refresh
+        self._refreshes = Refreshes()
 
     @property
     def available(self) -> int:
@@ -156,26 +143,31 @@ class RedisTaskSubmitter:
     async def wait_ready(self, timeout_s: float) -> bool:
         """Until a worker is ready, for ``timeout_s`` at most while one is alive and still
         loading its voices (not when none is alive: not worth a wait). True if one is."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not self.ready and any(w.status == "starting" for w in self.workers):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._refreshed.wait()
-            except TimeoutError:
-                break
-        return self.ready
+        return await self._refreshes.wait_ready(
+            lambda: self.ready,
+            lambda: any(w.beat.status == "starting" for w in self.workers),
+            timeout_s,
+        )
 
-    def ready_voice_map(self) -> dict[str, dict[str, Any]]:
-        """Every voice some live worker can speak now (the first description of each)."""
-        found: dict[str, dict[str, Any]] = {}
-        for worker in self.workers:
-            for voice in sorted(worker.ready_voices):
-                found.setdefault(voice, worker.voices[voice])
-        return found
+    @property
+    def default_voice(self) -> str | None:
+        return next((w.beat.default_voice for w in self.workers if w.beat.default_voice), None)
+
+    def health(self) -> InputHealth:
+        link = self.link
+        bus = BusHealth(
+            kind="redis", url=link.url, connected=link.up, error=link.error, backlog=self.backlog
+        )
+        return InputHealth(
+            status="unavailable" if not link.up else "ok" if self.ready else "degraded",
+            workers_available=self.available,
+            workers=[worker.view() for worker in self.workers],
+            bus=bus,
+        )
+
+    def ready_voice_names(self) -> set[str]:
+        """Every voice some live worker can speak now."""
+        return {voice for worker in self.workers for voice in worker.ready_voices}
 
     async def voices(self) -> list[VoiceInfo]:
         """Every live worker's voices from their heartbeats, merged by name (ready if ready
@@ -188,7 +180,7 @@ class RedisTaskSubmitter:
             raise TransportError("No TTS worker is alive on the bus; try again in a moment.")
         merged: dict[str, VoiceInfo] = {}
         for worker in self.workers:
-            for info in _voice_infos(worker.voices.values()):
+            for info in (voice.info() for voice in worker.beat.voices):
                 known = merged.get(info.name)
                 if known is None or (info.ready and not known.ready):
                     merged[info.name] = info
@@ -206,11 +198,11 @@ class RedisTaskSubmitter:
                 "No TTS worker is available right now (none is alive and ready on the bus); "
                 "try again in a moment."
             )
-        voice = task.voice or ready[0].default_voice or ""
-        known = self.ready_voice_map()
+        voice = task.voice or ready[0].beat.default_voice or ""
+        known = self.ready_voice_names()
         if voice not in known:
             names = ", ".join(sorted(known)) or "none"
-            raise SubmitRefused("unknown_voice", f"No voice {voice!r}; known: {names}.")
+            raise SubmitRefused(ErrorCode.UNKNOWN_VOICE, f"No voice {voice!r}; known: {names}.")
         if self.backlog >= self.link.settings.max_backlog:
             raise TransportError(
                 f"{self.backlog} tasks are already waiting for a TTS worker; try again later."
@@ -226,7 +218,8 @@ class RedisTaskSubmitter:
                 added, _ = await pipe.execute(raise_on_error=False)
             if isinstance(added, ResponseError):
                 if is_id_collision(added):
-                    raise SubmitRefused("bad_request", f"Task {task.task_id} was submitted before.")
+                    message = f"Task {task.task_id} was submitted before."
+                    raise SubmitRefused(ErrorCode.BAD_REQUEST, message)
                 raise added
             await self.link.client.xadd(self.link.keys.tasks, {b"task": body})
         self.backlog += 1  # until the next refresh counts it
@@ -257,10 +250,30 @@ class RedisTaskSubmitter:
         self._ended(task_id)
         return True
 
+    async def text(self, message: TaskText) -> None:
+        """Append to the task's text stream. Raises TaskNotFound (unknown, expired or
+        another tenant's) or TaskEnded."""
+        task_id = message.task_id
+        key = self.link.keys.task(task_id)
+        with self.link.guard():
+            async with self.link.client.pipeline(transaction=False) as pipe:
+                pipe.xrange(key, count=2)
+                pipe.xrevrange(key, count=1)
+                first, top = await pipe.execute()
+            if _owner(first) != (True, message.tenant):
+                raise TaskNotFound(f"No task {task_id} is known: it never existed or is not yours.")
+            if top and top[0][1].get(KIND) == K_END:
+                raise TaskEnded(f"Task {task_id} has ended; it takes no more text.")
+            text_key = self.link.keys.text(task_id)
+            async with self.link.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(text_key, {DATA: message.model_dump_json()})
+                pipe.pexpire(text_key, self.ttl_ms)
+                await pipe.execute()
+
     async def refresh(self) -> None:
         """Read the workers' heartbeats and the backlog once. Raises BusUnavailable."""
-        live = await read_live(self.link, "worker")
-        workers = sorted((LiveWorker.from_heartbeat(data) for data in live), key=_by_name)
+        live = await read_live(self.link, "worker", WorkerHealth)
+        workers = sorted((LiveWorker.from_heartbeat(beat) for beat in live), key=_by_name)
         with self.link.guard():
             try:
                 groups: Any = await self.link.client.xinfo_groups(self.link.keys.tasks)
@@ -276,8 +289,7 @@ class RedisTaskSubmitter:
         for new in sorted(after - before):
             log.info("worker_up", worker=new)
         self.workers = workers
-        refreshed, self._refreshed = self._refreshed, asyncio.Event()
-        refreshed.set()
+        self._refreshes.done()
         await self.check_ended()
 
     async def check_ended(self) -> None:
@@ -315,27 +327,16 @@ class RedisTaskSubmitter:
     async def withdraw(self) -> None:
         await self.heartbeat.withdraw()
 
-    def _describe(self) -> dict[str, Any]:
-        return {"name": self.name, "workers": len(self.workers), "backlog": self.backlog}
-
-    def state(self) -> dict[str, Any]:
-        """For /health."""
-        return {
-            "kind": "redis",
-            "url": self.link.url,
-            "connected": self.link.up,
-            "error": self.link.error,
-            "backlog": self.backlog,
-        }
+    def _describe(self) -> InputBeat:
+        return InputBeat(name=self.name, workers=len(self.workers), backlog=self.backlog)
 
 
 @contextlib.asynccontextmanager
 async def redis_submitter(
-    settings: Settings, on_ended: Callable[[str], None] | None = None
+    settings: Settings, bus: RedisBusSettings, on_ended: Callable[[str], None] | None = None
 ) -> AsyncIterator[RedisTaskSubmitter]:
     """The submitter with its link, probe and heartbeat running; all closed on exit."""
-    assert isinstance(settings.bus, RedisBusSettings)
-    link = RedisLink(settings.bus)
+    link = RedisLink(bus)
     submitter = RedisTaskSubmitter(
         link,
         settings.output_handler.task_ttl_s,
@@ -368,25 +369,6 @@ def _owner(entries: list[Any]) -> tuple[bool, str | None]:
         except (KeyError, ValidationError):
             break
     return False, None
-
-
-def _voice_infos(described: Iterable[dict[str, Any]]) -> list[VoiceInfo]:
-    """The voices of a worker's heartbeat as VoiceInfo; malformed entries are skipped."""
-    infos = []
-    for entry in described:
-        try:
-            infos.append(
-                VoiceInfo(
-                    name=entry["id"],
-                    language=entry.get("language") or "und",
-                    sample_rate=entry["sample_rate"],
-                    engine=entry["engine"],
-                    ready=entry.get("state") == "ready",
-                )
-            )
-        except (KeyError, TypeError, ValidationError):
-            continue
-    return infos
 
 
 def _count(value: object) -> int:

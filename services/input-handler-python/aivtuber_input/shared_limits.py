@@ -22,14 +22,20 @@ with ``tts_unavailable`` (the tasks could not be submitted either).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
 from aivtuber_common.bus import BusUnavailable, RedisLink
-from aivtuber_common.config import LimitsSettings
+from aivtuber_common.config import LimitsSettings, RedisBusSettings
 
-__all__ = ["RedisLimits", "SharedVerdict"]
+if TYPE_CHECKING:  # limits.py imports this module
+    from .activity import ActiveTasks
+    from .limits import SpeakLimiter
+
+__all__ = ["RedisLimits", "SharedVerdict", "shared_limits"]
 
 log = structlog.get_logger("aivtuber_input.shared_limits")
 
@@ -189,3 +195,25 @@ class RedisLimits:
     @property
     def held(self) -> int:
         return len(self._held)
+
+
+@contextlib.asynccontextmanager
+async def shared_limits(
+    link: RedisLink,
+    bus: RedisBusSettings,
+    active: ActiveTasks,
+    limiter: SpeakLimiter | None,
+) -> AsyncIterator[None]:
+    """``limiter`` counts in Redis (and the leases are renewed) until the block exits."""
+    if limiter is None:
+        yield
+        return
+    shared = RedisLimits(link, active.holds, bus.heartbeat_ttl_s)
+    limiter.shared = shared
+    renew = asyncio.create_task(shared.run(bus.heartbeat_interval_s), name="limits-renew")
+    try:
+        yield
+    finally:
+        renew.cancel()
+        await asyncio.gather(renew, return_exceptions=True)
+        limiter.shared = None

@@ -23,22 +23,23 @@ short (the client sees an incomplete chunked body, not a complete file).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
 import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import Settings
-from aivtuber_common.identity import Identity, read_identity
+from aivtuber_common.identity import Identity, identity_headers, read_identity
 from aivtuber_common.internal import SubmitAccepted, SubmitTask
-from aivtuber_common.protocol import new_task_id
-from aivtuber_common.transport import TaskSubmitter, TransportError
+from aivtuber_common.protocol import VoiceInfo, new_task_id
+from aivtuber_common.transport import SubmitRefused, TaskSubmitter, TransportError
 
 from .activity import ActiveTasks
 from .audio_formats import CONTENT_TYPES, make_encoder
@@ -61,11 +62,8 @@ from .output_client import (
     OutputUnavailable,
     Pcm,
     Started,
-    identity_headers,
     subscribe,
 )
-from .redis_submitter import RedisTaskSubmitter
-from .workers import HttpTaskSubmitter, SubmitRefused
 
 __all__ = ["SpeechApi"]
 
@@ -119,7 +117,7 @@ class SpeechApi:
         name = request.path_params["model"]
         if name not in self.openai.models:
             return ApiError(
-                404, f"The model '{name}' does not exist.", "model_not_found", "model"
+                404, f"The model '{name}' does not exist.", ErrorCode.MODEL_NOT_FOUND, "model"
             ).response()
         return JSONResponse(self._model(name))
 
@@ -128,46 +126,32 @@ class SpeechApi:
 
     async def voices(self, _: Request) -> JSONResponse:
         """Kokoro-FastAPI's shape (``{"voices": [ids]}``) plus where each alias leads."""
-        found: dict[str, dict[str, Any]] = {}
+        found: list[VoiceInfo] = []
         default: str | None = None
         submitter = self.submitter
-        if isinstance(submitter, HttpTaskSubmitter):
-            answers = await asyncio.gather(
-                *(self._worker_voices(submitter.client, w.url) for w in submitter.workers)
-            )
-            for answer in answers:
-                if answer is None:
-                    continue
-                default = default or answer.get("default")
-                for voice in answer.get("voices", []):
-                    if isinstance(voice, dict) and isinstance(voice.get("id"), str):
-                        found.setdefault(voice["id"], voice)
-        elif isinstance(submitter, RedisTaskSubmitter):  # bus seam: the workers' heartbeats
-            for worker in submitter.workers:
-                default = default or worker.default_voice
-                for voice_id, voice in worker.voices.items():
-                    found.setdefault(voice_id, voice)
+        if submitter is not None:
+            try:
+                found = await submitter.voices()
+            except TransportError as exc:
+                log.info("voices_unavailable", code=exc.code)
+            default = submitter.default_voice
         aliases = {name: target or default for name, target in self.openai.voice_aliases.items()}
         return JSONResponse(
             {
-                "voices": sorted(found),
+                "voices": [voice.name for voice in found],
                 "default": default,
                 "aliases": aliases,
                 "details": [
-                    {k: found[v].get(k) for k in ("id", "engine", "sample_rate", "state")}
-                    for v in sorted(found)
+                    {
+                        "id": voice.name,
+                        "engine": voice.engine,
+                        "sample_rate": voice.sample_rate,
+                        "ready": voice.ready,
+                    }
+                    for voice in found
                 ],
             }
         )
-
-    async def _worker_voices(self, client: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
-        try:
-            response = await client.get(f"{url}/v1/voices", timeout=self.config.worker_timeout_s)
-            data = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            log.info("voices_unavailable", worker=url, error=type(exc).__name__)
-            return None
-        return data if response.status_code == 200 and isinstance(data, dict) else None
 
     # --- speech -----------------------------------------------------------------------------
 
@@ -252,26 +236,30 @@ class SpeechApi:
     async def _submit(self, task: SubmitTask, identity: Identity) -> SubmitAccepted:
         submitter = self.submitter
         if submitter is None:
-            raise error_for_code("tts_unavailable", "The input handler is shutting down.")
+            raise error_for_code(ErrorCode.TTS_UNAVAILABLE, "The input handler is shutting down.")
         key = identity.limits_key
         limits = self.settings.limits_for(identity.tenant)
         limited = await self.limiter.admit(key, limits, len(task.text), task.task_id)
         if limited is not None:
             self.metrics.submissions.labels(limited.code).inc()
             log.info("task_limited", tenant=identity.tenant, code=limited.code)
-            raise error_for_code(limited.code, limited.message)
+            refusal = error_for_code(limited.code, limited.message)
+            if limited.retry_after_ms is not None:
+                refusal.retry_after_s = math.ceil(limited.retry_after_ms / 1000)
+            raise refusal
         self.active.admitted(task.task_id, key, len(task.text))
         started = time.perf_counter()
         try:
             accepted = await submitter.submit(task)
-        except asyncio.CancelledError:
-            self.active.abandoned(task.task_id)
-            raise
         except TransportError as exc:
             self.active.refused(task.task_id)
             self.metrics.submissions.labels(exc.code).inc()
             refused = isinstance(exc, SubmitRefused)
             raise error_for_code(exc.code, str(exc), refused_by_worker=refused) from exc
+        except BaseException:
+            # Cancelled, or a bug: never a task counted as active that nothing will end.
+            self.active.abandoned(task.task_id)
+            raise
         self.metrics.submissions.labels("queued").inc()
         self.metrics.submit_seconds.observe(time.perf_counter() - started)
         log.info("task_queued", task_id=task.task_id, voice=accepted.voice, chars=len(task.text))
@@ -348,7 +336,7 @@ async def _first_audio(events: AsyncIterator[OutputEvent]) -> tuple[Started, Pcm
                 return started, event
             case Failed(code, message):
                 raise error_for_code(code, message)
-    raise error_for_code("worker_lost", "The audio stream ended before it began.")
+    raise error_for_code(ErrorCode.WORKER_LOST, "The audio stream ended before it began.")
 
 
 async def _start_response(send: Send, speech: SpeechRequest, sample_rate: int) -> None:
@@ -378,7 +366,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_big(limit: int) -> ApiError:
-    return ApiError(413, f"The request body is larger than {limit} bytes.", "body_too_large")
+    return ApiError(
+        413, f"The request body is larger than {limit} bytes.", ErrorCode.BODY_TOO_LARGE
+    )
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -16,32 +16,47 @@ Until one is, a submission waits (``ready_wait_s``) while some worker is still
 warming up (never probed yet, or answering 503 "starting"); when every worker is down it
 fails at once. The input handler's own ``/health`` is 200 only with a ready worker.
 
-Exceptions::
+Exceptions (all from :mod:`aivtuber_common.transport`)::
 
-    TransportError (aivtuber_common.transport)    code "tts_unavailable"
-     └── SubmitRefused                            code taken from the worker's refusal
+    TransportError     code "tts_unavailable"
+     ├── SubmitRefused  code taken from the worker's refusal
+     └── TaskNotFound   code "task_not_found"
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Literal
 
 import httpx
 import structlog
 from pydantic import ValidationError
 
+from aivtuber_common.codes import ErrorCode
+from aivtuber_common.config import Settings
+from aivtuber_common.health import InputHealth, VoiceListing, WorkerHealth, WorkerView
 from aivtuber_common.identity import TENANT_HEADER
-from aivtuber_common.internal import TASKS_PATH, SubmitAccepted, SubmitTask, WorkerRefusal
+from aivtuber_common.internal import (
+    TASKS_PATH,
+    SubmitAccepted,
+    SubmitTask,
+    TaskCancelled,
+    TaskText,
+    WorkerRefusal,
+)
 from aivtuber_common.protocol import VoiceInfo
-from aivtuber_common.transport import TaskNotFound, TransportError
+from aivtuber_common.transport import SubmitRefused, TaskEnded, TaskNotFound, TransportError
 
-__all__ = ["HttpTaskSubmitter", "SubmitRefused", "WorkerStatus"]
+__all__ = ["HttpTaskSubmitter", "WorkerStatus", "http_submitter"]
+
+from .activity import ActiveTasks, WorkerEvents
+from .refreshes import Refreshes
 
 log = structlog.get_logger("aivtuber_input.workers")
 
@@ -52,16 +67,9 @@ MAX_REMEMBERED_TASKS = 10_000
 # for this tenant), or could not be asked.
 _GONE = "gone"
 VOICES_PATH = "/v1/voices"
-MAX_VOICES = 1000  # per worker: a broken or hostile worker cannot flood a client
 # list_voices answers from a list at most this old, fetched once for concurrent askers: a
 # client repeating list_voices cannot turn into a stream of requests to every worker.
 VOICES_CACHE_S = 1.0
-
-
-class SubmitRefused(TransportError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -77,6 +85,8 @@ class WorkerStatus:
     # What the last probe (or submission) said: ready (200), starting (503 "starting": voices
     # still loading), down (anything else), unknown (not probed yet).
     state: Literal["unknown", "starting", "ready", "down"] = "unknown"
+    default_voice: str | None = None  # as its last /health said
+    voices: list[str] = field(default_factory=list)  # ready ones, as its last /health said
 
     @property
     def warming(self) -> bool:
@@ -86,17 +96,19 @@ class WorkerStatus:
     def load(self) -> float:
         return (self.running + self.queued + self.given) / max(1, self.capacity)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "healthy": self.healthy,
-            "busy": self.busy,
-            "running": self.running,
-            "queued": self.queued,
-            "capacity": self.capacity,
-            "state": self.state,
-            "last_error": self.last_error,
-        }
+    def view(self) -> WorkerView:
+        return WorkerView(
+            name=self.url,
+            url=self.url,
+            healthy=self.healthy,
+            state=self.state,
+            busy=self.busy,
+            running=self.running,
+            queued=self.queued,
+            capacity=self.capacity,
+            last_error=self.last_error,
+            voices=self.voices,
+        )
 
 
 class HttpTaskSubmitter:
@@ -120,8 +132,7 @@ class HttpTaskSubmitter:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._rotation = itertools.count()
         self._owners: OrderedDict[str, tuple[WorkerStatus, str | None]] = OrderedDict()
-        # Set (and replaced) after every probe round: what wait_ready() waits on.
-        self._probed = asyncio.Event()
+        self._refreshes = Refreshes()  # told after every probe round
         self._voices_lock = asyncio.Lock()
         self._voices_cache: tuple[float, list[VoiceInfo]] | None = None
 
@@ -133,7 +144,7 @@ class HttpTaskSubmitter:
             try:
                 accepted = await self._try(worker, task, problems)
             except SubmitRefused as refused:
-                if refused.code != "unknown_voice":
+                if refused.code != ErrorCode.UNKNOWN_VOICE:
                     raise
                 unknown = refused  # another worker may have the voice
                 problems.append(f"{worker.url} unknown_voice")
@@ -166,6 +177,32 @@ class HttpTaskSubmitter:
             raise _not_found(task_id)  # no worker has it for this tenant
         return False  # it was this tenant's, and it already ended
 
+    async def text(self, message: TaskText) -> None:
+        """More text for a streaming task, to the worker that took it (only its tenant's)."""
+        owner = self._owners.get(message.task_id)
+        if owner is None or owner[1] != message.tenant:
+            raise _not_found(message.task_id)
+        worker = owner[0]
+        try:
+            response = await self.client.post(
+                f"{worker.url}{TASKS_PATH}/{message.task_id}/text",
+                content=message.model_dump_json(),
+                headers={**self.headers, "Content-Type": "application/json"},
+                timeout=self.timeout,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("text_failed", worker=worker.url, error=type(exc).__name__)
+            raise TransportError("The TTS worker speaking this task cannot be reached.") from exc
+        if response.status_code == 200:
+            return
+        refusal = _refusal(response)
+        if response.status_code == 404:
+            raise _not_found(message.task_id)
+        if response.status_code == 409:
+            raise TaskEnded(refusal.message)
+        log.warning("text_refused", worker=worker.url, status=response.status_code)
+        raise TransportError(refusal.message)
+
     async def voices(self) -> list[VoiceInfo]:
         """Every worker's voices, merged by name (ready if ready on any worker), sorted."""
         async with self._voices_lock:
@@ -191,29 +228,30 @@ class HttpTaskSubmitter:
     async def refresh(self) -> None:
         """Probe every worker's ``GET /health`` once (concurrently)."""
         await asyncio.gather(*(self._probe(worker) for worker in self.workers))
-        probed, self._probed = self._probed, asyncio.Event()
-        probed.set()
+        self._refreshes.done()
 
     @property
     def ready(self) -> bool:
         """A worker is ready for a task (warm and reachable)."""
         return any(worker.state == "ready" for worker in self.workers)
 
+    @property
+    def default_voice(self) -> str | None:
+        return next((w.default_voice for w in self.workers if w.default_voice), None)
+
+    def health(self) -> InputHealth:
+        return InputHealth(
+            status="ok" if self.ready else "degraded",
+            workers_available=self.available,
+            workers=[worker.view() for worker in self.workers],
+        )
+
     async def wait_ready(self, timeout_s: float) -> bool:
         """Until a worker is ready, for ``timeout_s`` at most while any is still warming up
         (not when all are down: that is not worth a wait). True if one is ready."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not self.ready and any(worker.warming for worker in self.workers):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._probed.wait()
-            except TimeoutError:
-                break
-        return self.ready
+        return await self._refreshes.wait_ready(
+            lambda: self.ready, lambda: any(w.warming for w in self.workers), timeout_s
+        )
 
     async def run_health_checks(self, interval_s: float) -> None:
         """Probe forever; the lifespan owns (and cancels) the task running this."""
@@ -300,9 +338,9 @@ class HttpTaskSubmitter:
             log.warning("cancel_refused", worker=worker.url, status=response.status_code)
             return None
         try:
-            return bool(response.json().get("cancelled", True))
-        except (ValueError, AttributeError):
-            return True
+            return TaskCancelled.model_validate_json(response.content).cancelled
+        except ValidationError:
+            return True  # it answered 200: the cancel was taken, whatever the body says
 
     async def _voices_of(self, worker: WorkerStatus) -> list[VoiceInfo] | None:
         """The worker's voices; None when it cannot be asked or answers nonsense."""
@@ -310,23 +348,14 @@ class HttpTaskSubmitter:
             response = await self.client.get(
                 worker.url + VOICES_PATH, headers=self.headers, timeout=self.timeout
             )
-            data = response.json()
-            entries = data["voices"][:MAX_VOICES]
-            return [
-                VoiceInfo(
-                    name=entry["id"],
-                    language=entry.get("language") or "und",
-                    sample_rate=entry["sample_rate"],
-                    engine=entry["engine"],
-                    ready=entry.get("state") == "ready",
-                )
-                for entry in entries
-            ]
+            listing = VoiceListing.model_validate_json(response.content)
         except httpx.HTTPError as exc:
             log.warning("voices_unreachable", worker=worker.url, error=type(exc).__name__)
-        except (ValueError, KeyError, TypeError) as exc:  # JSON or shape or pydantic
+            return None
+        except ValidationError as exc:
             log.warning("voices_unexpected", worker=worker.url, error=str(exc)[:200])
-        return None
+            return None
+        return [voice.info() for voice in listing.voices]
 
     async def _probe(self, worker: WorkerStatus) -> None:
         try:
@@ -337,29 +366,29 @@ class HttpTaskSubmitter:
             self._mark_down(worker, f"health check failed: {type(exc).__name__}")
             return
         try:
-            data = response.json()
-        except ValueError:
-            data = {}
-        if not isinstance(data, dict):
-            data = {}
+            report: WorkerHealth | None = WorkerHealth.model_validate_json(response.content)
+        except ValidationError:
+            report = None  # not a worker's /health: down, whatever the status
         # "degraded" because another voice failed to load: still fit for the default voice.
-        healthy = response.status_code == 200 or _default_voice_ready(data)
+        healthy = report is not None and (response.status_code == 200 or report.fit)
         if healthy and not worker.healthy:
             log.info("worker_up", worker=worker.url)
         worker.healthy = healthy
         if healthy:
             worker.state = "ready"
-        elif response.status_code == 503 and data.get("status") == "starting":
+        elif response.status_code == 503 and report is not None and report.status == "starting":
             worker.state = "starting"
         else:
             worker.state = "down"
         worker.busy = False
         worker.given = 0
-        worker.running = _count(data, "running")
-        worker.queued = _count(data, "queued")
-        # Load relative to the engine slots (max_concurrent) when the worker says; "capacity"
-        # may count its queue too, which would make a loaded worker look idle.
-        worker.capacity = _count(data, "max_concurrent") or _count(data, "capacity") or 1
+        worker.running = report.running if report else 0
+        worker.queued = report.queued if report else 0
+        # Load relative to the engine slots (max_concurrent): "capacity" counts its queue
+        # too, which would make a loaded worker look idle.
+        worker.capacity = report.max_concurrent if report else 1
+        worker.default_voice = report.default_voice if report else None
+        worker.voices = report.ready_voices if report else []
         worker.last_error = None if worker.healthy else f"health {response.status_code}"
 
     def _mark_down(self, worker: WorkerStatus, why: str) -> None:
@@ -373,6 +402,40 @@ class HttpTaskSubmitter:
         self._owners[task_id] = (worker, tenant)
         if len(self._owners) > MAX_REMEMBERED_TASKS:
             self._owners.popitem(last=False)
+
+
+@contextlib.asynccontextmanager
+async def http_submitter(
+    settings: Settings,
+    active: ActiveTasks,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[HttpTaskSubmitter]:
+    """The submitter with its client, health probes and the workers' event sockets
+    running; all closed on exit. ``transport`` replaces the network (tests)."""
+    config = settings.input_handler
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    async with httpx.AsyncClient(transport=transport, limits=limits) as client:
+        submitter = HttpTaskSubmitter(
+            client,
+            list(config.workers),
+            timeout_s=config.worker_timeout_s,
+            token=settings.internal_token,
+            ready_wait_s=config.ready_wait_s,
+            on_accepted=active.accepted,
+        )
+        events = WorkerEvents(
+            active, list(config.workers), settings.internal_token, config.worker_timeout_s
+        )
+        background = [
+            asyncio.create_task(submitter.run_health_checks(config.health_interval_s)),
+            asyncio.create_task(events.run()),
+        ]
+        try:
+            yield submitter
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
 
 
 def _not_found(task_id: str) -> TaskNotFound:
@@ -393,26 +456,6 @@ def _refusal(response: httpx.Response) -> WorkerRefusal:
         return WorkerRefusal.model_validate_json(response.content)
     except ValidationError:
         return WorkerRefusal(
-            code="busy" if response.status_code == 503 else f"http_{response.status_code}",
+            code=ErrorCode.BUSY if response.status_code == 503 else f"http_{response.status_code}",
             message=f"The TTS worker answered HTTP {response.status_code}.",
         )
-
-
-def _default_voice_ready(data: dict[str, Any]) -> bool:
-    """A worker "degraded" because another voice failed still speaks its default voice."""
-    if data.get("status") != "degraded" or data.get("ingest_connected") is not True:
-        return False
-    voices = data.get("voices")
-    default = data.get("default_voice")
-    return isinstance(voices, list) and any(
-        isinstance(voice, dict) and voice.get("id") == default and voice.get("state") == "ready"
-        for voice in voices
-    )
-
-
-def _count(data: dict[str, Any], key: str) -> int:
-    """A count from a worker's /health, at the top level or under "tasks"."""
-    value = data.get(key)
-    if value is None and isinstance(data.get("tasks"), dict):
-        value = data["tasks"].get(key)
-    return value if isinstance(value, int) and value >= 0 else 0

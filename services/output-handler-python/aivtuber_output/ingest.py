@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aivtuber_common.closecodes import AppCloseCode
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.internal import IngestMessageAdapter, TaskEnd, TaskOpen, decode_frame
 
 from .metrics import OutputMetrics
@@ -57,7 +58,6 @@ class IngestEndpoint:
         # Silent this long before the connection dropped: the worker stopped answering.
         self.stall_s = stall_s
         self._ids = itertools.count(1)
-        self.connections = 0
 
     async def handle(self, websocket: WebSocket) -> None:
         await websocket.accept()
@@ -69,17 +69,17 @@ class IngestEndpoint:
         structlog.contextvars.bind_contextvars(ingest=source)
         log.info("ingest_connected", client=_client(websocket))
         self.metrics.ingest_connections.inc()
-        self.connections += 1
+        self.store.writers += 1
         silent_for = 0.0
         try:
             silent_for = await self._pump(websocket, source)
         finally:
             self.metrics.ingest_connections.dec()
-            self.connections -= 1
+            self.store.writers -= 1
             if self.stall_s is not None and silent_for >= self.stall_s:
                 lost = self.store.source_lost(
                     source,
-                    "timeout",
+                    ErrorCode.TIMEOUT,
                     f"The TTS worker stopped answering (silent for {silent_for:.0f} s, "
                     "no reply to keepalive pings).",
                 )
@@ -113,12 +113,12 @@ class IngestEndpoint:
 
     def _frame(self, data: bytes) -> None:
         try:
-            task_id, chunk_id, level, pcm, visemes = decode_frame(data)
+            task_id, chunk_id, level, pcm, visemes, words = decode_frame(data)
         except ValueError as exc:
             raise IngestError(str(exc)) from exc
         # The level travels as a float32: round it once so every subscriber's JSON reads
         # 0.1234, not 0.12340000271797180.
-        gap = self.store.append(task_id, chunk_id, round(level, 4), bytes(pcm), visemes)
+        gap = self.store.append(task_id, chunk_id, round(level, 4), bytes(pcm), visemes, words)
         (self.metrics.first_frame if chunk_id == 0 else self.metrics.frame_gap).observe(gap)
         self.metrics.frames.inc()
         self.metrics.bytes.inc(len(pcm))

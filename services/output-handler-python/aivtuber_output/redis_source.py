@@ -30,9 +30,12 @@ import structlog
 
 from aivtuber_common.bus import BusUnavailable, RedisLink
 from aivtuber_common.bus.streams import DATA, K_END, K_FRAME, K_OPEN, K_QUEUED, KIND, SAMPLES
+from aivtuber_common.codes import ErrorCode
+from aivtuber_common.health import BusHealth, OutputHealth
 from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, decode_frame
-from aivtuber_common.transport import FrameEvent
+from aivtuber_common.transport import FrameEvent, TaskAudio, TaskStatus
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 from .store import TaskNotFound, TaskSnapshot, TaskState
 
@@ -64,7 +67,7 @@ class RedisFrameSource:
     async def read(
         self, task_id: str, from_chunk: int = 0, tenant: str | None = None
     ) -> AsyncGenerator[FrameEvent, None]:
-        """TaskOpen, frames ``(chunk_id, level, pcm, visemes)`` from ``from_chunk``, TaskEnd.
+        """TaskOpen, frames ``(chunk_id, level, pcm, visemes, words)`` from ``from_chunk``, TaskEnd.
 
         Raises TaskNotFound when no worker opens the task within ``task_wait_s``, and
         likewise (after the same wait) when the task is another tenant's than ``tenant``
@@ -98,7 +101,23 @@ class RedisFrameSource:
             message=end.message,
         )
 
-    async def status(self, task_id: str) -> tuple[str, int, str | None]:
+    async def status(self, task_id: str) -> TaskStatus:
+        """From the stream ("not_found" when absent); ``connected``: on this replica."""
+        state, chunks, code = await self._status(task_id)
+        connected = self.subscribers[task_id] > 0
+        return TaskStatus(
+            task_id=task_id, status=state, connected=connected, chunks=chunks, code=code
+        )
+
+    def health(self) -> OutputHealth:
+        link = self.link
+        return OutputHealth(
+            status="ok" if link.up else "unavailable",
+            subscribers=self.subscriber_count,
+            bus=BusHealth(kind="redis", url=link.url, connected=link.up, error=link.error),
+        )
+
+    async def _status(self, task_id: str) -> tuple[str, int, str | None]:
         """(state, chunks so far, failure code) from the stream; "not_found" when absent."""
         key = self.link.keys.task(task_id)
         with self.link.guard():
@@ -114,8 +133,9 @@ class RedisFrameSource:
         chunks = _chunks_through(last[0][1]) if last and last[0][1].get(KIND) == K_FRAME else 0
         return end.status, chunks, end.code
 
-    async def audio(self, task_id: str) -> tuple[TaskOpen | None, TaskEnd | None, bytes] | None:
-        """The whole stream: its TaskOpen, TaskEnd and PCM (None when there is no stream)."""
+    async def audio(self, task_id: str) -> TaskAudio | None:
+        """The whole stream: its TaskOpen, TaskEnd and PCM (None when there is no stream
+        or no worker announced the task yet)."""
         key = self.link.keys.task(task_id)
         opened: TaskOpen | None = None
         end: TaskEnd | None = None
@@ -136,7 +156,7 @@ class RedisFrameSource:
                         end = TaskEnd.model_validate_json(fields[DATA])
                     start = "(" + entry_id.decode()
                 if len(entries) < FRAMES_PER_READ:
-                    return opened, end, b"".join(pcm)
+                    return None if opened is None else TaskAudio(opened, end, b"".join(pcm))
 
     async def aclose(self) -> None:
         """Stop every feed's reader (the lifespan calls this at shutdown)."""
@@ -183,13 +203,13 @@ class RedisFrameSource:
                 if position < feed.base:
                     yield _failed(
                         task_id,
-                        "frame_lost",
+                        ErrorCode.FRAME_LOST,
                         f"Chunk {position} is no longer kept (the first kept is {feed.base}).",
                     )
                     return
                 while position - feed.base < len(feed.frames):
-                    level, pcm, visemes = feed.frames[position - feed.base]
-                    yield (position, level, pcm, visemes)
+                    level, pcm, visemes, words = feed.frames[position - feed.base]
+                    yield (position, level, pcm, visemes, words)
                     position += 1
                 if feed.end is not None:
                     self._remember(task_id, feed.end, feed.base + len(feed.frames), feed.samples)
@@ -213,13 +233,17 @@ class RedisFrameSource:
             while feed.end is None:
                 entries = await self._next(key, last_id, self.block_ms, count=FRAMES_PER_READ)
                 if not entries:
-                    if feed.frames and time.monotonic() - quiet_since >= self.task_timeout_s:
+                    streaming = feed.opened is not None and feed.opened.stream
+                    quiet_s = time.monotonic() - quiet_since
+                    if feed.frames and not streaming and quiet_s >= self.task_timeout_s:
                         message = f"The TTS worker sent nothing for {self.task_timeout_s:g} s."
-                        feed.finish(_failed(feed.task_id, "timeout", message))
+                        feed.finish(_failed(feed.task_id, ErrorCode.TIMEOUT, message))
                     elif feed.opened is not None:
                         with self.link.guard():
                             if not await self.link.client.exists(key):
-                                feed.finish(_failed(feed.task_id, "task_expired", "It expired."))
+                                feed.finish(
+                                    _failed(feed.task_id, ErrorCode.TASK_EXPIRED, "It expired.")
+                                )
                     continue
                 quiet_since = time.monotonic()
                 for entry_id, fields in entries:
@@ -231,7 +255,9 @@ class RedisFrameSource:
         except Exception:
             # No caller: say what broke, and end the stream for its listeners (never a hang).
             log.exception("bus_feed_failed", task_id=feed.task_id)
-            feed.finish(_failed(feed.task_id, "internal_error", "The stream could not be read."))
+            feed.finish(
+                _failed(feed.task_id, ErrorCode.INTERNAL_ERROR, "The stream could not be read.")
+            )
 
     async def _next(
         self, key: str, last_id: str | bytes, block_ms: int, count: int
@@ -258,7 +284,7 @@ class _Feed:
     queued_by: str | None = None  # the tenant of the SubmitTask (until the TaskOpen says)
     queued: bool = False
     base: int = 0  # the first chunk kept (above 0 once MAXLEN trimmed the stream's start)
-    frames: list[tuple[float, bytes, Track | None]] = field(default_factory=list)
+    frames: list[tuple[float, bytes, Track | None, WordTrack | None]] = field(default_factory=list)
     samples: int = 0  # of the whole task up to the last frame, as the worker counted
     end: TaskEnd | None = None
     readers: int = 0
@@ -272,16 +298,18 @@ class _Feed:
         elif kind == K_OPEN:
             self.opened = TaskOpen.model_validate_json(fields[DATA])
         elif kind == K_FRAME:
-            _, chunk_id, level, pcm, visemes = decode_frame(fields[DATA])
+            _, chunk_id, level, pcm, visemes, words = decode_frame(fields[DATA])
             if not self.frames:
                 self.base = chunk_id
             elif chunk_id != self.base + len(self.frames):
                 self.finish(
-                    _failed(self.task_id, "frame_lost", f"Chunk {chunk_id} is out of order.")
+                    _failed(
+                        self.task_id, ErrorCode.FRAME_LOST, f"Chunk {chunk_id} is out of order."
+                    )
                 )
                 return
             # The level travels as a float32: rounded once, as on the direct bus.
-            self.frames.append((round(level, 4), bytes(pcm), visemes))
+            self.frames.append((round(level, 4), bytes(pcm), visemes, words))
             self.samples = int(fields.get(SAMPLES, 0))
         elif kind == K_END:
             self.end = TaskEnd.model_validate_json(fields[DATA])

@@ -33,9 +33,18 @@ from collections.abc import AsyncGenerator, Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from aivtuber_common.codes import ErrorCode
+from aivtuber_common.health import OutputHealth
 from aivtuber_common.internal import TaskEnd, TaskOpen
-from aivtuber_common.transport import FrameEvent, TaskNotFound, TransportError
+from aivtuber_common.transport import (
+    FrameEvent,
+    TaskAudio,
+    TaskNotFound,
+    TaskStatus,
+    TransportError,
+)
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 __all__ = ["IngestError", "TaskNotFound", "TaskSnapshot", "TaskState", "TaskStore"]
 
@@ -51,7 +60,7 @@ class TaskState(StrEnum):
 
 
 class IngestError(TransportError):
-    code = "ingest_error"
+    code = ErrorCode.INGEST_ERROR
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,7 @@ class TaskSnapshot:
 class _Task:
     task_id: str
     open: TaskOpen | None = None
-    frames: list[tuple[float, bytes, Track | None]] = field(default_factory=list)
+    frames: list[tuple[float, bytes, Track | None, WordTrack | None]] = field(default_factory=list)
     end: TaskEnd | None = None
     source: Hashable | None = None
     subscribers: int = 0
@@ -113,6 +122,7 @@ class TaskStore:
         self._finished: OrderedDict[str, _Task] = OrderedDict()  # oldest first
         self._timers: set[asyncio.TimerHandle] = set()
         self.buffered_bytes = 0
+        self.writers = 0  # worker connections feeding the store (the ingest endpoint counts)
 
     # --- writer side (the ingest endpoint) ------------------------------------------------
 
@@ -128,10 +138,16 @@ class TaskStore:
         task.notify()
 
     def append(
-        self, task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None = None
+        self,
+        task_id: str,
+        chunk_id: int,
+        level: float,
+        pcm: bytes,
+        visemes: Track | None = None,
+        words: WordTrack | None = None,
     ) -> float:
-        """Store one frame (and its viseme track); returns the seconds since the task's
-        previous event."""
+        """Store one frame (and its viseme and word tracks); returns the seconds since the
+        task's previous event."""
         task = self._live(task_id, "a frame")
         if chunk_id != len(task.frames):
             # A gap or a repeat means the stream is not what the worker made: fail it
@@ -142,7 +158,7 @@ class TaskStore:
                 TaskEnd(
                     task_id=task_id,
                     status="failed",
-                    code="frame_lost",
+                    code=ErrorCode.FRAME_LOST,
                     message=f"The audio stream broke: {message}.",
                 ),
             )
@@ -150,12 +166,14 @@ class TaskStore:
         now = time.monotonic()
         gap = now - task.last_event_at
         task.last_event_at = now
-        if not task.frames:
+        if not task.frames and not (task.open and task.open.stream):  # quiet awaiting text
             self._arm_watchdog(task, self.task_timeout_s)
-        task.frames.append((level, pcm, visemes))
-        task.nbytes += len(pcm)
+        task.frames.append((level, pcm, visemes, words))
+        # The words count too (characters): up to 64 x 255 a frame would escape the bound.
+        size = len(pcm) + (sum(len(word) for _, _, word in words) if words else 0)
+        task.nbytes += size
         task.samples += len(pcm) // SAMPLE_WIDTH
-        self.buffered_bytes += len(pcm)
+        self.buffered_bytes += size
         task.notify()
         if self.buffered_bytes > self.max_buffered_bytes:
             self._evict_over_bound()
@@ -176,7 +194,7 @@ class TaskStore:
     def source_lost(
         self,
         source: Hashable,
-        code: str = "worker_lost",
+        code: str = ErrorCode.WORKER_LOST,
         message: str = "The TTS worker's connection was lost before the task finished.",
     ) -> list[str]:
         """The worker connection ``source`` is gone: fail its unfinished tasks."""
@@ -194,7 +212,7 @@ class TaskStore:
     async def read(
         self, task_id: str, from_chunk: int = 0, tenant: str | None = None
     ) -> AsyncGenerator[FrameEvent, None]:
-        """TaskOpen, frames ``(chunk_id, level, pcm, visemes)`` from ``from_chunk``, TaskEnd.
+        """TaskOpen, frames ``(chunk_id, level, pcm, visemes, words)`` from ``from_chunk``, TaskEnd.
 
         Raises TaskNotFound when the task is not announced for ``tenant`` (None: anonymous)
         within ``task_wait_s``: a task of another tenant waits the same and fails the same
@@ -214,8 +232,8 @@ class TaskStore:
             while True:
                 frames = task.frames
                 while position < len(frames):
-                    level, pcm, visemes = frames[position]
-                    yield (position, level, pcm, visemes)
+                    level, pcm, visemes, words = frames[position]
+                    yield (position, level, pcm, visemes, words)
                     position += 1
                 if task.end is not None:
                     yield task.end
@@ -235,12 +253,33 @@ class TaskStore:
     def snapshots(self) -> Iterator[TaskSnapshot]:
         return (_snapshot(task) for task in list(self._tasks.values()))
 
-    def audio(self, task_id: str) -> tuple[TaskSnapshot, bytes] | None:
-        """The task's snapshot and its whole PCM so far (None when unknown)."""
+    async def audio(self, task_id: str) -> TaskAudio | None:
+        """The task's whole PCM so far (None when unknown, or only waited for)."""
         task = self._tasks.get(task_id)
-        if task is None:
+        if task is None or task.open is None:
             return None
-        return _snapshot(task), b"".join(frame[1] for frame in task.frames)
+        return TaskAudio(task.open, task.end, b"".join(frame[1] for frame in task.frames))
+
+    async def status(self, task_id: str) -> TaskStatus:
+        snapshot = self.snapshot(task_id)
+        return TaskStatus(
+            task_id=task_id,
+            status=snapshot.state.value if snapshot else "not_found",
+            connected=bool(snapshot and snapshot.subscribers),
+            chunks=snapshot.chunks if snapshot else 0,
+            code=snapshot.code if snapshot else None,
+        )
+
+    def health(self) -> OutputHealth:
+        states = {state.value: 0 for state in TaskState}
+        for snapshot in self.snapshots():
+            states[snapshot.state.value] += 1
+        return OutputHealth(
+            tasks=states,
+            subscribers=self.subscriber_count,
+            ingest_connections=self.writers,
+            buffered_bytes=self.buffered_bytes,
+        )
 
     @property
     def subscriber_count(self) -> int:
@@ -299,7 +338,7 @@ class TaskStore:
         if idle >= self.task_timeout_s:
             self.fail(
                 task.task_id,
-                "timeout",
+                ErrorCode.TIMEOUT,
                 f"The TTS worker sent nothing for {self.task_timeout_s:g} s.",
             )
         else:

@@ -22,6 +22,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from aivtuber_common.closecodes import AppCloseCode, CloseCode
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.identity import read_identity
 from aivtuber_common.internal import TaskEnd, TaskOpen
 from aivtuber_common.protocol import (
@@ -32,11 +33,11 @@ from aivtuber_common.protocol import (
     dump,
     is_canonical_uuid,
 )
+from aivtuber_common.transport import FrameSource, TaskNotFound
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
 from .metrics import OutputMetrics
-from .redis_source import RedisFrameSource
-from .store import TaskNotFound, TaskStore
 
 __all__ = ["OutputEndpoint"]
 
@@ -48,7 +49,7 @@ SAMPLE_WIDTH = 2
 class OutputEndpoint:
     def __init__(
         self,
-        store: TaskStore | RedisFrameSource,
+        store: FrameSource,
         metrics: OutputMetrics,
         internal_token: str | None = None,
     ) -> None:
@@ -64,13 +65,13 @@ class OutputEndpoint:
                 websocket,
                 OutputError(
                     task_id=task_id,
-                    code="invalid_task_id",
+                    code=ErrorCode.INVALID_TASK_ID,
                     error="The task id must be a lower-case canonical UUID such as "
                     "'3f1c2a9e-8d4b-4c1e-9a7f-0b6d5e4c3a21'.",
                 ),
                 AppCloseCode.BAD_REQUEST,
             )
-            self.metrics.subscriptions.labels("invalid_task_id").inc()
+            self.metrics.subscriptions.labels(ErrorCode.INVALID_TASK_ID).inc()
             return
         from_chunk = _from_chunk(websocket.query_params.get("from_chunk"))
         if from_chunk is None:
@@ -78,12 +79,12 @@ class OutputEndpoint:
                 websocket,
                 OutputError(
                     task_id=task_id,
-                    code="invalid_from_chunk",
+                    code=ErrorCode.INVALID_FROM_CHUNK,
                     error="from_chunk must be a whole number of 0 or more.",
                 ),
                 AppCloseCode.BAD_REQUEST,
             )
-            self.metrics.subscriptions.labels("invalid_from_chunk").inc()
+            self.metrics.subscriptions.labels(ErrorCode.INVALID_FROM_CHUNK).inc()
             return
         # Whose subscription this is, as the gateway says (believed only from it).
         peer = websocket.client.host if websocket.client else None
@@ -120,8 +121,8 @@ class OutputEndpoint:
                         case TaskOpen():
                             opened = event
                             await websocket.send_text(_audio_start(event))
-                        case (chunk_id, level, pcm, visemes):
-                            chunk = _audio_chunk(task_id, chunk_id, level, pcm, visemes)
+                        case (chunk_id, level, pcm, visemes, words):
+                            chunk = _audio_chunk(task_id, chunk_id, level, pcm, visemes, words)
                             await websocket.send_text(chunk)
                             await websocket.send_bytes(pcm)
                             next_chunk, samples = chunk_id + 1, samples + len(pcm) // SAMPLE_WIDTH
@@ -131,7 +132,7 @@ class OutputEndpoint:
                                 websocket,
                                 OutputError(
                                     task_id=task_id,
-                                    code=event.code or "tts_failed",
+                                    code=event.code or ErrorCode.TTS_ERROR,
                                     error=event.message or "Speech synthesis failed.",
                                 ),
                                 CloseCode.INTERNAL_ERROR,
@@ -172,10 +173,15 @@ async def _fail(websocket: WebSocket, error: OutputError, code: int) -> None:
         log.debug("subscriber_gone_before_error", code=error.code)
 
 
+MAX_FROM_CHUNK_DIGITS = 18
+
+
 def _from_chunk(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit():
+    # ASCII digits only ("²".isdigit() too), and few enough for int() and any real chunk id
+    # (past 4300 digits int() raises: that was a 1011 instead of a 4400).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_FROM_CHUNK_DIGITS:
         return None
     return int(raw)
 
@@ -193,7 +199,12 @@ def _audio_start(event: TaskOpen) -> str:
 
 
 def _audio_chunk(
-    task_id: str, chunk_id: int, level: float, pcm: bytes, visemes: Track | None
+    task_id: str,
+    chunk_id: int,
+    level: float,
+    pcm: bytes,
+    visemes: Track | None,
+    words: WordTrack | None,
 ) -> str:
     return dump(
         AudioChunk(
@@ -202,12 +213,13 @@ def _audio_chunk(
             samples=len(pcm) // SAMPLE_WIDTH,
             level=level,
             visemes=visemes,
+            words=words,
         )
     )
 
 
 def _audio_complete(
-    store: TaskStore | RedisFrameSource,
+    store: FrameSource,
     end: TaskEnd,
     opened: TaskOpen | None,
     seen: tuple[int, int],
@@ -224,5 +236,6 @@ def _audio_complete(
             chunks=chunks,
             duration_ms=duration_ms,
             cancelled=end.status == "cancelled",
+            reason=end.reason,
         )
     )

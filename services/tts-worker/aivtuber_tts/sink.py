@@ -9,25 +9,32 @@ sent by one coroutine, so its order holds.
 The sink remembers which connection each open task was announced on. When that connection
 drops, the output handler fails those tasks for their listeners, so they must not continue
 on the next connection: ``on_lost`` is told their ids (the worker stops them) and further
-frames for them raise :class:`~aivtuber_tts.errors.IngestLost`.
+frames for them raise :class:`~aivtuber_common.transport.SinkLost`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from aivtuber_common.closecodes import AppCloseCode
+from aivtuber_common.config import Settings
+from aivtuber_common.health import WorkerHealth
 from aivtuber_common.internal import INGEST_PATH, TaskEnd, TaskOpen, encode_frame
+from aivtuber_common.transport import SinkLost
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
-from .errors import IngestLost
+if TYPE_CHECKING:  # the manager imports the sink's error; only its type is needed here
+    from .tasks import TaskManager
+    from .voices import Voices
 
-__all__ = ["IngestSink"]
+__all__ = ["DirectWorkerBus", "IngestSink"]
 
 log = structlog.get_logger("aivtuber_tts.sink")
 
@@ -95,7 +102,7 @@ class IngestSink:
         self._open[task.task_id] = ws
         try:
             await self._send(ws, task.model_dump_json())
-        except IngestLost:
+        except SinkLost:
             self._open.pop(task.task_id, None)
             raise
 
@@ -106,9 +113,10 @@ class IngestSink:
         level: float,
         pcm: bytes,
         visemes: Track | None = None,
+        words: WordTrack | None = None,
     ) -> None:
         ws = self._socket_of(task_id)
-        await self._send(ws, encode_frame(task_id, chunk_id, level, pcm, visemes))
+        await self._send(ws, encode_frame(task_id, chunk_id, level, pcm, visemes, words))
 
     async def end(self, end: TaskEnd) -> None:
         ws = self._socket_of(end.task_id)
@@ -117,20 +125,20 @@ class IngestSink:
 
     def _require(self) -> ClientConnection:
         if self._ws is None:
-            raise IngestLost(f"the output handler at {self.url} is not connected")
+            raise SinkLost(f"the output handler at {self.url} is not connected")
         return self._ws
 
     def _socket_of(self, task_id: str) -> ClientConnection:
         ws = self._open.get(task_id)
         if ws is None or ws is not self._ws:
-            raise IngestLost("the output handler connection this task was announced on is gone")
+            raise SinkLost("the output handler connection this task was announced on is gone")
         return ws
 
     async def _send(self, ws: ClientConnection, message: str | bytes) -> None:
         try:
             await ws.send(message)
         except ConnectionClosed as exc:
-            raise IngestLost(f"the connection to the output handler closed: {exc}") from exc
+            raise SinkLost(f"the connection to the output handler closed: {exc}") from exc
 
     def _connected(self, ws: ClientConnection) -> None:
         self._ws = ws
@@ -150,3 +158,21 @@ class IngestSink:
             log.warning("ingest_lost_tasks", tasks=lost)
         if self.on_lost is not None and lost:
             self.on_lost(lost)
+
+
+class DirectWorkerBus:
+    """What the worker's lifespan owns on the direct bus: the ingest connection. Tasks come
+    over HTTP (the app's routes), so there is nothing to consume here."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.sink = IngestSink(settings.tts_worker.output_handler_url, settings.internal_token)
+
+    def start(
+        self, manager: TaskManager, voices: Voices, describe: Callable[[], WorkerHealth]
+    ) -> set[asyncio.Task[None]]:
+        """The background tasks; the caller cancels and awaits them, then :meth:`aclose`."""
+        self.sink.on_lost = manager.sink_lost  # its tasks stop when their connection drops
+        return {asyncio.create_task(self.sink.run(), name="tts-ingest")}
+
+    async def aclose(self) -> None:
+        """Nothing to close: :meth:`IngestSink.run` closes its connection when cancelled."""

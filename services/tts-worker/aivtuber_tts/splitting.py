@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DEFAULT_MAX_CHARS", "DEFAULT_MIN_WORDS", "split_sentences", "split_text"]
+__all__ = [
+    "DEFAULT_MAX_CHARS",
+    "DEFAULT_MIN_WORDS",
+    "ready_end",
+    "split_sentences",
+    "split_text",
+    "word_end",
+]
 
 DEFAULT_MIN_WORDS = 3
 DEFAULT_MAX_CHARS = 240
@@ -29,6 +36,8 @@ FIRST_MAX_CHARS = 120
 _SENTENCE_END = re.compile(r"""(?<=[.!?…。！？])\s+|(?<=[.!?…]["'”’)\]])\s+|\n\s*""")
 # A clause ends at , ; : followed by white space, or at a dash used as a pause.
 _CLAUSE_END = re.compile(r"(?<=[,;:，；：])\s+|\s*[—–]\s*|\s+-\s+")
+# Either, for text that arrives piece by piece (ready_end).
+_BOUNDARY = re.compile(f"(?P<sentence>{_SENTENCE_END.pattern})|(?P<clause>{_CLAUSE_END.pattern})")
 # Heads said on their own, with a pause after them: "Okay," "Oh no," "Hmm,". Not the
 # discourse markers that lead into the sentence ("Well," "So," "Sure,"), whose
 # intonation depends on what follows.
@@ -82,6 +91,40 @@ def split_sentences(text: str) -> list[str]:
     if pending:
         sentences.append(pending)
     return sentences
+
+
+def ready_end(text: str, min_words: int = DEFAULT_MIN_WORDS) -> int:
+    """Where text arriving piece by piece can be cut now: the end of its last finished
+    sentence or clause, 0 when there is none yet (streaming input, see
+    :mod:`aivtuber_tts.streaming`).
+
+    A boundary counts only once the white space after it has arrived, so a "." followed by
+    "5" in the next piece is never taken for a sentence end, nor "Mr." for one. A clause
+    counts when it has ``min_words`` words or is an interjection ("Okay,"), as in
+    :func:`split_text`: the voice never says a lone "Well," with the wrong prosody.
+    """
+    cut = 0
+    for match in _BOUNDARY.finditer(text):
+        head = text[cut : match.start()]
+        if not head.strip():
+            continue
+        if match.lastgroup == "sentence":
+            if _ends_with_abbreviation(" ".join(head.split()[-1:])):
+                continue
+            cut = match.end()
+        elif _words(head) >= min_words or _is_interjection(head.strip()):
+            cut = match.end()
+    return cut
+
+
+def word_end(text: str) -> int:
+    """The end of the last whole word: where text with no boundary yet can be cut once it
+    has waited long enough (0: not one whole word yet)."""
+    stripped = text.rstrip()
+    if len(stripped) < len(text):
+        return len(stripped) if stripped else 0  # ends in white space: every word is whole
+    space = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
+    return max(0, space)
 
 
 def _ends_with_abbreviation(sentence: str) -> bool:

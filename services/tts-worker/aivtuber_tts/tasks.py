@@ -32,14 +32,15 @@ import contextlib
 import enum
 import math
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
 from aivtuber_common.audio import level
+from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import TtsWorkerSettings
 from aivtuber_common.identity import Identity
 from aivtuber_common.internal import (
@@ -49,17 +50,21 @@ from aivtuber_common.internal import (
     TaskEnd,
     TaskOpen,
     TaskSnapshot,
+    TaskText,
 )
-from aivtuber_common.transport import FrameSink
+from aivtuber_common.refusal import Refusal
+from aivtuber_common.transport import FrameSink, SinkLost
 from aivtuber_common.visemes import Track
+from aivtuber_common.words import WordTrack
 
-from .errors import EngineError, IngestLost
+from .errors import EngineError
 from .metrics import TtsMetrics
 from .scheduler import PieceScheduler
+from .streaming import TextFeed
 from .visemes import TrackCutter
 from .voices import Voice, Voices, VoiceState
 
-__all__ = ["Refusal", "StopReason", "TaskManager"]
+__all__ = ["StopReason", "TaskManager"]
 
 log = structlog.get_logger("aivtuber_tts.tasks")
 
@@ -72,21 +77,21 @@ RECENTLY_ENDED = 128
 # TaskEnds queued for one follower; one that falls this far behind is disconnected (it
 # reconnects and catches up from the snapshot) instead of holding memory.
 FOLLOWER_BACKLOG = 1024
+# Streaming tasks that ended, remembered (with their tenant) so that more text for one is
+# answered task_ended rather than task_not_found.
+ENDED_STREAMS = 1024
+# A stream that hears nothing for this long ends by itself. The input handler ends idle
+# streams long before (input_handler.stream_idle_timeout_s); this catches the streams of an
+# input handler that died, which would otherwise hold their place here for ever.
+STREAM_ORPHAN_S = 600.0
 
 
-class Refusal(Exception):
-    """A submission the worker will not take; becomes a WorkerRefusal with ``status``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+_NOBODY = object()  # no tenant recorded (None is the anonymous tenant)
 
 
 class StopReason(enum.StrEnum):
     CANCELLED = "cancelled"  # DELETE /v1/tasks/{id}
-    INGEST_LOST = "ingest_lost"  # the output handler connection dropped
+    SINK_LOST = "sink_lost"  # its frames can no longer reach the output side (SinkLost)
     SHUTDOWN = "shutdown"
 
 
@@ -107,6 +112,8 @@ class _Job:
     stop_reason: StopReason | None = None
     synth: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    feed: TextFeed | None = None  # a streaming task's text as it arrives
+    end_reason: Literal["idle"] | None = None  # why the stream's input ended, if not by end
 
 
 class TaskManager:
@@ -117,7 +124,6 @@ class TaskManager:
         sink: FrameSink,
         scheduler: PieceScheduler,
         metrics: TtsMetrics,
-        ingest_connected: Callable[[], bool],
     ) -> None:
         self.settings = settings
         self.voices = voices
@@ -130,7 +136,7 @@ class TaskManager:
         self._per_group: Counter[str] = Counter()
         self._followers: set[asyncio.Queue[TaskEnd | None]] = set()
         self._recently_ended: deque[str] = deque(maxlen=RECENTLY_ENDED)
-        self._ingest_connected = ingest_connected
+        self._ended_streams: OrderedDict[str, str | None] = OrderedDict()  # id -> tenant
         self._jobs: dict[str, _Job] = {}
         self._seconds_per_char: dict[str, float] = {}  # per voice, a moving average
         self._runners: set[asyncio.Task[None]] = set()
@@ -171,6 +177,9 @@ class TaskManager:
         ahead = self.queued
         job = _Job(task.task_id, task.text, voice, group, tenant=task.tenant)
         job.deadline = job.accepted_at + self.settings.first_chunk_slack_s
+        if task.stream:
+            wait_s = self.settings.stream_max_wait_ms / 1000
+            job.feed = TextFeed(task.text, wait_s, voice.engine.language, job.accepted_at)
         self._jobs[task.task_id] = job  # reserved before the first await: no over-admission
         self._per_group[group] += 1
         try:
@@ -182,17 +191,35 @@ class TaskManager:
                     engine=voice.engine.name,
                     sample_rate=voice.engine.sample_rate,
                     tenant=task.tenant,
+                    stream=task.stream,
                 )
             )
-        except IngestLost as exc:
+        except SinkLost as exc:
             del self._jobs[task.task_id]
             self._ungroup(job)
-            raise self._refuse(503, "not_ready", str(exc)) from exc
+            raise self._refuse(503, ErrorCode.NOT_READY, str(exc)) from exc
         runner = asyncio.create_task(self._run(job), name=f"tts-{task.task_id}")
         self._runners.add(runner)
         runner.add_done_callback(self._runners.discard)
         log.info("task_accepted", task_id=task.task_id, voice=voice.id, chars=len(task.text))
         return SubmitAccepted(task_id=task.task_id, voice=voice.id, queued=ahead)
+
+    def text(self, message: TaskText) -> None:
+        """More text, a flush or the end for a streaming task of ``message.tenant``; raises
+        :class:`Refusal` (404 task_not_found: unknown or another tenant's; 409 task_ended)."""
+        job = self._jobs.get(message.task_id)
+        if job is None or job.tenant != message.tenant or job.feed is None:
+            ended = self._ended_streams.get(message.task_id, _NOBODY)
+            if job is None and ended == message.tenant:
+                raise Refusal(409, ErrorCode.TASK_ENDED, f"Task {message.task_id} has ended.")
+            raise Refusal(
+                404, ErrorCode.TASK_NOT_FOUND, f"No streaming task {message.task_id} here."
+            )
+        if job.feed.closed or job.stop_reason is not None:
+            raise Refusal(409, ErrorCode.TASK_ENDED, f"Task {message.task_id} has ended.")
+        if message.end and message.reason is not None:
+            job.end_reason = message.reason
+        job.feed.add(message.text, flush=message.flush, end=message.end, now=time.monotonic())
 
     def has(self, task_id: str, tenant: str | None) -> bool:
         """Whether ``task_id`` is queued or running here for ``tenant`` (another tenant's
@@ -246,11 +273,11 @@ class TaskManager:
                     queue.get_nowait()
                 queue.put_nowait(None)  # ends that follower's stream
 
-    def ingest_lost(self, task_ids: list[str]) -> None:
+    def sink_lost(self, task_ids: list[str]) -> None:
         """The connection these tasks were announced on dropped: stop them, no TaskEnd."""
         for task_id in task_ids:
             if (job := self._jobs.get(task_id)) is not None:
-                self._stop(job, StopReason.INGEST_LOST)
+                self._stop(job, StopReason.SINK_LOST)
 
     async def shutdown(self) -> None:
         """Stop every task (each ends with failed/worker_stopped) and await them."""
@@ -271,28 +298,34 @@ class TaskManager:
         voice = self.voices.get(voice_id)
         if voice is None:
             known = ", ".join(sorted(self.voices.voices))
-            raise self._refuse(404, "unknown_voice", f"No voice {voice_id!r}; known: {known}.")
-        if not task.text.strip():
-            raise self._refuse(400, "bad_request", "The text is empty.")
+            raise self._refuse(
+                404, ErrorCode.UNKNOWN_VOICE, f"No voice {voice_id!r}; known: {known}."
+            )
+        if not task.text.strip() and not task.stream:  # a stream's first piece may be empty
+            raise self._refuse(400, ErrorCode.BAD_REQUEST, "The text is empty.")
         if task.task_id in self._jobs:
-            raise self._refuse(400, "bad_request", f"Task {task.task_id} is already running.")
+            raise self._refuse(
+                400, ErrorCode.BAD_REQUEST, f"Task {task.task_id} is already running."
+            )
         if voice.state is VoiceState.LOADING:
-            raise self._refuse(503, "not_ready", f"Voice {voice_id!r} is still loading.")
+            raise self._refuse(503, ErrorCode.NOT_READY, f"Voice {voice_id!r} is still loading.")
         if voice.state is VoiceState.FAILED:
-            raise self._refuse(503, "not_ready", f"Voice {voice_id!r} failed: {voice.error}")
-        if not self._ingest_connected():
-            raise self._refuse(503, "not_ready", "The output handler is not connected.")
+            raise self._refuse(
+                503, ErrorCode.NOT_READY, f"Voice {voice_id!r} failed: {voice.error}"
+            )
+        if not self.sink.is_connected:
+            raise self._refuse(503, ErrorCode.NOT_READY, "The output handler is not connected.")
         if len(self._jobs) >= self.capacity:
             raise self._refuse(
                 503,
-                "busy",
+                ErrorCode.BUSY,
                 f"All {self.settings.max_concurrent} engine slots are busy and "
                 f"{self.settings.max_queued} tasks are waiting.",
             )
         if self._per_group[group] >= self.group_capacity:
             raise self._refuse(
                 503,
-                "busy",
+                ErrorCode.BUSY,
                 f"This client already has {self.group_capacity} tasks on this worker, its "
                 f"share of the {self.capacity}; the rest is kept for the others.",
             )
@@ -330,7 +363,7 @@ class TaskManager:
         try:
             if end is not None:
                 await self.sink.end(end)
-        except IngestLost as exc:
+        except SinkLost as exc:
             log.warning("task_end_not_sent", error=str(exc))
         finally:
             self._finish(job, end)
@@ -339,24 +372,24 @@ class TaskManager:
         task_id = job.task_id
         if synth.cancelled():
             match job.stop_reason:
-                case StopReason.INGEST_LOST:
-                    log.warning("task_lost_with_ingest", chunks=job.chunks)
+                case StopReason.SINK_LOST:
+                    log.warning("task_lost_with_sink", chunks=job.chunks)
                     return None  # the output handler has failed it for its listeners
                 case StopReason.SHUTDOWN:
                     return TaskEnd(
                         task_id=task_id,
                         status="failed",
-                        code="worker_stopped",
+                        code=ErrorCode.WORKER_STOPPED,
                         message="The TTS worker is shutting down.",
                     )
                 case _:
                     return TaskEnd(task_id=task_id, status="cancelled")
         error = synth.exception()
         if error is None:
-            return TaskEnd(task_id=task_id, status="completed")
-        if isinstance(error, IngestLost):
-            job.stop_reason = StopReason.INGEST_LOST
-            log.warning("task_lost_with_ingest", chunks=job.chunks, error=str(error))
+            return TaskEnd(task_id=task_id, status="completed", reason=job.end_reason)
+        if isinstance(error, SinkLost):
+            job.stop_reason = StopReason.SINK_LOST
+            log.warning("task_lost_with_sink", chunks=job.chunks, error=str(error))
             return None
         if isinstance(error, EngineError):
             log.error("task_failed", code=error.code, error=str(error))
@@ -365,7 +398,7 @@ class TaskManager:
         return TaskEnd(
             task_id=task_id,
             status="failed",
-            code="internal_error",
+            code=ErrorCode.INTERNAL_ERROR,
             message=f"The TTS worker hit an unexpected error: {error}",
         )
 
@@ -379,8 +412,15 @@ class TaskManager:
             self._ungroup(job)
         job.done.set()
         self._recently_ended.append(job.task_id)
+        if job.feed is not None:
+            job.feed.closed = True
+            self._ended_streams[job.task_id] = job.tenant
+            while len(self._ended_streams) > ENDED_STREAMS:
+                self._ended_streams.popitem(last=False)
         # A task lost with the ingest link ended too: its listeners got worker_lost.
-        self._publish(end or TaskEnd(task_id=job.task_id, status="failed", code="worker_lost"))
+        self._publish(
+            end or TaskEnd(task_id=job.task_id, status="failed", code=ErrorCode.WORKER_LOST)
+        )
         for hook in self.finished_hooks:
             hook(job.task_id, end)
         outcome: str = end.status if end is not None else "lost"
@@ -429,14 +469,53 @@ class TaskManager:
             self._learn_cost(job.voice.id, elapsed, chars)
             return result
 
-        # aclosing: a stopped task closes the engine's stream (and a remote request) at once.
-        async with contextlib.aclosing(engine.stream(job.text, run_piece)) as pieces:
-            async for piece in pieces:
-                job.started = True
-                for frame, visemes in cutter.push(piece):
-                    await self._send(job, frame, visemes)
+        if job.feed is None:
+            await self._speak(job, job.text, cutter, run_piece)
+        else:
+            await self._speak_stream(job, job.feed, cutter, run_piece)
         if (last := cutter.flush()) is not None:
             await self._send(job, *last)
+
+    async def _speak(
+        self, job: _Job, text: str, cutter: TrackCutter, run_piece: Callable[..., Any]
+    ) -> None:
+        # aclosing: a stopped task closes the engine's stream (and a remote request) at once.
+        async with contextlib.aclosing(job.voice.engine.stream(text, run_piece)) as pieces:
+            async for piece in pieces:
+                job.started = True
+                for frame, visemes, words in cutter.push(piece):
+                    await self._send(job, frame, visemes, words)
+
+    async def _speak_stream(
+        self, job: _Job, feed: TextFeed, cutter: TrackCutter, run_piece: Callable[..., Any]
+    ) -> None:
+        """One continuous stream of frames for all of a streaming task's text: each part
+        is spoken as soon as :class:`TextFeed` says it is ready, with the one cutter, so
+        the chunk ids run on across clauses and no frame is cut short at a join."""
+        while True:
+            now = time.monotonic()
+            listener_ends_at = job.deadline if job.first_frame_at is not None else None
+            part = feed.take(now, listener_ends_at)
+            if part is not None:
+                await self._speak(job, part, cutter, run_piece)
+                continue
+            if feed.done:
+                return
+            orphaned_at = feed.heard_at + STREAM_ORPHAN_S
+            if now >= orphaned_at:
+                log.warning("stream_orphaned", silent_s=round(now - feed.heard_at))
+                job.end_reason = "idle"
+                feed.add("", flush=False, end=True, now=now)
+                continue
+            # Nothing to say until more text comes: the frame in the cutter is all the
+            # listener will get for now, so it goes out short rather than wait.
+            if (last := cutter.flush()) is not None:
+                await self._send(job, *last)
+            wake_at = min(feed.wake_at(now, listener_ends_at) or orphaned_at, orphaned_at)
+            timeout = max(0.0, wake_at - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await feed.changed.wait()
 
     def _learn_cost(self, voice_id: str, elapsed: float, chars: int) -> None:
         if chars <= 0:
@@ -445,8 +524,10 @@ class TaskManager:
         previous = self._seconds_per_char.get(voice_id, sample)
         self._seconds_per_char[voice_id] = previous + (sample - previous) * COST_SMOOTHING
 
-    async def _send(self, job: _Job, frame: bytes, visemes: Track | None) -> None:
-        await self.sink.append(job.task_id, job.chunks, level(frame), frame, visemes)
+    async def _send(
+        self, job: _Job, frame: bytes, visemes: Track | None, words: WordTrack | None
+    ) -> None:
+        await self.sink.append(job.task_id, job.chunks, level(frame), frame, visemes, words)
         now = time.monotonic()
         if job.first_frame_at is None:
             job.first_frame_at = now

@@ -2,9 +2,11 @@
 
 An engine that knows how many samples each phoneme lasts (Piper's alignments, the duration
 tensors of hibari and kokoro-ja) returns :class:`Speech`: its PCM plus *marks*, the sample
-offsets where a new mouth shape starts. :class:`TrackCutter` cuts that into the worker's
-frames and gives each frame its track, ``[(offset_ms, shape), ...]`` from the frame's start
-(the wire format is described in :mod:`aivtuber_common.visemes`).
+offsets where a new mouth shape starts, and when each written word is spoken (see
+:mod:`aivtuber_tts.words`). :class:`TrackCutter` cuts that into the worker's frames and gives
+each frame its tracks, ``[(offset_ms, shape), ...]`` and ``[(offset_ms, duration_ms, word),
+...]`` from the frame's start (the wire formats are in :mod:`aivtuber_common.visemes` and
+:mod:`aivtuber_common.words`).
 
 Shapes are the five vowels plus ``n`` (closed). Only vowels open the mouth to a new shape;
 the lips close (``n``) for m, b, p and at pauses (punctuation, the start and end pads).
@@ -28,6 +30,9 @@ from dataclasses import dataclass
 
 from aivtuber_common.audio import SAMPLE_WIDTH, samples_per_frame
 from aivtuber_common.visemes import Shape, Track
+from aivtuber_common.words import WordTrack
+
+from .words import WordMark
 
 __all__ = [
     "ENGLISH",
@@ -141,10 +146,12 @@ def trim_marks(marks: list[Mark], start: int, end: int) -> list[Mark]:
 
 @dataclass(frozen=True, slots=True)
 class Speech:
-    """One piece of audio with its mouth shapes (sample offsets into ``pcm``)."""
+    """One piece of audio with its mouth shapes and words (sample offsets into ``pcm``);
+    ``words`` is None from an engine that times phonemes but not words."""
 
     pcm: bytes
     marks: tuple[Mark, ...]
+    words: tuple[WordMark, ...] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.pcm)
@@ -156,10 +163,13 @@ def pcm_of(piece: bytes | Speech) -> bytes:
 
 class TrackCutter:
     """Cuts PCM pieces into frames of exactly ``frame_ms`` like
-    :class:`~aivtuber_common.audio.FrameCutter`, and gives each frame its viseme track.
+    :class:`~aivtuber_common.audio.FrameCutter`, and gives each frame its viseme and word
+    tracks.
 
     A stream is *timed* once a :class:`Speech` came: from then on every frame carries a
-    track (maybe empty); a stream of plain bytes (sine, http) gets ``None`` tracks.
+    viseme track (maybe empty), and a word track once a Speech with words came; a stream of
+    plain bytes (sine, http) gets ``None`` tracks. Pieces follow each other on one timeline,
+    so a task's words stay in order across its pieces.
     """
 
     def __init__(self, sample_rate: int, frame_ms: int) -> None:
@@ -169,38 +179,60 @@ class TrackCutter:
         self._pending = bytearray()
         self._pending_start = 0  # absolute sample index of _pending[0]
         self._marks: list[Mark] = []  # absolute sample offsets, not yet given to a frame
+        self._words: list[WordMark] = []  # likewise
         self._timed = False
+        self._worded = False
 
-    def push(self, piece: bytes | Speech) -> Iterator[tuple[bytes, Track | None]]:
+    def push(self, piece: bytes | Speech) -> Iterator[tuple[bytes, Track | None, WordTrack | None]]:
         base = self._pending_start + len(self._pending) // SAMPLE_WIDTH
         if isinstance(piece, Speech):
             self._timed = True
             self._marks.extend((base + offset, shape) for offset, shape in piece.marks)
+            if piece.words is not None:
+                self._worded = True
+                self._words.extend((base + start, n, word) for start, n, word in piece.words)
             self._pending += piece.pcm
         else:
             self._pending += piece
         usable = len(self._pending) - len(self._pending) % self.frame_bytes
         for start in range(0, usable, self.frame_bytes):
             frame = bytes(self._pending[start : start + self.frame_bytes])
-            yield frame, self._track(len(frame) // SAMPLE_WIDTH)
+            yield frame, *self._tracks(len(frame) // SAMPLE_WIDTH)
         del self._pending[:usable]
 
-    def flush(self) -> tuple[bytes, Track | None] | None:
+    def flush(self) -> tuple[bytes, Track | None, WordTrack | None] | None:
         # An odd trailing byte cannot be a sample; drop it rather than send half a sample.
         whole = len(self._pending) - len(self._pending) % SAMPLE_WIDTH
         frame = bytes(self._pending[:whole]) if whole else None
         self._pending.clear()
         if frame is None:
             return None
-        return frame, self._track(len(frame) // SAMPLE_WIDTH)
+        return frame, *self._tracks(len(frame) // SAMPLE_WIDTH)
 
-    def _track(self, samples: int) -> Track | None:
-        """The marks inside the frame starting at ``_pending_start``; advances it."""
+    def _tracks(self, samples: int) -> tuple[Track | None, WordTrack | None]:
+        """The marks and words inside the frame starting at ``_pending_start``; advances it."""
         start = self._pending_start
         end = start + samples
         self._pending_start = end
         if not self._timed:
-            return None
+            return None, None
+        words = self._word_track(start, end) if self._worded else None
+        return self._track(start, end), words
+
+    def _word_track(self, start: int, end: int) -> WordTrack:
+        words: WordTrack = []
+        taken = 0
+        for offset, samples, word in self._words:
+            if offset >= end:
+                break
+            taken += 1
+            # A word before the frame (none, unless a piece's words overlap) starts it.
+            at = max(0, offset - start) * 1000 // self.sample_rate
+            words.append((at, samples * 1000 // self.sample_rate, word))
+        del self._words[:taken]
+        return words
+
+    def _track(self, start: int, end: int) -> Track:
         track: Track = []
         taken = 0
         for offset, shape in self._marks:

@@ -7,7 +7,6 @@ connections; a voice that fails to load is reported with its error and the other
 
 from __future__ import annotations
 
-import enum
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from pathlib import Path
 import httpx
 import structlog
 
-from aivtuber_common.config import TtsWorkerSettings, VoiceSettings
+from aivtuber_common.config import KokoroJaVoice, TtsWorkerSettings, VoiceSettings
+from aivtuber_common.health import VoiceDescription, VoiceState
 
 from .engines import Engine, EngineFactory, build_engine
 from .errors import EngineError
@@ -24,12 +24,6 @@ from .errors import EngineError
 __all__ = ["EngineFactory", "Voice", "VoiceState", "Voices"]
 
 log = structlog.get_logger("aivtuber_tts.voices")
-
-
-class VoiceState(enum.StrEnum):
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
 
 
 @dataclass
@@ -41,17 +35,17 @@ class Voice:
     error: str | None = None
     load_s: float | None = None
 
-    def describe(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "engine": self.engine.name,
-            "language": self.settings.language or self.engine.language,
-            "device": self.engine.device,
-            "sample_rate": self.engine.sample_rate,
-            "state": self.state.value,
-            "load_s": None if self.load_s is None else round(self.load_s, 3),
-            **({"error": self.error} if self.error else {}),
-        }
+    def describe(self) -> VoiceDescription:
+        return VoiceDescription(
+            id=self.id,
+            engine=self.engine.name,
+            language=self.settings.language or self.engine.language,
+            device=self.engine.device,
+            sample_rate=self.engine.sample_rate,
+            state=self.state,
+            load_s=None if self.load_s is None else round(self.load_s, 3),
+            error=self.error or None,
+        )
 
 
 class Voices:
@@ -132,7 +126,7 @@ def _with_data_dir(settings: TtsWorkerSettings) -> dict[str, VoiceSettings]:
     default_cache = str(Path(settings.data_dir).expanduser() / "kokoro-ja")
     return {
         voice_id: voice.model_copy(update={"cache_dir": default_cache})
-        if voice.engine == "kokoro_ja" and not voice.cache_dir
+        if isinstance(voice, KokoroJaVoice) and not voice.cache_dir
         else voice
         for voice_id, voice in settings.voices.items()
     }

@@ -4,7 +4,7 @@
 in-process engine directly, without the worker around it (the bench compares the time to
 first audio through the whole stack with this)::
 
-    engine = build_engine("joe", VoiceSettings(), max_concurrent=2)
+    engine = build_engine("joe", PiperVoice(), max_concurrent=2)
     engine.load_and_warm_up()
     print(measure(engine, "Hi chat! Welcome back to the stream, it is good to see you."))
 """
@@ -15,12 +15,20 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, assert_never
 
 import httpx
 import numpy as np
 
-from aivtuber_common.config import VoiceSettings
+from aivtuber_common.config import (
+    HibariVoice,
+    HttpVoice,
+    KokoroJaVoice,
+    PiperVoice,
+    RivaVoice,
+    SineVoice,
+    VoiceSettings,
+)
 
 from ..errors import EngineError
 from ..splitting import split_sentences
@@ -49,22 +57,37 @@ __all__ = [
     "first_audible_sample",
     "intra_op_threads",
     "measure",
+    "wide_threads",
 ]
 
 
-def intra_op_threads(voice: VoiceSettings, max_concurrent: int, cpus: int | None = None) -> int:
+def intra_op_threads(
+    voice: PiperVoice | HibariVoice | KokoroJaVoice, max_concurrent: int, cpus: int | None = None
+) -> int:
     """The voice's setting, else the engine's default: hibari one thread (it runs ~130x real
     time on one core), kokoro_ja every core, piper the cores shared among the slots."""
     if voice.intra_op_threads:
         return voice.intra_op_threads
     cores = cpus or os.cpu_count() or 1
-    if voice.engine == "hibari":
+    if isinstance(voice, HibariVoice):
         return 1
-    if voice.engine == "kokoro_ja":
+    if isinstance(voice, KokoroJaVoice):
         # Its calls last 0.5-2 s whatever the text: latency needs every core (idle threads
         # sleep, so two calls at once share the cores rather than spin against each other).
         return cores
     return max(1, cores // max(1, max_concurrent))
+
+
+# Threads of Piper's second session, for pieces that run alone (see engines/piper.py): two
+# cut the first audio of one idle stream most; more are not measured.
+WIDE_THREADS = 2
+
+
+def wide_threads(voice: PiperVoice, cpus: int | None = None) -> int:
+    """Threads of Piper's wide session: 0 (none) when intra_op_threads is set explicitly."""
+    if voice.intra_op_threads:
+        return 0
+    return min(WIDE_THREADS, cpus or os.cpu_count() or 1)
 
 
 class EngineFactory(Protocol):
@@ -88,8 +111,8 @@ def build_engine(
     warmup: bool = True,
 ) -> Engine:
     """An engine for one configured voice, not loaded yet (see ``Engine.start``)."""
-    match voice.engine:
-        case "piper":
+    match voice:
+        case PiperVoice():
             return PiperEngine(
                 model=voice.model,
                 device=voice.device,
@@ -97,15 +120,16 @@ def build_engine(
                 warmup=warmup,
                 visemes=voice.visemes,
                 language=voice.language,
+                wide_threads=wide_threads(voice),
             )
-        case "hibari":
+        case HibariVoice():
             return HibariEngine(
                 voice.bundled_speaker,
                 intra_op_threads=intra_op_threads(voice, max_concurrent),
                 warmup=warmup,
                 visemes=voice.visemes,
             )
-        case "kokoro_ja":
+        case KokoroJaVoice():
             # Voices fills cache_dir in from tts_worker.data_dir; None: $KOKORO_JA_CACHE.
             return KokoroJaEngine(
                 voice.bundled_speaker,
@@ -114,11 +138,11 @@ def build_engine(
                 warmup=warmup,
                 visemes=voice.visemes,
             )
-        case "sine":
+        case SineVoice():
             return SineEngine(voice.sample_rate, voice.frequency_hz, voice.ms_per_char)
-        case "http":
-            if client is None or voice.url is None:
-                raise ValueError("an http voice needs a url and an httpx client")
+        case HttpVoice():
+            if client is None:
+                raise ValueError("an http voice needs an httpx client")
             return HttpEngine(
                 client,
                 voice.url,
@@ -129,10 +153,9 @@ def build_engine(
                 timeout_s=voice.timeout_s,
                 response_format=voice.response_format,
             )
-        case "riva":
+        case RivaVoice():
             from .riva import RivaEngine  # grpc is an optional dependency (extra "riva")
 
-            assert voice.server is not None  # VoiceSettings demands it
             return RivaEngine(
                 voice.server,
                 voice_name=voice.remote_voice,
@@ -143,8 +166,8 @@ def build_engine(
                 api_key=voice.api_key,
                 timeout_s=voice.timeout_s,
             )
-        case other:
-            raise ValueError(f"unknown engine {other!r}")
+        case unknown:
+            assert_never(unknown)
 
 
 @dataclass(frozen=True)

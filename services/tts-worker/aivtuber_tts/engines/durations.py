@@ -17,7 +17,8 @@ package (nothing is written to disk, the package's files are never touched).
 * normalises loudness to Piper's target (Piper scales each sentence to a peak of full scale;
   hibari alone peaks around 0.36, about -27 dBFS);
 * fades the first 2.5 ms in so the cut cannot click;
-* maps the durations to mouth-shape marks with the language's table.
+* maps the durations to mouth-shape marks with the language's table, and hands back the
+  phonemes with their timing in the trimmed piece (for :mod:`aivtuber_tts.words`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from aivtuber_common.visemes import Shape
 
 from ..errors import EngineError
 from ..visemes import Speech, marks_from_durations, trim_marks
+from ..words import Phone, phones
 
 __all__ = ["FRAME_UNIT", "timed_piece", "with_output"]
 
@@ -69,15 +71,15 @@ def timed_piece(
     lead_keep: int,
     max_tail_pause: int,
     pause_symbols: str,
-) -> Speech:
+) -> tuple[Speech, list[Phone]]:
     """``audio`` (float32) of ids named ``symbols`` (pads included) lasting ``durations``
-    units each, as a trimmed, normalised :class:`Speech`."""
+    units each, as a trimmed, normalised :class:`Speech`, and the symbols' timing in it."""
     units = np.asarray(durations, dtype=np.int64).ravel()
     samples = units * FRAME_UNIT
     audio = np.asarray(audio, dtype=np.float32).ravel()
     if len(units) != len(symbols) or int(samples.sum()) != len(audio):
         # Never expected (the model computes one from the other); keep the audio anyway.
-        return Speech(_to_pcm(_normalise(audio)), ())
+        return Speech(_to_pcm(_normalise(audio)), ()), []
     start = max(0, int(samples[0]) - lead_keep)
     # The end pad goes; trailing pauses (punctuation) are kept up to max_tail_pause.
     end = len(audio) - int(samples[-1])
@@ -88,12 +90,14 @@ def timed_piece(
         last -= 1
     end -= max(0, pause - max_tail_pause)
     if end <= start:
-        return Speech(b"", ())
-    marks = marks_from_durations(zip(symbols, samples.tolist(), strict=True), table)
+        return Speech(b"", ()), []
+    segments = list(zip(symbols, samples.tolist(), strict=True))
+    marks = marks_from_durations(segments, table)
     piece = audio[start:end].copy()
     fade = min(len(piece), int(FADE_IN_S * sample_rate))
     piece[:fade] *= np.linspace(0.0, 1.0, fade, dtype=np.float32)
-    return Speech(_to_pcm(_normalise(piece)), tuple(trim_marks(marks, start, end)))
+    timed = Speech(_to_pcm(_normalise(piece)), tuple(trim_marks(marks, start, end)))
+    return timed, phones(segments, -start)
 
 
 def _normalise(audio: np.ndarray) -> np.ndarray:

@@ -8,11 +8,13 @@ is refused by the config check and again here (``voice_path(..., download_missin
 The package's :class:`hibari.Hibari` does the G2P and the signal processing; its ONNX
 session is replaced by one on the same model with the ``/Round_output_0`` duration tensor
 added as an output (see :mod:`.durations`), so each call also says how long every phoneme
-lasts: the silent pads are trimmed exactly and the mouth shapes are timed.
+lasts: the silent pads are trimmed exactly, and the mouth shapes and the words are timed
+(each word phonemised alone by the same G2P, cached; see :mod:`aivtuber_tts.words`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ import structlog
 
 from ..errors import EngineError
 from ..visemes import ENGLISH, Speech
+from ..words import Phone, time_words, written_words
 from .base import LocalEngine
 from .durations import timed_piece, with_output
 from .piper import CPU, session_options
@@ -38,6 +41,7 @@ DURATIONS = "/Round_output_0"
 LEAD_KEEP = 600
 MAX_TAIL_PAUSE = 4800  # 200 ms: a natural pause after a sentence or clause
 PAUSES = ".,!?;:…—–\"'()“” "
+WORD_CACHE = 4096  # phonemised words kept
 
 
 class HibariEngine(LocalEngine):
@@ -58,6 +62,8 @@ class HibariEngine(LocalEngine):
         self.warmup = warmup
         self._tts: Any = None
         self._rng = np.random.default_rng()
+        # Words repeat (the, you, chat): each is phonemised once.
+        self._word_phonemes = functools.lru_cache(maxsize=WORD_CACHE)(self._phonemize_word)
 
     def load(self) -> None:
         if self.speaker not in BUNDLED_SPEAKERS:
@@ -89,6 +95,7 @@ class HibariEngine(LocalEngine):
 
         pcm = bytearray()
         marks: list[tuple[int, Any]] = []
+        spoken: list[Phone] = []
         for phonemes in self._tts.phonemize(piece):
             ids = self._tts.ids(phonemes)
             if len(ids) < 3:
@@ -99,7 +106,7 @@ class HibariEngine(LocalEngine):
             )
             audio = dsp.synth(*(output[0] for output in outputs[:6]), self._rng)
             symbols = ["^", *(c for c in phonemes if c in self._tts.vocab), "$"]
-            timed = timed_piece(
+            timed, timing = timed_piece(
                 audio,
                 outputs[6],
                 symbols,
@@ -111,5 +118,13 @@ class HibariEngine(LocalEngine):
             )
             base = len(pcm) // 2
             marks.extend((base + offset, shape) for offset, shape in timed.marks)
+            spoken.extend((symbol, base + start, samples) for symbol, start, samples in timing)
             pcm += timed.pcm
-        return Speech(bytes(pcm), tuple(marks))
+        words = written_words(piece)
+        timed_words = time_words(
+            words, [self._word_phonemes(w) for w in words], spoken, len(pcm) // 2
+        )
+        return Speech(bytes(pcm), tuple(marks), timed_words)
+
+    def _phonemize_word(self, word: str) -> str:
+        return "".join(self._tts.phonemize(word))

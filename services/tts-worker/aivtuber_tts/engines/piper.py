@@ -11,17 +11,26 @@ never oversubscribe the CPU (oversubscribed pools spin against each other). A se
 more than one thread is told not to spin: its idle threads would burn the cores the other
 slots need (measured: about 30 % more CPU per second of audio with spinning on).
 
+With ``wide_threads`` a second session on the same model runs the pieces that start while
+every other engine slot is idle (:func:`aivtuber_tts.scheduler.running_alone`): one stream
+on an idle worker gets two cores (first audio sooner), many streams keep one thread per
+slot (steady under load). The two share nothing but the model bytes.
+
 Mouth shapes come from Piper's own alignments (piper-tts 1.8): the model's per-phoneme
 sample counts (the ``Ceil`` tensor) are added as an output when the model is loaded, in
 memory with the ``onnx`` package (``piper.patch_voice_with_alignment``'s function), so
 nothing is written and a model patched on disk beforehand is used as it is. The same
-alignments say how long the silent BOS pad at the start of a piece lasts: most of it is cut.
+alignments say how long the silent BOS pad at the start of a piece lasts: most of it is cut,
+and they time the words (:mod:`aivtuber_tts.words`; each word is phonemised alone by the
+same espeak-ng, cached).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +41,9 @@ from piper import PiperVoice
 from piper.config import PiperConfig
 
 from ..errors import EngineError
+from ..scheduler import running_alone
 from ..visemes import ENGLISH, Mark, Speech, marks_from_durations, table_for, trim_marks
+from ..words import Phone, phones, time_words, written_words
 from .base import LocalEngine, Piece
 
 __all__ = [
@@ -94,6 +105,7 @@ class PiperEngine(LocalEngine):
         warmup: bool = True,
         visemes: bool = True,
         language: str | None = None,
+        wide_threads: int = 0,
     ) -> None:
         self.model_path, self.config_path = resolve_paths(model)
         self.visemes = visemes
@@ -103,8 +115,13 @@ class PiperEngine(LocalEngine):
         self.device = "cpu"
         self.intra_op_threads = max(1, intra_op_threads)
         self.warmup = warmup
+        # 0: no second session (set, or not more threads than intra_op_threads).
+        self.wide_threads = wide_threads if wide_threads > self.intra_op_threads else 0
         self._voice: PiperVoice | None = None
+        self._wide: PiperVoice | None = None
         self.sample_rate = 22050
+        # Words repeat (the, you, chat): each is phonemised once.
+        self._word_phonemes = functools.lru_cache(maxsize=WORD_CACHE)(self._phonemize_word)
 
     def load(self) -> None:
         try:
@@ -126,35 +143,64 @@ class PiperEngine(LocalEngine):
             self.language = _bcp47(config.espeak_voice)
         self._table = table_for(self.language)
         self._voice = PiperVoice(config=config, session=session)
+        if self.wide_threads and self.device == "cpu":
+            wide = self._session(self.wide_threads)
+            self._wide = PiperVoice(config=config, session=wide)
         log.info(
             "piper_loaded",
             model=self.model_path.name,
             device=self.device,
             providers=used,
             intra_op_threads=self.intra_op_threads,
+            wide_threads=self.wide_threads if self._wide else 0,
             sample_rate=self.sample_rate,
         )
 
     def synthesize_piece(self, piece: str) -> Piece:
-        if self._voice is None:
+        voice = self._wide if self._wide is not None and running_alone() else self._voice
+        return self._synthesize(voice, piece)
+
+    def _warm_up_thread(self, barrier: threading.Barrier) -> None:
+        super()._warm_up_thread(barrier)
+        if self._wide is not None:  # this thread's first call of the wide session, too
+            for text in self.warmup_texts:
+                self._synthesize(self._wide, text)
+
+    def load_and_warm_up(self) -> None:
+        super().load_and_warm_up()
+        if self._wide is not None and self.warmup:
+            for text in self.warmup_texts:
+                self._synthesize(self._wide, text)
+
+    def _synthesize(self, voice: PiperVoice | None, piece: str) -> Piece:
+        if voice is None:
             raise EngineError("the Piper voice is not loaded yet")
         if not self.visemes:
-            return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(piece))
+            return b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(piece))
         pcm = bytearray()
         marks: list[Mark] = []
-        for chunk in self._voice.synthesize(piece, include_alignments=True):
+        spoken: list[Phone] = []
+        for chunk in voice.synthesize(piece, include_alignments=True):
             base = len(pcm) // 2
             audio = chunk.audio_int16_array
             if chunk.phoneme_alignments:  # None when Piper could not align this sentence
                 segments = [(a.phoneme, int(a.num_samples)) for a in chunk.phoneme_alignments]
                 chunk_marks = marks_from_durations(segments, self._table)
+                cut = 0
                 if not pcm:  # the piece's start: the listener waits for this silence
                     cut = _lead_cut(audio, segments[0][1])
                     audio = _fade_in(audio[cut:], self.sample_rate)
                     chunk_marks = trim_marks(chunk_marks, cut, cut + len(audio))
                 marks.extend((base + offset, shape) for offset, shape in chunk_marks)
+                spoken.extend(phones(segments, base - cut))
             pcm += audio.tobytes()
-        return Speech(bytes(pcm), tuple(marks))
+        words = written_words(piece)
+        timed = time_words(words, [self._word_phonemes(w) for w in words], spoken, len(pcm) // 2)
+        return Speech(bytes(pcm), tuple(marks), timed)
+
+    def _phonemize_word(self, word: str) -> str:
+        assert self._voice is not None
+        return "".join("".join(sentence) for sentence in self._voice.phonemize(word))
 
     def _model(self) -> str | bytes:
         """The model's path, or its bytes with the alignment output added (visemes)."""
@@ -175,13 +221,13 @@ class PiperEngine(LocalEngine):
             if "already marked" in str(exc):
                 return os.fspath(self.model_path)  # patched on disk with patch_voice_...
             raise EngineError(f"cannot expose {self.model_path.name}'s alignments: {exc}") from exc
-        return model.SerializeToString()
+        return bytes(model.SerializeToString())
 
-    def _session(self) -> onnxruntime.InferenceSession:
+    def _session(self, threads: int | None = None) -> onnxruntime.InferenceSession:
         if not self.model_path.is_file():
             raise EngineError(f"Piper model {self.model_path} does not exist")
         model = self._model()
-        options = session_options(self.intra_op_threads)
+        options = session_options(threads or self.intra_op_threads)
         providers: list[Any] = [CPU]
         if self.requested_device == "cuda" or (
             self.requested_device == "auto" and cuda_available()
@@ -208,6 +254,7 @@ def _bcp47(espeak_voice: str) -> str:
 # hops; the vocoder spreads the first phoneme's onset into the pad), and never cut into
 # sound (AUDIBLE_GUARD before the first sample above -40 dBFS).
 LEAD_KEEP = 512
+WORD_CACHE = 4096  # phonemised words kept per voice
 AUDIBLE_GUARD = 256
 FADE_IN_S = 0.0025
 

@@ -69,8 +69,7 @@ class RivaEngine:
             from riva.client.proto import riva_audio_pb2, riva_tts_pb2, riva_tts_pb2_grpc
         except ImportError as exc:
             raise EngineError(
-                "the riva engine needs nvidia-riva-client: "
-                "pip install --no-deps 'nvidia-riva-client>=2.28,<3' (see docs/riva.md)"
+                "the riva engine needs nvidia-riva-client: the 'riva' extra (see docs/riva.md)"
             ) from exc
         loop = asyncio.get_running_loop()
         started = loop.time()
