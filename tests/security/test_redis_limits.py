@@ -26,19 +26,11 @@ from aivtuber_common.identity import CLIENT_HEADER, GATEWAY_TOKEN_HEADER, TENANT
 from aivtuber_input import create_app as input_app
 from tests.redis_support import RedisServer, redis_bus_settings
 from tests.support import RunningServer, eventually, run_server, wait_until
+from tests.tts_fakes import worker_health
 
 WAIT_S = 15.0
 # The gateway's identity headers are believed with the internal token.
 TOKEN = "redis-limits-test-token-0123"
-
-
-def _stand_in() -> dict[str, Any]:
-    return {
-        "name": "stand-in",
-        "status": "ok",
-        "default_voice": "sine",
-        "voices": [{"id": "sine", "state": "ready", "engine": "sine", "sample_rate": 16000}],
-    }
 
 
 @contextlib.asynccontextmanager
@@ -48,7 +40,7 @@ async def replicas(
     """``count`` input handlers sharing one Redis prefix, and a live stand-in worker."""
     bus = redis_bus_settings(redis_server.url)
     link = RedisLink(bus)
-    beat = Heartbeat(link, "worker", "stand-in", _stand_in)
+    beat = Heartbeat(link, "worker", "stand-in", lambda: worker_health(name="stand-in"))
     beating = asyncio.create_task(beat.run())
     try:
         async with contextlib.AsyncExitStack() as stack:
