@@ -29,7 +29,9 @@ from .bus import BusParams, run_bus
 from .chromium import find_chromium
 from .edge_auth import EdgeAuthParams, run_edge_auth
 from .edge_fairness import FairnessParams, run_edge_fairness
+from .edge_limits import LimitsParams, run_edge_limits
 from .edge_memory import EdgeMemoryParams, run_edge_memory
+from .edge_refused import RefusedParams, run_edge_refused
 from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
 from .openai_api import OpenAIParams, run_openai_api
@@ -158,7 +160,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         results["scenarios"]["speech"] = run_speech_path(speech_params, work_dir, say=_say)
     if args.scenario in ("edge", "all"):
         # Parts: auth (bench/edge_auth.py), fairness (edge_fairness.py), memory under
-        # attack (edge_memory.py), each with its own stack.
+        # attack (edge_memory.py), keyless clients (edge_refused.py), limits on Redis
+        # with 1 and 2 input handlers (edge_limits.py), each with its own stack.
         edge = results["scenarios"]["edge"] = {}
         edge["auth"] = run_edge_auth(edge_auth_params(args), work_dir, say=_say)
         fairness = {"quick": FairnessParams.quick(), "smoke": FairnessParams.smoke()}
@@ -168,6 +171,17 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         memory = EdgeMemoryParams.smoke() if mode == "smoke" else EdgeMemoryParams()
         _say("edge memory: the fragment and header attacks")
         edge["memory"] = run_edge_memory(work_dir, memory)
+        _say("edge refused: keyless clients sending 16 MiB each")
+        refused = RefusedParams.smoke() if mode == "smoke" else RefusedParams()
+        edge["refused"] = run_edge_refused(work_dir, refused)
+        _say("edge limits: one tenant's limits with 1 and 2 input handlers on Redis")
+        # Three more processes per handler count: left out of the smoke run (its own test,
+        # tests/test_bench_edge_limits.py, runs it).
+        edge["limits"] = (
+            {"skipped": "not in a smoke run"}
+            if mode == "smoke"
+            else run_edge_limits(work_dir, LimitsParams())
+        )
     if args.scenario in ("voices", "all") and mode != "smoke":
         voices_params = VoicesParams.quick() if mode == "quick" else VoicesParams()
         if args.rounds:

@@ -311,6 +311,14 @@ def edge_tables(edge: dict[str, Any]) -> list[str]:
             ],
         ]
         parts += ["### Edge: gateway memory under attack", markdown_table(["", "RSS (MB)"], rows)]
+    if "refused" in edge:
+        from .edge_refused import render as refused_table
+
+        parts += ["### Edge: keyless clients", refused_table(edge["refused"])]
+    if "limits" in edge:
+        from .edge_limits import render as limits_table
+
+        parts += ["### Edge: limits shared on Redis", limits_table(edge["limits"])]
     return parts
 
 

@@ -101,9 +101,14 @@ def test_edge_smoke_run_measures_authentication_next_to_the_anonymous_gateway(
     assert fairness["alone_ttfa_ms"] > 0 and fairness["flood_ttfa_ms"] > 0
     memory = results["scenarios"]["edge"]["memory"]
     assert memory["baseline_mb"] > 0 and memory["fragments_mb"] > 0 and memory["headers_mb"] > 0
+    refused = results["scenarios"]["edge"]["refused"]
+    assert refused["rest_mb"] > 0 and refused["answers"] == {"4401": refused["params"]["conns"]}
+    limits = results["scenarios"]["edge"]["limits"]
+    assert limits == {"skipped": "not in a smoke run"}
     table = capsys.readouterr().out
     assert "Edge: the cost of authentication" in table and "bearer ÷ anonymous" in table
     assert "Fair sharing" in table and "gateway memory under attack" in table
+    assert "Edge: keyless clients" in table and "Edge: limits shared on Redis" in table
 
 
 def test_report_without_nginx_shows_the_skip_reason_and_no_nginx_column() -> None:

@@ -68,6 +68,8 @@ ENV_CONFIG = "AIVTUBER_CONFIG"
 ENV_ROUTE_OVERRIDES = {"input": "INPUT_HANDLER_URL", "output": "OUTPUT_HANDLER_URL"}
 # Seed convention: GATEWAY_API_KEY adds a tenant named "default"; GATEWAY_ADMIN_KEY sets
 # auth.admin_key.
+# REDIS_URL replaces bus.url on the Redis bus: the password stays out of the config file.
+ENV_REDIS_URL = "REDIS_URL"
 ENV_API_KEY = "GATEWAY_API_KEY"
 ENV_ADMIN_KEY = "GATEWAY_ADMIN_KEY"
 DEFAULT_TENANT = "default"
@@ -178,6 +180,22 @@ def _default_routes() -> dict[str, RouteSettings]:
     }
 
 
+def _over_default_routes(value: Any) -> Any:
+    # A route named like a default one ("input", "output", "openai") overrides only the keys
+    # it gives: listing "input" with its backends keeps its 1 MiB max_message_bytes, and
+    # "output" keeps audio_metrics. Routes not listed are not served.
+    if not isinstance(value, dict):
+        return value
+    defaults = _default_routes()
+    merged: dict[Any, Any] = {}
+    for name, route in value.items():
+        default = defaults.get(name) if isinstance(name, str) else None
+        if default is not None and isinstance(route, dict):
+            route = {**default.model_dump(exclude_defaults=True), **route}
+        merged[name] = route
+    return merged
+
+
 def _check_network(value: str) -> str:
     try:
         ipaddress.ip_network(value, strict=False)
@@ -200,8 +218,12 @@ class GatewaySettings(StrictModel):
     host: str = "0.0.0.0"
     # Port to listen on: the one port a frontend talks to.
     port: Port = 8000
-    # Route name -> route, matched in order; a third route is a config change.
-    routes: dict[str, RouteSettings] = Field(default_factory=_default_routes)
+    # Route name -> route, matched in order; a third route is a config change. Naming a
+    # default route (input, output, openai) overrides only the keys given; its other keys
+    # (max_message_bytes, audio_metrics, ...) keep their defaults. Unlisted routes are off.
+    routes: Annotated[dict[str, RouteSettings], BeforeValidator(_over_default_routes)] = Field(
+        default_factory=_default_routes
+    )
     # Largest message of a route that sets no max_message_bytes of its own.
     max_message_bytes: Annotated[int, Field(ge=1024)] = 16 * MIB
     # An HTTP request head (request line and headers, upgrades included) longer than this is
@@ -209,6 +231,12 @@ class GatewaySettings(StrictModel):
     max_head_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
     # A request head not complete within this is answered 408 and closed (slowloris).
     head_timeout_s: Seconds = 10.0
+    # Connections without a verdict yet (request head unfinished, identity not resolved,
+    # or refused with 4401/4403/4429 and not closed yet, which takes at most 1 s), all
+    # clients together; one more is closed at accept.
+    max_pending_connections: Annotated[int, Field(ge=1)] = 1024
+    # The same, per client address.
+    max_pending_per_address: Annotated[int, Field(ge=1)] = 64
     # Time to open the backend connection (TCP + WebSocket handshake), all backends
     # of a route together; then the client is closed with 1013.
     connect_timeout_s: Seconds = 5.0
@@ -601,6 +629,10 @@ class TtsWorkerSettings(StrictModel):
     # 16 streams started at once then all stutter on 2 cores; 1.5 still left 6 of them
     # stuttering, 3.0 none (quick bench, 2 cores). Idle, it changes nothing.
     first_chunk_slack_s: Annotated[float, Field(ge=0)] = 3.0
+    # A spare engine slot for the first piece of a tenant with nothing running, when every
+    # slot is busy with other tenants' pieces: it does not wait behind their long pieces
+    # (fair sharing under a flood); off: it waits for the next free slot.
+    spare_slot: bool = True
     # Synthesise one short line on each engine thread at start, so the first viewer
     # does not pay for the first inference.
     warmup: bool = True
@@ -636,7 +668,8 @@ class RedisBusSettings(StrictModel):
 
     # "redis": tasks, frames and heartbeats on Redis Streams (docs/bus.md).
     kind: Literal["redis"]
-    # Where Redis is; rediss:// for TLS; a password goes in the URL (never logged).
+    # Where Redis is; rediss:// for TLS; a password goes in the URL (never logged). The
+    # environment variable REDIS_URL replaces it (keep the password out of the file).
     url: Annotated[str, AfterValidator(_check_redis_url)] = Field(
         default="redis://127.0.0.1:6379/0", repr=False
     )
@@ -736,6 +769,9 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] = os.envi
 
 def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     _apply_auth_environment(data, environ)
+    bus, redis_url = data.get("bus"), environ.get(ENV_REDIS_URL)
+    if redis_url and isinstance(bus, dict) and bus.get("kind") == "redis":
+        bus["url"] = redis_url
     for route_name, variable in ENV_ROUTE_OVERRIDES.items():
         value = environ.get(variable)
         if not value:

@@ -253,13 +253,13 @@ class VoicevoxApi:
         asked = asked.model_copy(update={"tenant": identity.tenant})
         speech = self.speech
         key = identity.limits_key
-        limited = speech.limiter.admit(
-            key, self.settings.limits_for(identity.tenant), len(asked.text)
+        task_id = new_task_id()
+        limited = await speech.limiter.admit(
+            key, self.settings.limits_for(identity.tenant), len(asked.text), task_id
         )
         if limited is not None:
             raise VoicevoxError(429, limited.code, limited.message)
         # Counted as an active task while a worker makes it, like a speak.
-        task_id = new_task_id()
         speech.active.admitted(task_id, key, len(asked.text))
         try:
             return await self._ask_workers(asked)

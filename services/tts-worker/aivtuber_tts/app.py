@@ -130,7 +130,9 @@ def create_app(
             client = await stack.enter_async_context(
                 httpx.AsyncClient(transport=http_transport, limits=HTTP_POOL)
             )
-            executor = ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="tts-engine")
+            # One thread more than the slots for the scheduler's spare slot (scheduler.py).
+            threads = config.max_concurrent + (1 if config.spare_slot else 0)
+            executor = ThreadPoolExecutor(threads, thread_name_prefix="tts-engine")
             # Last in, first out: threads are released after the tasks using them stopped.
             stack.push_async_callback(_shutdown_executor, executor)
             voices = Voices(config, client, engine_factory, executor)
@@ -138,7 +140,7 @@ def create_app(
             bus = open_bus(settings)
             stack.push_async_callback(bus.aclose)
             sink = bus.sink
-            scheduler = PieceScheduler(config.max_concurrent, executor)
+            scheduler = PieceScheduler(config.max_concurrent, executor, spare=config.spare_slot)
             manager = TaskManager(config, voices, sink, scheduler, metrics)
             worker = Worker(config, voices, sink, manager, metrics, scheduler)
             background = {asyncio.create_task(voices.load_all(), name="tts-load-voices")}
