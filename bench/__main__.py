@@ -1,4 +1,4 @@
-"""``./bench [--quick] [--scenario gateway|speech|edge|voices|openai|browser|all]``:
+"""``./bench [--quick] [--scenario gateway|speech|edge|voices|openai|browser|plugins|all]``:
 measure, print tables, write JSON.
 
 Progress goes to stderr, the Markdown tables to stdout, everything measured (medians, each
@@ -29,10 +29,14 @@ from .bus import BusParams, run_bus
 from .chromium import find_chromium
 from .edge_auth import EdgeAuthParams, run_edge_auth
 from .edge_fairness import FairnessParams, run_edge_fairness
+from .edge_limits import LimitsParams, run_edge_limits
 from .edge_memory import EdgeMemoryParams, run_edge_memory
+from .edge_refused import RefusedParams, run_edge_refused
 from .gateway_hop import BARE, VARIANTS, HopParams, run_gateway_hop
 from .machine import machine_info
 from .openai_api import OpenAIParams, run_openai_api
+from .plugins import FrameworkParams, run_frameworks
+from .plugins_formats import FormatsParams, run_plugins_formats
 from .procs import REPO_ROOT, BenchError, raise_nofile_limit
 from .speech_path import SpeechParams, run_speech_path
 from .stream import StreamParams, run_stream
@@ -59,13 +63,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scenario",
         choices=[
             *("gateway", "speech", "edge", "voices", "openai", "browser", "bus", "stream"),
+            "plugins",
             "all",
         ],
         default="all",
         help="what to run (edge: the cost of authentication, fairness, memory under attack; "
         "openai: /v1/audio/speech next to the WebSocket path; all: browser only when a "
         "Chromium is found; bus: direct vs Redis Streams, needs redis-server, not in all; "
-        "stream: an LLM's reply streamed in vs spoken whole or by sentence, not in all)",
+        "stream: an LLM's reply streamed in vs spoken whole or by sentence, not in all; "
+        "plugins: the LiveKit and Pipecat plugins next to the raw streaming protocol, not in all)",
     )
     parser.add_argument("--rounds", type=int, help="override the number of rounds (>= 1)")
     parser.add_argument(
@@ -154,7 +160,8 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         results["scenarios"]["speech"] = run_speech_path(speech_params, work_dir, say=_say)
     if args.scenario in ("edge", "all"):
         # Parts: auth (bench/edge_auth.py), fairness (edge_fairness.py), memory under
-        # attack (edge_memory.py), each with its own stack.
+        # attack (edge_memory.py), keyless clients (edge_refused.py), limits on Redis
+        # with 1 and 2 input handlers (edge_limits.py), each with its own stack.
         edge = results["scenarios"]["edge"] = {}
         edge["auth"] = run_edge_auth(edge_auth_params(args), work_dir, say=_say)
         fairness = {"quick": FairnessParams.quick(), "smoke": FairnessParams.smoke()}
@@ -164,6 +171,17 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         memory = EdgeMemoryParams.smoke() if mode == "smoke" else EdgeMemoryParams()
         _say("edge memory: the fragment and header attacks")
         edge["memory"] = run_edge_memory(work_dir, memory)
+        _say("edge refused: keyless clients sending 16 MiB each")
+        refused = RefusedParams.smoke() if mode == "smoke" else RefusedParams()
+        edge["refused"] = run_edge_refused(work_dir, refused)
+        _say("edge limits: one tenant's limits with 1 and 2 input handlers on Redis")
+        # Three more processes per handler count: left out of the smoke run (its own test,
+        # tests/test_bench_edge_limits.py, runs it).
+        edge["limits"] = (
+            {"skipped": "not in a smoke run"}
+            if mode == "smoke"
+            else run_edge_limits(work_dir, LimitsParams())
+        )
     if args.scenario in ("voices", "all") and mode != "smoke":
         voices_params = VoicesParams.quick() if mode == "quick" else VoicesParams()
         if args.rounds:
@@ -179,6 +197,16 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         results["scenarios"]["browser"] = run_browser_path(browser_params(args), work_dir, say=_say)
     elif args.scenario == "all":
         _say("browser scenario skipped: no Chromium found (apt-get install -y chromium)")
+    if args.scenario == "plugins":
+        # Parts, each under its own key: frameworks (bench/plugins.py), and the VOICEVOX
+        # API and Opus rows (bench/plugins_formats.py); not in all.
+        plugins = results["scenarios"]["plugins"] = {}
+        plugins["frameworks"] = run_frameworks(_framework_params(mode, args), work_dir, say=_say)
+        formats = {"quick": FormatsParams.quick(), "smoke": FormatsParams.smoke()}
+        formats_params = formats.get(mode, FormatsParams())
+        if args.rounds:
+            formats_params = dataclasses.replace(formats_params, rounds=args.rounds)
+        plugins["formats"] = run_plugins_formats(formats_params, work_dir, say=_say)
     if args.scenario == "bus":
         bus_params = {"quick": BusParams.quick(), "smoke": BusParams.smoke()}.get(mode, BusParams())
         if args.voice:
@@ -192,6 +220,15 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         results["scenarios"]["stream"] = run_stream(stream_params, work_dir, say=_say)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     return results
+
+
+def _framework_params(mode: str, args: argparse.Namespace) -> FrameworkParams:
+    params = {"smoke": FrameworkParams.smoke, "quick": FrameworkParams.quick}.get(
+        mode, FrameworkParams
+    )()
+    if args.rounds:
+        params = dataclasses.replace(params, rounds=args.rounds)
+    return params
 
 
 def _openai_params(mode: str, args: argparse.Namespace, voice: str) -> OpenAIParams:

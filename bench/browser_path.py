@@ -5,12 +5,17 @@ The page is the gateway's ``/demo`` in Debian's Chromium (headless, driven by Pl
 never a browser download). For each line, interleaved, one after the other:
 
 - in the page: ``aivtuberDemo.speak(line)`` is pressed; the page reports when the line's
-  first frame arrived (``firstFrameMs``) and when its first sample was played, by the audio
-  clock (``ttfaMs``: speak pressed -> first sample at the output, jitter buffer and output
-  latency included); the input socket stays open across lines, as in a real page, and the
-  output socket opens per line;
-- the Python client (``speech_client``): speak sent -> first PCM byte, both sockets opened
-  before the clock starts.
+  first frame arrived (``firstFrameMs``), when its first sample was played and when its first
+  audible sample (above -40 dBFS) was played, by the audio clock (``ttfaMs``,
+  ``ttfaAudibleMs``: speak pressed -> that sample at the output, jitter buffer and the
+  output device's latency included); the input socket stays open across lines, as in a real
+  page, and the output socket opens per line;
+- the Python client (``speech_client``): speak sent -> first PCM byte, and speak sent -> first
+  audible sample (its playback model: playing starts with the first frame, no device), both
+  sockets opened before the clock starts.
+
+The target compares like with like: the page's first audible sample heard, p50, against the
+Python client's first audible sample, p50, plus 30 ms.
 
 One warm-up line in the page first (the AudioContext's first start is not a line's cost).
 """
@@ -112,6 +117,7 @@ async def _measure(
                             "line": index,
                             **heard,
                             "python_ttfa_ms": python["ttfa_ms"],
+                            "python_audible_ms": python["ttfa_audible_ms"],
                         }
                     )
         except PlaywrightError as exc:
@@ -135,8 +141,11 @@ async def _speak_in_page(page: Any, text: str, voice: str) -> dict[str, Any]:
         raise BenchError(f"browser scenario: the page ended the line {stats['state']}: {stats}")
     return {
         "browser_ttfa_ms": stats["ttfaMs"],
+        "browser_audible_ms": stats["ttfaAudibleMs"],
         "browser_first_frame_ms": stats["firstFrameMs"],
         "jitter_ms": stats["jitterMs"],
+        "late_ms": stats["lateMs"],
+        "output_latency_ms": stats["outputLatencyMs"],
         "underruns": stats["underruns"],
         "chunks": stats["chunksPlayed"],
     }
@@ -151,7 +160,14 @@ def _round_figures(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         for row in rows
         if row.get("browser_ttfa_ms") and row.get("python_ttfa_ms")
     ]
+    heard = percentile(col("browser_audible_ms"), 50)
+    python = percentile(col("python_audible_ms"), 50)
     return {
+        "heard_audible_p50_ms": heard,
+        "python_audible_p50_ms": python,
+        "heard_minus_python_audible_p50_ms": (
+            None if heard is None or python is None else heard - python
+        ),
         "heard_ttfa_p50_ms": percentile(col("browser_ttfa_ms"), 50),
         "heard_ttfa_p95_ms": percentile(col("browser_ttfa_ms"), 95),
         "first_frame_p50_ms": percentile(col("browser_first_frame_ms"), 50),
@@ -159,5 +175,7 @@ def _round_figures(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         "python_ttfa_p95_ms": percentile(col("python_ttfa_ms"), 95),
         "heard_over_python_p50": percentile(paired, 50),
         "jitter_p50_ms": percentile(col("jitter_ms"), 50),
+        "late_max_ms": max(col("late_ms"), default=None),
+        "output_latency_p50_ms": percentile(col("output_latency_ms"), 50),
         "underruns": float(sum(col("underruns"))),
     }

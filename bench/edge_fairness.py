@@ -65,6 +65,7 @@ class FairnessParams:
     rounds: int = 8
     voice: str = "joe"
     flood_lines: int = 6  # bench lines joined into each of the flooder's utterances
+    spare_slot: bool = True  # tts_worker.spare_slot (off: for comparison)
 
     @classmethod
     def quick(cls) -> FairnessParams:
@@ -272,7 +273,12 @@ def run_edge_fairness(
 ) -> dict[str, Any]:
     """Start a stack, measure, stop it; the results as a JSON-ready dict."""
     say(f"edge fairness: starting the stack ({params.voice})")
-    with Stack(work_dir, params.voice, customize=_customize) as stack:
+
+    def customize(data: dict[str, Any]) -> None:
+        _customize(data)
+        data.setdefault("tts_worker", {})["spare_slot"] = params.spare_slot
+
+    with Stack(work_dir, params.voice, customize=customize) as stack:
         worker = stack.settings.tts_worker
         result = asyncio.run(_measure(stack, params, say))
     share = -(-(worker.max_concurrent + worker.max_queued) * worker.tenant_share // 1)
@@ -296,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.edge_fairness", description=__doc__)
     parser.add_argument("--voice", default="joe")
     parser.add_argument("--rounds", type=int, default=FairnessParams.quick().rounds)
+    parser.add_argument("--no-spare", action="store_true", help="tts_worker.spare_slot off")
     args = parser.parse_args(argv)
-    params = FairnessParams(rounds=args.rounds, voice=args.voice)
+    params = FairnessParams(rounds=args.rounds, voice=args.voice, spare_slot=not args.no_spare)
     with tempfile.TemporaryDirectory(prefix="aivtuber-edge-") as work_dir:
         try:
             result = run_edge_fairness(

@@ -27,6 +27,7 @@ TTFA_TARGET_MS = 100.0
 TTFA_OVER_ENGINE_TARGET = 1.2
 STREAMS_TARGET = 16
 WORKER_START_TARGET_S = 3.0
+BROWSER_OVER_PYTHON_MS = 30.0  # page's first audible sample heard - the Python client's, p50
 
 
 def render(results: dict[str, Any]) -> str:
@@ -51,6 +52,8 @@ def render(results: dict[str, Any]) -> str:
         from .stream import stream_tables  # stream.py imports this module's markdown_table
 
         parts.extend(stream_tables(scenarios["stream"]))
+    if "plugins" in scenarios:
+        parts.extend(plugins_tables(scenarios["plugins"]))
     if "bus" in scenarios:
         from .bus import bus_tables  # bus.py imports this module's markdown_table
 
@@ -63,6 +66,21 @@ def render(results: dict[str, Any]) -> str:
         f"command: `{results.get('command', './bench')}`_"
     )
     return "\n\n".join(parts) + "\n"
+
+
+def plugins_tables(plugins: dict[str, Any]) -> list[str]:
+    """The plugins scenario: each part that ran (frameworks: bench/plugins.py; the VOICEVOX
+    API and Opus: bench/plugins_formats.py)."""
+    parts: list[str] = []
+    if "frameworks" in plugins:
+        from .plugins import framework_tables  # it imports this module
+
+        parts.extend(framework_tables(plugins["frameworks"]))
+    if "formats" in plugins:
+        from .plugins_formats import plugins_formats_tables
+
+        parts.extend(plugins_formats_tables(plugins["formats"]))
+    return parts
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -293,6 +311,14 @@ def edge_tables(edge: dict[str, Any]) -> list[str]:
             ],
         ]
         parts += ["### Edge: gateway memory under attack", markdown_table(["", "RSS (MB)"], rows)]
+    if "refused" in edge:
+        from .edge_refused import render as refused_table
+
+        parts += ["### Edge: keyless clients", refused_table(edge["refused"])]
+    if "limits" in edge:
+        from .edge_limits import render as limits_table
+
+        parts += ["### Edge: limits shared on Redis", limits_table(edge["limits"])]
     return parts
 
 
@@ -389,6 +415,12 @@ def voices_tables(voices: dict[str, Any]) -> list[str]:
     capacity = ", ".join(
         f"{name}: {voice['realtime_streams']}" for name, voice in voices["voices"].items()
     )
+    words = ", ".join(
+        f"{name} {voice['words']['exact']}/{voice['words']['utterances']}"
+        for name, voice in voices["voices"].items()
+        if voice.get("words", {}).get("timed")  # results from before word timing have none
+    )
+    notes = [f"Word tracks exactly the words sent, in order, inside the audio: {words}."]
     return [
         "## Voices: first byte vs first audible sample (-40 dBFS), per voice",
         markdown_table(header, rows),
@@ -398,15 +430,23 @@ def voices_tables(voices: dict[str, Any]) -> list[str]:
             load_rows,
         ),
         f"Largest level with no late frame: {capacity}.",
+        *(notes if words else []),
     ]
 
 
 def browser_tables(browser: dict[str, Any]) -> list[str]:
     params = browser["params"]
     med = browser["medians"].get("browser", {})
+    gap = med.get("heard_minus_python_audible_p50_ms")
     rows = [
         [
-            "time to first audio p50 (ms)",
+            "first audible sample p50 (ms, -40 dBFS)",
+            _fmt(med.get("heard_audible_p50_ms"), "int"),
+            _fmt(med.get("python_audible_p50_ms"), "int"),
+            _check(gap, f"{_fmt(gap, 'int')} ms", upper=BROWSER_OVER_PYTHON_MS),
+        ],
+        [
+            "first sample p50 (ms; Python: first PCM byte)",
             _fmt(med.get("heard_ttfa_p50_ms"), "int"),
             _fmt(med.get("python_ttfa_p50_ms"), "int"),
             _ratio(med.get("heard_over_python_p50")),
@@ -419,9 +459,12 @@ def browser_tables(browser: dict[str, Any]) -> list[str]:
         ],
         ["page: speak -> first frame p50 (ms)", _fmt(med.get("first_frame_p50_ms"), "int"), "", ""],
         ["page: jitter buffer p50 (ms)", _fmt(med.get("jitter_p50_ms"), "int"), "", ""],
+        ["page: output latency p50 (ms)", _fmt(med.get("output_latency_p50_ms"), "int"), "", ""],
+        ["page: latest frame vs real time (ms)", _fmt(med.get("late_max_ms"), "int"), "", ""],
         ["underruns heard in the page", _fmt(med.get("underruns"), "int"), "", ""],
     ]
-    header = ["browser", "heard in the page", "Python client", "page ÷ Python"]
+    target = f"page - Python (≤ {BROWSER_OVER_PYTHON_MS:.0f} ms) / ÷"
+    header = ["browser", "heard in the page", "Python client", target]
     title = (
         f"### Browser (voice {browser['voice']!r}, {params['lines']} lines, "
         f"{_rounds(params['rounds'])}, medians): speak pressed -> first sample played by the "

@@ -48,6 +48,8 @@ class Utterance:
     first_audible_sample: int | None = None
     # each audio_chunk's level and viseme track (None: the voice sends none)
     frame_tracks: list[tuple[float, list[list[Any]] | None]] = field(default_factory=list)
+    # each audio_chunk's word track (None: the voice sends none)
+    frame_words: list[list[list[Any]] | None] = field(default_factory=list)
     input_ws: ClientConnection | None = None
     output_ws: ClientConnection | None = None
 
@@ -206,6 +208,7 @@ async def _listen(utterance: Utterance, ws: ClientConnection) -> None:
             case "audio_chunk":
                 expecting_pcm = True
                 utterance.frame_tracks.append((float(event["level"]), event.get("visemes")))
+                utterance.frame_words.append(event.get("words"))
             case "audio_complete":
                 utterance.completed_at = clock()
                 return

@@ -76,6 +76,13 @@ class Ports:
         return cls(free_port(), free_port(), free_port(), free_port())
 
 
+def default_voice_config(voice: str) -> dict[str, Any]:
+    """One of DEFAULT_VOICES as config.json writes it (its engine named: the voice settings
+    are a union keyed on it, and "engine" is a default each dump would leave out)."""
+    settings = DEFAULT_VOICES[voice]
+    return {"engine": settings.engine, **settings.model_dump(exclude_defaults=True)}
+
+
 def stack_config(
     ports: Ports, voice: str, base: Path = REPO_ROOT / "config.json"
 ) -> dict[str, Any]:
@@ -93,8 +100,9 @@ def stack_config(
     routes["input"]["backends"] = [f"ws://{local}:{ports.input_handler}"]
     routes["output"] = {**routes.get("output", {}), "path": "/ws/output/{task_id}"}
     routes["output"]["backends"] = [f"ws://{local}:{ports.output_handler}"]
-    if "openai" in routes:  # the OpenAI-compatible API: plain HTTP to the input handler
-        routes["openai"]["backends"] = [f"http://{local}:{ports.input_handler}"]
+    for api in ("openai", "voicevox"):  # the input handler's HTTP APIs
+        if api in routes:
+            routes[api]["backends"] = [f"http://{local}:{ports.input_handler}"]
     if "tasks" in routes:  # captions and WAV of a task: plain HTTP to the output handler
         routes["tasks"]["backends"] = [f"http://{local}:{ports.output_handler}"]
     data.setdefault("input_handler", {}).update(
@@ -113,7 +121,7 @@ def stack_config(
     )
     voices = worker.get("voices") or {}
     if voice not in voices and voice in DEFAULT_VOICES:
-        voices[voice] = DEFAULT_VOICES[voice].model_dump(exclude_defaults=True)
+        voices[voice] = default_voice_config(voice)
     if voice not in voices:
         known = ", ".join(sorted({*voices, *DEFAULT_VOICES}))
         raise BenchError(f"voice {voice!r} is not configured in {base.name} (known: {known})")

@@ -14,7 +14,10 @@ loads only that voice (config.json's settings):
 4. from the utterances of 1.: how well the viseme track agrees with the audio: the share of
    vowel shapes that start in a frame louder than the utterance's median frame, next to the
    same share for ``n`` (closed). A track that follows the speech has the first well above
-   the second.
+   the second;
+5. from the same utterances: whether the word track holds exactly the words sent, in order,
+   each starting inside the audio (English: the text's words; Japanese: the phrases put
+   together are the text).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .speech_client import SpeechError, Utterance, close, prepare, speak_and_lis
 from .speech_path import read_lines, realtime_streams
 from .stats import percentile
 
-__all__ = ["VoicesParams", "run_voices", "viseme_agreement"]
+__all__ = ["VoicesParams", "run_voices", "viseme_agreement", "word_agreement"]
 
 TEXTS_JA = REPO_ROOT / "bench" / "texts" / "lines-ja.txt"
 TEXTS_EN = REPO_ROOT / "bench" / "texts" / "lines-en.txt"
@@ -136,6 +139,7 @@ def _run_voice(
         "realtime_streams": capacity,
         "poisson": poisson,
         "visemes": viseme_agreement(utterances),
+        "words": word_agreement(utterances, plan.japanese),
     }
 
 
@@ -230,6 +234,32 @@ def viseme_agreement(utterances: list[Utterance]) -> dict[str, Any]:
         "vowel_share_loud": counts["vowel"][0] / counts["vowel"][1] if counts["vowel"][1] else None,
         "n_share_loud": counts["n"][0] / counts["n"][1] if counts["n"][1] else None,
     }
+
+
+def word_agreement(utterances: list[Utterance], japanese: bool) -> dict[str, Any]:
+    """How many utterances' word tracks are exactly the words sent, in order, each starting
+    inside the audio."""
+    from aivtuber_tts.words import written_words
+
+    timed = exact = 0
+    for utterance in utterances:
+        tracks = utterance.frame_words
+        if not tracks or any(track is None for track in tracks):
+            continue
+        timed += 1
+        starts, words, at = [], [], 0
+        for track, samples in zip(tracks, utterance.frame_samples, strict=False):
+            for offset, _, word in track or []:
+                starts.append(at * 1000 // utterance.sample_rate + int(offset))
+                words.append(str(word))
+            at += samples
+        duration_ms = at * 1000 // max(1, utterance.sample_rate)
+        if japanese:
+            same = "".join(words) == "".join(utterance.text.split())
+        else:
+            same = words == written_words(utterance.text)
+        exact += same and starts == sorted(starts) and all(s < duration_ms for s in starts)
+    return {"timed": bool(timed), "utterances": timed, "exact": exact}
 
 
 async def _speak_one(gateway_ws: str, text: str) -> Utterance:

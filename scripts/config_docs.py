@@ -44,8 +44,10 @@ section (`gateway`, `input_handler`, `output_handler`, `tts_worker`) plus the sh
 stay short. `--config PATH` or `AIVTUBER_CONFIG=PATH` picks another file; `--host`,
 `--port` and `--log-level` override it per process; `INPUT_HANDLER_URL` and
 `OUTPUT_HANDLER_URL` replace the gateway's two routes' backends (one URL, or several
-separated by commas); `GATEWAY_API_KEY` adds a tenant named `default` and
-`GATEWAY_ADMIN_KEY` sets `auth.admin_key`.
+separated by commas; the output handlers' URLs also become the `tasks` route's, as
+`http://`); `GATEWAY_API_KEY` adds a tenant named `default`, `GATEWAY_ADMIN_KEY` sets
+`auth.admin_key`, and `REDIS_URL` replaces `bus.url` on the Redis bus (so the Redis
+password stays out of the file; docs/bus.md).
 
 The file is validated at start: an unknown key or a bad value stops the service with one
 line naming the key, and exit code 2:

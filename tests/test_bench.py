@@ -105,9 +105,14 @@ def test_edge_smoke_run_measures_authentication_next_to_the_anonymous_gateway(
     assert fairness["alone_ttfa_ms"] > 0 and fairness["flood_ttfa_ms"] > 0
     memory = results["scenarios"]["edge"]["memory"]
     assert memory["baseline_mb"] > 0 and memory["fragments_mb"] > 0 and memory["headers_mb"] > 0
+    refused = results["scenarios"]["edge"]["refused"]
+    assert refused["rest_mb"] > 0 and refused["answers"] == {"4401": refused["params"]["conns"]}
+    limits = results["scenarios"]["edge"]["limits"]
+    assert limits == {"skipped": "not in a smoke run"}
     table = capsys.readouterr().out
     assert "Edge: the cost of authentication" in table and "bearer ÷ anonymous" in table
     assert "Fair sharing" in table and "gateway memory under attack" in table
+    assert "Edge: keyless clients" in table and "Edge: limits shared on Redis" in table
 
 
 def test_report_without_nginx_shows_the_skip_reason_and_no_nginx_column() -> None:
@@ -201,3 +206,28 @@ def test_openai_smoke_run_times_the_http_endpoint_next_to_the_websocket_path(
     assert api["medians"]["http_over_ws_p50"] > 0
     table = capsys.readouterr().out
     assert "POST /v1/audio/speech" in table and "HTTP ÷ WS" in table
+
+
+@pytest.mark.timeout(400)  # the kokoro-ja model is built and loaded for the Japanese line
+def test_plugins_smoke_run_times_frameworks_voicevox_and_opus_next_to_their_baselines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = run_bench(tmp_path, "--scenario", "plugins")
+
+    frameworks = results["scenarios"]["plugins"]["frameworks"]
+    assert frameworks["voice"] == "sine" and frameworks["params"]["lines"] == 1
+    (row,) = frameworks["per_line"]
+    for method in ("raw", "livekit", "pipecat"):
+        assert row[f"{method}_ttfa_ms"] > 0 and row[f"{method}_ttfa_audible_ms"] > 0
+    assert frameworks["medians"]["livekit_over_raw_p50"] > 0
+    assert frameworks["medians"]["pipecat_over_raw_p50"] > 0
+    formats = results["scenarios"]["plugins"]["formats"]
+    assert formats["params"]["ja_lines"] == 1 and formats["params"]["en_lines"] == 2
+    (voicevox,) = formats["per_line"]["voicevox"]
+    assert voicevox["synthesis_ms"] > 0 and voicevox["wav_ms"] > 0 and voicevox["query_ms"] > 0
+    opus = formats["per_line"]["formats"]
+    assert all(row["opus_bytes"] > 0 and row["audio_s"] > 0 for row in opus)
+    assert formats["medians"]["opus_bytes_per_s"] > 0
+    table = capsys.readouterr().out
+    assert "LiveKit stream()" in table and "Pipecat" in table and "≤ 1.3× raw" in table
+    assert "VOICEVOX /synthesis" in table and "opus bytes per second" in table

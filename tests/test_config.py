@@ -208,3 +208,31 @@ def test_the_openai_api_is_an_http_route_to_the_input_handler_by_default(tmp_pat
         route = settings.gateway.routes["openai"]
         assert (route.protocol, route.backends) == ("http", ["http://127.0.0.1:8001"])
         assert settings.input_handler.output_handler_url == "ws://127.0.0.1:8002"
+
+
+def test_output_handler_url_also_points_the_tasks_route_at_the_output_handlers(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        write(tmp_path, {}),
+        environ={"OUTPUT_HANDLER_URL": "ws://10.0.0.6:9002, wss://out.example:443"},
+    )
+    tasks = settings.gateway.routes["tasks"]
+    assert tasks.protocol == "http" and tasks.path == "/v1/tasks/{task_id}/{file}"
+    assert tasks.backends == ["http://10.0.0.6:9002", "https://out.example:443"]
+
+
+def test_the_shipped_config_speaks_heart_by_default_and_keeps_joe() -> None:
+    worker = load_settings(ROOT / "config.json", environ=NO_ENV).tts_worker
+    assert worker.default_voice == "heart" and worker.voices["heart"].engine == "hibari"
+    assert worker.voices["joe"].engine == "piper"
+
+
+def test_the_voicevox_api_is_an_http_route_to_the_input_handler_by_default(tmp_path: Path) -> None:
+    for settings in (
+        load_settings(write(tmp_path, {}), environ=NO_ENV),
+        load_settings(ROOT / "config.json", environ=NO_ENV),
+    ):
+        route = settings.gateway.routes["voicevox"]
+        assert route.path == "/voicevox/{endpoint:path}"
+        assert (route.protocol, route.backends) == ("http", ["http://127.0.0.1:8001"])

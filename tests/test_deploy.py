@@ -51,10 +51,11 @@ def test_pm2_ecosystem_starts_the_procfile_scripts_and_nothing_else() -> None:
 
 
 def redis_procfile() -> dict[str, str]:
-    """name -> the command's arguments after "python"."""
+    """name -> the command's arguments after "python" (the services; not the redis-server
+    line, which systemd and pm2 leave to the system's own Redis: see deploy/README.md)."""
     entries = {}
     for line in (ROOT / "Procfile.redis").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
+        if line.strip() and not line.startswith(("#", "redis:")):
             name, command = line.split(":", 1)
             python, arguments = command.split(maxsplit=1)
             assert python == "python"

@@ -3,6 +3,7 @@ Origin, the connection quota, admin access to monitoring, and what is never show
 
 from __future__ import annotations
 
+import base64
 import uuid
 
 import httpx
@@ -25,6 +26,11 @@ from tests.gateway_support import closed_with, run_gateway, wait_until
 CREDENTIAL_FORMS = {
     "bearer": ({"Authorization": f"Bearer {ALICE_KEY}"}, ""),
     "x-api-key": ({"X-Api-Key": ALICE_KEY}, ""),
+    # A key in a URL's user info (http://name:KEY@host/...), as HTTP libraries send it.
+    "basic": (
+        {"Authorization": "Basic " + base64.b64encode(f"vv:{ALICE_KEY}".encode()).decode()},
+        "",
+    ),
     "query": ({}, f"&api_key={ALICE_KEY}"),
 }
 

@@ -22,6 +22,7 @@ from aivtuber_tts.engines import (
     build_engine,
     intra_op_threads,
     measure,
+    wide_threads,
 )
 from aivtuber_tts.errors import EngineError
 from aivtuber_tts.splitting import split_text
@@ -104,6 +105,18 @@ def test_threads_are_shared_evenly_among_engine_slots_unless_set() -> None:
     # hibari runs on one thread; kokoro_ja's long calls get every core
     assert intra_op_threads(HibariVoice(), max_concurrent=1, cpus=8) == 1
     assert intra_op_threads(KokoroJaVoice(), max_concurrent=2, cpus=4) == 4
+
+
+def test_piper_gets_a_two_thread_session_for_lone_pieces_unless_threads_are_set() -> None:
+    assert wide_threads(PiperVoice(), cpus=2) == 2
+    assert wide_threads(PiperVoice(), cpus=1) == 1  # no wider than one: none (below)
+    assert wide_threads(PiperVoice(intra_op_threads=1), cpus=8) == 0
+    engine = PiperEngine(device="cpu", intra_op_threads=1, wide_threads=2, warmup=False)
+    engine.load()
+    assert engine._voice is not None and engine._wide is not None
+    assert engine._voice.session.get_session_options().intra_op_num_threads == 1
+    assert engine._wide.session.get_session_options().intra_op_num_threads == 2
+    assert PiperEngine(device="cpu", intra_op_threads=1, wide_threads=1).wide_threads == 0
 
 
 async def test_the_factory_builds_each_engine_from_its_voice() -> None:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from aivtuber_tts.scheduler import PieceScheduler
+from aivtuber_tts.scheduler import PieceScheduler, running_alone
 from tests.support import wait_until
 
 WAIT_S = 10.0
@@ -96,3 +96,23 @@ async def test_an_error_in_a_piece_reaches_the_caller_and_frees_the_slot(
         await scheduler.run(0.0, fail)
     await wait_until(lambda: scheduler.busy == 0)
     assert await scheduler.run(0.0, lambda: 42) == 42
+
+
+async def test_a_piece_is_told_when_it_runs_alone_so_it_may_use_the_idle_cores(
+    executor: ThreadPoolExecutor,
+) -> None:
+    scheduler = PieceScheduler(2, executor)
+    gate = threading.Event()
+
+    def held() -> bool:
+        alone = running_alone()
+        gate.wait(WAIT_S)
+        return alone
+
+    assert await scheduler.run(0.0, running_alone) is True  # an idle worker
+    first = asyncio.create_task(scheduler.run(0.0, held))
+    await wait_until(lambda: scheduler.busy == 1)
+    beside = await scheduler.run(0.0, running_alone)  # the other slot, while one runs
+    gate.set()
+    assert await first is True and beside is False
+    assert running_alone() is False  # outside a piece: never

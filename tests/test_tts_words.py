@@ -4,8 +4,10 @@ for the English voices), and the track through the whole stack on both buses, re
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,8 +20,11 @@ from aivtuber_tts.engines import HibariEngine, PiperEngine
 from aivtuber_tts.engines.base import LocalEngine
 from aivtuber_tts.visemes import Speech, TrackCutter
 from aivtuber_tts.words import japanese_words, phones, time_words, written_words
+from bench.speech_client import Utterance
+from bench.voices import word_agreement
 from tests.frontend import Heard, frontend, listen, speak
 from tests.test_end_to_end import stack
+from tests.test_streaming import append, end, open_stream
 
 TEXTS = Path(__file__).resolve().parents[1] / "bench" / "texts"
 
@@ -246,7 +251,49 @@ async def test_the_word_track_reaches_subscribers_on_both_buses_and_on_resume(
     assert [w for c in resumed.chunks for w in c["words"]] == later and later
 
 
+async def test_a_streamed_reply_keeps_its_words_whole_and_in_order_across_clauses(
+    bus: BusSettings,
+) -> None:
+    pieces = ["Okay, let us ", "try this le", "vel one more time. I th", "ink I have got it now."]
+    text = "".join(pieces)
+    async with stack(bus, heart=True) as s, frontend(s.url) as (ws, _):
+        task_id = await open_stream(ws, voice="heart")
+        listener = asyncio.create_task(listen(s.url, task_id))
+        for piece in pieces:
+            await append(ws, task_id, piece)
+        await end(ws, task_id)
+        async with asyncio.timeout(30):
+            heard = await listener
+    assert [c["chunk_id"] for c in heard.chunks] == list(range(len(heard.chunks)))
+    timed = words_of(heard)
+    assert [word for _, _, word in timed] == written_words(text)
+    starts = [start for start, _, _ in timed]
+    assert starts == sorted(starts) and heard.end is not None
+    assert starts[-1] < heard.end["duration_ms"]
+
+
 async def test_an_untimed_voice_sends_no_word_track(bus: BusSettings) -> None:
     async with stack(bus) as s, frontend(s.url) as (ws, _):
         heard = await listen(s.url, await speak(ws, "Just a tone, no words."))
     assert heard.chunks and not any("words" in chunk for chunk in heard.chunks)
+
+
+def test_the_bench_counts_an_utterance_exact_only_with_every_word_in_order_inside_the_audio() -> (
+    None
+):
+    def heard(text: str, tracks: list[list[list[Any]] | None]) -> Utterance:
+        utterance = Utterance(text=text, sample_rate=1000)
+        utterance.frame_words, utterance.frame_samples = tracks, [100] * len(tracks)
+        return utterance
+
+    good = heard("Hi chat!", [[[5, 50, "Hi"]], [[20, 80, "chat!"]]])
+    reordered = heard("Hi chat!", [[[5, 50, "chat!"]], [[20, 80, "Hi"]]])
+    missing = heard("Hi chat!", [[[5, 50, "Hi"]], []])
+    untimed = heard("Hi chat!", [None, None])
+    assert word_agreement([good, reordered, missing, untimed], japanese=False) == {
+        "timed": True,
+        "utterances": 3,
+        "exact": 1,
+    }
+    ja = heard("今日も 配信に", [[[0, 90, "今日も"], [95, 90, "配信に"]]])
+    assert word_agreement([ja], japanese=True)["exact"] == 1

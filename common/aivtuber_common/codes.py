@@ -78,6 +78,11 @@ class ErrorCode(StrEnum):
     TASK_EXPIRED = "task_expired"
     INGEST_ERROR = "ingest_error"
     INTERNAL_ERROR = "internal_error"
+    # The VOICEVOX-compatible API (docs/voicevox.md)
+    NO_TIMING = "no_timing"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    # --- clients (never sent by a server) ----------------------------------------------
+    CONNECTION_LOST = "connection_lost"
 
 
 MEANINGS: dict[ErrorCode, str] = {
@@ -153,4 +158,10 @@ MEANINGS: dict[ErrorCode, str] = {
     "waited on it (Redis bus)",
     ErrorCode.INGEST_ERROR: "a worker sent something that does not fit the frame path",
     ErrorCode.INTERNAL_ERROR: "a bug: the log has the details",
+    ErrorCode.NO_TIMING: "the voice's engine does not say when each sound is spoken, so it "
+    "has no mora timing for VOICEVOX's audio_query (the sine and remote voices)",
+    ErrorCode.UNSUPPORTED_PARAMETER: "a VOICEVOX AudioQuery asks for what the voices cannot "
+    "do (speedScale, pitchScale, intonationScale, pause lengths other than the defaults)",
+    ErrorCode.CONNECTION_LOST: "(clients only: the framework plugins) the gateway could not be "
+    "reached, or the connection dropped before the task ended",
 }

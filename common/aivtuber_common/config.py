@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -67,6 +68,8 @@ ENV_CONFIG = "AIVTUBER_CONFIG"
 ENV_ROUTE_OVERRIDES = {"input": "INPUT_HANDLER_URL", "output": "OUTPUT_HANDLER_URL"}
 # Seed convention: GATEWAY_API_KEY adds a tenant named "default"; GATEWAY_ADMIN_KEY sets
 # auth.admin_key.
+# REDIS_URL replaces bus.url on the Redis bus: the password stays out of the config file.
+ENV_REDIS_URL = "REDIS_URL"
 ENV_API_KEY = "GATEWAY_API_KEY"
 ENV_ADMIN_KEY = "GATEWAY_ADMIN_KEY"
 DEFAULT_TENANT = "default"
@@ -170,7 +173,27 @@ def _default_routes() -> dict[str, RouteSettings]:
         "openai": RouteSettings(
             path="/v1/{endpoint:path}", backends=["http://127.0.0.1:8001"], protocol="http"
         ),
+        # The VOICEVOX-compatible API (docs/voicevox.md), also served by the input handler.
+        "voicevox": RouteSettings(
+            path="/voicevox/{endpoint:path}", backends=["http://127.0.0.1:8001"], protocol="http"
+        ),
     }
+
+
+def _over_default_routes(value: Any) -> Any:
+    # A route named like a default one ("input", "output", "openai") overrides only the keys
+    # it gives: listing "input" with its backends keeps its 1 MiB max_message_bytes, and
+    # "output" keeps audio_metrics. Routes not listed are not served.
+    if not isinstance(value, dict):
+        return value
+    defaults = _default_routes()
+    merged: dict[Any, Any] = {}
+    for name, route in value.items():
+        default = defaults.get(name) if isinstance(name, str) else None
+        if default is not None and isinstance(route, dict):
+            route = {**default.model_dump(exclude_defaults=True), **route}
+        merged[name] = route
+    return merged
 
 
 def _check_network(value: str) -> str:
@@ -195,8 +218,12 @@ class GatewaySettings(StrictModel):
     host: str = "0.0.0.0"
     # Port to listen on: the one port a frontend talks to.
     port: Port = 8000
-    # Route name -> route, matched in order; a third route is a config change.
-    routes: dict[str, RouteSettings] = Field(default_factory=_default_routes)
+    # Route name -> route, matched in order; a third route is a config change. Naming a
+    # default route (input, output, openai) overrides only the keys given; its other keys
+    # (max_message_bytes, audio_metrics, ...) keep their defaults. Unlisted routes are off.
+    routes: Annotated[dict[str, RouteSettings], BeforeValidator(_over_default_routes)] = Field(
+        default_factory=_default_routes
+    )
     # Largest message of a route that sets no max_message_bytes of its own.
     max_message_bytes: Annotated[int, Field(ge=1024)] = 16 * MIB
     # An HTTP request head (request line and headers, upgrades included) longer than this is
@@ -204,6 +231,12 @@ class GatewaySettings(StrictModel):
     max_head_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
     # A request head not complete within this is answered 408 and closed (slowloris).
     head_timeout_s: Seconds = 10.0
+    # Connections without a verdict yet (request head unfinished, identity not resolved,
+    # or refused with 4401/4403/4429 and not closed yet, which takes at most 1 s), all
+    # clients together; one more is closed at accept.
+    max_pending_connections: Annotated[int, Field(ge=1)] = 1024
+    # The same, per client address.
+    max_pending_per_address: Annotated[int, Field(ge=1)] = 64
     # Time to open the backend connection (TCP + WebSocket handshake), all backends
     # of a route together; then the client is closed with 1013.
     connect_timeout_s: Seconds = 5.0
@@ -319,6 +352,33 @@ class OpenAISettings(StrictModel):
     max_input_chars: Annotated[int, Field(ge=1)] = 4096
 
 
+def _default_style_ids() -> dict[str, int]:
+    return {
+        "jf_alpha": 0,
+        "jf_gongitsune": 1,
+        "jf_nezumi": 2,
+        "jf_tebukuro": 3,
+        "jm_kumo": 4,
+        "heart": 10,
+        "joe": 11,
+    }
+
+
+class VoicevoxSettings(StrictModel):
+    """The VOICEVOX-compatible API (``/voicevox/...``) of the input handler."""
+
+    # Voice id -> VOICEVOX style id (the "speaker" number clients send). A voice not
+    # listed gets 1000 + its id's CRC-32 modulo 1000000: stable, whatever else is loaded.
+    style_ids: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=_default_style_ids)
+
+    @model_validator(mode="after")
+    def _ids_unique(self) -> VoicevoxSettings:
+        ids = list(self.style_ids.values())
+        if len(ids) != len(set(ids)):
+            raise ValueError("style_ids: two voices have the same style id")
+        return self
+
+
 class InputHandlerSettings(StrictModel):
     # Interface to listen on (loopback: only the gateway reaches it).
     host: str = "127.0.0.1"
@@ -349,6 +409,7 @@ class InputHandlerSettings(StrictModel):
     # is refused with text_too_long (the text already taken is still spoken).
     max_stream_chars: Annotated[int, Field(ge=1)] = 20000
     openai: OpenAISettings = OpenAISettings()
+    voicevox: VoicevoxSettings = VoicevoxSettings()
 
 
 class OutputHandlerSettings(StrictModel):
@@ -568,6 +629,10 @@ class TtsWorkerSettings(StrictModel):
     # 16 streams started at once then all stutter on 2 cores; 1.5 still left 6 of them
     # stuttering, 3.0 none (quick bench, 2 cores). Idle, it changes nothing.
     first_chunk_slack_s: Annotated[float, Field(ge=0)] = 3.0
+    # A spare engine slot for the first piece of a tenant with nothing running, when every
+    # slot is busy with other tenants' pieces: it does not wait behind their long pieces
+    # (fair sharing under a flood); off: it waits for the next free slot.
+    spare_slot: bool = True
     # Synthesise one short line on each engine thread at start, so the first viewer
     # does not pay for the first inference.
     warmup: bool = True
@@ -603,7 +668,8 @@ class RedisBusSettings(StrictModel):
 
     # "redis": tasks, frames and heartbeats on Redis Streams (docs/bus.md).
     kind: Literal["redis"]
-    # Where Redis is; rediss:// for TLS; a password goes in the URL (never logged).
+    # Where Redis is; rediss:// for TLS; a password goes in the URL (never logged). The
+    # environment variable REDIS_URL replaces it (keep the password out of the file).
     url: Annotated[str, AfterValidator(_check_redis_url)] = Field(
         default="redis://127.0.0.1:6379/0", repr=False
     )
@@ -703,6 +769,9 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] = os.envi
 
 def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     _apply_auth_environment(data, environ)
+    bus, redis_url = data.get("bus"), environ.get(ENV_REDIS_URL)
+    if redis_url and isinstance(bus, dict) and bus.get("kind") == "redis":
+        bus["url"] = redis_url
     for route_name, variable in ENV_ROUTE_OVERRIDES.items():
         value = environ.get(variable)
         if not value:
@@ -719,6 +788,10 @@ def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None
             route = routes.setdefault(route_name, _default_routes()[route_name].model_dump())
             if isinstance(route, dict):
                 route["backends"] = value
+            # The output handlers also serve the tasks route (captions, WAV) over HTTP.
+            tasks = routes.get("tasks")
+            if route_name == "output" and isinstance(tasks, dict):
+                tasks["backends"] = re.sub(r"\bws(s?)://", r"http\1://", value)
 
 
 def _apply_auth_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import codecs
+import contextlib
 import json
 import os
 import sys
@@ -99,23 +100,10 @@ async def say(
     base = url.rstrip("/")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with asyncio.timeout(timeout_s):
-        async with connect(
-            f"{base}/ws/input", compression=None, max_size=None, additional_headers=headers
-        ) as conn:
-            hello = await _json(conn)
-            if hello.get("action") != "task_id_assigned":
-                raise SayError("protocol_error", f"expected task_id_assigned, got {hello}")
-            speak: dict[str, Any] = {"type": "speak", "text": text}
-            if voice:
-                speak["voice"] = voice
+        async with _input(base, headers) as conn:
             started = time.perf_counter()
-            await conn.send(json.dumps(speak))
-            reply = await _json(conn)
-            if reply.get("type") == "error":
-                raise SayError(reply.get("code", "error"), reply.get("message", str(reply)))
-            if reply.get("action") != "upload_processed":
-                raise SayError("protocol_error", f"expected upload_processed, got {reply}")
-            return await _listen(base, reply["task_id"], started, headers)
+            task_id = await _speak(conn, {"type": "speak", "text": text}, voice)
+            return await _listen(base, task_id, started, headers)
 
 
 async def say_stream(
@@ -130,21 +118,9 @@ async def say_stream(
     base = url.rstrip("/")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with asyncio.timeout(timeout_s):
-        async with connect(
-            f"{base}/ws/input", compression=None, max_size=None, additional_headers=headers
-        ) as conn:
-            hello = await _json(conn)
-            if hello.get("action") != "task_id_assigned":
-                raise SayError("protocol_error", f"expected task_id_assigned, got {hello}")
-            speak: dict[str, Any] = {"type": "speak", "text": "", "stream": True}
-            if voice:
-                speak["voice"] = voice
+        async with _input(base, headers) as conn:
             started = time.perf_counter()
-            await conn.send(json.dumps(speak))
-            reply = await _json(conn)
-            if reply.get("type") == "error":
-                raise SayError(reply.get("code", "error"), reply.get("message", str(reply)))
-            task_id = reply["task_id"]
+            task_id = await _speak(conn, {"type": "speak", "text": "", "stream": True}, voice)
             clock = _FirstPiece()
             listener = asyncio.create_task(_listen(base, task_id, started, headers))
             sender = asyncio.create_task(_send_pieces(conn, task_id, pieces, clock))
@@ -165,6 +141,31 @@ async def say_stream(
                 heard = result.first_heard_at
                 result.first_audible_s = None if heard is None else heard - clock.at
             return result
+
+
+@contextlib.asynccontextmanager
+async def _input(base: str, headers: dict[str, str]) -> AsyncIterator[ClientConnection]:
+    """A connection to ``/ws/input`` that has said ``task_id_assigned``."""
+    async with connect(
+        f"{base}/ws/input", compression=None, max_size=None, additional_headers=headers
+    ) as conn:
+        hello = await _json(conn)
+        if hello.get("action") != "task_id_assigned":
+            raise SayError("protocol_error", f"expected task_id_assigned, got {hello}")
+        yield conn
+
+
+async def _speak(conn: ClientConnection, speak: dict[str, Any], voice: str | None) -> str:
+    """Send ``speak`` (with ``voice``, if given); the task id once it was taken."""
+    if voice:
+        speak["voice"] = voice
+    await conn.send(json.dumps(speak))
+    reply = await _json(conn)
+    if reply.get("type") == "error":
+        raise SayError(reply.get("code", "error"), reply.get("message", str(reply)))
+    if reply.get("action") != "upload_processed":
+        raise SayError("protocol_error", f"expected upload_processed, got {reply}")
+    return str(reply["task_id"])
 
 
 class _FirstPiece:

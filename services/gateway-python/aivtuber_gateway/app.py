@@ -28,7 +28,7 @@ from aivtuber_common.redact import short_path
 from aivtuber_common.refusal import Refusal
 
 from .auth import Edge
-from .bounds import limit_messages
+from .bounds import limit_messages, refuse_cheaply, settle
 from .clientaddr import ClientAddresses
 from .headers import forwarded_request
 from .health import HealthChecker
@@ -167,12 +167,14 @@ class GatewayApp:
         if route is None:
             runtime.registry.rejected["unmatched", AppCloseCode.NOT_FOUND] += 1
             self.log.info("no_route", path=short_path(scope["path"]), client=_client(scope))
+            refuse_cheaply(send)
             await _refuse(send, AppCloseCode.NOT_FOUND, "no route for this path")
             return
         # limits.max_connections: counted per tenant (per IP if anonymous), all routes.
         if (over := self.edge.open_connection(identity)) is not None:
             await self._refuse_edge(send, scope, runtime, route.name, over)
             return
+        settle(send)  # no longer a pending connection (bounds.py, pending.py)
         try:
             await self._proxy(scope, receive, send, runtime, route, identity)
         finally:
@@ -194,6 +196,8 @@ class GatewayApp:
             code=refusal.close_code,
             reason=refusal.reason,
         )
+        # Bounded from here: a few KiB more read, the socket closed within a second.
+        refuse_cheaply(send)
         await _refuse(send, refusal.close_code, refusal.reason)
 
     async def _proxy(

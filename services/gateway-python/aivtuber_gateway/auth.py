@@ -9,6 +9,9 @@ scope so nothing downstream (a backend, its logs) ever sees it.
 Credentials, tried in this order, the first valid one wins:
 
     Authorization: Bearer <tenant key>
+    Authorization: Basic <base64 of "any-name:<tenant key>">   (a key in the URL's
+                                   user info, http://voicevox:KEY@host:8000/voicevox, which
+                                   HTTP libraries send as Basic: clients that take only a URL)
     X-Api-Key: <tenant key>
     ?api_key=<tenant key>          (browsers cannot set headers on a WebSocket)
     ?ticket=<ticket>               (see :mod:`.tickets`; POST /v1/tickets issues them)
@@ -32,6 +35,8 @@ which says so in X-Forwarded-For, is not a loopback client).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import time
 from collections.abc import Callable
@@ -126,7 +131,7 @@ class Edge:
                 verdict = BAD_ORIGIN
                 _strip(scope, headers, params, strip_bearer=True)
                 return verdict
-        bearer = _bearer(found.get(b"authorization"))
+        bearer = _bearer(found.get(b"authorization")) or _basic(found.get(b"authorization"))
         if self.anonymous:
             verdict = Identity(tenant=None, client_ip=client_ip)
             bearer_is_key = False
@@ -278,6 +283,21 @@ def _bearer(value: bytes | None) -> str | None:
         return None
     scheme, _, token = value.decode("latin-1").strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _basic(value: bytes | None) -> str | None:
+    """The password of ``Authorization: Basic`` (the user name is not looked at)."""
+    if value is None:
+        return None
+    scheme, _, token = value.decode("latin-1").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return password if colon and password else None
 
 
 def _first_headers(headers: Any) -> dict[bytes, bytes]:

@@ -15,7 +15,12 @@ What a client could make the gateway hold, and what bounds it:
   ``gateway.head_timeout_s``; uvicorn has neither (httptools keeps a header of any size);
 - an upgrade whose head websockets refuses (a header line over 8 KiB, over 128 headers):
   websockets queues its 431 but uvicorn never writes it nor closes the socket;
-  :class:`BoundedWebSocketProtocol` does.
+  :class:`BoundedWebSocketProtocol` does;
+- a connection refused by the edge (4401, 4403, 4429, 4404): :func:`refuse_cheaply` lowers
+  its message limit so that any data frame fails at its header, reads at most
+  :data:`.pending.REFUSED_READ_BUDGET` more bytes and closes the socket within
+  :data:`.pending.REFUSED_CLOSE_S` (uvicorn would read on for 10 s, up to the limit);
+- many connections without a verdict yet: capped by the server's :class:`.pending.PendingGate`.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 
+from .pending import REFUSED_CLOSE_S, REFUSED_READ_BUDGET, GateTicket, PendingGate
+
 __all__ = [
     "CLIENT_KEEPALIVE",
     "FRAGMENT_OVERHEAD",
@@ -43,6 +50,8 @@ __all__ = [
     "bounded_ws_protocol",
     "limit_messages",
     "linger_close",
+    "refuse_cheaply",
+    "settle",
 ]
 
 # After an error answer, how long the rest of what the client sends is read and dropped
@@ -54,6 +63,8 @@ CLIENT_KEEPALIVE = "client: keepalive ping timeout"
 # What one held fragment costs beyond its payload: a bytes object (33 bytes in CPython)
 # and its slot in a list, rounded up.
 FRAGMENT_OVERHEAD = 64
+# A refused connection's message limit: a close frame's payload (125) fits, data does not.
+REFUSED_MAX_MESSAGE = 125
 
 log = structlog.get_logger("aivtuber_gateway")
 
@@ -108,17 +119,20 @@ class BoundedServerProtocol(_FragmentCap, ServerProtocol):
     """The client hop's protocol, inside :class:`BoundedWebSocketProtocol`."""
 
 
-def bounded_ws_protocol(base: type[Any] | str) -> type[Any]:
+def bounded_ws_protocol(base: type[Any] | str, gate: PendingGate | None = None) -> type[Any]:
     """The client hop's protocol class: ``base`` (the fast path's class, or uvicorn's own
-    for the plain path: see :func:`.fastpath.client_protocol`) with the bounds on top."""
+    for the plain path: see :func:`.fastpath.client_protocol`) with the bounds on top;
+    ``gate`` caps the connections still waiting for a verdict."""
     if isinstance(base, str):
         base = WebSocketsSansIOProtocol
-    return type(f"Bounded{base.__name__}", (BoundedWebSocketProtocol, base), {})
+    return type(f"Bounded{base.__name__}", (BoundedWebSocketProtocol, base), {"gate": gate})
 
 
 class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     """The client hop: fragments capped, a refused handshake answered and closed. Used
     through :func:`bounded_ws_protocol`, in front of the fast path's class or alone."""
+
+    gate: PendingGate | None = None  # set per server by bounded_ws_protocol
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -130,13 +144,61 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             logger=conn.logger,
         )
         self._lingering = False  # refused: what still arrives is dropped
+        self._ticket: GateTicket | None = None
+        self._budget: int | None = None  # refused by the edge: bytes it may still send
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._ticket = GateTicket(self.gate, self.client[0] if self.client else "unknown")
+        if not self._ticket.admitted:
+            self._lingering = True  # over the pending caps: nothing of it is read
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._ticket is not None:
+            self._ticket.release()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return
+        if self._budget is not None:
+            self._budget -= len(data)
+            if self._budget < 0:  # a refused client that keeps sending: cut it off
+                self._lingering = True
+                self.transport.close()
+                client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
+                log.info("refused_client_cut_off", client=client, budget=REFUSED_READ_BUDGET)
+                return
         super().data_received(data)
         if not self.handshake_initiated and self.conn.handshake_exc:
             self._refuse_head()
+
+    def settle(self) -> None:
+        """The edge admitted this connection: it no longer counts as pending."""
+        if self._ticket is not None:
+            self._ticket.release()
+
+    def refuse_cheaply(self) -> None:
+        """The edge refused it (its close frame is about to be sent): from now on any data
+        frame fails at its header, at most REFUSED_READ_BUDGET bytes are read, and the
+        socket is closed within REFUSED_CLOSE_S; it counts as pending until then."""
+        if self._ticket is not None:
+            self._ticket.retake()
+        self.limit_message_size(REFUSED_MAX_MESSAGE)
+        self._budget = REFUSED_READ_BUDGET
+        self.loop.call_later(REFUSED_CLOSE_S, self._close_refused)
+
+    def limit_message_size(self, max_bytes: int) -> None:
+        self.conn.max_message_size = max_bytes
+        frames = getattr(super(), "limit_frame_size", None)  # the fast path's scanner
+        if frames is not None:
+            frames(max_bytes)
+
+    def _close_refused(self) -> None:
+        self._lingering = True
+        if not self.transport.is_closing():
+            self.transport.close()
 
     def keepalive_timeout(self) -> None:
         # uvicorn closes a client that left a ping unanswered and reports it to the app as
@@ -181,18 +243,35 @@ def linger_close(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) 
 
 def limit_messages(send: Any, max_bytes: int) -> None:
     """Apply a route's message limit to the client connection behind ``send`` (uvicorn's
-    limit is the largest of all routes until the route is known)."""
+    limit is the largest of all routes until the route is known); a frame that declares
+    more is refused at its header, on the fast path too."""
     protocol = getattr(send, "__self__", None)
     if isinstance(protocol, BoundedWebSocketProtocol):
-        protocol.conn.max_message_size = max_bytes
+        protocol.limit_message_size(max_bytes)
 
 
-def bounded_http_protocol(max_head_bytes: int, head_timeout_s: float) -> type[Any]:
-    """uvicorn's httptools protocol with these head bounds."""
+def settle(send: Any) -> None:
+    """The connection behind ``send`` was admitted by the edge (see :mod:`.pending`)."""
+    protocol = getattr(send, "__self__", None)
+    if isinstance(protocol, BoundedWebSocketProtocol):
+        protocol.settle()
+
+
+def refuse_cheaply(send: Any) -> None:
+    """The connection behind ``send`` is being refused: bound what it may still cost."""
+    protocol = getattr(send, "__self__", None)
+    if isinstance(protocol, BoundedWebSocketProtocol):
+        protocol.refuse_cheaply()
+
+
+def bounded_http_protocol(
+    max_head_bytes: int, head_timeout_s: float, gate: PendingGate | None = None
+) -> type[Any]:
+    """uvicorn's httptools protocol with these head bounds (and the pending caps)."""
     return type(
         "BoundedHttpToolsProtocol",
         (BoundedHttpToolsProtocol,),
-        {"max_head_bytes": max_head_bytes, "head_timeout_s": head_timeout_s},
+        {"max_head_bytes": max_head_bytes, "head_timeout_s": head_timeout_s, "gate": gate},
     )
 
 
@@ -201,6 +280,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     max_head_bytes = 16 * 1024
     head_timeout_s = 10.0
+    gate: PendingGate | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -209,13 +289,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._parsed_bytes = 0
+        self._ticket: GateTicket | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Pending until its first request head is complete (then the request's own route
+        # bounds it; an upgrade is counted again by the WebSocket protocol).
+        self._ticket = GateTicket(self.gate, self.client[0] if self.client else "unknown")
+        if not self._ticket.admitted:
+            self._refused = True  # over the pending caps: closed before anything is read
+            transport.close()
+            return
         self._start_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        if self._ticket is not None:
+            self._ticket.release()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -249,6 +339,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_head_timer()
+        if self._ticket is not None:
+            self._ticket.release()
         if self._parsed_bytes > self.max_head_bytes:
             self._head_bytes = self._parsed_bytes
             self._refuse(431, "Request Header Fields Too Large", "head_too_large")

@@ -51,6 +51,11 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         # backend messages read at once leaves in one syscall instead of one each.
         self._pending: list[bytes] | None = None
 
+    def limit_frame_size(self, max_bytes: int) -> None:
+        """A data frame declaring more than ``max_bytes`` is not buffered: it goes to
+        websockets, which fails it at its header (1009)."""
+        self._scanner.max_size = max_bytes
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # None when the handshake was refused

@@ -21,6 +21,7 @@ from aivtuber_common.config import GatewaySettings
 from .app import GatewayApp
 from .bounds import bounded_http_protocol, bounded_ws_protocol
 from .fastpath import client_protocol
+from .pending import PendingGate
 from .routing import RouteTable
 
 __all__ = ["GatewayServer", "uvicorn_overrides"]
@@ -32,12 +33,15 @@ def uvicorn_overrides(gateway: GatewaySettings) -> dict[str, Any]:
     machinery when the installed uvicorn and websockets allow it: see :mod:`.fastpath`).; fragments
     and refused handshakes bounded: see :mod:`.bounds`)."""
     routes = RouteTable(gateway)
+    sizes = [route.max_message_bytes for route in routes if route.protocol == "websocket"]
+    # Connections without a verdict yet, capped in total and per address (pending.py).
+    gate = PendingGate(gateway.max_pending_connections, gateway.max_pending_per_address)
     overrides: dict[str, Any] = {
         # Per connection, each route's own limit applies once the route is known
-        # (bounds.limit_messages); until then, the largest of them.
-        "ws_max_size": max(route.max_message_bytes for route in routes),
+        # (bounds.limit_messages); until then, the largest of the WebSocket routes'.
+        "ws_max_size": max(sizes, default=gateway.max_message_bytes),
         # Request heads bounded in size and time (uvicorn has neither): see bounds.py.
-        "http": bounded_http_protocol(gateway.max_head_bytes, gateway.head_timeout_s),
+        "http": bounded_http_protocol(gateway.max_head_bytes, gateway.head_timeout_s, gate),
         "ws_ping_interval": gateway.ping_interval_s or None,
         "ws_ping_timeout": gateway.ping_timeout_s if gateway.ping_interval_s else None,
         # uvicorn negotiates permessage-deflate for the whole server, not per path: it is
@@ -48,7 +52,7 @@ def uvicorn_overrides(gateway: GatewaySettings) -> dict[str, Any]:
         "proxy_headers": False,
         # The fast path's class or uvicorn's own, with the client hop's bounds on top.
         "ws": bounded_ws_protocol(
-            client_protocol(gateway.fast_path, structlog.get_logger("aivtuber_gateway"))
+            client_protocol(gateway.fast_path, structlog.get_logger("aivtuber_gateway")), gate
         ),
     }
     if gateway.tls is not None:  # wss:// and https:// served directly

@@ -84,6 +84,10 @@ class ActiveTasks:
     def now(self) -> float:
         return self._clock()
 
+    def holds(self, task_id: str) -> bool:
+        """The task has not ended (as far as this handler knows)."""
+        return task_id in self._tasks
+
     # --- the input side -----------------------------------------------------------------
 
     def admitted(self, task_id: str, key: str, chars: int, stream: bool = False) -> None:

@@ -55,6 +55,7 @@ from .session import (
     Submit,
 )
 from .speech import SpeechApi
+from .voicevox import VoicevoxApi
 
 __all__ = ["InputEndpoint", "create_app"]
 
@@ -81,7 +82,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[InputState]:
-        async with open_bus(settings, endpoint.active, transport) as submitter:
+        # On Redis the limiter counts in Redis, once for every replica (shared_limits.py).
+        async with open_bus(settings, endpoint.active, transport, endpoint.limiter) as submitter:
             endpoint.submitter = speech.submitter = submitter
             try:
                 yield {"submitter": submitter}
@@ -110,6 +112,7 @@ def create_app(
         Route("/health", health),
         Route("/metrics", metrics_endpoint(metrics.registry)),
         *speech.routes(),
+        *VoicevoxApi(settings, speech).routes(),  # /voicevox/...: docs/voicevox.md
     ]
     return Starlette(
         routes=routes, lifespan=lifespan, middleware=internal_middleware(settings.internal_token)
@@ -228,7 +231,7 @@ class InputEndpoint:
         assert self.submitter is not None
         key = identity.limits_key
         limits = self.settings.limits_for(identity.tenant)
-        limited = self.limiter.admit(key, limits, len(submit.text))
+        limited = await self.limiter.admit(key, limits, len(submit.text), submit.task_id)
         if limited is not None:
             self.metrics.submissions.labels(limited.code).inc()
             log.info("task_limited", tenant=identity.tenant, code=limited.code)

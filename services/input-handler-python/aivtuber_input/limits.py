@@ -15,6 +15,11 @@ forgotten.
 A speak that is refused (by a limit here, or a validation error before) costs nothing; one
 that reaches the workers is counted whether or not a worker takes it, so a client cannot
 hammer the workers with submissions they refuse.
+
+On the Redis bus the speaks, their characters and the active tasks are counted in Redis
+instead (:attr:`SpeakLimiter.shared`, :mod:`.shared_limits`), once for every input handler;
+characters appended to a stream (:meth:`SpeakLimiter.admit_text`) are still counted here,
+per input handler.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from aivtuber_common.bus import BusUnavailable
 from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import LimitsSettings
 
 from .activity import ActiveTasks
+from .shared_limits import RedisLimits
 
 __all__ = ["Limited", "SpeakLimiter"]
 
@@ -86,15 +93,44 @@ class SpeakLimiter:
         self._clock = clock
         self._logs: dict[str, _Log] = {}
         self._sweep_at = 64  # table size that triggers the next sweep of idle keys
+        # Set on the Redis bus (shared_limits.shared_limits): the limits every replica shares.
+        self.shared: RedisLimits | None = None
 
-    def admit(self, key: str, limits: LimitsSettings, chars: int) -> Limited | None:
-        """Count a speak of ``chars`` characters for ``key``, or say why it must wait."""
+    async def admit(
+        self, key: str, limits: LimitsSettings, chars: int, task_id: str = ""
+    ) -> Limited | None:
+        """Count a speak of ``chars`` characters for ``key`` (task ``task_id``), or say why
+        it must wait."""
         if chars > limits.chars_per_minute:
             return Limited(
                 ErrorCode.TEXT_TOO_LONG,
                 f"The text is {chars} characters long; this client may speak at most "
                 f"{limits.chars_per_minute} characters per minute.",
             )
+        if self.shared is not None:
+            return await self._admit_shared(self.shared, key, limits, chars, task_id)
+        return self._admit_here(key, limits, chars)
+
+    async def _admit_shared(
+        self, shared: RedisLimits, key: str, limits: LimitsSettings, chars: int, task_id: str
+    ) -> Limited | None:
+        try:
+            verdict = await shared.admit(key, limits, chars, task_id)
+        except BusUnavailable as exc:
+            return Limited(ErrorCode.TTS_UNAVAILABLE, str(exc))
+        waits: list[tuple[float, str]] = []
+        if verdict.speak_wait_s:
+            waits.append((verdict.speak_wait_s, f"{limits.speaks_per_minute} speaks per minute"))
+        if verdict.chars_wait_s:
+            waits.append((verdict.chars_wait_s, f"{limits.chars_per_minute} characters per minute"))
+        if verdict.active_full:
+            # Tasks of other replicas end when they end; this one's estimate is the best guess.
+            waits.append(
+                (self.active.expected_wait_s(key), f"{limits.max_active_tasks} unfinished tasks")
+            )
+        return _limited(waits)
+
+    def _admit_here(self, key: str, limits: LimitsSettings, chars: int) -> Limited | None:
         now = self._clock()
         log = self._logs.get(key)
         if log is not None:
@@ -110,14 +146,7 @@ class SpeakLimiter:
                 (self.active.expected_wait_s(key), f"{limits.max_active_tasks} unfinished tasks")
             )
         if waits:
-            wait = max(seconds for seconds, _ in waits)
-            which = " and ".join(what for _, what in waits)
-            retry_ms = max(1, math.ceil(wait * 1000))
-            return Limited(
-                ErrorCode.RATE_LIMITED,
-                f"Too many requests: the limit is {which}; try again in {retry_ms} ms.",
-                retry_ms,
-            )
+            return _limited(waits)
         if log is None:
             log = self._logs[key] = _Log()
         log.entries.append((now, chars))
@@ -171,3 +200,17 @@ class SpeakLimiter:
             if not log.entries:
                 del self._logs[key]
         self._sweep_at = max(64, 2 * len(self._logs))
+
+
+def _limited(waits: list[tuple[float, str]]) -> Limited | None:
+    """rate_limited with the longest of the waits, or None when there is none."""
+    if not waits:
+        return None
+    wait = max(seconds for seconds, _ in waits)
+    which = " and ".join(what for _, what in waits)
+    retry_ms = max(1, math.ceil(wait * 1000))
+    return Limited(
+        ErrorCode.RATE_LIMITED,
+        f"Too many requests: the limit is {which}; try again in {retry_ms} ms.",
+        retry_ms,
+    )

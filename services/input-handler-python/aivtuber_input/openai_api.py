@@ -23,7 +23,7 @@ from aivtuber_common.codes import ErrorCode
 from aivtuber_common.config import OpenAISettings
 from aivtuber_common.refusal import OpenAIErrorType, Refusal
 
-from .audio_formats import SUPPORTED, UNSUPPORTED
+from .audio_formats import SUPPORTED
 from .textcheck import BAD_TEXT, BAD_TEXT_MESSAGE, unencodable_field
 
 __all__ = [
@@ -163,14 +163,6 @@ def _check(request: SpeechRequest, max_chars: int) -> None:
         )
     if not request.voice_name or BAD_TEXT.search(request.voice_name):
         raise ApiError(400, "'voice' must name a voice.", ErrorCode.INVALID_VALUE, "voice")
-    if request.response_format in UNSUPPORTED:
-        raise ApiError(
-            400,
-            f"response_format '{request.response_format}' is not supported by this server; "
-            f"use one of {', '.join(SUPPORTED)}.",
-            ErrorCode.UNSUPPORTED_RESPONSE_FORMAT,
-            "response_format",
-        )
     if request.response_format not in SUPPORTED:
         raise ApiError(
             400,

@@ -238,7 +238,8 @@ class SpeechApi:
         if submitter is None:
             raise error_for_code(ErrorCode.TTS_UNAVAILABLE, "The input handler is shutting down.")
         key = identity.limits_key
-        limited = self.limiter.admit(key, self.settings.limits_for(identity.tenant), len(task.text))
+        limits = self.settings.limits_for(identity.tenant)
+        limited = await self.limiter.admit(key, limits, len(task.text), task.task_id)
         if limited is not None:
             self.metrics.submissions.labels(limited.code).inc()
             log.info("task_limited", tenant=identity.tenant, code=limited.code)

@@ -12,24 +12,29 @@ tenant's task like an unknown one (404 ``task_not_found``, after the same
 task still being spoken is answered when it ends (a cancelled one with what was spoken
 before the cancel); a failed one is 409 ``task_failed``.
 
+Memory: a request waiting for a task keeps only its word track (bounded by the task's
+text), never its audio; the WAV is then streamed frame by frame from a second read of the
+task, so N clients asking for a long task cost N frames, not N copies of its audio.
+
 Cues: a cue ends after a word that ends a clause (``, ; : . ! ? …`` and their full-width
 forms, ``、。``) or after :data:`MAX_CUE_WORDS` words; each word after the first carries
 its start as an inline timestamp (``<00:00:01.200>``). A voice without word timing gets one
-cue: the whole text over the whole audio.
+cue: the whole text over the whole audio (for a stream, its opening ``speak``'s text only:
+the appended pieces go to the worker, not here).
 """
 
 from __future__ import annotations
 
 import contextlib
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from aivtuber_common.audio import wav_bytes
+from aivtuber_common.audio import wav_header
 from aivtuber_common.codes import ErrorCode
 from aivtuber_common.identity import read_identity
 from aivtuber_common.internal import TaskEnd, TaskOpen
@@ -48,16 +53,16 @@ Word = tuple[int, int, str]  # start ms from the task's first sample, duration m
 
 @dataclass(frozen=True)
 class Spoken:
-    """What a task said: its announcement, audio and words on the task's clock (None: the
-    voice has no word timing)."""
+    """What a task said: its announcement, how many bytes of audio and its words on the
+    task's clock (None: the voice has no word timing)."""
 
     opened: TaskOpen
-    pcm: bytes
+    pcm_bytes: int
     words: list[Word] | None
 
     @property
     def duration_ms(self) -> int:
-        return len(self.pcm) // SAMPLE_WIDTH * 1000 // self.opened.sample_rate
+        return self.pcm_bytes // SAMPLE_WIDTH * 1000 // self.opened.sample_rate
 
 
 def task_file_routes(source: FrameSource, internal_token: str | None) -> list[Route]:
@@ -78,10 +83,16 @@ def task_file_routes(source: FrameSource, internal_token: str | None) -> list[Ro
         spoken = await _spoken(request, source, internal_token)
         if isinstance(spoken, Response):
             return spoken
-        return Response(
-            wav_bytes(spoken.opened.sample_rate, spoken.pcm),
+        data_bytes = spoken.pcm_bytes
+        header = wav_header(spoken.opened.sample_rate, data_bytes)
+        tenant = _tenant(request, internal_token)
+        return StreamingResponse(
+            _wav_body(source, spoken.opened.task_id, tenant, header, data_bytes),
             media_type="audio/wav",
-            headers={"Content-Disposition": 'inline; filename="speech.wav"'},
+            headers={
+                "Content-Disposition": 'inline; filename="speech.wav"',
+                "Content-Length": str(len(header) + data_bytes),
+            },
         )
 
     return [
@@ -114,12 +125,10 @@ async def _spoken(
     task_id: str = request.path_params["task_id"]
     if not is_canonical_uuid(task_id):
         return _error(400, task_id, ErrorCode.INVALID_TASK_ID, "The task id must be a UUID.")
-    peer = request.client.host if request.client else None
-    tenant = read_identity(request.headers.items(), peer, internal_token).tenant
+    tenant = _tenant(request, internal_token)
     opened: TaskOpen | None = None
-    pcm: list[bytes] = []
     words: list[Word] | None = None
-    samples = 0
+    samples = pcm_bytes = 0
     try:
         async with contextlib.aclosing(source.read(task_id, 0, tenant)) as events:
             async for event in events:
@@ -131,16 +140,42 @@ async def _spoken(
                             at = samples * 1000 // opened.sample_rate
                             words = [] if words is None else words
                             words.extend((at + o, n, word) for o, n, word in track)
-                        pcm.append(frame)
+                        pcm_bytes += len(frame)
                         samples += len(frame) // SAMPLE_WIDTH
                     case TaskEnd() if opened is not None:
                         if event.status == "failed":
                             message = f"The task failed ({event.code}): {event.message}"
                             return _error(409, task_id, ErrorCode.TASK_FAILED, message)
-                        return Spoken(opened, b"".join(pcm), words)
+                        return Spoken(opened, pcm_bytes, words)
     except TaskNotFound as exc:
         return _error(404, task_id, ErrorCode.TASK_NOT_FOUND, str(exc))
     return _error(404, task_id, ErrorCode.TASK_NOT_FOUND, f"No task {task_id} is known here.")
+
+
+def _tenant(request: Request, internal_token: str | None) -> str | None:
+    peer = request.client.host if request.client else None
+    return read_identity(request.headers.items(), peer, internal_token).tenant
+
+
+async def _wav_body(
+    source: FrameSource, task_id: str, tenant: str | None, header: bytes, data_bytes: int
+) -> AsyncIterator[bytes]:
+    """The WAV header, then the task's frames as a second read finds them: exactly
+    ``data_bytes`` (what the first read counted), one frame at a time."""
+    yield header
+    left = data_bytes
+    async with contextlib.aclosing(source.read(task_id, 0, tenant)) as events:
+        async for event in events:
+            if isinstance(event, tuple) and left > 0:
+                frame = event[2][:left]
+                left -= len(frame)
+                yield frame
+            elif isinstance(event, TaskEnd) or left <= 0:
+                break
+    if left:
+        # Gone between the two reads (evicted): the length said cannot be kept; cut the
+        # connection rather than hand out a WAV whose header lies.
+        raise TaskNotFound(f"Task {task_id} was forgotten while its audio was being sent.")
 
 
 def _cues(words: Sequence[Word]) -> list[list[Word]]:

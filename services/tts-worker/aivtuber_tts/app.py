@@ -12,6 +12,8 @@ Routes::
                                  -> 409 WorkerRefusal(code="task_ended")
     WS     /v1/tasks/events      TaskSnapshot, then each TaskEnd as tasks end (JSON text
                                  messages); the input handlers count active tasks with it
+    POST   /v1/utterance         UtteranceRequest -> 200 Utterance | WorkerRefusal: a text
+                                 timed mora by mora (and spoken) for the VOICEVOX API
     GET    /health               200 when ok, 503 while starting or degraded
     GET    /v1/voices            the configured voices, their engine, device and state
     GET    /metrics              Prometheus text
@@ -33,7 +35,7 @@ import hmac
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import httpx
 import structlog
@@ -61,12 +63,14 @@ from aivtuber_common.metrics import metrics_endpoint
 from aivtuber_common.protocol import is_canonical_uuid
 from aivtuber_common.refusal import Refusal
 from aivtuber_common.transport import FrameSink
+from aivtuber_common.utterance import UTTERANCE_PATH, UtteranceRequest
 
 from .bus import open_bus
 from .engines import EngineFactory, build_engine
 from .metrics import TtsMetrics
 from .scheduler import PieceScheduler
 from .tasks import TaskManager
+from .utterance import utterance
 from .voices import Voices
 
 __all__ = ["Worker", "create_app"]
@@ -74,6 +78,7 @@ __all__ = ["Worker", "create_app"]
 log = structlog.get_logger("aivtuber_tts.app")
 
 MAX_BODY_BYTES = 1024 * 1024
+M = TypeVar("M", bound=BaseModel)
 HTTP_POOL = httpx.Limits(max_connections=64, max_keepalive_connections=16)
 
 
@@ -86,6 +91,7 @@ class Worker:
     sink: FrameSink
     manager: TaskManager
     metrics: TtsMetrics
+    scheduler: PieceScheduler
 
     def health(self) -> WorkerHealth:
         if self.voices.loading:
@@ -124,7 +130,9 @@ def create_app(
             client = await stack.enter_async_context(
                 httpx.AsyncClient(transport=http_transport, limits=HTTP_POOL)
             )
-            executor = ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="tts-engine")
+            # One thread more than the slots for the scheduler's spare slot (scheduler.py).
+            threads = config.max_concurrent + (1 if config.spare_slot else 0)
+            executor = ThreadPoolExecutor(threads, thread_name_prefix="tts-engine")
             # Last in, first out: threads are released after the tasks using them stopped.
             stack.push_async_callback(_shutdown_executor, executor)
             voices = Voices(config, client, engine_factory, executor)
@@ -132,14 +140,9 @@ def create_app(
             bus = open_bus(settings)
             stack.push_async_callback(bus.aclose)
             sink = bus.sink
-            manager = TaskManager(
-                config,
-                voices,
-                sink,
-                PieceScheduler(config.max_concurrent, executor),
-                metrics,
-            )
-            worker = Worker(config, voices, sink, manager, metrics)
+            scheduler = PieceScheduler(config.max_concurrent, executor, spare=config.spare_slot)
+            manager = TaskManager(config, voices, sink, scheduler, metrics)
+            worker = Worker(config, voices, sink, manager, metrics, scheduler)
             background = {asyncio.create_task(voices.load_all(), name="tts-load-voices")}
             background |= bus.start(manager, voices, worker.health)
             stack.push_async_callback(_cancel_and_wait, background)
@@ -150,17 +153,9 @@ def create_app(
         worker: Worker = request.state.worker
         if (denied := _check_token(request, token, worker)) is not None:
             return denied
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return _refusal(
-                worker, 400, ErrorCode.BAD_REQUEST, f"The body is over {MAX_BODY_BYTES} bytes."
-            )
-        try:
-            task = SubmitTask.model_validate_json(body)
-        except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in error["loc"]) or "body"
-            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, f"{where}: {error['msg']}")
+        task = await _read(request, SubmitTask, worker)
+        if isinstance(task, Response):
+            return task
         if not is_canonical_uuid(task.task_id):
             return _refusal(
                 worker, 400, ErrorCode.BAD_REQUEST, "task_id: must be a canonical uuid."
@@ -171,6 +166,19 @@ def create_app(
             log.info("task_refused", task_id=task.task_id, code=refusal.code)
             return _json(refusal.status, refusal.wire())
         return _json(202, accepted)
+
+    async def timed_utterance(request: Request) -> Response:
+        worker: Worker = request.state.worker
+        if (denied := _check_token(request, token, worker)) is not None:
+            return denied
+        asked = await _read(request, UtteranceRequest, worker)
+        if isinstance(asked, Response):
+            return asked
+        try:
+            made = await utterance(asked, worker.voices, worker.scheduler)
+        except Refusal as refusal:
+            return _refusal(worker, refusal.status, refusal.code, refusal.message)
+        return _json(200, made)
 
     async def cancel(request: Request) -> Response:
         worker: Worker = request.state.worker
@@ -190,16 +198,9 @@ def create_app(
         worker: Worker = request.state.worker
         if (denied := _check_token(request, token, worker)) is not None:
             return denied
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            too_big = f"The body is over {MAX_BODY_BYTES} bytes."
-            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, too_big)
-        try:
-            message = TaskText.model_validate_json(body)
-        except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in error["loc"]) or "body"
-            return _refusal(worker, 400, ErrorCode.BAD_REQUEST, f"{where}: {error['msg']}")
+        message = await _read(request, TaskText, worker)
+        if isinstance(message, Response):
+            return message
         task_id = request.path_params["task_id"]
         if message.task_id != task_id:
             return _refusal(worker, 400, ErrorCode.BAD_REQUEST, "task_id: differs from the path's.")
@@ -248,6 +249,7 @@ def create_app(
             Route(TASKS_PATH, submit, methods=["POST"]),
             WebSocketRoute(TASK_EVENTS_PATH, task_events),
             Route(TASKS_PATH + "/{task_id}", cancel, methods=["DELETE"]),
+            Route(UTTERANCE_PATH, timed_utterance, methods=["POST"]),
             Route(TASKS_PATH + "/{task_id}/text", text, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/v1/voices", voices, methods=["GET"]),
@@ -256,6 +258,21 @@ def create_app(
         lifespan=lifespan,
         middleware=internal_middleware(token),
     )
+
+
+async def _read(request: Request, model: type[M], worker: Worker) -> M | Response:
+    """The body as ``model``, or the 400 refusal naming what is wrong with it."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return _refusal(
+            worker, 400, ErrorCode.BAD_REQUEST, f"The body is over {MAX_BODY_BYTES} bytes."
+        )
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        return _refusal(worker, 400, ErrorCode.BAD_REQUEST, f"{where}: {error['msg']}")
 
 
 def _check_token(request: Request, token: str | None, worker: Worker) -> Response | None:

@@ -21,6 +21,22 @@ tasks' later sentences, which already have seconds of audio playing; and a strea
 underrun goes before one that is well ahead. With one group (one user), that is all there
 is.
 
+One spare slot: a task's *first* piece whose group (tenant) has nothing running or waiting
+starts at once in a spare slot when every regular slot is busy with other groups' pieces,
+instead of waiting for one of them to end. Pieces are cut at sentences (up to 240
+characters, a second or more of engine time on a small CPU), so without it a tenant under
+its share would wait behind another tenant's long pieces: measured with
+``./benchmark --scenario edge`` (docs/limits.md), a flooded worker answered a newcomer 2.4-3x
+later than an idle one. The spare runs beside the busy slots, and while it runs a slot that
+frees up is not handed on: the newcomer's piece shares the cores only with the pieces that
+were already running, then has them to itself. One group alone never uses it, so one
+user's scheduling is unchanged.
+
+A piece that starts while no other piece runs or waits is told so (:func:`running_alone`,
+read in its thread): an engine may then use more cores for it (Piper's second, wider
+session), which is what the first line of an idle worker needs; under load every piece
+keeps to its one thread.
+
 A slot is given back when its thread finishes, not when the waiting coroutine is cancelled:
 a cancelled task stops awaiting at once, but the CPU stays busy with the piece until it
 ends, and counting the slot free earlier would oversubscribe the cores.
@@ -29,6 +45,7 @@ ends, and counting the slot free earlier would oversubscribe the cores.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import time
@@ -37,9 +54,19 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-__all__ = ["PieceScheduler"]
+__all__ = ["PieceScheduler", "running_alone"]
 
 T = TypeVar("T")
+
+# Set for the duration of one piece's work, in its thread (see running_alone).
+_ALONE: contextvars.ContextVar[bool] = contextvars.ContextVar("piece_alone", default=False)
+
+
+def running_alone() -> bool:
+    """In a piece's work: True when it started with every other slot idle and nothing
+    waiting, so it may use the cores of the idle slots."""
+    return _ALONE.get()
+
 
 # Groups that have nothing waiting or running and no debt beyond the virtual time carry no
 # state worth keeping; this many idle ones at most are kept before the oldest are dropped.
@@ -61,12 +88,19 @@ class _Group:
 
 class PieceScheduler:
     def __init__(
-        self, slots: int, executor: Executor, clock: Callable[[], float] = time.perf_counter
+        self,
+        slots: int,
+        executor: Executor,
+        clock: Callable[[], float] = time.perf_counter,
+        spare: bool = True,
     ) -> None:
-        """``clock`` times the pieces (engine seconds); tests may hand in their own."""
+        """``clock`` times the pieces (engine seconds); tests may hand in their own;
+        ``spare``: whether a newcomer's first piece may use the spare slot."""
         self.slots = slots
+        self.spare = spare
         self._clock = clock
         self.busy = 0  # slots whose thread is running a piece
+        self.spare_busy = 0  # the spare slot (0 or 1) runs a newcomer's first piece
         self._executor = executor
         self._groups: dict[str, _Group] = {}
         self._vtime = 0.0  # the tag the most recently started piece started at
@@ -83,40 +117,63 @@ class PieceScheduler:
         )
 
     async def run(
-        self, deadline: float, work: Callable[[], T], *, group: str = "", cost: float = 0.0
+        self,
+        deadline: float,
+        work: Callable[[], T],
+        *,
+        group: str = "",
+        cost: float = 0.0,
+        first: bool = False,
     ) -> T:
         """Run ``work`` in a slot once it is this piece's turn; its result or exception.
 
-        ``group``: whose piece it is (fair sharing); ``cost``: its estimated engine seconds.
+        ``group``: whose piece it is (fair sharing); ``cost``: its estimated engine seconds;
+        ``first``: the first piece of its task (it may take the spare slot).
         """
         self._loop = asyncio.get_running_loop()
-        owner = await self._acquire(group, deadline, cost)
+        owner, spare = await self._acquire(group, deadline, cost, first)
+        alone = not spare and self.busy == 1 and self.waiting == 0 and self.spare_busy == 0
         elapsed = 0.0
 
         def timed() -> T:
             nonlocal elapsed
             started = self._clock()
             try:
-                return work()
+                return contextvars.copy_context().run(_with_alone, alone, work)
             finally:
                 elapsed = self._clock() - started
 
         try:
             future = self._executor.submit(timed)
         except BaseException:
-            self._finished(owner, cost, 0.0)
+            self._finished(owner, cost, 0.0, spare)
             raise
         future.add_done_callback(
-            lambda _: self._from_thread(lambda: self._finished(owner, cost, elapsed))
+            lambda _: self._from_thread(lambda: self._finished(owner, cost, elapsed, spare))
         )
         return await asyncio.wrap_future(future)
 
-    async def _acquire(self, name: str, deadline: float, cost: float) -> _Group:
+    async def _acquire(
+        self, name: str, deadline: float, cost: float, first: bool
+    ) -> tuple[_Group, bool]:
+        """The piece's group, and whether it runs in the spare slot."""
         group = self._group(name)
-        if self.busy < self.slots and not self.waiting:
+        if self.busy < self.slots and not self.waiting and not self.spare_busy:
             self.busy += 1
             self._start(group, cost)
-            return group
+            return group, False
+        if (
+            first
+            and self.spare
+            and self.spare_busy == 0
+            and self.busy >= self.slots
+            and group.running == 0
+            and group.head() is None
+        ):
+            # Every slot busy with other groups' pieces: a newcomer does not wait for them.
+            self.spare_busy = 1
+            self._start(group, cost)
+            return group, True
         assert self._loop is not None
         if group.head() is None:
             # Starts waiting: from now on, not with the credit of the time it was idle.
@@ -129,7 +186,7 @@ class PieceScheduler:
             if turn.done() and not turn.cancelled():
                 self._finished(group, cost, 0.0)  # handed over just as we were cancelled
             raise
-        return group
+        return group, False
 
     def _group(self, name: str) -> _Group:
         group = self._groups.get(name)
@@ -142,27 +199,34 @@ class PieceScheduler:
         group.tag += cost
         group.running += 1
 
-    def _finished(self, group: _Group, charged: float, elapsed: float) -> None:
+    def _finished(self, group: _Group, charged: float, elapsed: float, spare: bool = False) -> None:
         group.running -= 1
         group.tag += elapsed - charged  # the estimate, corrected by what the piece took
-        self._release()
-
-    def _release(self) -> None:
-        # Hand the slot straight to the next piece, so busy never dips and a fresh arrival
-        # cannot jump the queue in between.
-        best: tuple[float, float, int] | None = None
-        chosen: _Group | None = None
-        for group in self._groups.values():
-            head = group.head()
-            if head is not None and (best is None or (group.tag, head[0], head[1]) < best):
-                best, chosen = (group.tag, head[0], head[1]), group
-        if chosen is None:
-            self.busy -= 1
+        if spare:
+            self.spare_busy = 0  # the spare's piece held no regular slot
         else:
+            self.busy -= 1
+        self._fill()
+        self._forget_idle()
+
+    def _fill(self) -> None:
+        # Hand free slots straight to the next pieces (called where a slot was freed, with
+        # no await in between, so a fresh arrival cannot jump the queue). While the spare
+        # slot runs a newcomer's first piece, freed slots stay free: that piece then has the
+        # cores to itself once the pieces it started beside have ended.
+        while self.busy < self.slots and not self.spare_busy:
+            best: tuple[float, float, int] | None = None
+            chosen: _Group | None = None
+            for group in self._groups.values():
+                head = group.head()
+                if head is not None and (best is None or (group.tag, head[0], head[1]) < best):
+                    best, chosen = (group.tag, head[0], head[1]), group
+            if chosen is None:
+                return
             _, _, turn, cost = heapq.heappop(chosen.waiting)
+            self.busy += 1
             self._start(chosen, cost)
             turn.set_result(None)
-        self._forget_idle()
 
     def _forget_idle(self) -> None:
         idle = [
@@ -188,3 +252,8 @@ class PieceScheduler:
             loop.call_soon_threadsafe(callback)
         except RuntimeError:  # the loop closed between the check and the call
             pass
+
+
+def _with_alone(alone: bool, work: Callable[[], T]) -> T:
+    _ALONE.set(alone)
+    return work()

@@ -17,10 +17,12 @@ Pure functions, no I/O: tested directly in tests/test_tts_splitting.py.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_MAX_CHARS",
     "DEFAULT_MIN_WORDS",
+    "Scan",
     "ready_end",
     "split_sentences",
     "split_text",
@@ -34,8 +36,10 @@ FIRST_MAX_CHARS = 120
 # A sentence ends at . ! ? … (possibly repeated, possibly followed by closing quotes or
 # a bracket) followed by white space, or at a line break.
 _SENTENCE_END = re.compile(r"""(?<=[.!?…。！？])\s+|(?<=[.!?…]["'”’)\]])\s+|\n\s*""")
-# A clause ends at , ; : followed by white space, or at a dash used as a pause.
-_CLAUSE_END = re.compile(r"(?<=[,;:，；：])\s+|\s*[—–]\s*|\s+-\s+")
+# A clause ends at , ; : followed by white space, or at a dash used as a pause. The white
+# space before a dash is matched from its start only ((?<!\s)): tried from every position
+# of a long run of spaces it cost time quadratic in the run (streamed text keeps its runs).
+_CLAUSE_END = re.compile(r"(?<=[,;:，；：])\s+|(?:(?<!\s)\s+)?[—–]\s*|(?<!\s)\s+-\s+")
 # Either, for text that arrives piece by piece (ready_end).
 _BOUNDARY = re.compile(f"(?P<sentence>{_SENTENCE_END.pattern})|(?P<clause>{_CLAUSE_END.pattern})")
 # Heads said on their own, with a pause after them: "Okay," "Oh no," "Hmm,". Not the
@@ -46,6 +50,10 @@ _INTERJECTIONS = frozenset(
     "um uhh umm ugh oops huh phew".split()
 )
 _INTERJECTION_WORDS = 2
+# Longer than this, a clause head is no interjection (the longest is "alright alright,").
+_INTERJECTION_CHARS = 32
+_NONSPACE = re.compile(r"\S")
+_WORD = re.compile(r"\S+")
 # "Mr. Smith" and "e.g. this" are not sentence ends.
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc e.g i.e approx no fig inc ltd co mt".split()
@@ -93,7 +101,21 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def ready_end(text: str, min_words: int = DEFAULT_MIN_WORDS) -> int:
+@dataclass
+class Scan:
+    """How far :func:`ready_end` (or :func:`~aivtuber_tts.splitting_ja.ready_end_japanese`)
+    got through a text that only grows at its end: given again with the longer text, the
+    next call starts where this one left off (at the last boundary that more text cannot
+    change), so a stream's pieces cost the work of the new text, not of all the text
+    still waiting. A new text (cut at the front) needs a new Scan."""
+
+    resume: int = 0  # boundaries ending before this are final
+    cut: int = 0  # the last boundary that counted
+    count: int = 0  # words (Japanese: spoken characters) of text[cut:counted]
+    counted: int = 0
+
+
+def ready_end(text: str, min_words: int = DEFAULT_MIN_WORDS, scan: Scan | None = None) -> int:
     """Where text arriving piece by piece can be cut now: the end of its last finished
     sentence or clause, 0 when there is none yet (streaming input, see
     :mod:`aivtuber_tts.streaming`).
@@ -103,17 +125,36 @@ def ready_end(text: str, min_words: int = DEFAULT_MIN_WORDS) -> int:
     counts when it has ``min_words`` words or is an interjection ("Okay,"), as in
     :func:`split_text`: the voice never says a lone "Well," with the wrong prosody.
     """
-    cut = 0
-    for match in _BOUNDARY.finditer(text):
-        head = text[cut : match.start()]
-        if not head.strip():
-            continue
+    # Linear in the text (it runs on the worker's event loop for every piece that arrives,
+    # on text a client chose): no slice or split of the growing head, only of its last word;
+    # with a ``scan``, linear in what is new.
+    state = scan if scan is not None else Scan()
+    resume, cut, words, counted = state.resume, state.cut, state.count, state.counted
+    head_from = _first_nonspace(text, cut)  # where the head's first word starts
+    saved = False
+    for match in _BOUNDARY.finditer(text, resume):
+        start = match.start()
+        if not saved and match.end() >= len(text):
+            # More white space may yet extend it: the next call looks at it again.
+            state.resume, state.cut, state.count, state.counted = resume, cut, words, counted
+            saved = True
+        resume = match.end()
+        if head_from >= start:
+            continue  # nothing but white space since the last cut
         if match.lastgroup == "sentence":
-            if _ends_with_abbreviation(" ".join(head.split()[-1:])):
+            if _ends_with_abbreviation(_last_word(text, cut, start)):
                 continue
-            cut = match.end()
-        elif _words(head) >= min_words or _is_interjection(head.strip()):
-            cut = match.end()
+        else:
+            words += _count_words(text, counted, start, continues=counted > cut)
+            counted = start
+            short = start - cut <= _INTERJECTION_CHARS
+            if words < min_words and not (short and _is_interjection(text[cut:start].strip())):
+                continue
+        cut = counted = match.end()
+        head_from = _first_nonspace(text, cut)
+        words = 0
+    if not saved:
+        state.resume, state.cut, state.count, state.counted = resume, cut, words, counted
     return cut
 
 
@@ -125,6 +166,31 @@ def word_end(text: str) -> int:
         return len(stripped) if stripped else 0  # ends in white space: every word is whole
     space = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
     return max(0, space)
+
+
+def _first_nonspace(text: str, start: int) -> int:
+    found = _NONSPACE.search(text, start)
+    return found.start() if found is not None else len(text)
+
+
+def _count_words(text: str, start: int, end: int, continues: bool) -> int:
+    """The words of ``text[start:end]``; when it ``continues`` a span counted already, less
+    one if its first word is the end of that span's last."""
+    count = sum(1 for _ in _WORD.finditer(text, start, end))
+    if count and continues and not text[start - 1].isspace() and not text[start].isspace():
+        count -= 1
+    return count
+
+
+def _last_word(text: str, start: int, end: int) -> str:
+    """The last white-space-separated word of ``text[start:end]`` ("" if none)."""
+    stop = end
+    while stop > start and text[stop - 1].isspace():
+        stop -= 1
+    begin = stop
+    while begin > start and not text[begin - 1].isspace():
+        begin -= 1
+    return text[begin:stop]
 
 
 def _ends_with_abbreviation(sentence: str) -> bool:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+from .splitting import Scan
+
 __all__ = ["ready_end_japanese", "split_japanese", "word_end_japanese"]
 
 DEFAULT_MIN_CHARS = 8
@@ -63,19 +65,34 @@ def split_japanese(
     return pieces
 
 
-def ready_end_japanese(text: str, first: bool, min_chars: int = DEFAULT_MIN_CHARS) -> int:
+def ready_end_japanese(
+    text: str, first: bool, min_chars: int = DEFAULT_MIN_CHARS, scan: Scan | None = None
+) -> int:
     """Where Japanese arriving piece by piece can be cut now (0: nowhere yet): after its
     last clause or sentence end that is not the last character (a closing bracket, or
     "！？", may still follow). The first clause of a stream goes alone; later ones wait
     until ``min_chars`` spoken characters are ready, as :func:`split_japanese` groups them
     (every call of the model costs the same ~400 ms whatever its length)."""
-    cut = 0
-    for match in _BOUNDARY.finditer(text):
-        if match.end() >= len(text):
-            break
-        if (first and cut == 0) or _spoken_length(text[: match.end()]) >= min_chars:
-            cut = match.end()
-    return cut if _spoken_length(text[:cut]) else 0
+    # Linear in the text (it runs on the worker's event loop for every piece that arrives,
+    # on text a client chose): the spoken characters are counted once, as the matches go;
+    # with a ``scan`` (see splitting.Scan), linear in what is new.
+    state = scan if scan is not None else Scan()
+    resume, cut = state.resume, state.cut
+    spoken, counted = state.count, state.counted  # _spoken_length(text[:counted])
+    for match in _BOUNDARY.finditer(text, resume):
+        end = match.end()
+        if end >= len(text):
+            break  # the next piece may change it ("." then "5"): looked at again next time
+        resume = end
+        if spoken < min_chars:  # past it, the count no longer matters
+            spoken += _spoken_between(text, counted, end)
+            counted = end
+        if (first and cut == 0) or spoken >= min_chars:
+            cut = end
+    state.resume, state.cut, state.count, state.counted = resume, cut, spoken, counted
+    if spoken >= min_chars > 0 or not spoken:  # text[:cut] is within or beyond text[:counted]
+        return cut if spoken else 0
+    return cut if any(str.isalnum(text[index]) for index in range(cut)) else 0
 
 
 def word_end_japanese(text: str) -> int:
@@ -137,6 +154,11 @@ def _join(left: str, right: str) -> str:
         if right[:1].isascii():
             return f"{left} {right}"
     return left + right
+
+
+def _spoken_between(text: str, start: int, end: int) -> int:
+    """:func:`_spoken_length` of ``text[start:end]``, without copying it."""
+    return sum(1 for index in range(start, end) if str.isalnum(text[index]))
 
 
 def _spoken_length(text: str) -> int:

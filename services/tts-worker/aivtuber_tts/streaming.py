@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .splitting import ready_end, word_end
+from .splitting import Scan, ready_end, word_end
 from .splitting_ja import ready_end_japanese, word_end_japanese
 
 __all__ = ["TextFeed"]
@@ -28,6 +28,7 @@ class TextFeed:
         self.max_wait_s = max_wait_s
         self._japanese = language.lower().startswith("ja")
         self._buffer = ""
+        self._scan = Scan()  # the boundary search's progress through _buffer
         self._since: float | None = None  # when the oldest unspoken text arrived
         self._flush = False
         self._first = True  # nothing taken yet: the first clause goes alone
@@ -87,12 +88,16 @@ class TextFeed:
         return due if due is not None and due > now else None
 
     def _ready_end(self, buffer: str) -> int:
+        # The scan resumes where the last look stopped: a piece costs the work of its own
+        # text, however much unspoken text waits before it (a listener far ahead can keep
+        # a long text waiting while pieces keep coming).
         if self._japanese:
-            return ready_end_japanese(buffer, self._first)
-        return ready_end(buffer)
+            return ready_end_japanese(buffer, self._first, scan=self._scan)
+        return ready_end(buffer, scan=self._scan)
 
     def _cut(self, cut: int, now: float) -> str | None:
         taken, self._buffer = self._buffer[:cut], self._buffer[cut:]
+        self._scan = Scan()  # a new text: the next search starts at its front
         # What is left arrived before now, but it is the start of a new clause: it waits
         # from now (an upper bound of its age; never spoken earlier than asked).
         self._since = now if self._buffer.strip() else None

