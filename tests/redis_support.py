@@ -26,8 +26,10 @@ from tests.support import free_port
 __all__ = ["RedisServer", "bus", "redis_bus_settings", "redis_server"]
 
 START_TIMEOUT_S = 10.0
-# Fast enough for tests: heartbeats every 0.2 s, a dead worker's tasks claimed after 1 s.
-TEST_BUS = {"heartbeat_interval_s": 0.2, "heartbeat_ttl_s": 1.0, "claim_idle_s": 1.0}
+# Fast enough for tests: heartbeats every 0.2 s, a dead worker's tasks claimed after 3 s.
+# Not 1 s: a process stalled that long on a loaded machine would be counted out, and a
+# live worker's task claimed by another (worker_lost) or refused (tts_unavailable).
+TEST_BUS = {"heartbeat_interval_s": 0.2, "heartbeat_ttl_s": 3.0, "claim_idle_s": 3.0}
 
 
 def redis_server_path() -> str | None:

@@ -20,6 +20,10 @@ from bench.speech_client import Utterance
 from bench.speech_path import TEXTS, read_lines, realtime_streams
 from bench.stats import Samples, percentile
 
+# A smoke run starts whole stacks of service processes: far over the default 60 s pytest
+# timeout on a loaded 2-core machine (a hang guard, never a speed check).
+pytestmark = pytest.mark.timeout(300)
+
 HOP_METRICS = {
     "rtt1_p50_us",
     "rtt1_p99_us",

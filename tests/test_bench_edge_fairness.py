@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench.edge_fairness import FairnessParams, render, run_edge_fairness
+
+# A smoke run starts whole stacks of service processes: far over the default 60 s pytest
+# timeout on a loaded 2-core machine (a hang guard, never a speed check).
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_smoke_run_measures_the_listener_alone_and_under_a_flood(tmp_path: Path) -> None:

@@ -12,6 +12,10 @@ from bench.__main__ import main
 from bench.speech_path import read_lines
 from bench.stream import REPLIES, _Heard, first_boundary, tokens
 
+# A smoke run starts whole stacks of service processes: far over the default 60 s pytest
+# timeout on a loaded 2-core machine (a hang guard, never a speed check).
+pytestmark = pytest.mark.timeout(300)
+
 
 def test_stream_smoke_run_speaks_a_reply_three_ways_and_prints_the_tables(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -12,6 +12,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from aivtuber_common.config import Settings, load_settings
+from aivtuber_gateway.bounds import FRAGMENT_OVERHEAD
 from aivtuber_gateway.routing import RouteTable
 from bench.edge_memory import (
     MB,
@@ -74,7 +75,8 @@ async def test_a_request_head_over_16_kib_receives_431_and_is_closed() -> None:
 
 async def test_a_request_head_not_finished_in_time_receives_408_and_is_closed() -> None:
     async with EchoBackend().running() as backend:
-        settings = gateway_settings({"input": [backend.url]}, head_timeout_s=0.3)
+        # Long enough that the complete head below beats it on a loaded machine.
+        settings = gateway_settings({"input": [backend.url]}, head_timeout_s=1.0)
         async with run_gateway(settings) as gateway:
             answer = await _raw_request(gateway.port, b"GET /ws/input HTTP/1.1\r\nHost: g\r\n")
             # A complete head in time is served as before.
@@ -99,6 +101,11 @@ async def test_a_message_over_the_routes_own_limit_closes_with_1009() -> None:
     assert code == 1009
 
 
+# "Endless": ten times the empty fragments the 64 KiB cap allows (FRAGMENT_OVERHEAD each).
+# Not 100 000: sending those alone took over 15 s on a loaded machine, past the close wait.
+ENDLESS = 10 * 64 * 1024 // FRAGMENT_OVERHEAD
+
+
 async def test_endless_empty_fragments_close_the_client_with_1009() -> None:
     async def empty_fragments(count: int):  # type: ignore[no-untyped-def]
         yield b"x"
@@ -110,7 +117,7 @@ async def test_endless_empty_fragments_close_the_client_with_1009() -> None:
         async with run_gateway(gateway_settings({"input": route})) as gateway:
             async with connect(gateway.ws_url + "/ws/input") as ws:
                 # Empty fragments never reach a payload limit; each one still costs memory.
-                sending = asyncio.create_task(ws.send(empty_fragments(100_000)))
+                sending = asyncio.create_task(ws.send(empty_fragments(ENDLESS)))
                 code, reason = await closed_with(ws)
                 sending.cancel()
                 # Cancelled, or it ended on the closed connection: either way it is over.
@@ -172,7 +179,7 @@ def test_the_edge_memory_benchmark_part_reports_rss_under_both_attacks(tmp_path:
 async def test_endless_empty_fragments_from_a_backend_close_both_sides_with_1009() -> None:
     async def fragments():  # type: ignore[no-untyped-def]
         yield b"x"
-        for _ in range(100_000):
+        for _ in range(ENDLESS):
             yield b""
 
     async def handler(ws: ServerConnection) -> None:

@@ -16,11 +16,11 @@ from aivtuber_input.workers import HttpTaskSubmitter
 from bench.procs import Proc, python_argv
 from bench.stack import MAIN, Ports, stack_config, write_config
 from tests.frontend import frontend, listen, speak
-from tests.support import run_server
+from tests.support import PROCESS_START_S, run_server
 from tests.test_input_handler import FakeWorker, ask, client, input_handler
 from tests.tts_fakes import worker_health
 
-START_TIMEOUT_S = 60.0  # a hang guard for four cold processes on a loaded machine
+START_TIMEOUT_S = 60.0  # a hang guard for the in-process servers of a loaded machine
 
 
 class WarmingWorker(FakeWorker):
@@ -70,6 +70,7 @@ async def test_a_speak_with_every_worker_down_is_refused_at_once() -> None:
 
 
 @pytest.mark.piper
+@pytest.mark.timeout(300)  # four cold processes and a neural voice (see PROCESS_START_S)
 async def test_the_stack_started_at_once_speaks_as_soon_as_the_gateway_health_says_ok(
     tmp_path: Path,
 ) -> None:
@@ -84,7 +85,7 @@ async def test_the_stack_started_at_once_speaks_as_soon_as_the_gateway_health_sa
         for proc in procs:  # all four together, in the Procfile's order
             proc.start()
         health = f"http://127.0.0.1:{ports.gateway}/health"
-        async with httpx.AsyncClient(timeout=2.0) as http, asyncio.timeout(START_TIMEOUT_S):
+        async with httpx.AsyncClient(timeout=2.0) as http, asyncio.timeout(PROCESS_START_S):
             while True:
                 for proc in procs:
                     proc.check_alive()

@@ -35,9 +35,11 @@ from tests.frontend import ask, frontend
 from tests.support import eventually
 from tests.test_end_to_end import HOLD, MS_PER_CHAR, SINE_RATE, stack
 from tests.test_tenant_isolation import speaker, tenant_stack, without_id
-from tests.tts_fakes import running_recorder, running_worker, sine_settings
+from tests.tts_fakes import WorkerClient, running_recorder, running_worker, sine_settings
 
 TIMEOUT_S = 20.0
+# A real neural voice loading and speaking on a loaded 2-core machine (a hang guard).
+MODEL_WAIT_S = 120.0
 # No boundary-less text is spoken by the clock in these tests unless they say so: what is
 # spoken early is spoken because of a boundary, a flush or the end.
 NEVER_MS = 60000
@@ -348,6 +350,7 @@ async def test_closing_the_connection_ends_its_streams_and_speaks_what_was_sent(
     assert words(spoken) == "Said before the client left".split()
 
 
+@pytest.mark.timeout(300)
 async def test_the_heart_voice_speaks_a_stream_as_one_continuous_task() -> None:
     pieces = [
         "Okay chat",
@@ -357,10 +360,12 @@ async def test_the_heart_voice_speaks_a_stream_as_one_continuous_task() -> None:
         " boss is ",
         "weak to fire.",
     ]
-    async with running_recorder() as recorder:
+    async with running_recorder(wait_s=MODEL_WAIT_S) as recorder:  # a real neural voice
         voices: dict[str, VoiceSettings] = {"heart": HibariVoice(engine="hibari")}
         settings = sine_settings(recorder.url, voices=voices, frame_ms=40, warmup=False)
-        async with running_worker(settings) as worker:
+        async with running_worker(settings, wait_ready=False) as worker:
+            async with asyncio.timeout(MODEL_WAIT_S):
+                await eventually(lambda: _ok(worker), every=0.05)
             task_id = str(uuid.uuid4())
             body = {"task_id": task_id, "text": "", "stream": True}
             assert (await worker.http.post("/v1/tasks", json=body)).status_code == 202
@@ -494,16 +499,20 @@ async def test_text_that_arrives_before_it_is_needed_joins_clauses_with_no_short
     assert all(chunk["samples"] == frame for chunk in stream.chunks[:-1])
 
 
+@pytest.mark.timeout(300)
 async def test_a_japanese_voice_speaks_a_stream_split_at_japanese_boundaries(
     tmp_path: Path,
 ) -> None:
     pieces = ["こんにち", "は、今日は", "いい天気で", "すね。また", "明日。"]
-    async with running_recorder() as recorder:
+    # The real Kokoro model speaks five pieces: 12 s at times, over 15 s on a loaded machine.
+    async with running_recorder(wait_s=MODEL_WAIT_S) as recorder:
         voices: dict[str, VoiceSettings] = {"alpha": KokoroJaVoice(speaker="jf_alpha")}
         settings = sine_settings(
             recorder.url, voices=voices, frame_ms=40, warmup=False, data_dir=str(tmp_path)
         )
-        async with running_worker(settings) as worker:
+        async with running_worker(settings, wait_ready=False) as worker:
+            async with asyncio.timeout(MODEL_WAIT_S):
+                await eventually(lambda: _ok(worker), every=0.05)
             task_id = str(uuid.uuid4())
             body = {"task_id": task_id, "text": "", "stream": True}
             assert (await worker.http.post("/v1/tasks", json=body)).status_code == 202
@@ -517,3 +526,7 @@ async def test_a_japanese_voice_speaks_a_stream_split_at_japanese_boundaries(
     pcm = np.frombuffer(b"".join(frame.pcm for frame in task.frames), dtype="<i2")
     assert 1.5 < len(pcm) / 24000 < 8.0  # eighteen kana and kanji of speech
     assert np.abs(pcm).max() > 3000
+
+
+async def _ok(worker: WorkerClient) -> bool:
+    return bool((await worker.health()).json()["status"] == "ok")

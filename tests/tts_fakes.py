@@ -55,8 +55,9 @@ class RecordedTask:
 class IngestRecorder:
     """``/internal/ingest`` that records every message, per task and in arrival order."""
 
-    def __init__(self, token: str | None = None) -> None:
+    def __init__(self, token: str | None = None, wait_s: float = WAIT_S) -> None:
         self.token = token
+        self.wait_s = wait_s  # how long wait_for waits: longer for a real neural voice
         self.url = ""  # ws://127.0.0.1:<port> once running
         self.tasks: dict[str, RecordedTask] = {}
         self.log: list[tuple[str, str]] = []  # (kind, task_id) in arrival order
@@ -70,7 +71,7 @@ class IngestRecorder:
         self.app = Starlette(routes=[WebSocketRoute(INGEST_PATH, self._endpoint)])
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(WAIT_S), self._changed:
+        async with asyncio.timeout(self.wait_s), self._changed:
             await self._changed.wait_for(predicate)
 
     async def ended(self, task_id: str) -> RecordedTask:
@@ -228,9 +229,9 @@ async def running_worker(
 
 @contextlib.asynccontextmanager
 async def running_recorder(
-    token: str | None = None, **overrides: Any
+    token: str | None = None, wait_s: float = WAIT_S, **overrides: Any
 ) -> AsyncIterator[IngestRecorder]:
-    recorder = IngestRecorder(token)
+    recorder = IngestRecorder(token, wait_s)
     async with run_server(recorder.app, **overrides) as server:
         recorder.url = server.ws_url
         yield recorder
