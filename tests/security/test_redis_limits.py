@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -140,3 +141,30 @@ async def test_active_tasks_hold_once_across_two_input_handlers_and_free_on_canc
                 reply = await eventually(admitted, every=0.05)
             assert reply.get("action") == "upload_processed", reply
             assert (await speak(a2)).get("code") == "rate_limited"
+
+
+async def test_text_appended_to_a_stream_counts_once_across_two_input_handlers(
+    redis_server: RedisServer,
+) -> None:
+    # Three speaks a minute: the appended pieces count as characters, never as speaks.
+    limits = LimitsSettings(chars_per_minute=100, speaks_per_minute=3, max_active_tasks=100)
+    async with replicas(redis_server, limits) as (one, two):
+        async with frontend(one, "alice") as a1, frontend(two, "alice") as a2:
+            opened = await ask(a1, {"type": "speak", "text": "x" * 30, "stream": True})
+            task_id = opened["task_id"]
+            for _ in range(4):  # 4 x 10 characters, taken without an answer
+                await a1.send(json.dumps({"type": "append", "task_id": task_id, "text": "y" * 10}))
+            # Messages of a connection are handled in order: this answer follows the appends.
+            unknown = await ask(a1, {"type": "end", "task_id": str(uuid.uuid4())})
+            too_many_chars = await speak(a2, "z" * 40)  # 30 + 40 + 40 > 100
+            fits = await speak(a2, "z" * 30)  # exactly 100
+            over = await ask(a1, {"type": "append", "task_id": task_id, "text": "w"})
+            third_speak = await speak(a2, ".")  # chars full: refused, but not for speaks
+    assert opened.get("action") == "upload_processed", opened
+    assert unknown["code"] == "task_not_found"
+    assert too_many_chars["code"] == "rate_limited", too_many_chars
+    assert "100 characters per minute" in too_many_chars["message"]
+    assert fits.get("action") == "upload_processed", fits
+    assert over["code"] == "rate_limited" and over["task_id"] == task_id
+    assert "characters per minute" in third_speak["message"]
+    assert "speaks per minute" not in third_speak["message"]

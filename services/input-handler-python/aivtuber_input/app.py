@@ -270,7 +270,7 @@ class InputEndpoint:
         assert self.submitter is not None
         if send.text:
             limits = self.settings.limits_for(identity.tenant)
-            limited = self.limiter.admit_text(identity.limits_key, limits, len(send.text))
+            limited = await self.limiter.admit_text(identity.limits_key, limits, len(send.text))
             if limited is not None:
                 self.metrics.submissions.labels(limited.code).inc()
                 error = ErrorMessage(

@@ -16,10 +16,9 @@ A speak that is refused (by a limit here, or a validation error before) costs no
 that reaches the workers is counted whether or not a worker takes it, so a client cannot
 hammer the workers with submissions they refuse.
 
-On the Redis bus the speaks, their characters and the active tasks are counted in Redis
-instead (:attr:`SpeakLimiter.shared`, :mod:`.shared_limits`), once for every input handler;
-characters appended to a stream (:meth:`SpeakLimiter.admit_text`) are still counted here,
-per input handler.
+On the Redis bus the speaks, their characters (those appended to streams too) and the
+active tasks are counted in Redis instead (:attr:`SpeakLimiter.shared`,
+:mod:`.shared_limits`), once for every input handler.
 """
 
 from __future__ import annotations
@@ -155,7 +154,7 @@ class SpeakLimiter:
         self._forget_idle(now)
         return None
 
-    def admit_text(self, key: str, limits: LimitsSettings, chars: int) -> Limited | None:
+    async def admit_text(self, key: str, limits: LimitsSettings, chars: int) -> Limited | None:
         """Count ``chars`` more characters appended to a stream of ``key`` (no speak), or
         say why they must wait."""
         if chars > limits.chars_per_minute:
@@ -164,19 +163,19 @@ class SpeakLimiter:
                 f"The piece is {chars} characters long; this client may speak at most "
                 f"{limits.chars_per_minute} characters per minute.",
             )
+        if self.shared is not None:
+            try:
+                wait = await self.shared.admit_text(key, limits, chars)
+            except BusUnavailable as exc:
+                return Limited(ErrorCode.TTS_UNAVAILABLE, str(exc))
+            return _chars_limited(wait, limits) if wait else None
         now = self._clock()
         log = self._logs.get(key)
         if log is None:
             log = self._logs[key] = _Log()
         log.expire(now)
         if wait := log.wait_for_chars(now, chars, limits.chars_per_minute):
-            retry_ms = max(1, math.ceil(wait * 1000))
-            return Limited(
-                ErrorCode.RATE_LIMITED,
-                f"Too many requests: the limit is {limits.chars_per_minute} characters per "
-                f"minute; try again in {retry_ms} ms.",
-                retry_ms,
-            )
+            return _chars_limited(wait, limits)
         if log.entries and now - log.entries[-1][0] < COALESCE_S:
             at, before = log.entries[-1]
             log.entries[-1] = (at, before + chars)
@@ -200,6 +199,16 @@ class SpeakLimiter:
             if not log.entries:
                 del self._logs[key]
         self._sweep_at = max(64, 2 * len(self._logs))
+
+
+def _chars_limited(wait_s: float, limits: LimitsSettings) -> Limited:
+    retry_ms = max(1, math.ceil(wait_s * 1000))
+    return Limited(
+        ErrorCode.RATE_LIMITED,
+        f"Too many requests: the limit is {limits.chars_per_minute} characters per "
+        f"minute; try again in {retry_ms} ms.",
+        retry_ms,
+    )
 
 
 def _limited(waits: list[tuple[float, str]]) -> Limited | None:

@@ -6,9 +6,10 @@ address), read and written by one Lua script, atomically, with Redis' own clock 
 replicas' clocks do not matter):
 
 - ``{prefix}:limits:{key}:log``: the speaks of the last minute, scored by time, members
-  ``<task id>:<characters>``: ``speaks_per_minute`` and ``chars_per_minute`` as a moving
-  window, exactly like the direct bus's in-process log (:mod:`.limits`), with the exact
-  wait until a speak fits again;
+  ``<task id>:<characters>``, and the pieces appended to streams, members
+  ``t:<unique id>:<characters>`` (characters, but no speak): ``speaks_per_minute`` and
+  ``chars_per_minute`` as a moving window, exactly like the direct bus's in-process log
+  (:mod:`.limits`), with the exact wait until a speak or a piece fits again;
 - ``{prefix}:limits:{key}:active``: the tasks not yet ended, scored by the end of their
   lease: ``max_active_tasks``. The handler that admitted a task renews its lease every
   ``bus.heartbeat_interval_s`` while the task runs (it follows the task's end: see
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -41,29 +43,15 @@ log = structlog.get_logger("aivtuber_input.shared_limits")
 
 WINDOW_MS = 60_000
 
-# KEYS: log, active. ARGV: speaks limit, chars limit, active limit, chars, task id,
-# lease ms, window ms, then task ids of this key that ended (removed first).
-# Returns {speak wait ms, chars wait ms, active full (0/1), active count}.
-_ADMIT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[7])
-for i = 8, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local n = #entries / 2
-local speaks = tonumber(ARGV[1])
-local chars = tonumber(ARGV[4])
-local speak_wait, chars_wait = 0, 0
-if n >= speaks then
-  speak_wait = math.max(1, tonumber(entries[(n - speaks) * 2 + 2]) + window - now)
-end
+# Lua shared by both scripts: with ``entries`` (the log, oldest first, WITHSCORES), ``chars``
+# and ``chars_limit``, the ms until ``chars`` more fit in the window (0: they fit now).
+_CHARS_WAIT = """
+local chars_wait = 0
 local total = 0
 for i = 1, #entries, 2 do
   total = total + tonumber(string.match(entries[i], ':(%d+)$'))
 end
-local excess = total + chars - tonumber(ARGV[2])
+local excess = total + chars - chars_limit
 if excess > 0 then
   chars_wait = window
   for i = 1, #entries, 2 do
@@ -74,7 +62,37 @@ if excess > 0 then
     end
   end
 end
-local active = redis.call('ZCARD', KEYS[2])
+"""
+
+# KEYS: log, active. ARGV: speaks limit, chars limit, active limit, chars, task id,
+# lease ms, window ms, then task ids of this key that ended (removed first).
+# Returns {speak wait ms, chars wait ms, active full (0/1), active count}.
+_ADMIT = (
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[7])
+for i = 8, #ARGV do redis.call('ZREM', KEYS[2], ARGV[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local speaks = tonumber(ARGV[1])
+local chars = tonumber(ARGV[4])
+local speak_wait = 0
+local speak_times = {}
+for i = 1, #entries, 2 do
+  if string.sub(entries[i], 1, 2) ~= 't:' then  -- appended pieces are no speaks
+    speak_times[#speak_times + 1] = tonumber(entries[i + 1])
+  end
+end
+local n = #speak_times
+if n >= speaks then
+  speak_wait = math.max(1, speak_times[n - speaks + 1] + window - now)
+end
+local chars_limit = tonumber(ARGV[2])
+"""
+    + _CHARS_WAIT
+    + """local active = redis.call('ZCARD', KEYS[2])
 local full = 0
 if active >= tonumber(ARGV[3]) then full = 1 end
 if speak_wait > 0 or chars_wait > 0 or full == 1 then
@@ -87,6 +105,28 @@ redis.call('ZADD', KEYS[2], now + lease, ARGV[5])
 redis.call('PEXPIRE', KEYS[2], lease)
 return {0, 0, 0, active + 1}
 """
+)
+
+# KEYS: log. ARGV: chars limit, chars, member id (unique), window ms. Counts the characters
+# of one piece appended to a stream (no speak, no task). Returns the wait in ms (0: counted).
+_TEXT = (
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local chars_limit = tonumber(ARGV[1])
+local chars = tonumber(ARGV[2])
+"""
+    + _CHARS_WAIT
+    + """
+if chars_wait > 0 then return chars_wait end
+redis.call('ZADD', KEYS[1], now, 't:' .. ARGV[3] .. ':' .. chars)
+redis.call('PEXPIRE', KEYS[1], window)
+return 0
+"""
+)
 
 # KEYS: one active set per task; ARGV: lease ms, then per key a task id and "r" (renew its
 # lease) or "d" (it ended: remove it).
@@ -135,6 +175,7 @@ class RedisLimits:
         self._lease_ms = max(1, round(lease_s * 1000))
         self._admit = link.client.register_script(_ADMIT)
         self._renew = link.client.register_script(_RENEW)
+        self._text = link.client.register_script(_TEXT)
         self._held: dict[str, str] = {}  # task id -> limits key, admitted here, not released
 
     def keys(self, key: str) -> tuple[str, str]:
@@ -163,6 +204,14 @@ class RedisLimits:
         if verdict.admitted:
             self._held[task_id] = key
         return verdict
+
+    async def admit_text(self, key: str, limits: LimitsSettings, chars: int) -> float:
+        """Check and (when it fits) count ``chars`` appended to a stream of ``key``: the
+        seconds to wait (0: counted). Raises BusUnavailable."""
+        args: list[str | int] = [limits.chars_per_minute, chars, uuid.uuid4().hex, WINDOW_MS]
+        with self.link.guard():
+            reply = await self._text(keys=[self.keys(key)[0]], args=args)
+        return int(reply) / 1000
 
     async def renew_once(self) -> None:
         """Renew the leases of the tasks still running, remove the ended ones."""
