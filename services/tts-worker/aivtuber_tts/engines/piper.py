@@ -130,7 +130,9 @@ class PiperEngine(LocalEngine):
             raise EngineError(
                 f"cannot read the Piper voice config {self.config_path}: {exc}"
             ) from exc
-        session = self._session()
+        # The alignment-patched model is made once and shared by both sessions.
+        model = self._model()
+        session = self._session(model)
         used = session.get_providers()
         if self.requested_device == "cuda" and CUDA not in used:
             raise EngineError(
@@ -144,7 +146,7 @@ class PiperEngine(LocalEngine):
         self._table = table_for(self.language)
         self._voice = PiperVoice(config=config, session=session)
         if self.wide_threads and self.device == "cpu":
-            wide = self._session(self.wide_threads)
+            wide = self._session(model, self.wide_threads)
             self._wide = PiperVoice(config=config, session=wide)
         log.info(
             "piper_loaded",
@@ -204,6 +206,8 @@ class PiperEngine(LocalEngine):
 
     def _model(self) -> str | bytes:
         """The model's path, or its bytes with the alignment output added (visemes)."""
+        if not self.model_path.is_file():
+            raise EngineError(f"Piper model {self.model_path} does not exist")
         if not self.visemes:
             return os.fspath(self.model_path)
         try:
@@ -223,10 +227,9 @@ class PiperEngine(LocalEngine):
             raise EngineError(f"cannot expose {self.model_path.name}'s alignments: {exc}") from exc
         return bytes(model.SerializeToString())
 
-    def _session(self, threads: int | None = None) -> onnxruntime.InferenceSession:
-        if not self.model_path.is_file():
-            raise EngineError(f"Piper model {self.model_path} does not exist")
-        model = self._model()
+    def _session(
+        self, model: str | bytes, threads: int | None = None
+    ) -> onnxruntime.InferenceSession:
         options = session_options(threads or self.intra_op_threads)
         providers: list[Any] = [CPU]
         if self.requested_device == "cuda" or (
