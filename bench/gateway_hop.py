@@ -199,6 +199,9 @@ def _gateway_proc(work_dir: Path, port: int, backend_port: int, name: str, fast_
                 "echo": {"path": ROUTE_PATH, "backends": [f"ws://127.0.0.1:{backend_port}"]}
             },
         },
+        # Every phase connects from one address (50 conns, 1000 idle): the per-IP quota
+        # (limits.max_connections, 32 by default) must never be what is measured.
+        "limits": {"max_connections": 100_000},
     }
     path = work_dir / f"{name}.json"
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")
