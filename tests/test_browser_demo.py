@@ -7,8 +7,10 @@ Everything timing-related is read from the page's own audio clock through
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import uuid
 import wave
 from urllib.parse import parse_qs, urlsplit
 
@@ -246,3 +248,72 @@ async def test_visemes_fire_on_the_audio_clock_and_drive_the_mouth() -> None:
         # or timer tick (by the page's audio clock).
         assert due_ms <= event["lagMs"] < due_ms + 100, (index, event)
     assert seen["end"]["chunks"] == frames and seen["end"]["cancelled"] is False
+
+
+async def _speak_tone(ws: ServerConnection, task_id: str, frames: int = 3) -> None:
+    """One short line of a 24 kHz tone on an output socket, as the output handler sends it."""
+    await ws.send(
+        json.dumps(
+            {"type": "audio_start", "task_id": task_id, "sample_rate": 24000, "voice": "v"}
+            | {"engine": "e"}
+        )
+    )
+    pcm = (np.sin(np.arange(960) * 0.1) * 8000).astype("<i2").tobytes()
+    for chunk_id in range(frames):
+        chunk = {"type": "audio_chunk", "task_id": task_id, "chunk_id": chunk_id}
+        await ws.send(json.dumps(chunk | {"samples": 960, "level": 0.2}))
+        await ws.send(pcm)
+    complete = {"type": "audio_complete", "task_id": task_id, "chunks": frames}
+    await ws.send(json.dumps(complete | {"duration_ms": frames * 40, "cancelled": False}))
+    await ws.close()
+
+
+async def test_every_line_listens_on_its_id_before_its_speak_is_answered() -> None:
+    """``upload_processed`` tells the id of the connection's next line (``next_task_id``):
+    the page opens that line's output socket as it sends the speak, as it does for the first
+    line with the id of ``task_id_assigned``, so no line waits a round trip to listen."""
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    listening = {task_id: asyncio.Event() for task_id in ids}
+    early: list[bool] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        if ws.request.path.startswith("/ws/input"):
+            await ws.send(
+                json.dumps({"type": "system", "action": "task_id_assigned"} | {"task_id": ids[0]})
+            )
+            async for message in ws:
+                request = json.loads(message)
+                if request.get("type") != "speak":
+                    continue
+                task_id = ids[len(early)]
+                try:  # answer once the page listens on the line's id (or give up waiting)
+                    await asyncio.wait_for(listening[task_id].wait(), 5)
+                except TimeoutError:
+                    pass
+                early.append(listening[task_id].is_set())
+                reply = {"type": "system", "action": "upload_processed", "status": "queued"}
+                reply |= {"task_id": task_id, "request_id": request["request_id"]}
+                await ws.send(json.dumps(reply | {"next_task_id": ids[len(early)]}))
+            return
+        task_id = urlsplit(ws.request.path).path.rsplit("/", 1)[-1]
+        listening[task_id].set()
+        await _speak_tone(ws, task_id)
+
+    async with (
+        stack() as s,
+        serve(handler, "127.0.0.1", 0) as server,
+        open_page(f"{s.gateway.http_url}/demo", bypass_csp=True) as (page, log),
+    ):
+        port = server.sockets[0].getsockname()[1]
+        ends = await page.evaluate(
+            """async (url) => {
+                const { AIVTuberClient } = await import("/static/aivtuber.js");
+                const client = new AIVTuberClient({ url });
+                return [await client.speak("One."), await client.speak("Two.")];
+            }""",
+            f"ws://127.0.0.1:{port}",
+        )
+    log.assert_clean()
+    assert [end["chunks"] for end in ends] == [3, 3]
+    assert early == [True, True]

@@ -51,10 +51,36 @@ def test_session_opens_with_the_assigned_id_and_the_first_speak_uses_it() -> Non
     assigned = opening.message.task_id
     [submit] = s.receive_text('{"type":"speak","text":"Hi","request_id":"r1"}')
     assert submit == Submit(task_id=assigned, text="Hi", voice=None, request_id="r1")
-    [reply] = s.queued(submit)
-    assert reply == Reply(UploadProcessed(task_id=assigned, request_id="r1"))
+    reply = processed(s.queued(submit))
+    following = reply.next_task_id
+    assert reply == UploadProcessed(task_id=assigned, request_id="r1", next_task_id=following)
+    assert following is not None and following != assigned
+    # The id told in the answer goes to the next utterance, whose answer tells the next one.
     [second] = s.receive_text('{"type":"speak","text":"Again"}')
-    assert isinstance(second, Submit) and second.task_id != assigned
+    assert isinstance(second, Submit) and second.task_id == following
+    assert processed(s.queued(second)).next_task_id not in (None, assigned, following)
+
+
+def test_session_keeps_the_told_next_id_while_a_speak_is_pending() -> None:
+    """Two speaks before either is answered: the second gets a fresh id; the told next id
+    stays reserved for the utterance after them."""
+    s = session()
+    assigned = s.assigned_id
+    [first] = s.receive_text('{"type":"speak","text":"One"}')
+    [second] = s.receive_text('{"type":"speak","text":"Two"}')
+    assert isinstance(first, Submit) and isinstance(second, Submit)
+    assert first.task_id == assigned != second.task_id
+    told = {processed(s.queued(first)).next_task_id, processed(s.queued(second)).next_task_id}
+    assert len(told) == 1 and None not in told
+    [third] = s.receive_text('{"type":"speak","text":"Three"}')
+    assert isinstance(third, Submit) and third.task_id in told
+
+
+def processed(events: list[Any]) -> UploadProcessed:
+    assert len(events) == 1 and isinstance(events[0], Reply), events
+    message = events[0].message
+    assert isinstance(message, UploadProcessed), message
+    return message
 
 
 def test_session_keeps_the_assigned_id_when_the_first_submission_is_refused() -> None:
@@ -225,7 +251,10 @@ async def test_speak_is_queued_on_the_worker_under_the_assigned_id() -> None:
                 "status": "queued",
                 "task_id": assigned,
                 "request_id": "r1",
+                "next_task_id": reply["next_task_id"],
             }
+            assert uuid.UUID(reply["next_task_id"]).version == 4
+            assert reply["next_task_id"] != assigned
     assert fake.submitted == [
         {
             "task_id": assigned,
@@ -238,15 +267,17 @@ async def test_speak_is_queued_on_the_worker_under_the_assigned_id() -> None:
     ]
 
 
-async def test_several_speak_messages_on_one_connection_get_distinct_ids() -> None:
+async def test_several_speak_messages_get_distinct_ids_each_told_in_the_answer_before() -> None:
     fake = FakeWorker()
     async with run_server(fake.app) as tts, input_handler([tts.http_url]) as server:
         async with client(server) as (ws, assigned):
-            ids = [
-                (await ask(ws, {"type": "speak", "text": f"Line {n}", "voice": "sine"}))["task_id"]
+            replies = [
+                await ask(ws, {"type": "speak", "text": f"Line {n}", "voice": "sine"})
                 for n in range(3)
             ]
+            ids = [reply["task_id"] for reply in replies]
     assert ids[0] == assigned and len(set(ids)) == 3
+    assert [reply["next_task_id"] for reply in replies[:-1]] == ids[1:]
     assert all(uuid.UUID(task_id).version == 4 for task_id in ids)
     assert [task["text"] for task in fake.submitted] == ["Line 0", "Line 1", "Line 2"]
 

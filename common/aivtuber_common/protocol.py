@@ -134,6 +134,9 @@ class UploadProcessed(_Message):
     status: Literal["queued"] = "queued"
     task_id: str
     request_id: str | None = None
+    # The id this connection's next utterance will get: a frontend may open its output
+    # socket while that speak is on the way instead of after this answer (one round trip).
+    next_task_id: str | None = None
 
 
 class Cancelled(_Message):

@@ -9,7 +9,9 @@ reassembles the legacy chunked upload and hands out task ids; it never waits.
 
 Task ids: the id announced on open (``task_id_assigned``) goes to the first utterance that
 is actually queued; a frontend may already be listening on it, so a refused submission
-leaves it for the next try. Every later utterance gets a fresh uuid4.
+leaves it for the next try. Once it is taken, a fresh uuid4 is reserved for the next
+utterance and told in the answer (``upload_processed``'s ``next_task_id``), so every line,
+not only the first, can be listened to while its speak is on the way.
 
 Legacy chunked upload::
 
@@ -184,7 +186,7 @@ class InputSession:
         self._new_id = new_id
         self._streams: dict[str, _Stream] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
-        self.assigned_id: str | None = new_id()  # until the first utterance is queued
+        self.assigned_id: str = new_id()  # the next utterance's (told on open, then in answers)
         self._assigned_in_use = False
         self._upload = _Upload(parts=[])
         self._awaiting_bytes: TextChunk | None = None  # metadata whose binary comes next
@@ -193,7 +195,6 @@ class InputSession:
     # --- input ----------------------------------------------------------------------------
 
     def opening(self) -> list[Event]:
-        assert self.assigned_id is not None
         return [Reply(TaskIdAssigned(task_id=self.assigned_id))]
 
     def receive_text(self, text: str) -> list[Event]:
@@ -252,10 +253,16 @@ class InputSession:
 
     def queued(self, submit: Submit) -> list[Event]:
         if submit.task_id == self.assigned_id:
-            self.assigned_id = None
+            # The next utterance's id, reserved now and told in this answer: the frontend can
+            # listen on it as it sends that speak, as it did with the first.
+            self.assigned_id = self._new_id()
+            self._assigned_in_use = False
         if submit.stream:
             self._streams[submit.task_id] = _Stream(len(submit.text), self._clock())
-        return [Reply(UploadProcessed(task_id=submit.task_id, request_id=submit.request_id))]
+        processed = UploadProcessed(
+            task_id=submit.task_id, request_id=submit.request_id, next_task_id=self.assigned_id
+        )
+        return [Reply(processed)]
 
     def refused(self, submit: Submit, code: str, message: str) -> list[Event]:
         if submit.task_id == self.assigned_id:
@@ -424,7 +431,7 @@ class InputSession:
                     request_id=request_id,
                 )
             ]
-        if self.assigned_id is not None and not self._assigned_in_use:
+        if not self._assigned_in_use:
             self._assigned_in_use = True
             task_id = self.assigned_id
         else:

@@ -366,8 +366,8 @@ export class AIVTuberClient extends EventTarget {
       if (line.voice) message.voice = line.voice;
       if (line.streaming) message.stream = true;
       const accepted = this._awaitReply(requestId);
-      // The id the handler assigned on connect goes to the next accepted line: listening on it
-      // before the speak is answered saves a round trip on the first line of a connection.
+      // The id the handler reserved for the next line (on connect, then in each answer):
+      // listening on it before the speak is answered saves a round trip.
       if (this._assigned) {
         line.listen(this._assigned);
         this._assigned = null;
@@ -472,7 +472,12 @@ export class AIVTuberClient extends EventTarget {
     }
     if (message.type === "system") {
       if (message.action === "task_id_assigned") this._assigned = message.task_id;
-      else if (message.action === "upload_processed") this._settleReply(message.request_id, message);
+      else if (message.action === "upload_processed") {
+        this._settleReply(message.request_id, message);
+        // The id the next speak will get, if no other speak is on its way (that one takes it):
+        // the next line listens on it while its speak travels, as the first line does.
+        this._assigned = this._replies.size === 0 ? message.next_task_id || null : null;
+      }
       else if (message.action === "voices") {
         if (this._voicesWaiter) this._noteRtt(this._voicesWaiter.sentAt);
         this._settleVoices(message.voices || []);
