@@ -12,6 +12,8 @@ import io
 import json
 import uuid
 import wave
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -37,6 +39,23 @@ LONG = (
     "in the middle of a word while the sound is still playing out of the speakers. "
     f"The rest would {HOLD} until the test lets go."
 )
+
+
+async def evaluate_against(
+    handler: Callable[[ServerConnection], Awaitable[None]], script: str
+) -> Any:
+    """Run ``script`` (a function of the server's URL) in the demo page, its client talking to
+    a scripted server (``handler``) that stands in for the gateway; the page's log must stay
+    clean."""
+    async with (
+        stack() as s,
+        serve(handler, "127.0.0.1", 0) as server,
+        open_page(f"{s.gateway.http_url}/demo", bypass_csp=True) as (page, log),
+    ):
+        port = server.sockets[0].getsockname()[1]
+        result = await page.evaluate(script, f"ws://127.0.0.1:{port}")
+    log.assert_clean()
+    return result
 
 
 async def test_the_demo_page_loads_with_no_console_error_and_no_failed_request() -> None:
@@ -136,24 +155,17 @@ async def test_a_gateway_refusal_is_one_clear_error_event(close_code: int, error
     async def refuse(ws: ServerConnection) -> None:
         await ws.close(close_code, "refused by the test")
 
-    async with (
-        stack() as s,
-        serve(refuse, "127.0.0.1", 0) as refuser,
-        open_page(f"{s.gateway.http_url}/demo", bypass_csp=True) as (page, log),
-    ):
-        port = refuser.sockets[0].getsockname()[1]
-        events = await page.evaluate(
-            """async (url) => {
-                const { AIVTuberClient } = await import("/static/aivtuber.js");
-                const client = new AIVTuberClient({ url });
-                const events = [];
-                client.on("error", (e) => events.push(e.detail));
-                const outcome = await client.speak("Hello?").then(() => "spoke", (e) => e.code);
-                return { events, outcome };
-            }""",
-            f"ws://127.0.0.1:{port}",
-        )
-    log.assert_clean()
+    events = await evaluate_against(
+        refuse,
+        """async (url) => {
+            const { AIVTuberClient } = await import("/static/aivtuber.js");
+            const client = new AIVTuberClient({ url });
+            const events = [];
+            client.on("error", (e) => events.push(e.detail));
+            const outcome = await client.speak("Hello?").then(() => "spoke", (e) => e.code);
+            return { events, outcome };
+        }""",
+    )
     assert events["outcome"] == error_code
     assert len(events["events"]) == 1
     event = events["events"][0]
@@ -217,28 +229,21 @@ async def test_visemes_fire_on_the_audio_clock_and_drive_the_mouth() -> None:
         )
         await ws.close()
 
-    async with (
-        stack() as s,
-        serve(handler, "127.0.0.1", 0) as server,
-        open_page(f"{s.gateway.http_url}/demo", bypass_csp=True) as (page, log),
-    ):
-        port = server.sockets[0].getsockname()[1]
-        seen = await page.evaluate(
-            """async (url) => {
-                const { AIVTuberClient } = await import("/static/aivtuber.js");
-                const client = new AIVTuberClient({ url });
-                const seen = [];
-                client.on("viseme", (e) => seen.push({
-                    shape: e.detail.shape, openness: e.detail.openness,
-                    lagMs: (client._heardTime() - client._line.startTime) * 1000,
-                    chunkId: e.detail.chunkId,
-                }));
-                const end = await client.speak("Visemes, please.");
-                return { seen, end };
-            }""",
-            f"ws://127.0.0.1:{port}",
-        )
-    log.assert_clean()
+    seen = await evaluate_against(
+        handler,
+        """async (url) => {
+            const { AIVTuberClient } = await import("/static/aivtuber.js");
+            const client = new AIVTuberClient({ url });
+            const seen = [];
+            client.on("viseme", (e) => seen.push({
+                shape: e.detail.shape, openness: e.detail.openness,
+                lagMs: (client._heardTime() - client._line.startTime) * 1000,
+                chunkId: e.detail.chunkId,
+            }));
+            const end = await client.speak("Visemes, please.");
+            return { seen, end };
+        }""",
+    )
     events = seen["seen"]
     assert [e["shape"] for e in events] == shapes * frames
     assert events[0]["openness"] == 1.0 and events[1]["openness"] == 0.8
@@ -300,20 +305,13 @@ async def test_every_line_listens_on_its_id_before_its_speak_is_answered() -> No
         listening[task_id].set()
         await _speak_tone(ws, task_id)
 
-    async with (
-        stack() as s,
-        serve(handler, "127.0.0.1", 0) as server,
-        open_page(f"{s.gateway.http_url}/demo", bypass_csp=True) as (page, log),
-    ):
-        port = server.sockets[0].getsockname()[1]
-        ends = await page.evaluate(
-            """async (url) => {
-                const { AIVTuberClient } = await import("/static/aivtuber.js");
-                const client = new AIVTuberClient({ url });
-                return [await client.speak("One."), await client.speak("Two.")];
-            }""",
-            f"ws://127.0.0.1:{port}",
-        )
-    log.assert_clean()
+    ends = await evaluate_against(
+        handler,
+        """async (url) => {
+            const { AIVTuberClient } = await import("/static/aivtuber.js");
+            const client = new AIVTuberClient({ url });
+            return [await client.speak("One."), await client.speak("Two.")];
+        }""",
+    )
     assert [end["chunks"] for end in ends] == [3, 3]
     assert early == [True, True]
