@@ -40,6 +40,7 @@ from aivtuber_common.transport import FrameSource, TransportError
 
 from .bus import open_bus
 from .captions import task_file_routes
+from .keepalive import ping_settings
 from .metrics import OutputMetrics
 from .stream import OutputEndpoint
 
@@ -56,6 +57,8 @@ def create_app(settings: Settings) -> Starlette:
     metrics = OutputMetrics()
     bus = open_bus(settings, metrics)
     started = time.monotonic()
+    # A send stuck this long: uvicorn's keepalive has given the subscriber up (stream.py).
+    send_timeout_s = sum(ping_settings(settings.output_handler))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[OutputState]:
@@ -106,7 +109,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         WebSocketRoute(
             "/ws/output/{task_id}",
-            OutputEndpoint(bus.source, metrics, settings.internal_token).handle,
+            OutputEndpoint(bus.source, metrics, settings.internal_token, send_timeout_s).handle,
         ),
         *bus.routes,
         Route("/tasks/{task_id}/audio.wav", task_audio),

@@ -11,6 +11,13 @@ Two pumps per connection: the sender reads the store at this subscriber's pace a
 each frame the moment it is there (no batching); the receiver only watches for the client
 leaving, so a listener who hangs up between frames is counted out at once rather than at
 the next frame.
+
+A subscriber that stops reading and answering pings (a frozen gateway, a peer gone without
+a FIN) is dropped by uvicorn's keepalive (:mod:`.keepalive`), which closes the connection
+without telling the application: a send then raises a bare RuntimeError, or, with the
+socket's buffers full, waits for room forever. So a send that does not complete within
+``send_timeout_s`` (the keepalive's interval plus timeout: the peer has been given up on by
+then) ends the subscription, and that RuntimeError counts as the client leaving.
 """
 
 from __future__ import annotations
@@ -52,10 +59,12 @@ class OutputEndpoint:
         store: FrameSource,
         metrics: OutputMetrics,
         internal_token: str | None = None,
+        send_timeout_s: float = 40.0,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.internal_token = internal_token
+        self.send_timeout_s = send_timeout_s
 
     async def handle(self, websocket: WebSocket) -> None:
         task_id: str = websocket.path_params["task_id"]
@@ -120,11 +129,11 @@ class OutputEndpoint:
                     match event:
                         case TaskOpen():
                             opened = event
-                            await websocket.send_text(_audio_start(event))
+                            await self._deliver(websocket, _audio_start(event))
                         case (chunk_id, level, pcm, visemes, words):
                             chunk = _audio_chunk(task_id, chunk_id, level, pcm, visemes, words)
-                            await websocket.send_text(chunk)
-                            await websocket.send_bytes(pcm)
+                            await self._deliver(websocket, chunk)
+                            await self._deliver(websocket, pcm)
                             next_chunk, samples = chunk_id + 1, samples + len(pcm) // SAMPLE_WIDTH
                             self.metrics.frames_sent.inc()
                         case TaskEnd(status="failed"):
@@ -141,7 +150,7 @@ class OutputEndpoint:
                         case TaskEnd():
                             seen = (next_chunk, samples)
                             complete = _audio_complete(self.store, event, opened, seen)
-                            await websocket.send_text(complete)
+                            await self._deliver(websocket, complete)
                             await websocket.close(CloseCode.NORMAL_CLOSURE)
                             return event.status
         except TaskNotFound as exc:
@@ -153,7 +162,23 @@ class OutputEndpoint:
             return exc.code
         except WebSocketDisconnect:
             return "client_left"
+        except TimeoutError:
+            log.info("subscriber_unresponsive", send_timeout_s=self.send_timeout_s)
+            return "client_left"
         return "ended"  # not reached: a read always ends with TaskEnd
+
+    async def _deliver(self, websocket: WebSocket, message: str | bytes) -> None:
+        """One message to the subscriber, within ``send_timeout_s`` (TimeoutError)."""
+        async with asyncio.timeout(self.send_timeout_s):
+            try:
+                if isinstance(message, bytes):
+                    await websocket.send_bytes(message)
+                else:
+                    await websocket.send_text(message)
+            except RuntimeError as exc:
+                # uvicorn closed the connection itself (keepalive timeout) and has not heard
+                # of the lost connection yet: the subscriber is gone, not a bug here.
+                raise WebSocketDisconnect(CloseCode.ABNORMAL_CLOSURE) from exc
 
 
 async def _client_gone(websocket: WebSocket) -> None:
