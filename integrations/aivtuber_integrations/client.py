@@ -22,7 +22,6 @@ The wire format is docs/protocol.md; the messages are aivtuber_common.protocol's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -417,8 +416,9 @@ class Gateway:
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            # wait, not await: the reader's CancelledError stays in it, while a cancel of
+            # this caller still propagates (a suppressed await would swallow it too).
+            await asyncio.wait({reader})
 
 
 @dataclass(frozen=True)

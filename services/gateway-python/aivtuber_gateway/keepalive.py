@@ -13,7 +13,6 @@ backend that stopped reading never answers it, which the timeout catches.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -64,8 +63,8 @@ class BackendKeepalive:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # wait, not await: a cancel of the caller must propagate, not be suppressed.
+            await asyncio.wait({self._task})
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

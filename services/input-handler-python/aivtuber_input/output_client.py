@@ -92,10 +92,13 @@ async def subscribe(
         for generator in reading:
             await generator.aclose()
         connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, OutputUnavailable):
-            await connecting
-        if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
-            await connecting.result().close()
+        # wait, not await: its outcome is read below; a cancel of this caller propagates.
+        await asyncio.wait({connecting})
+        if not connecting.cancelled():
+            if (error := connecting.exception()) is None:
+                await connecting.result().close()
+            elif not isinstance(error, OutputUnavailable):
+                raise error
 
 
 async def _connect(
