@@ -22,8 +22,9 @@ the normal session.
 
 Mouth shapes come from Piper's own alignments (piper-tts 1.8): the model's per-phoneme
 sample counts (the ``Ceil`` tensor) are added as an output when the model is loaded, in
-memory with the ``onnx`` package (``piper.patch_voice_with_alignment``'s function), so
-nothing is written and a model patched on disk beforehand is used as it is. The same
+memory (what ``piper.patch_voice_with_alignment`` does, on the bytes:
+:mod:`~aivtuber_tts.engines.onnx_graph`), so nothing is written and a model patched on disk
+beforehand is used as it is. The same
 alignments say how long the silent BOS pad at the start of a piece lasts: most of it is cut,
 and they time the words (:mod:`aivtuber_tts.words`; each word is phonemised alone by the
 same espeak-ng, cached).
@@ -50,6 +51,7 @@ from ..errors import EngineError
 from ..scheduler import running_alone
 from ..visemes import ENGLISH, Mark, Speech, marks_from_durations, table_for, trim_marks
 from ..words import Phone, phones, time_words, written_words
+from . import onnx_graph
 from .base import LocalEngine, Piece
 
 __all__ = [
@@ -248,21 +250,21 @@ class PiperEngine(LocalEngine):
         if not self.visemes:
             return os.fspath(self.model_path)
         try:
-            import onnx
-            from piper.patch_voice_with_alignment import add_alignment_output
-        except ImportError as exc:
+            data = self.model_path.read_bytes()
+            graph = onnx_graph.scan(data)
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"cannot read Piper model {self.model_path}: {exc}") from exc
+        # As piper.patch_voice_with_alignment.add_alignment_output: the one Ceil tensor.
+        ceil = {tensor for tensor, op in graph.produced_by.items() if op == "Ceil"}
+        if len(ceil) != 1:
             raise EngineError(
-                "visemes need the onnx package (pip install onnx), or set visemes: false "
-                f"for this voice: {exc}"
-            ) from exc
-        model = onnx.load(os.fspath(self.model_path))
-        try:
-            add_alignment_output(model)
-        except ValueError as exc:
-            if "already marked" in str(exc):
-                return os.fspath(self.model_path)  # patched on disk with patch_voice_...
-            raise EngineError(f"cannot expose {self.model_path.name}'s alignments: {exc}") from exc
-        return bytes(model.SerializeToString())
+                f"cannot expose {self.model_path.name}'s alignments: "
+                f"{len(ceil)} Ceil tensors, not one"
+            )
+        (tensor,) = ceil
+        if tensor in graph.outputs:
+            return os.fspath(self.model_path)  # patched on disk with patch_voice_...
+        return onnx_graph.with_output(data, tensor)
 
     def _session(
         self, model: str | bytes, threads: int | None = None
