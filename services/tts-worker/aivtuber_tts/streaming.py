@@ -5,11 +5,12 @@ The worker speaks a stream clause by clause: whatever has arrived up to the last
 clause or sentence (the splitters' rules, :func:`~aivtuber_tts.splitting.ready_end`, or
 :func:`~aivtuber_tts.splitting_ja.ready_end_japanese` for a Japanese voice) is handed to
 the engine as soon as it is there. Text with no boundary yet waits, so the voice does not
-say half a clause with the wrong prosody; before any audio, until it has waited
-``max_wait_s``; while audio plays, as long as the listener has more audio left than that
-text takes to make (and ``max_wait_s`` more, or the text has fewer than ``MIN_WORDS``
-words). Then it is spoken up to its last whole word. A flush releases everything at once,
-and so does the end.
+say half a clause with the wrong prosody, until it has waited ``max_wait_s`` (and, while
+audio plays, until the listener is within ``max_wait_s`` of running out). But while audio
+plays it waits no longer than the listener can afford: once it has ``MIN_WORDS`` whole
+words, it goes when the audio left is down to the engine's estimated time to make it plus
+``JOIN_MARGIN_S`` (silence mid-reply is worse than a cut mid-clause). Either way it is
+spoken up to its last whole word. A flush releases everything at once, and so does the end.
 
 Released text is handed out in pieces sized to what the listener has queued (given the
 engine's seconds per character): a neural engine makes a piece whole before its first
