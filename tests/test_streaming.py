@@ -29,7 +29,7 @@ from aivtuber_common.config import (
     LimitsSettings,
     VoiceSettings,
 )
-from aivtuber_tts import tasks
+from aivtuber_tts import streaming, tasks
 from tests.edge_support import ALICE_KEY, BOB_KEY
 from tests.frontend import ask, frontend
 from tests.support import eventually
@@ -153,8 +153,10 @@ async def test_flush_speaks_text_without_a_boundary_before_the_end(bus: BusSetti
             heard = Stream()
             listener = asyncio.create_task(hear(s.url, task_id, heard))
             await append(ws, task_id, " do", flush=True)
+            flushed = "So what we are going to do".split()
             async with asyncio.timeout(TIMEOUT_S):
                 await heard.first_frame.wait()  # before any end: the flush spoke it
+                await eventually(lambda: words(s.gates[0].pieces) == flushed)
             spoken_before_end = list(s.gates[0].pieces)
             await append(ws, task_id, " next is simple.")
             await end(ws, task_id)
@@ -165,6 +167,60 @@ async def test_flush_speaks_text_without_a_boundary_before_the_end(bus: BusSetti
     assert words(s.gates[0].pieces) == "So what we are going to do next is simple.".split()
 
 
+async def test_a_flushed_long_buffer_starts_with_a_short_piece_and_the_rest_follows() -> None:
+    # A neural engine makes a piece whole before its first sample: speaking all fourteen
+    # words at once made the listener wait for all of them.
+    text = f"{HOLD} so what we are going to do next is rather simple and quick"
+    async with stack(worker_options={"stream_max_wait_ms": NEVER_MS}) as s:
+        async with frontend(s.url) as (ws, _):
+            task_id = await open_stream(ws, text)
+            heard = asyncio.create_task(hear(s.url, task_id))
+            await append(ws, task_id, "", flush=True)
+            async with asyncio.timeout(TIMEOUT_S):
+                # The first piece is held in the engine: nothing after it has started.
+                await eventually(lambda: s.gates[0].pieces)
+                first = list(s.gates[0].pieces)
+                s.gates[0].release()
+                await eventually(lambda: words(s.gates[0].pieces) == text.split())
+            await end(ws, task_id)  # only now: the flush alone spoke every word
+            async with asyncio.timeout(TIMEOUT_S):
+                stream = await heard
+        spoken = s.gates[0].pieces
+    assert len(first) == 1 and len(first[0]) <= streaming.FIRST_PIECE_CHARS
+    assert len(spoken) >= 2 and spoken[0] == first[0]
+    assert words(spoken) == text.split(), "every word once, in order"
+    assert_one_continuous_stream(stream)
+
+
+async def test_text_with_no_boundary_goes_out_at_its_last_word_before_the_listener_runs_dry() -> (
+    None
+):
+    # The next clause has no boundary yet (a slow LLM) and the stream waits for one
+    # (NEVER_MS); a short first clause plays out, and the words written so far are spoken
+    # before it ends rather than leaving the listener in silence.
+    async with stack(worker_options={"stream_max_wait_ms": NEVER_MS}) as s:
+        async with frontend(s.url) as (ws, _):
+            # About two seconds of audio (the sine voice: 20 ms a character).
+            first = "Okay, this first sentence keeps the listener busy for about two seconds. "
+            task_id = await open_stream(ws, first)
+            heard = Stream()
+            listener = asyncio.create_task(hear(s.url, task_id, heard))
+            async with asyncio.timeout(TIMEOUT_S):
+                await heard.first_frame.wait()
+            await append(ws, task_id, "quick recap for the ne")
+            async with asyncio.timeout(TIMEOUT_S):
+                await eventually(lambda: "recap" in " ".join(s.gates[0].pieces))
+            early = list(s.gates[0].pieces)
+            await append(ws, task_id, "w people: we lost the map.")
+            await end(ws, task_id)
+            async with asyncio.timeout(TIMEOUT_S):
+                await listener
+    assert words(early) == f"{first} quick recap for the".split()
+    rest = "quick recap for the new people: we lost the map."
+    assert words(s.gates[0].pieces) == f"{first} {rest}".split()
+    assert_one_continuous_stream(heard)
+
+
 async def test_text_with_no_boundary_is_spoken_at_its_last_word_after_the_wait(
     bus: BusSettings,
 ) -> None:
@@ -173,8 +229,11 @@ async def test_text_with_no_boundary_is_spoken_at_its_last_word_after_the_wait(
             task_id = await open_stream(ws, "and then we went all the way to the sta")
             heard = Stream()
             listener = asyncio.create_task(hear(s.url, task_id, heard))
+            waited_out = "and then we went all the way to the".split()
             async with asyncio.timeout(TIMEOUT_S):
                 await heard.first_frame.wait()
+                # In pieces, the first one short (see the flush test below).
+                await eventually(lambda: words(s.gates[0].pieces) == waited_out)
             spoken_early = list(s.gates[0].pieces)
             await append(ws, task_id, "tion.")
             await end(ws, task_id)
@@ -434,8 +493,9 @@ async def test_aivtuber_say_stream_speaks_standard_input_as_it_arrives(
         try:
             process.stdin.write("Hello chat, welcome back to the stré".encode())
             await process.stdin.drain()
+            waited_out = "Hello chat, welcome back to the".split()
             async with asyncio.timeout(TIMEOUT_S):  # spoken while the input is still open
-                await eventually(lambda: s.gates[0].pieces)
+                await eventually(lambda: words(s.gates[0].pieces) == waited_out)
             spoken_before_eof = list(s.gates[0].pieces)
             # A two-byte character split between two writes.
             process.stdin.write(b"am! Caf\xc3")

@@ -113,7 +113,9 @@ def test_piper_gets_a_two_thread_session_for_lone_pieces_unless_threads_are_set(
     assert wide_threads(PiperVoice(intra_op_threads=1), cpus=8) == 0
     engine = PiperEngine(device="cpu", intra_op_threads=1, wide_threads=2, warmup=False)
     engine.load()
-    assert engine._voice is not None and engine._wide is not None
+    assert engine._voice is not None and engine._wide is None  # built after the voice is ready
+    engine.load_wide()
+    assert engine._wide is not None
     assert engine._voice.session.get_session_options().intra_op_num_threads == 1
     assert engine._wide.session.get_session_options().intra_op_num_threads == 2
     assert PiperEngine(device="cpu", intra_op_threads=1, wide_threads=1).wide_threads == 0

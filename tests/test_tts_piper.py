@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -12,8 +14,11 @@ import numpy as np
 import pytest
 
 from aivtuber_common.config import PiperVoice
-from aivtuber_tts.engines import PiperEngine, build_engine, measure
+from aivtuber_tts.engines import Engine, PiperEngine, build_engine, measure
+from aivtuber_tts.engines.piper import PiperVoice as LoadedVoice
 from aivtuber_tts.engines.piper import session_options
+from aivtuber_tts.visemes import Speech
+from tests.support import eventually
 from tests.tts_fakes import running_recorder, running_worker, sine_settings
 
 TEXT = "Hello everyone, welcome back to the stream. Thank you for coming!"
@@ -42,6 +47,62 @@ async def test_piper_task_streams_plausible_non_silent_speech_at_22050_hz() -> N
     # Speech has pauses and loud parts: the mouth must move.
     levels = [frame.level for frame in task.frames]
     assert max(levels) > 0.1 and min(levels) < 0.05
+
+
+class HeldWide(PiperEngine):
+    """The real Piper engine whose wide session is built only once the test lets go, and
+    which remembers whether each piece ran on it."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.release = threading.Event()
+        self.on_wide: list[bool] = []
+
+    def load_wide(self) -> None:
+        self.release.wait(60)
+        super().load_wide()
+
+    def _synthesize(self, voice: LoadedVoice | None, piece: str) -> bytes | Speech:
+        self.on_wide.append(voice is not None and voice is self._wide)
+        return super()._synthesize(voice, piece)
+
+
+@pytest.mark.piper
+@pytest.mark.timeout(300)
+async def test_the_wide_session_is_built_after_the_worker_is_ready_and_then_takes_lone_pieces() -> (
+    None
+):
+    engines: list[HeldWide] = []
+
+    def factory(voice_id: str, voice: object, max_concurrent: int = 1, **_: object) -> Engine:
+        engine = HeldWide(device="cpu", intra_op_threads=1, wide_threads=2)
+        engines.append(engine)
+        return engine
+
+    async with running_recorder() as recorder:
+        settings = sine_settings(recorder.url, voices={"joe": PiperVoice()}, max_concurrent=2)
+        try:
+            async with running_worker(settings, engine_factory=factory) as worker:
+                # Ready, and speaking, while the wide session is not even built.
+                (engine,) = engines
+                assert engine._wide is None
+                before = str(uuid.uuid4())
+                assert (await worker.submit("Ready before it.", task_id=before)).status_code == 202
+                spoken_before = await recorder.ended(before)
+                engine.on_wide.clear()
+                engine.release.set()
+                async with asyncio.timeout(120):
+                    await eventually(lambda: engine._wide is not None)
+                after = str(uuid.uuid4())
+                assert (await worker.submit("And alone after.", task_id=after)).status_code == 202
+                spoken_after = await recorder.ended(after)
+        finally:
+            for engine in engines:
+                engine.release.set()  # the worker's shutdown awaits the build
+    for task in (spoken_before, spoken_after):
+        assert task.end is not None and task.end.status == "completed" and task.frames
+    # The warm-up of the wide session, then the lone piece, on it.
+    assert engine.on_wide and engine.on_wide[-1] is True
 
 
 @pytest.mark.piper

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from aivtuber_tts.splitting import FIRST_MAX_CHARS, ready_end, split_sentences, split_text, word_end
+from aivtuber_tts.splitting import (
+    FIRST_MAX_CHARS,
+    piece_end,
+    ready_end,
+    split_sentences,
+    split_text,
+    word_end,
+)
+from aivtuber_tts.streaming import FIRST_PIECE_CHARS, TextFeed
 
 
 def test_the_first_clause_goes_alone_then_sentence_by_sentence() -> None:
@@ -132,3 +140,51 @@ def test_word_end_keeps_an_unfinished_word_back() -> None:
     assert word_end("and then we went to the sta") == len("and then we went to the")
     assert word_end("and then ") == len("and then")
     assert word_end("unfinis") == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "piece"),
+    [
+        ("Short enough.", "Short enough."),  # fits: whole
+        ("Okay, quick recap for the new people: we", "Okay, "),  # the last clause within
+        ("The first stream says one. ", "The first stream says one. "),  # a clause, if short
+        ("So what we are going to do next", "So what we are going to"),  # between words
+        ("So what we are going to do", "So what we are going"),  # a tail of two words
+        ("Mr. Smith went to the market today", "Mr. Smith went to the"),  # no sentence end
+        ("Supercalifragilisticexpialidocious is it", "Supercalifragilisticexpialidocious"),
+    ],
+)
+def test_piece_end_cuts_released_text_at_a_clause_else_between_words(text: str, piece: str) -> None:
+    assert text[: piece_end(text, len(text), 24)] == piece
+
+
+def test_a_flushed_buffer_comes_out_short_first_then_in_growing_pieces() -> None:
+    text = "so what we are going to do next is rather simple and quick and fun to watch"
+    feed = TextFeed(text, max_wait_s=60.0, language="en", now=0.0)
+    assert feed.take(0.0, None) is None  # no boundary, the wait is long
+    feed.add("", flush=True, end=False, now=0.0)
+    first = feed.take(0.0, None, seconds_per_char=0.005)
+    assert first is not None and len(first) <= FIRST_PIECE_CHARS
+    # Its audio (about 1.2 s) plays while the rest is made: the rest needs no boundary.
+    rest = feed.take(0.1, 1.3, seconds_per_char=0.005)
+    assert rest is not None and f"{first} {rest}".split() == text.split()
+    assert feed.take(0.2, 1.3, seconds_per_char=0.005) is None
+
+
+def test_text_with_no_boundary_goes_out_before_the_listener_runs_dry() -> None:
+    feed = TextFeed("", max_wait_s=60.0, language="en", now=0.0)
+    feed.add("quick recap for the ne", flush=False, end=False, now=0.0)
+    # 2 s of audio still to play: it waits for a boundary, until the engine's estimated
+    # time for it (and a margin) before the end.
+    assert feed.take(0.1, 2.0, seconds_per_char=0.005) is None
+    due = feed.wake_at(0.1, 2.0, seconds_per_char=0.005)
+    assert due is not None and 1.5 < due < 2.0
+    assert feed.take(due, 2.0, seconds_per_char=0.005) == "quick recap for the"
+    # Two words only: they wait (one lone word would sound cut off for nothing).
+    feed = TextFeed("", max_wait_s=1.0, language="en", now=0.0)
+    feed.add("quick recap ", flush=False, end=False, now=0.0)
+    assert feed.take(0.5, 0.6, seconds_per_char=0.005) is None
+    # The listener has run dry already: the wait before any audio applies again.
+    feed.add("for the", flush=False, end=False, now=0.0)
+    assert feed.take(0.7, 0.6, seconds_per_char=0.005) is None
+    assert feed.take(1.0, 0.6, seconds_per_char=0.005) == "quick recap for"

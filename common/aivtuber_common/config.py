@@ -637,9 +637,11 @@ class TtsWorkerSettings(StrictModel):
     # does not pay for the first inference.
     warmup: bool = True
     # Streaming tasks: text with no clause boundary yet is spoken up to its last word
-    # boundary once it has waited this long (a slow LLM still gets heard). 1000: at 15 and
-    # 50 tokens/s every reply's first clause reaches its boundary sooner (measured:
-    # ./benchmark --scenario stream, docs/benchmarks.md); 250 cut two thirds mid-clause.
+    # boundary once it has waited this long (a slow LLM still gets heard), or sooner while
+    # audio plays if the listener would otherwise run dry (docs/protocol.md, Streaming text
+    # in). 1000: at 15 and 50 tokens/s every reply's first clause reaches its boundary
+    # sooner (measured: ./benchmark --scenario stream, docs/benchmarks.md); 250 cut two
+    # thirds mid-clause.
     stream_max_wait_ms: Annotated[int, Field(ge=0, le=60000)] = 1000
 
     @model_validator(mode="after")

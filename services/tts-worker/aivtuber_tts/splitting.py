@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_CHARS",
     "DEFAULT_MIN_WORDS",
     "Scan",
+    "piece_end",
     "ready_end",
     "split_sentences",
     "split_text",
@@ -54,6 +55,9 @@ _INTERJECTION_WORDS = 2
 _INTERJECTION_CHARS = 32
 _NONSPACE = re.compile(r"\S")
 _WORD = re.compile(r"\S+")
+_WORD_END = re.compile(r"\S\s")
+# A piece ending in these ends a clause or sentence (piece_end).
+_PIECE_ENDS = (".", "!", "?", "…", ",", ";", ":", "—", "–", "。", "！", "？", "，", "；", "：")
 # "Mr. Smith" and "e.g. this" are not sentence ends.
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc e.g i.e approx no fig inc ltd co mt".split()
@@ -156,6 +160,64 @@ def ready_end(text: str, min_words: int = DEFAULT_MIN_WORDS, scan: Scan | None =
     if not saved:
         state.resume, state.cut, state.count, state.counted = resume, cut, words, counted
     return cut
+
+
+def piece_end(text: str, end: int, limit: int) -> int:
+    """Where to cut ``text[:end]`` (text that may be spoken now) so the piece has about
+    ``limit`` characters at most: ``end`` when it fits; else the end of the last sentence or
+    clause within the limit; else, up to twice the limit (a whole clause sounds better than
+    a piece cut mid-clause), the first clause end, or ``end`` itself after punctuation;
+    else the last whole word within the limit, leaving two words at least (a word is never
+    cut). Looks at no more than twice ``limit`` characters from the front."""
+    if end <= limit:
+        return end
+    stretch = 2 * limit
+    front = _first_nonspace(text, 0)
+    within = beyond = 0
+    for match in _BOUNDARY.finditer(text, 0, min(end, stretch) + 1):
+        start = match.start()
+        if start <= front:
+            continue  # nothing but white space before it
+        if match.lastgroup == "sentence" and _ends_with_abbreviation(_last_word(text, 0, start)):
+            continue  # "Mr. Smith"
+        if match.end() <= limit:
+            within = match.end()
+        elif match.end() <= end:
+            beyond = match.end()
+            break
+    if within or beyond:
+        return within or beyond
+    if end <= stretch and text[:end].rstrip().endswith(_PIECE_ENDS):
+        return end
+    # Between words: the last space within the limit that leaves a tail of two words at
+    # least (a lone last word said on its own sounds cut off; it joins the piece).
+    space = limit + 1
+    while (space := _last_space(text, front, space)) > front:
+        if _has_words(text, space, end, 2):
+            return space
+    found = _WORD_END.search(text, front, end)
+    if found is None or not _has_words(text, found.start() + 1, end, 2):
+        return end
+    return found.start() + 1
+
+
+def _last_space(text: str, start: int, end: int) -> int:
+    """The start of the last run of white space in ``text[start:end]`` (-1: none); a run
+    is one candidate, not one per space."""
+    space = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
+    while space > start and text[space - 1].isspace():
+        space -= 1
+    return space
+
+
+def _has_words(text: str, start: int, end: int, count: int) -> bool:
+    """Whether ``text[start:end]`` has at least ``count`` words (looks no further)."""
+    found = 0
+    for _ in _WORD.finditer(text, start, end):
+        found += 1
+        if found >= count:
+            return True
+    return False
 
 
 def word_end(text: str) -> int:

@@ -495,7 +495,9 @@ class TaskManager:
         while True:
             now = time.monotonic()
             listener_ends_at = job.deadline if job.first_frame_at is not None else None
-            part = feed.take(now, listener_ends_at)
+            # Sizes the pieces and times an early cut (streaming.py): 0 until measured.
+            per_char = self._seconds_per_char.get(job.voice.id, 0.0)
+            part = feed.take(now, listener_ends_at, per_char)
             if part is not None:
                 await self._speak(job, part, cutter, run_piece)
                 continue
@@ -511,7 +513,8 @@ class TaskManager:
             # listener will get for now, so it goes out short rather than wait.
             if (last := cutter.flush()) is not None:
                 await self._send(job, *last)
-            wake_at = min(feed.wake_at(now, listener_ends_at) or orphaned_at, orphaned_at)
+            wake_at = feed.wake_at(now, listener_ends_at, per_char) or orphaned_at
+            wake_at = min(wake_at, orphaned_at)
             timeout = max(0.0, wake_at - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):

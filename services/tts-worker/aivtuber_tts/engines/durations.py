@@ -3,8 +3,9 @@ time, and the raw audio turned into a trimmed, normalised, timed piece.
 
 Both models compute how many frames each phoneme id lasts (a ``Round`` node: units of 600
 samples at 24 kHz, and the units times 600 add up exactly to the audio length) but do not
-output it. :func:`with_output` adds that tensor as a graph output in memory with the ``onnx``
-package (nothing is written to disk, the package's files are never touched).
+output it. :func:`with_output` adds that tensor as a graph output in memory
+(:mod:`~aivtuber_tts.engines.onnx_graph`: nothing is written to disk, the package's files
+are never touched).
 
 :func:`timed_piece` then:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +35,7 @@ from aivtuber_common.visemes import Shape
 from ..errors import EngineError
 from ..visemes import Speech, marks_from_durations, trim_marks
 from ..words import Phone, phones
+from . import onnx_graph
 
 __all__ = ["FRAME_UNIT", "timed_piece", "with_output"]
 
@@ -44,21 +47,15 @@ PIPER_PEAK = 1.0  # piper's SynthesisConfig.normalize_audio: each sentence to fu
 def with_output(model: str | os.PathLike[str], tensor: str) -> bytes:
     """The model's bytes with ``tensor`` (an intermediate, float) added as an output."""
     try:
-        import onnx
-    except ImportError as exc:  # a dependency of the worker: a broken install
-        raise EngineError(f"the onnx package is needed to read phoneme durations: {exc}") from exc
-    try:
-        proto = onnx.load(os.fspath(model))
+        data = Path(model).read_bytes()
+        graph = onnx_graph.scan(data)
     except (OSError, ValueError) as exc:
         raise EngineError(f"cannot read the model {model}: {exc}") from exc
-    if not any(tensor in node.output for node in proto.graph.node):
+    if tensor not in graph.produced_by:
         raise EngineError(f"the model {model} has no tensor {tensor!r} to read durations from")
-    if not any(output.name == tensor for output in proto.graph.output):
-        proto.graph.output.append(
-            onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)
-        )
-    serialized: bytes = proto.SerializeToString()
-    return serialized
+    if tensor in graph.outputs:
+        return data
+    return onnx_graph.with_output(data, tensor, onnx_graph.FLOAT)
 
 
 def timed_piece(

@@ -14,12 +14,17 @@ slots need (measured: about 30 % more CPU per second of audio with spinning on).
 With ``wide_threads`` a second session on the same model runs the pieces that start while
 every other engine slot is idle (:func:`aivtuber_tts.scheduler.running_alone`): one stream
 on an idle worker gets two cores (first audio sooner), many streams keep one thread per
-slot (steady under load). The two share nothing but the model bytes.
+slot (steady under load). The two share nothing but the model bytes. The wide session is
+built and warmed in the background once the voice is ready (:meth:`PiperEngine.start`):
+it only speeds lone pieces up, so the worker does not wait for it (building and warming it
+took a second of the worker's start, 1.2 -> 2.2 s); until it is warm every piece runs on
+the normal session.
 
 Mouth shapes come from Piper's own alignments (piper-tts 1.8): the model's per-phoneme
 sample counts (the ``Ceil`` tensor) are added as an output when the model is loaded, in
-memory with the ``onnx`` package (``piper.patch_voice_with_alignment``'s function), so
-nothing is written and a model patched on disk beforehand is used as it is. The same
+memory (what ``piper.patch_voice_with_alignment`` does, on the bytes:
+:mod:`~aivtuber_tts.engines.onnx_graph`), so nothing is written and a model patched on disk
+beforehand is used as it is. The same
 alignments say how long the silent BOS pad at the start of a piece lasts: most of it is cut,
 and they time the words (:mod:`aivtuber_tts.words`; each word is phonemised alone by the
 same espeak-ng, cached).
@@ -27,10 +32,12 @@ same espeak-ng, cached).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
 import threading
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +51,7 @@ from ..errors import EngineError
 from ..scheduler import running_alone
 from ..visemes import ENGLISH, Mark, Speech, marks_from_durations, table_for, trim_marks
 from ..words import Phone, phones, time_words, written_words
+from . import onnx_graph
 from .base import LocalEngine, Piece
 
 __all__ = [
@@ -118,7 +126,11 @@ class PiperEngine(LocalEngine):
         # 0: no second session (set, or not more threads than intra_op_threads).
         self.wide_threads = wide_threads if wide_threads > self.intra_op_threads else 0
         self._voice: PiperVoice | None = None
-        self._wide: PiperVoice | None = None
+        self._wide: PiperVoice | None = None  # set once built and warm (lone pieces)
+        # What the wide session is built from, between load and its build.
+        self._wide_pending: tuple[PiperConfig, str | bytes] | None = None
+        self._wide_build: asyncio.Task[None] | None = None
+        self._closing = threading.Event()  # the background build stops at its next step
         self.sample_rate = 22050
         # Words repeat (the, you, chat): each is phonemised once.
         self._word_phonemes = functools.lru_cache(maxsize=WORD_CACHE)(self._phonemize_word)
@@ -146,33 +158,60 @@ class PiperEngine(LocalEngine):
         self._table = table_for(self.language)
         self._voice = PiperVoice(config=config, session=session)
         if self.wide_threads and self.device == "cpu":
-            wide = self._session(model, self.wide_threads)
-            self._wide = PiperVoice(config=config, session=wide)
+            self._wide_pending = (config, model)  # built by load_wide, after the voice is ready
         log.info(
             "piper_loaded",
             model=self.model_path.name,
             device=self.device,
             providers=used,
             intra_op_threads=self.intra_op_threads,
-            wide_threads=self.wide_threads if self._wide else 0,
+            wide_threads=self.wide_threads if self._wide_pending else 0,
             sample_rate=self.sample_rate,
         )
 
-    def synthesize_piece(self, piece: str) -> Piece:
-        voice = self._wide if self._wide is not None and running_alone() else self._voice
-        return self._synthesize(voice, piece)
-
-    def _warm_up_thread(self, barrier: threading.Barrier) -> None:
-        super()._warm_up_thread(barrier)
-        if self._wide is not None:  # this thread's first call of the wide session, too
+    def load_wide(self) -> None:
+        """Blocking: build and warm the wide session, if one is due (a no-op otherwise, or
+        once closing). Lone pieces use it from the moment it is warm."""
+        pending, self._wide_pending = self._wide_pending, None
+        if pending is None or self._closing.is_set():
+            return
+        config, model = pending
+        wide = PiperVoice(config=config, session=self._session(model, self.wide_threads))
+        if self.warmup:
             for text in self.warmup_texts:
-                self._synthesize(self._wide, text)
+                if self._closing.is_set():
+                    return
+                self._synthesize(wide, text)
+        self._wide = wide
+        log.info("piper_wide_ready", wide_threads=self.wide_threads)
+
+    async def start(self, executor: Executor | None = None, threads: int = 1) -> None:
+        await super().start(executor, threads)
+        if self._wide_pending is not None:
+            # Not on the engine threads: a piece must never wait behind this build.
+            self._wide_build = asyncio.create_task(self._build_wide(), name="piper-wide")
+
+    async def _build_wide(self) -> None:
+        try:
+            await asyncio.to_thread(self.load_wide)
+        except Exception as exc:  # lone pieces keep the normal session: worth a warning
+            log.warning("piper_wide_failed", error=str(exc))
+
+    async def aclose(self) -> None:
+        # The thread cannot be interrupted: it stops at its next step and is awaited, so
+        # no inference outlives the worker's executor and loop.
+        self._closing.set()
+        if self._wide_build is not None:
+            await asyncio.wait({self._wide_build})
+
+    def synthesize_piece(self, piece: str) -> Piece:
+        wide = self._wide
+        voice = wide if wide is not None and running_alone() else self._voice
+        return self._synthesize(voice, piece)
 
     def load_and_warm_up(self) -> None:
         super().load_and_warm_up()
-        if self._wide is not None and self.warmup:
-            for text in self.warmup_texts:
-                self._synthesize(self._wide, text)
+        self.load_wide()  # in-process use (the bench, tests): everything before returning
 
     def _synthesize(self, voice: PiperVoice | None, piece: str) -> Piece:
         if voice is None:
@@ -211,21 +250,21 @@ class PiperEngine(LocalEngine):
         if not self.visemes:
             return os.fspath(self.model_path)
         try:
-            import onnx
-            from piper.patch_voice_with_alignment import add_alignment_output
-        except ImportError as exc:
+            data = self.model_path.read_bytes()
+            graph = onnx_graph.scan(data)
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"cannot read Piper model {self.model_path}: {exc}") from exc
+        # As piper.patch_voice_with_alignment.add_alignment_output: the one Ceil tensor.
+        ceil = {tensor for tensor, op in graph.produced_by.items() if op == "Ceil"}
+        if len(ceil) != 1:
             raise EngineError(
-                "visemes need the onnx package (pip install onnx), or set visemes: false "
-                f"for this voice: {exc}"
-            ) from exc
-        model = onnx.load(os.fspath(self.model_path))
-        try:
-            add_alignment_output(model)
-        except ValueError as exc:
-            if "already marked" in str(exc):
-                return os.fspath(self.model_path)  # patched on disk with patch_voice_...
-            raise EngineError(f"cannot expose {self.model_path.name}'s alignments: {exc}") from exc
-        return bytes(model.SerializeToString())
+                f"cannot expose {self.model_path.name}'s alignments: "
+                f"{len(ceil)} Ceil tensors, not one"
+            )
+        (tensor,) = ceil
+        if tensor in graph.outputs:
+            return os.fspath(self.model_path)  # patched on disk with patch_voice_...
+        return onnx_graph.with_output(data, tensor)
 
     def _session(
         self, model: str | bytes, threads: int | None = None
