@@ -633,6 +633,11 @@ class TtsWorkerSettings(StrictModel):
     # slot is busy with other tenants' pieces: it does not wait behind their long pieces
     # (fair sharing under a flood); off: it waits for the next free slot.
     spare_slot: bool = True
+    # That first piece stops the running piece of the tenant furthest over its share
+    # instead, and takes its slot: it does not share the cores with the flood (the spare
+    # slot is then only for engines that cannot be stopped; Piper can). The stopped piece
+    # runs again later, each at most once; off: the spare slot, as before.
+    preempt: bool = True
     # Synthesise one short line on each engine thread at start, so the first viewer
     # does not pay for the first inference.
     warmup: bool = True

@@ -45,16 +45,19 @@ ends, and counting the slot free earlier would oversubscribe the cores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import heapq
 import itertools
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TypeVar
 
-__all__ = ["PieceScheduler", "running_alone"]
+__all__ = ["PieceScheduler", "Preempted", "running_alone", "stoppable"]
 
 T = TypeVar("T")
 
@@ -68,6 +71,80 @@ def running_alone() -> bool:
     return _ALONE.get()
 
 
+class Preempted(Exception):
+    """A piece's work was stopped to make room for a newcomer's first piece; the scheduler
+    runs it again (engines let it through as it is, see :func:`stoppable`)."""
+
+
+# Times one piece may be stopped: its next run is never stopped, so a tenant that keeps
+# being pre-empted still gets each of its pieces done, for at most twice their engine time.
+MAX_PREEMPTIONS = 1
+
+
+class _Run:
+    """One run of a piece, in its thread: whether and how the scheduler may stop it."""
+
+    def __init__(self, group: _Group, order: int, preemptible: bool) -> None:
+        self.group = group
+        self.order = order  # larger: started later (less progress to lose)
+        self.preemptible = preemptible
+        self.stopped = False
+        # Whose first piece takes this run's slot when its thread ends (it was stopped).
+        self.successor: tuple[_Group, asyncio.Future[None], float] | None = None
+        self._lock = threading.Lock()  # the hooks are set in the piece's thread
+        self._stops: list[Callable[[], None]] = []
+
+    @property
+    def stoppable(self) -> bool:
+        """In a step that can be stopped now (see :func:`stoppable`), and not stopped yet."""
+        with self._lock:
+            return bool(self._stops) and not self.stopped
+
+    def hook(self, stop: Callable[[], None]) -> None:
+        with self._lock:
+            if not self.stopped:
+                self._stops.append(stop)
+                return
+        stop()  # stopped before this step began: it ends at once
+
+    def unhook(self, stop: Callable[[], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._stops.remove(stop)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            stops = list(self._stops)
+        for stop in stops:
+            stop()
+
+
+# The run of the piece whose work runs in this thread (see stoppable).
+_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("piece_run", default=None)
+
+
+@contextlib.contextmanager
+def stoppable(stop: Callable[[], None]) -> Iterator[None]:
+    """In a piece's work: around one step that ``stop`` ends early, from another thread,
+    by making it raise (onnxruntime: ``RunOptions.terminate``). Only there may the scheduler
+    pre-empt the piece; if it does, the step's exception becomes :class:`Preempted` and the
+    piece runs again from the start later, so whatever the piece made so far is dropped.
+    Outside a piece (warm-up), or in a run that may not be stopped, it does nothing."""
+    run = _RUN.get()
+    if run is None or not run.preemptible:
+        yield
+        return
+    run.hook(stop)
+    try:
+        yield
+    except Exception as exc:
+        if run.stopped:
+            raise Preempted("stopped for another tenant's first piece; it runs again") from exc
+        raise
+    finally:
+        run.unhook(stop)
+
+
 # Groups that have nothing waiting or running and no debt beyond the virtual time carry no
 # state worth keeping; this many idle ones at most are kept before the oldest are dropped.
 MAX_IDLE_GROUPS = 256
@@ -78,12 +155,19 @@ class _Group:
     tag: float = 0.0  # engine seconds charged (virtual finish time)
     running: int = 0  # pieces of this group in a thread now
     waiting: list[tuple[float, int, asyncio.Future[None], float]] = field(default_factory=list)
+    handovers: int = 0  # first pieces waiting for a stopped piece's slot
 
     def head(self) -> tuple[float, int, asyncio.Future[None], float] | None:
         """The most urgent piece still waiting (cancelled waiters are dropped here)."""
         while self.waiting and self.waiting[0][2].done():
             heapq.heappop(self.waiting)
         return self.waiting[0] if self.waiting else None
+
+
+class _Slot(Enum):
+    REGULAR = "regular"  # one of the max_concurrent slots, by its turn
+    SPARE = "spare"  # the spare slot, beside busy ones
+    HANDOVER = "handover"  # a regular slot whose piece was stopped for this one
 
 
 class PieceScheduler:
@@ -93,16 +177,22 @@ class PieceScheduler:
         executor: Executor,
         clock: Callable[[], float] = time.perf_counter,
         spare: bool = True,
+        preempt: bool = True,
+        on_preempt: Callable[[], None] = lambda: None,
     ) -> None:
         """``clock`` times the pieces (engine seconds); tests may hand in their own;
-        ``spare``: whether a newcomer's first piece may use the spare slot."""
+        ``spare``: whether a newcomer's first piece may use the spare slot; ``preempt``:
+        whether it may stop another group's piece instead (``on_preempt`` counts those)."""
         self.slots = slots
         self.spare = spare
+        self.preempt = preempt
+        self._on_preempt = on_preempt
         self._clock = clock
         self.busy = 0  # slots whose thread is running a piece
         self.spare_busy = 0  # the spare slot (0 or 1) runs a newcomer's first piece
         self._executor = executor
         self._groups: dict[str, _Group] = {}
+        self._runs: set[_Run] = set()  # pieces in a thread now
         self._vtime = 0.0  # the tag the most recently started piece started at
         self._order = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -128,65 +218,119 @@ class PieceScheduler:
         """Run ``work`` in a slot once it is this piece's turn; its result or exception.
 
         ``group``: whose piece it is (fair sharing); ``cost``: its estimated engine seconds;
-        ``first``: the first piece of its task (it may take the spare slot).
+        ``first``: the first piece of its task (it may take the spare slot, or pre-empt).
+        A pre-empted run is queued again with the same deadline and run again.
         """
         self._loop = asyncio.get_running_loop()
-        owner, spare = await self._acquire(group, deadline, cost, first)
-        alone = not spare and self.busy == 1 and self.waiting == 0 and self.spare_busy == 0
+        stopped = 0
+        while True:
+            owner, slot = await self._acquire(group, deadline, cost, first and not stopped)
+            # Only a piece that took its turn may be stopped: a newcomer's piece never is.
+            preemptible = self.preempt and slot is _Slot.REGULAR and stopped < MAX_PREEMPTIONS
+            run = _Run(owner, next(self._order), preemptible)
+            try:
+                return await self._run_once(run, slot, cost, work)
+            except Preempted:
+                if not run.stopped:
+                    raise
+                stopped += 1
+
+    async def _run_once(self, run: _Run, slot: _Slot, cost: float, work: Callable[[], T]) -> T:
+        spare = slot is _Slot.SPARE
+        alone = (
+            slot is _Slot.REGULAR and self.busy == 1 and not self.waiting and not self.spare_busy
+        )
         elapsed = 0.0
 
         def timed() -> T:
             nonlocal elapsed
             started = self._clock()
             try:
-                return contextvars.copy_context().run(_with_alone, alone, work)
+                return contextvars.copy_context().run(_in_piece, alone, run, work)
             finally:
                 elapsed = self._clock() - started
 
+        def done(future: Future[T]) -> None:
+            # A stopped run is not charged: the newcomer took its time, not its group.
+            preempted = not future.cancelled() and isinstance(future.exception(), Preempted)
+            spent = 0.0 if preempted else elapsed
+            self._from_thread(lambda: self._finished(run.group, cost, spent, spare, run))
+
+        self._runs.add(run)
         try:
             future = self._executor.submit(timed)
         except BaseException:
-            self._finished(owner, cost, 0.0, spare)
+            self._finished(run.group, cost, 0.0, spare, run)
             raise
-        future.add_done_callback(
-            lambda _: self._from_thread(lambda: self._finished(owner, cost, elapsed, spare))
-        )
+        future.add_done_callback(done)
         return await asyncio.wrap_future(future)
 
     async def _acquire(
         self, name: str, deadline: float, cost: float, first: bool
-    ) -> tuple[_Group, bool]:
-        """The piece's group, and whether it runs in the spare slot."""
+    ) -> tuple[_Group, _Slot]:
+        """The piece's group, and the slot it runs in."""
         group = self._group(name)
         if self.busy < self.slots and not self.waiting and not self.spare_busy:
             self.busy += 1
             self._start(group, cost)
-            return group, False
-        if (
+            return group, _Slot.REGULAR
+        assert self._loop is not None
+        newcomer = (
             first
-            and self.spare
-            and self.spare_busy == 0
             and self.busy >= self.slots
             and group.running == 0
             and group.head() is None
-        ):
-            # Every slot busy with other groups' pieces: a newcomer does not wait for them.
+            and not group.handovers
+        )
+        victim = self._victim(group) if newcomer and self.preempt else None
+        if victim is not None:
+            # Every slot busy with other groups' pieces: stop the one furthest over its
+            # share; its slot comes straight to this piece when its thread has ended.
+            turn: asyncio.Future[None] = self._loop.create_future()
+            victim.successor = (group, turn, cost)
+            group.handovers += 1
+            victim.stop()
+            self._on_preempt()
+            await self._wait_turn(turn, group, cost)
+            return group, _Slot.HANDOVER
+        if newcomer and self.spare and self.spare_busy == 0:
+            # No piece to stop (an engine that cannot): a newcomer does not wait for them.
             self.spare_busy = 1
             self._start(group, cost)
-            return group, True
-        assert self._loop is not None
+            return group, _Slot.SPARE
         if group.head() is None:
             # Starts waiting: from now on, not with the credit of the time it was idle.
             group.tag = max(group.tag, self._vtime)
-        turn: asyncio.Future[None] = self._loop.create_future()
+        turn = self._loop.create_future()
         heapq.heappush(group.waiting, (deadline, next(self._order), turn, cost))
+        await self._wait_turn(turn, group, cost)
+        return group, _Slot.REGULAR
+
+    async def _wait_turn(self, turn: asyncio.Future[None], group: _Group, cost: float) -> None:
         try:
             await turn
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
                 self._finished(group, cost, 0.0)  # handed over just as we were cancelled
             raise
-        return group, False
+
+    def _victim(self, newcomer: _Group) -> _Run | None:
+        """The piece to stop for a newcomer's first piece: of a group further over its share
+        than the newcomer (the furthest), the one that started last; None if none can be."""
+        best: tuple[float, int] | None = None
+        chosen: _Run | None = None
+        for run in self._runs:
+            if (
+                run.group is newcomer
+                or run.group.tag <= newcomer.tag
+                or run.successor is not None
+                or not run.preemptible
+                or not run.stoppable
+            ):
+                continue
+            if best is None or (run.group.tag, run.order) > best:
+                best, chosen = (run.group.tag, run.order), run
+        return chosen
 
     def _group(self, name: str) -> _Group:
         group = self._groups.get(name)
@@ -199,15 +343,35 @@ class PieceScheduler:
         group.tag += cost
         group.running += 1
 
-    def _finished(self, group: _Group, charged: float, elapsed: float, spare: bool = False) -> None:
+    def _finished(
+        self,
+        group: _Group,
+        charged: float,
+        elapsed: float,
+        spare: bool = False,
+        run: _Run | None = None,
+    ) -> None:
         group.running -= 1
         group.tag += elapsed - charged  # the estimate, corrected by what the piece took
+        if run is not None:
+            self._runs.discard(run)
         if spare:
             self.spare_busy = 0  # the spare's piece held no regular slot
-        else:
+        elif run is None or run.successor is None or not self._hand_over(run.successor):
             self.busy -= 1
         self._fill()
         self._forget_idle()
+
+    def _hand_over(self, successor: tuple[_Group, asyncio.Future[None], float]) -> bool:
+        """Give a stopped piece's slot to the first piece it was stopped for, if that one
+        still waits (busy stays as it is)."""
+        group, turn, cost = successor
+        group.handovers -= 1
+        if turn.done():
+            return False  # cancelled meanwhile
+        self._start(group, cost)
+        turn.set_result(None)
+        return True
 
     def _fill(self) -> None:
         # Hand free slots straight to the next pieces (called where a slot was freed, with
@@ -232,7 +396,7 @@ class PieceScheduler:
         idle = [
             name
             for name, group in self._groups.items()
-            if group.running == 0 and group.head() is None
+            if group.running == 0 and group.head() is None and not group.handovers
         ]
         for name in idle:
             # A group at or behind the virtual time would restart there anyway.
@@ -254,6 +418,7 @@ class PieceScheduler:
             pass
 
 
-def _with_alone(alone: bool, work: Callable[[], T]) -> T:
+def _in_piece(alone: bool, run: _Run, work: Callable[[], T]) -> T:
     _ALONE.set(alone)
+    _RUN.set(run)
     return work()

@@ -32,7 +32,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import onnxruntime
@@ -45,6 +45,7 @@ from ..scheduler import running_alone
 from ..visemes import ENGLISH, Mark, Speech, marks_from_durations, table_for, trim_marks
 from ..words import Phone, phones, time_words, written_words
 from .base import LocalEngine, Piece
+from .stopping import StoppableSession
 
 __all__ = [
     "PiperEngine",
@@ -144,10 +145,10 @@ class PiperEngine(LocalEngine):
         if self.language == "und":
             self.language = _bcp47(config.espeak_voice)
         self._table = table_for(self.language)
-        self._voice = PiperVoice(config=config, session=session)
+        self._voice = PiperVoice(config=config, session=_stoppable(session))
         if self.wide_threads and self.device == "cpu":
             wide = self._session(model, self.wide_threads)
-            self._wide = PiperVoice(config=config, session=wide)
+            self._wide = PiperVoice(config=config, session=_stoppable(wide))
         log.info(
             "piper_loaded",
             model=self.model_path.name,
@@ -244,6 +245,11 @@ class PiperEngine(LocalEngine):
                 log.warning("cuda_unusable_falling_back_to_cpu", error=str(exc))
                 return onnxruntime.InferenceSession(model, sess_options=options, providers=[CPU])
             raise EngineError(f"cannot load Piper model {self.model_path}: {exc}") from exc
+
+
+def _stoppable(session: onnxruntime.InferenceSession) -> onnxruntime.InferenceSession:
+    # The scheduler may stop a piece's run to serve a newcomer first (pre-emption).
+    return cast(onnxruntime.InferenceSession, StoppableSession(session))
 
 
 def _bcp47(espeak_voice: str) -> str:
