@@ -315,14 +315,18 @@ class PieceScheduler:
             raise
 
     def _victim(self, newcomer: _Group) -> _Run | None:
-        """The piece to stop for a newcomer's first piece: of a group further over its share
-        than the newcomer (the furthest), the one that started last; None if none can be."""
+        """The piece to stop for a newcomer's first piece: of a group charged at least as
+        much as the newcomer (the most), the one that started last; None if none can be.
+        (At least: a voice's cost per character is learnt from its first pieces, so the
+        first pieces' estimates are 0, and a group that holds every slot is over its share
+        of them anyway.)"""
         best: tuple[float, int] | None = None
         chosen: _Run | None = None
+        newcomer_tag = max(newcomer.tag, self._vtime)
         for run in self._runs:
             if (
                 run.group is newcomer
-                or run.group.tag <= newcomer.tag
+                or run.group.tag < newcomer_tag
                 or run.successor is not None
                 or not run.preemptible
                 or not run.stoppable
