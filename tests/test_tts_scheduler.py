@@ -164,32 +164,64 @@ def three() -> Iterator[ThreadPoolExecutor]:
         yield pool
 
 
-async def test_a_newcomers_first_piece_stops_the_latest_piece_of_a_group_over_its_share(
+async def test_a_newcomers_first_piece_stops_both_pieces_of_a_group_over_its_share_and_runs_alone(
     three: ThreadPoolExecutor,
 ) -> None:
     preempted: list[int] = []
     scheduler = PieceScheduler(2, three, on_preempt=lambda: preempted.append(1))
     ran: list[str] = []
-    older, newer, beta = (Stoppable(name, ran) for name in ("alpha1", "alpha2", "beta"))
+    older, newer = Stoppable("alpha1", ran), Stoppable("alpha2", ran)
     alpha1 = asyncio.create_task(scheduler.run(0.0, older, group="alpha", cost=1.0))
     await wait_until(lambda: older.entered == 1)
     alpha2 = asyncio.create_task(scheduler.run(1.0, newer, group="alpha", cost=1.0))
     await wait_until(lambda: newer.entered == 1)
+    beta_gate = threading.Event()
+
+    def beta() -> bool:
+        alone = running_alone()
+        beta_gate.wait(WAIT_S)
+        ran.append("beta")
+        return alone
+
     first = asyncio.create_task(scheduler.run(5.0, beta, group="beta", cost=0.1, first=True))
-    await wait_until(lambda: beta.entered == 1)
-    # The piece that started last (least done) was stopped; beta runs in its slot, beside
-    # the other one only: two threads on two slots, not three.
-    await wait_until(lambda: scheduler.waiting == 1)  # alpha2, queued again
-    assert (older.stops, newer.stops) == (0, 1) and preempted == [1]
-    assert scheduler.busy == 2 and scheduler.spare_busy == 0
-    beta.release()
-    assert await first == "beta"
-    await wait_until(lambda: newer.entered == 2)  # queued again, runs in the freed slot
+    # Both of alpha's pieces were stopped and wait again: beta's piece has the cores to
+    # itself (an engine may use them all), not a third thread beside two.
+    await wait_until(lambda: scheduler.busy == 1 and scheduler.waiting == 2)
+    assert (older.stops, newer.stops) == (1, 1) and preempted == [1, 1]
+    assert scheduler.spare_busy == 0
+    beta_gate.set()
+    assert await first is True
+    await wait_until(lambda: older.entered == 2 and newer.entered == 2)  # run again
     older.release()
     newer.release()
     assert await alpha1 == "alpha1" and await alpha2 == "alpha2"
     assert ran[0] == "beta" and sorted(ran) == ["alpha1", "alpha2", "beta"]  # once each
     assert scheduler.busy == 0 and not scheduler._runs
+
+
+async def test_with_more_slots_the_newcomer_stops_the_latest_piece_and_takes_its_slot() -> None:
+    with ThreadPoolExecutor(4) as pool:
+        scheduler = PieceScheduler(3, pool)
+        ran: list[str] = []
+        alpha = [Stoppable(f"alpha{n}", ran) for n in range(3)]
+        held = []
+        for n, work in enumerate(alpha):
+            held.append(asyncio.create_task(scheduler.run(float(n), work, group="alpha")))
+            await wait_until(lambda work=work: work.entered == 1)
+        beta = Stoppable("beta", ran)
+        first = asyncio.create_task(scheduler.run(5.0, beta, group="beta", first=True))
+        await wait_until(lambda: beta.entered == 1)
+        # The piece that started last (least done) was stopped; beta runs in its slot.
+        await wait_until(lambda: scheduler.waiting == 1)
+        assert [work.stops for work in alpha] == [0, 0, 1]
+        assert scheduler.busy == 3 and scheduler.spare_busy == 0
+        beta.release()
+        await first
+        await wait_until(lambda: alpha[2].entered == 2)
+        for work in alpha:
+            work.release()
+        assert await asyncio.gather(*held) == ["alpha0", "alpha1", "alpha2"]
+        assert ran[0] == "beta" and len(ran) == 4
 
 
 async def test_a_piece_is_stopped_once_at_most_and_a_newcomers_piece_never(

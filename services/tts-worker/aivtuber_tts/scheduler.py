@@ -21,16 +21,33 @@ tasks' later sentences, which already have seconds of audio playing; and a strea
 underrun goes before one that is well ahead. With one group (one user), that is all there
 is.
 
-One spare slot: a task's *first* piece whose group (tenant) has nothing running or waiting
-starts at once in a spare slot when every regular slot is busy with other groups' pieces,
-instead of waiting for one of them to end. Pieces are cut at sentences (up to 240
-characters, a second or more of engine time on a small CPU), so without it a tenant under
-its share would wait behind another tenant's long pieces: measured with
-``./benchmark --scenario edge`` (docs/limits.md), a flooded worker answered a newcomer 2.4-3x
-later than an idle one. The spare runs beside the busy slots, and while it runs a slot that
-frees up is not handed on: the newcomer's piece shares the cores only with the pieces that
-were already running, then has them to itself. One group alone never uses it, so one
-user's scheduling is unchanged.
+A newcomer does not wait for the slots: a task's *first* piece whose group (tenant) has
+nothing running or waiting, arriving while every regular slot is busy with other groups'
+pieces, **pre-empts** one of them: the running piece of the group charged most (at least
+as much as the newcomer), the one that started last (least work lost), is stopped, and the
+newcomer's piece takes its slot as soon as its thread has ended; the stopped piece is
+queued again with its deadline and runs again from the start, uncharged for the lost run.
+Pieces are cut at sentences (up to 240 characters, a second or more of engine time on a
+small CPU), so without this a tenant under its share would wait behind another tenant's
+long pieces, or (spare slot, below) share the cores three threads to two with them:
+measured with ``python -m bench.edge_fairness --voice joe`` (docs/limits.md), a flooded
+worker answered a newcomer 2.4-3x later than an idle one without either, 2.0-2.4x with the
+spare slot, and 1.2-1.5x with pre-emption.
+
+Only work that says it can be stopped is (:func:`stoppable`: Piper's onnxruntime runs,
+ended by ``RunOptions.terminate``; a piece's audio comes out of the run whole, so a
+stopped run has given nothing to anybody). A hostile tenant cannot use it to starve
+others: only a newcomer's first piece pre-empts, only a group charged at least as much is
+stopped, a piece is stopped once at most (:data:`MAX_PREEMPTIONS`: its second run cannot
+be), and the newcomer's own piece cannot be stopped; so a piece runs twice at most, and
+its second run goes to its end. ``preempt=False`` (``tts_worker.preempt``) turns it off.
+
+When there is no piece to stop (an engine that cannot be stopped, or every running piece
+was stopped once already), one spare slot: the newcomer's first piece starts at once in a
+spare slot beside the busy slots, and while it runs a slot that frees up is not handed on:
+the newcomer's piece shares the cores only with the pieces that were already running, then
+has them to itself. One group alone never pre-empts nor uses the spare, so one user's
+scheduling is unchanged.
 
 A piece that starts while no other piece runs or waits is told so (:func:`running_alone`,
 read in its thread): an engine may then use more cores for it (Piper's second, wider
@@ -79,6 +96,10 @@ class Preempted(Exception):
 # Times one piece may be stopped: its next run is never stopped, so a tenant that keeps
 # being pre-empted still gets each of its pieces done, for at most twice their engine time.
 MAX_PREEMPTIONS = 1
+# A newcomer's first piece runs alone (every core: Piper's wide session) when that means
+# stopping at most this many pieces; beyond (a worker with more slots) it stops one and
+# takes its slot, beside the others.
+MAX_CLEARED = 2
 
 
 class _Run:
@@ -89,8 +110,8 @@ class _Run:
         self.order = order  # larger: started later (less progress to lose)
         self.preemptible = preemptible
         self.stopped = False
-        # Whose first piece takes this run's slot when its thread ends (it was stopped).
-        self.successor: tuple[_Group, asyncio.Future[None], float] | None = None
+        # The first piece this run was stopped for: it starts when its thread has ended.
+        self.successor: _Handover | None = None
         self._lock = threading.Lock()  # the hooks are set in the piece's thread
         self._stops: list[Callable[[], None]] = []
 
@@ -164,10 +185,22 @@ class _Group:
         return self.waiting[0] if self.waiting else None
 
 
+@dataclass(eq=False)
+class _Handover:
+    """A newcomer's first piece waiting for the pieces stopped for it to end."""
+
+    group: _Group
+    turn: asyncio.Future[None]
+    cost: float
+    pending: int  # stopped pieces whose thread has not ended yet
+    alone: bool  # every running piece was stopped: it runs alone, the freed slots wait
+
+
 class _Slot(Enum):
     REGULAR = "regular"  # one of the max_concurrent slots, by its turn
     SPARE = "spare"  # the spare slot, beside busy ones
     HANDOVER = "handover"  # a regular slot whose piece was stopped for this one
+    CLEARED = "cleared"  # every slot's piece was stopped for this one: it runs alone
 
 
 class PieceScheduler:
@@ -190,6 +223,8 @@ class PieceScheduler:
         self._clock = clock
         self.busy = 0  # slots whose thread is running a piece
         self.spare_busy = 0  # the spare slot (0 or 1) runs a newcomer's first piece
+        # Slots cleared for a newcomer's first piece: none is handed on until it has run.
+        self._cleared = False
         self._executor = executor
         self._groups: dict[str, _Group] = {}
         self._runs: set[_Run] = set()  # pieces in a thread now
@@ -236,8 +271,8 @@ class PieceScheduler:
                 stopped += 1
 
     async def _run_once(self, run: _Run, slot: _Slot, cost: float, work: Callable[[], T]) -> T:
-        spare = slot is _Slot.SPARE
-        alone = (
+        spare, cleared = slot is _Slot.SPARE, slot is _Slot.CLEARED
+        alone = cleared or (
             slot is _Slot.REGULAR and self.busy == 1 and not self.waiting and not self.spare_busy
         )
         elapsed = 0.0
@@ -254,13 +289,15 @@ class PieceScheduler:
             # A stopped run is not charged: the newcomer took its time, not its group.
             preempted = not future.cancelled() and isinstance(future.exception(), Preempted)
             spent = 0.0 if preempted else elapsed
-            self._from_thread(lambda: self._finished(run.group, cost, spent, spare, run))
+            self._from_thread(
+                lambda: self._finished(run.group, cost, spent, spare, run, cleared=cleared)
+            )
 
         self._runs.add(run)
         try:
             future = self._executor.submit(timed)
         except BaseException:
-            self._finished(run.group, cost, 0.0, spare, run)
+            self._finished(run.group, cost, 0.0, spare, run, cleared=cleared)
             raise
         future.add_done_callback(done)
         return await asyncio.wrap_future(future)
@@ -270,29 +307,38 @@ class PieceScheduler:
     ) -> tuple[_Group, _Slot]:
         """The piece's group, and the slot it runs in."""
         group = self._group(name)
-        if self.busy < self.slots and not self.waiting and not self.spare_busy:
+        if (
+            self.busy < self.slots
+            and not self.waiting
+            and not self.spare_busy
+            and not self._cleared
+        ):
             self.busy += 1
             self._start(group, cost)
             return group, _Slot.REGULAR
         assert self._loop is not None
         newcomer = (
             first
-            and self.busy >= self.slots
+            and (self.busy >= self.slots or self._cleared)
             and group.running == 0
             and group.head() is None
             and not group.handovers
         )
-        victim = self._victim(group) if newcomer and self.preempt else None
-        if victim is not None:
-            # Every slot busy with other groups' pieces: stop the one furthest over its
-            # share; its slot comes straight to this piece when its thread has ended.
+        victims = self._victims(group) if newcomer and self.preempt else []
+        if victims:
+            # Every slot busy with other groups' pieces: stop them (or the one furthest
+            # over its share); this piece starts as soon as their threads have ended.
             turn: asyncio.Future[None] = self._loop.create_future()
-            victim.successor = (group, turn, cost)
+            alone = len(victims) == len(self._runs)
+            handover = _Handover(group, turn, cost, len(victims), alone)
+            self._cleared = self._cleared or alone
             group.handovers += 1
-            victim.stop()
-            self._on_preempt()
-            await self._wait_turn(turn, group, cost)
-            return group, _Slot.HANDOVER
+            for victim in victims:
+                victim.successor = handover
+                victim.stop()
+                self._on_preempt()
+            await self._wait_turn(turn, group, cost, cleared=alone)
+            return group, _Slot.CLEARED if alone else _Slot.HANDOVER
         if newcomer and self.spare and self.spare_busy == 0:
             # No piece to stop (an engine that cannot): a newcomer does not wait for them.
             self.spare_busy = 1
@@ -306,35 +352,39 @@ class PieceScheduler:
         await self._wait_turn(turn, group, cost)
         return group, _Slot.REGULAR
 
-    async def _wait_turn(self, turn: asyncio.Future[None], group: _Group, cost: float) -> None:
+    async def _wait_turn(
+        self, turn: asyncio.Future[None], group: _Group, cost: float, cleared: bool = False
+    ) -> None:
         try:
             await turn
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
-                self._finished(group, cost, 0.0)  # handed over just as we were cancelled
+                # Handed over just as we were cancelled.
+                self._finished(group, cost, 0.0, cleared=cleared)
             raise
 
-    def _victim(self, newcomer: _Group) -> _Run | None:
-        """The piece to stop for a newcomer's first piece: of a group charged at least as
-        much as the newcomer (the most), the one that started last; None if none can be.
-        (At least: a voice's cost per character is learnt from its first pieces, so the
-        first pieces' estimates are 0, and a group that holds every slot is over its share
-        of them anyway.)"""
-        best: tuple[float, int] | None = None
-        chosen: _Run | None = None
+    def _victims(self, newcomer: _Group) -> list[_Run]:
+        """The pieces to stop for a newcomer's first piece: every running piece when all
+        can be stopped and they are at most MAX_CLEARED, else the one of the group charged
+        most that started last (least work lost); none if none can be. A piece can be
+        stopped when its group was charged at least as much as the newcomer (at least: a
+        voice's cost per character is learnt from its first pieces, whose estimates are 0;
+        and a group holding every slot is over its share of them anyway)."""
         newcomer_tag = max(newcomer.tag, self._vtime)
-        for run in self._runs:
-            if (
-                run.group is newcomer
-                or run.group.tag < newcomer_tag
-                or run.successor is not None
-                or not run.preemptible
-                or not run.stoppable
-            ):
-                continue
-            if best is None or (run.group.tag, run.order) > best:
-                best, chosen = (run.group.tag, run.order), run
-        return chosen
+        candidates = [
+            run
+            for run in self._runs
+            if run.group is not newcomer
+            and run.group.tag >= newcomer_tag
+            and run.successor is None
+            and run.preemptible
+            and run.stoppable
+        ]
+        if not candidates:
+            return []
+        if len(candidates) == len(self._runs) <= MAX_CLEARED:
+            return candidates
+        return [max(candidates, key=lambda run: (run.group.tag, run.order))]
 
     def _group(self, name: str) -> _Group:
         group = self._groups.get(name)
@@ -354,35 +404,45 @@ class PieceScheduler:
         elapsed: float,
         spare: bool = False,
         run: _Run | None = None,
+        cleared: bool = False,
     ) -> None:
         group.running -= 1
         group.tag += elapsed - charged  # the estimate, corrected by what the piece took
-        if run is not None:
-            self._runs.discard(run)
         if spare:
             self.spare_busy = 0  # the spare's piece held no regular slot
-        elif run is None or run.successor is None or not self._hand_over(run.successor):
+        else:
             self.busy -= 1
+        if cleared:
+            self._cleared = False  # the piece the slots were cleared for has run
+        if run is not None:
+            self._runs.discard(run)
+            if run.successor is not None:
+                self._hand_over(run.successor)
         self._fill()
         self._forget_idle()
 
-    def _hand_over(self, successor: tuple[_Group, asyncio.Future[None], float]) -> bool:
-        """Give a stopped piece's slot to the first piece it was stopped for, if that one
-        still waits (busy stays as it is)."""
-        group, turn, cost = successor
-        group.handovers -= 1
-        if turn.done():
-            return False  # cancelled meanwhile
-        self._start(group, cost)
-        turn.set_result(None)
-        return True
+    def _hand_over(self, handover: _Handover) -> None:
+        """One of the pieces stopped for a newcomer's first piece has ended; once all
+        have, that piece starts (before the queue: called before _fill)."""
+        handover.pending -= 1
+        if handover.pending:
+            return
+        handover.group.handovers -= 1
+        if handover.turn.done():  # the newcomer was cancelled meanwhile
+            if handover.alone:
+                self._cleared = False
+            return
+        self.busy += 1
+        self._start(handover.group, handover.cost)
+        handover.turn.set_result(None)
 
     def _fill(self) -> None:
         # Hand free slots straight to the next pieces (called where a slot was freed, with
         # no await in between, so a fresh arrival cannot jump the queue). While the spare
         # slot runs a newcomer's first piece, freed slots stay free: that piece then has the
-        # cores to itself once the pieces it started beside have ended.
-        while self.busy < self.slots and not self.spare_busy:
+        # cores to itself once the pieces it started beside have ended; likewise while
+        # the slots cleared for one wait for it and it runs.
+        while self.busy < self.slots and not self.spare_busy and not self._cleared:
             best: tuple[float, float, int] | None = None
             chosen: _Group | None = None
             for group in self._groups.values():

@@ -16,6 +16,9 @@ every other engine slot is idle (:func:`aivtuber_tts.scheduler.running_alone`): 
 on an idle worker gets two cores (first audio sooner), many streams keep one thread per
 slot (steady under load). The two share nothing but the model bytes.
 
+Both sessions are wrapped so that the scheduler may stop a run (pre-emption, for another
+tenant's first piece: :mod:`aivtuber_tts.engines.stopping`); the piece then runs again.
+
 Mouth shapes come from Piper's own alignments (piper-tts 1.8): the model's per-phoneme
 sample counts (the ``Ceil`` tensor) are added as an output when the model is loaded, in
 memory with the ``onnx`` package (``piper.patch_voice_with_alignment``'s function), so
