@@ -23,23 +23,25 @@ is.
 
 A newcomer does not wait for the slots: a task's *first* piece whose group (tenant) has
 nothing running or waiting, arriving while every regular slot is busy with other groups'
-pieces, **pre-empts** one of them: the running piece of the group charged most (at least
-as much as the newcomer), the one that started last (least work lost), is stopped, and the
-newcomer's piece takes its slot as soon as its thread has ended; the stopped piece is
-queued again with its deadline and runs again from the start, uncharged for the lost run.
-Pieces are cut at sentences (up to 240 characters, a second or more of engine time on a
-small CPU), so without this a tenant under its share would wait behind another tenant's
-long pieces, or (spare slot, below) share the cores three threads to two with them:
-measured with ``python -m bench.edge_fairness --voice joe`` (docs/limits.md), a flooded
-worker answered a newcomer 2.4-3x later than an idle one without either, 2.0-2.4x with the
-spare slot, and 1.2-1.5x with pre-emption.
+pieces, **pre-empts** them: the running pieces are stopped and the newcomer's piece runs
+alone (told so: :func:`running_alone`, Piper's wide session) as soon as their threads have
+ended, the freed slots held for it until it is done; with more than :data:`MAX_CLEARED`
+slots only one piece is stopped (of the group charged most, the one that started last:
+least work lost) and the newcomer takes its slot. A stopped piece is queued again with its
+deadline and runs again from the start, uncharged for the lost run. Pieces are cut at
+sentences (up to 240 characters, a second or more of engine time on a small CPU), so
+without this a tenant under its share would wait behind another tenant's long pieces, or
+(spare slot, below) share the cores three threads to two with them. Measured with
+``python -m bench.edge_fairness --voice joe --rounds 8`` (docs/limits.md; 2 cores, load
+1.4-3.5), a flooded worker answered a newcomer 2.3x later than an idle one with the spare
+slot, 1.6-2.1x when one piece of two was stopped, 1.0-1.6x when both are.
 
 Only work that says it can be stopped is (:func:`stoppable`: Piper's onnxruntime runs,
 ended by ``RunOptions.terminate``; a piece's audio comes out of the run whole, so a
 stopped run has given nothing to anybody). A hostile tenant cannot use it to starve
-others: only a newcomer's first piece pre-empts, only a group charged at least as much is
-stopped, a piece is stopped once at most (:data:`MAX_PREEMPTIONS`: its second run cannot
-be), and the newcomer's own piece cannot be stopped; so a piece runs twice at most, and
+others: only a newcomer's first piece pre-empts, only pieces of a group charged at least
+as much are stopped, a piece is stopped once at most (:data:`MAX_PREEMPTIONS`: its second
+run cannot be), and the newcomer's own piece cannot be; so a piece runs twice at most, and
 its second run goes to its end. ``preempt=False`` (``tts_worker.preempt``) turns it off.
 
 When there is no piece to stop (an engine that cannot be stopped, or every running piece
