@@ -8,14 +8,19 @@ to the input and output handlers directly, with the identity headers the gateway
 and the stack's internal token: this measures how the worker shares itself, not the
 gateway's authentication (the edge scenario measures that on its own).
 
-Each round, interleaved so the machine's drift hits both sides alike:
+Each round, interleaved so the machine's drift hits both sides alike, beta speaks the same
+line twice (a line's first clause sets most of its time to first audio: 5 to 49 characters
+in the bench texts), alone first in even rounds and flooded first in odd ones:
 
-1. *alone*: beta speaks one line on an idle worker;
-2. *flood*: alpha fills its share of the worker with long lines and keeps it full (it
-   speaks again as soon as one of its tasks ends); once the worker has refused alpha for
-   being full, beta speaks the next line;
-3. alpha cancels everything it has, and the round waits until the engine is idle (a piece
-   already in a thread runs to its end), so the next *alone* line has the worker to itself.
+- *alone*: beta speaks the line on an idle worker;
+- *flood*: alpha fills its share of the worker with long lines and keeps it full (it
+  speaks again as soon as one of its tasks ends); once the worker has refused alpha for
+  being full, beta speaks the line; then alpha cancels everything it has, and the round
+  waits until the engine is idle (a piece already in a thread runs to its end), so an
+  *alone* line has the worker to itself.
+
+(Before, the two sides spoke different lines, and the flooded ones had the longer first
+clauses: a median 37 characters against 20, which alone made the ratio about 1.5x.)
 
 Time to first audio: ``speak`` sent -> the first *audible* sample received on
 ``/ws/output/{task_id}`` (both sockets open before the clock starts). Target: flood / alone
@@ -66,6 +71,7 @@ class FairnessParams:
     voice: str = "joe"
     flood_lines: int = 6  # bench lines joined into each of the flooder's utterances
     spare_slot: bool = True  # tts_worker.spare_slot (off: for comparison)
+    preempt: bool = True  # tts_worker.preempt (off: for comparison)
 
     @classmethod
     def quick(cls) -> FairnessParams:
@@ -223,6 +229,14 @@ async def wait_engine_idle(worker_url: str) -> None:
             await asyncio.sleep(0.02)
 
 
+async def preemptions(worker_url: str) -> int:
+    """Pieces the worker has pre-empted so far (its counter)."""
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        text = (await http.get(f"{worker_url}/metrics")).text
+    name = "aivtuber_tts_pieces_preempted_total "
+    return sum(int(float(line.split()[-1])) for line in text.splitlines() if line.startswith(name))
+
+
 async def _measure(
     stack: Stack, params: FairnessParams, say: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -237,19 +251,24 @@ async def _measure(
     flooded: list[float] = []
     held: list[int] = []  # tasks the flooder had submitted when the listener spoke
     refused: list[int] = []  # times the worker had refused the flooder as full by then
+    preempted: list[int] = []  # pieces the worker stopped for the listener's (tts_worker.preempt)
     for round_no in range(params.rounds):
-        line = lines[(2 * round_no + 1) % len(lines)]
-        await wait_engine_idle(worker_url)
-        alone.append(await speak_timed(input_url, output_url, line, internal))
-        async with flooding(input_url, flood_text, internal) as state:
-            held.append(len(state.task_ids))
-            refused.append(state.refused_full)
-            line = lines[(2 * round_no + 2) % len(lines)]
-            flooded.append(await speak_timed(input_url, output_url, line, internal))
+        line = lines[(round_no + 1) % len(lines)]
+        for side in ("alone", "flood") if round_no % 2 == 0 else ("flood", "alone"):
+            await wait_engine_idle(worker_url)
+            if side == "alone":
+                alone.append(await speak_timed(input_url, output_url, line, internal))
+                continue
+            before = await preemptions(worker_url)
+            async with flooding(input_url, flood_text, internal) as state:
+                held.append(len(state.task_ids))
+                refused.append(state.refused_full)
+                flooded.append(await speak_timed(input_url, output_url, line, internal))
+            preempted.append(await preemptions(worker_url) - before)
         say(
             f"edge fairness round {round_no + 1}/{params.rounds}: {LISTENER} alone "
             f"{alone[-1]:.0f} ms, while {FLOODER} keeps its share full ({held[-1]} tasks sent) "
-            f"{flooded[-1]:.0f} ms"
+            f"{flooded[-1]:.0f} ms ({preempted[-1]} pieces pre-empted)"
         )
     alone_ms, flood_ms = median(alone), median(flooded)
     assert alone_ms is not None and flood_ms is not None  # rounds >= 1, every line measured
@@ -262,6 +281,7 @@ async def _measure(
         "meets_target": ratio <= TARGET_RATIO,
         "flooder_tasks_submitted": held,
         "flooder_refused_full": refused,
+        "preempted_each": preempted,
         "alone_ttfa_ms_each": alone,
         "flood_ttfa_ms_each": flooded,
         "flood_chars_per_task": len(flood_text),
@@ -277,6 +297,7 @@ def run_edge_fairness(
     def customize(data: dict[str, Any]) -> None:
         _customize(data)
         data.setdefault("tts_worker", {})["spare_slot"] = params.spare_slot
+        data["tts_worker"]["preempt"] = params.preempt
 
     with Stack(work_dir, params.voice, customize=customize) as stack:
         worker = stack.settings.tts_worker
@@ -303,8 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voice", default="joe")
     parser.add_argument("--rounds", type=int, default=FairnessParams.quick().rounds)
     parser.add_argument("--no-spare", action="store_true", help="tts_worker.spare_slot off")
+    parser.add_argument("--no-preempt", action="store_true", help="tts_worker.preempt off")
     args = parser.parse_args(argv)
-    params = FairnessParams(rounds=args.rounds, voice=args.voice, spare_slot=not args.no_spare)
+    params = FairnessParams(
+        rounds=args.rounds,
+        voice=args.voice,
+        spare_slot=not args.no_spare,
+        preempt=not args.no_preempt,
+    )
     with tempfile.TemporaryDirectory(prefix="aivtuber-edge-") as work_dir:
         try:
             result = run_edge_fairness(

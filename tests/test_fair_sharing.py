@@ -18,9 +18,12 @@ import pytest
 
 from aivtuber_common.config import SineVoice
 from aivtuber_tts.engines import LocalEngine
-from aivtuber_tts.scheduler import PieceScheduler
+from aivtuber_tts.engines.piper import PiperEngine
+from aivtuber_tts.scheduler import PieceScheduler, stoppable
+from aivtuber_tts.words import written_words
 from tests.support import wait_until
 from tests.tts_fakes import (
+    RecordedTask,
     WorkerClient,
     factory_with,
     running_recorder,
@@ -233,3 +236,82 @@ async def test_while_a_tenant_keeps_its_share_queued_another_tenants_line_starts
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
+
+
+# --- pre-emption with the real Piper voice ------------------------------------------------
+
+
+class GatedSession:
+    """Stands in for the Piper model's onnxruntime session: once armed, the next run waits
+    (as a long run would still be going) until the scheduler stops it, then goes into
+    onnxruntime, whose terminate flag is set by then."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.armed = False
+        self.entered = threading.Event()
+        self.stopped = threading.Event()
+        self.terminated: list[str] = []
+
+    def run(self, names: Any, feeds: Any, options: Any = None) -> Any:
+        if not self.armed:
+            return self.session.run(names, feeds, options)
+        self.armed = False
+        with stoppable(self.stopped.set):
+            self.entered.set()
+            self.stopped.wait(WAIT_S)
+            try:
+                return self.session.run(names, feeds, options)
+            except Exception as exc:
+                self.terminated.append(str(exc))
+                raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
+class GatedPiper(PiperEngine):
+    def _session(self, model: str | bytes, threads: int | None = None) -> Any:
+        self.gate = GatedSession(super()._session(model, threads))
+        return self.gate
+
+
+def heard_words(task: RecordedTask) -> list[str]:
+    return [word for frame in task.frames for _, _, word in frame.words or ()]
+
+
+@pytest.mark.piper
+async def test_a_preempted_piper_piece_runs_again_whole_after_the_newcomers() -> None:
+    engine = GatedPiper(device="cpu", warmup=False)
+    alpha_text = "This is the long line of the tenant that keeps the worker busy."
+    beta_text = "Hello there."
+    async with running_recorder(wait_s=60.0) as recorder:
+        settings = sine_settings(recorder.url, voices={"joe": SineVoice()}, max_concurrent=1)
+        async with running_worker(settings, engine_factory=factory_with({"joe": engine})) as w:
+            engine.gate.armed = True
+            alpha = await submit_to(w, alpha_text, "alpha")
+            await asyncio.to_thread(engine.gate.entered.wait, WAIT_S)
+            beta = await submit_to(w, beta_text, "beta")
+            alpha_task, beta_task = await recorder.ended(alpha), await recorder.ended(beta)
+            metrics = (await w.http.get("/metrics")).text
+    # Alpha's piece was stopped inside onnxruntime, beta's line went first, then alpha's
+    # piece ran again: its audio and words whole, once, and nothing of the stopped run.
+    assert engine.gate.terminated and "terminate" in engine.gate.terminated[0]
+    assert "aivtuber_tts_pieces_preempted_total 1.0" in metrics
+    frames = [task_id for kind, task_id in recorder.log if kind == "frame"]
+    assert frames.index(beta) < frames.index(alpha)
+    for task, text in ((alpha_task, alpha_text), (beta_task, beta_text)):
+        assert task.end is not None and task.end.status == "completed"
+        assert heard_words(task) == written_words(text)
+        assert [frame.chunk_id for frame in task.frames] == list(range(len(task.frames)))
+    pcm = b"".join(frame.pcm for frame in alpha_task.frames)
+    # Seconds of speech for a dozen words, not a fragment or a piece spoken twice.
+    assert 2.0 < len(pcm) / 2 / engine.sample_rate < 6.0
+
+
+async def submit_to(worker: WorkerClient, text: str, tenant: str) -> str:
+    task_id = str(uuid.uuid4())
+    body = {"task_id": task_id, "text": text, "voice": "joe", "tenant": tenant}
+    response = await worker.http.post("/v1/tasks", json=body)
+    assert response.status_code == 202, response.text
+    return task_id

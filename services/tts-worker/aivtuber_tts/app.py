@@ -140,7 +140,13 @@ def create_app(
             bus = open_bus(settings)
             stack.push_async_callback(bus.aclose)
             sink = bus.sink
-            scheduler = PieceScheduler(config.max_concurrent, executor, spare=config.spare_slot)
+            scheduler = PieceScheduler(
+                config.max_concurrent,
+                executor,
+                spare=config.spare_slot,
+                preempt=config.preempt,
+                on_preempt=metrics.preempted.inc,
+            )
             manager = TaskManager(config, voices, sink, scheduler, metrics)
             worker = Worker(config, voices, sink, manager, metrics, scheduler)
             background = {asyncio.create_task(voices.load_all(), name="tts-load-voices")}

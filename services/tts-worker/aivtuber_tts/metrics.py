@@ -62,6 +62,11 @@ class TtsMetrics:
             "Pieces of admitted tasks waiting for an engine slot, all tenants.",
             registry=r,
         )
+        self.preempted = Counter(
+            "aivtuber_tts_pieces_preempted",
+            "Pieces stopped for another tenant's first piece (each runs again).",
+            registry=r,
+        )
         self.frames = Counter("aivtuber_tts_frames", "Frames sent.", registry=r)
         self.audio_seconds = Counter(
             "aivtuber_tts_audio_seconds", "Seconds of audio synthesised.", registry=r

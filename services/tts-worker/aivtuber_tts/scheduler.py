@@ -21,16 +21,35 @@ tasks' later sentences, which already have seconds of audio playing; and a strea
 underrun goes before one that is well ahead. With one group (one user), that is all there
 is.
 
-One spare slot: a task's *first* piece whose group (tenant) has nothing running or waiting
-starts at once in a spare slot when every regular slot is busy with other groups' pieces,
-instead of waiting for one of them to end. Pieces are cut at sentences (up to 240
-characters, a second or more of engine time on a small CPU), so without it a tenant under
-its share would wait behind another tenant's long pieces: measured with
-``./benchmark --scenario edge`` (docs/limits.md), a flooded worker answered a newcomer 2.4-3x
-later than an idle one. The spare runs beside the busy slots, and while it runs a slot that
-frees up is not handed on: the newcomer's piece shares the cores only with the pieces that
-were already running, then has them to itself. One group alone never uses it, so one
-user's scheduling is unchanged.
+A newcomer does not wait for the slots: a task's *first* piece whose group (tenant) has
+nothing running or waiting, arriving while every regular slot is busy with other groups'
+pieces, **pre-empts** them: the running pieces are stopped and the newcomer's piece runs
+alone (told so: :func:`running_alone`, Piper's wide session) as soon as their threads have
+ended, the freed slots held for it until it is done; with more than :data:`MAX_CLEARED`
+slots only one piece is stopped (of the group charged most, the one that started last:
+least work lost) and the newcomer takes its slot. A stopped piece is queued again with its
+deadline and runs again from the start, uncharged for the lost run. Pieces are cut at
+sentences (up to 240 characters, a second or more of engine time on a small CPU), so
+without this a tenant under its share would wait behind another tenant's long pieces, or
+(spare slot, below) share the cores three threads to two with them. Measured with
+``python -m bench.edge_fairness --voice joe --rounds 8`` (docs/limits.md; 2 cores, load
+1.4-3.5), a flooded worker answered a newcomer 2.3x later than an idle one with the spare
+slot, 1.6-2.1x when one piece of two was stopped, 1.0-1.6x when both are.
+
+Only work that says it can be stopped is (:func:`stoppable`: Piper's onnxruntime runs,
+ended by ``RunOptions.terminate``; a piece's audio comes out of the run whole, so a
+stopped run has given nothing to anybody). A hostile tenant cannot use it to starve
+others: only a newcomer's first piece pre-empts, only pieces of a group charged at least
+as much are stopped, a piece is stopped once at most (:data:`MAX_PREEMPTIONS`: its second
+run cannot be), and the newcomer's own piece cannot be; so a piece runs twice at most, and
+its second run goes to its end. ``preempt=False`` (``tts_worker.preempt``) turns it off.
+
+When there is no piece to stop (an engine that cannot be stopped, or every running piece
+was stopped once already), one spare slot: the newcomer's first piece starts at once in a
+spare slot beside the busy slots, and while it runs a slot that frees up is not handed on:
+the newcomer's piece shares the cores only with the pieces that were already running, then
+has them to itself. One group alone never pre-empts nor uses the spare, so one user's
+scheduling is unchanged.
 
 A piece that starts while no other piece runs or waits is told so (:func:`running_alone`,
 read in its thread): an engine may then use more cores for it (Piper's second, wider
@@ -45,16 +64,19 @@ ends, and counting the slot free earlier would oversubscribe the cores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import heapq
 import itertools
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TypeVar
 
-__all__ = ["PieceScheduler", "running_alone"]
+__all__ = ["PieceScheduler", "Preempted", "running_alone", "stoppable"]
 
 T = TypeVar("T")
 
@@ -68,6 +90,84 @@ def running_alone() -> bool:
     return _ALONE.get()
 
 
+class Preempted(Exception):
+    """A piece's work was stopped to make room for a newcomer's first piece; the scheduler
+    runs it again (engines let it through as it is, see :func:`stoppable`)."""
+
+
+# Times one piece may be stopped: its next run is never stopped, so a tenant that keeps
+# being pre-empted still gets each of its pieces done, for at most twice their engine time.
+MAX_PREEMPTIONS = 1
+# A newcomer's first piece runs alone (every core: Piper's wide session) when that means
+# stopping at most this many pieces; beyond (a worker with more slots) it stops one and
+# takes its slot, beside the others.
+MAX_CLEARED = 2
+
+
+class _Run:
+    """One run of a piece, in its thread: whether and how the scheduler may stop it."""
+
+    def __init__(self, group: _Group, order: int, preemptible: bool) -> None:
+        self.group = group
+        self.order = order  # larger: started later (less progress to lose)
+        self.preemptible = preemptible
+        self.stopped = False
+        # The first piece this run was stopped for: it starts when its thread has ended.
+        self.successor: _Handover | None = None
+        self._lock = threading.Lock()  # the hooks are set in the piece's thread
+        self._stops: list[Callable[[], None]] = []
+
+    @property
+    def stoppable(self) -> bool:
+        """In a step that can be stopped now (see :func:`stoppable`), and not stopped yet."""
+        with self._lock:
+            return bool(self._stops) and not self.stopped
+
+    def hook(self, stop: Callable[[], None]) -> None:
+        with self._lock:
+            if not self.stopped:
+                self._stops.append(stop)
+                return
+        stop()  # stopped before this step began: it ends at once
+
+    def unhook(self, stop: Callable[[], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._stops.remove(stop)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            stops = list(self._stops)
+        for stop in stops:
+            stop()
+
+
+# The run of the piece whose work runs in this thread (see stoppable).
+_RUN: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("piece_run", default=None)
+
+
+@contextlib.contextmanager
+def stoppable(stop: Callable[[], None]) -> Iterator[None]:
+    """In a piece's work: around one step that ``stop`` ends early, from another thread,
+    by making it raise (onnxruntime: ``RunOptions.terminate``). Only there may the scheduler
+    pre-empt the piece; if it does, the step's exception becomes :class:`Preempted` and the
+    piece runs again from the start later, so whatever the piece made so far is dropped.
+    Outside a piece (warm-up), or in a run that may not be stopped, it does nothing."""
+    run = _RUN.get()
+    if run is None or not run.preemptible:
+        yield
+        return
+    run.hook(stop)
+    try:
+        yield
+    except Exception as exc:
+        if run.stopped:
+            raise Preempted("stopped for another tenant's first piece; it runs again") from exc
+        raise
+    finally:
+        run.unhook(stop)
+
+
 # Groups that have nothing waiting or running and no debt beyond the virtual time carry no
 # state worth keeping; this many idle ones at most are kept before the oldest are dropped.
 MAX_IDLE_GROUPS = 256
@@ -78,12 +178,31 @@ class _Group:
     tag: float = 0.0  # engine seconds charged (virtual finish time)
     running: int = 0  # pieces of this group in a thread now
     waiting: list[tuple[float, int, asyncio.Future[None], float]] = field(default_factory=list)
+    handovers: int = 0  # first pieces waiting for a stopped piece's slot
 
     def head(self) -> tuple[float, int, asyncio.Future[None], float] | None:
         """The most urgent piece still waiting (cancelled waiters are dropped here)."""
         while self.waiting and self.waiting[0][2].done():
             heapq.heappop(self.waiting)
         return self.waiting[0] if self.waiting else None
+
+
+@dataclass(eq=False)
+class _Handover:
+    """A newcomer's first piece waiting for the pieces stopped for it to end."""
+
+    group: _Group
+    turn: asyncio.Future[None]
+    cost: float
+    pending: int  # stopped pieces whose thread has not ended yet
+    alone: bool  # every running piece was stopped: it runs alone, the freed slots wait
+
+
+class _Slot(Enum):
+    REGULAR = "regular"  # one of the max_concurrent slots, by its turn
+    SPARE = "spare"  # the spare slot, beside busy ones
+    HANDOVER = "handover"  # a regular slot whose piece was stopped for this one
+    CLEARED = "cleared"  # every slot's piece was stopped for this one: it runs alone
 
 
 class PieceScheduler:
@@ -93,16 +212,24 @@ class PieceScheduler:
         executor: Executor,
         clock: Callable[[], float] = time.perf_counter,
         spare: bool = True,
+        preempt: bool = True,
+        on_preempt: Callable[[], None] = lambda: None,
     ) -> None:
         """``clock`` times the pieces (engine seconds); tests may hand in their own;
-        ``spare``: whether a newcomer's first piece may use the spare slot."""
+        ``spare``: whether a newcomer's first piece may use the spare slot; ``preempt``:
+        whether it may stop another group's piece instead (``on_preempt`` counts those)."""
         self.slots = slots
         self.spare = spare
+        self.preempt = preempt
+        self._on_preempt = on_preempt
         self._clock = clock
         self.busy = 0  # slots whose thread is running a piece
         self.spare_busy = 0  # the spare slot (0 or 1) runs a newcomer's first piece
+        # Slots cleared for a newcomer's first piece: none is handed on until it has run.
+        self._cleared = False
         self._executor = executor
         self._groups: dict[str, _Group] = {}
+        self._runs: set[_Run] = set()  # pieces in a thread now
         self._vtime = 0.0  # the tag the most recently started piece started at
         self._order = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -128,65 +255,138 @@ class PieceScheduler:
         """Run ``work`` in a slot once it is this piece's turn; its result or exception.
 
         ``group``: whose piece it is (fair sharing); ``cost``: its estimated engine seconds;
-        ``first``: the first piece of its task (it may take the spare slot).
+        ``first``: the first piece of its task (it may take the spare slot, or pre-empt).
+        A pre-empted run is queued again with the same deadline and run again.
         """
         self._loop = asyncio.get_running_loop()
-        owner, spare = await self._acquire(group, deadline, cost, first)
-        alone = not spare and self.busy == 1 and self.waiting == 0 and self.spare_busy == 0
+        stopped = 0
+        while True:
+            owner, slot = await self._acquire(group, deadline, cost, first and not stopped)
+            # Only a piece that took its turn may be stopped: a newcomer's piece never is.
+            preemptible = self.preempt and slot is _Slot.REGULAR and stopped < MAX_PREEMPTIONS
+            run = _Run(owner, next(self._order), preemptible)
+            try:
+                return await self._run_once(run, slot, cost, work)
+            except Preempted:
+                if not run.stopped:
+                    raise
+                stopped += 1
+
+    async def _run_once(self, run: _Run, slot: _Slot, cost: float, work: Callable[[], T]) -> T:
+        spare, cleared = slot is _Slot.SPARE, slot is _Slot.CLEARED
+        alone = cleared or (
+            slot is _Slot.REGULAR and self.busy == 1 and not self.waiting and not self.spare_busy
+        )
         elapsed = 0.0
 
         def timed() -> T:
             nonlocal elapsed
             started = self._clock()
             try:
-                return contextvars.copy_context().run(_with_alone, alone, work)
+                return contextvars.copy_context().run(_in_piece, alone, run, work)
             finally:
                 elapsed = self._clock() - started
 
+        def done(future: Future[T]) -> None:
+            # A stopped run is not charged: the newcomer took its time, not its group.
+            preempted = not future.cancelled() and isinstance(future.exception(), Preempted)
+            spent = 0.0 if preempted else elapsed
+            self._from_thread(
+                lambda: self._finished(run.group, cost, spent, spare, run, cleared=cleared)
+            )
+
+        self._runs.add(run)
         try:
             future = self._executor.submit(timed)
         except BaseException:
-            self._finished(owner, cost, 0.0, spare)
+            self._finished(run.group, cost, 0.0, spare, run, cleared=cleared)
             raise
-        future.add_done_callback(
-            lambda _: self._from_thread(lambda: self._finished(owner, cost, elapsed, spare))
-        )
+        future.add_done_callback(done)
         return await asyncio.wrap_future(future)
 
     async def _acquire(
         self, name: str, deadline: float, cost: float, first: bool
-    ) -> tuple[_Group, bool]:
-        """The piece's group, and whether it runs in the spare slot."""
+    ) -> tuple[_Group, _Slot]:
+        """The piece's group, and the slot it runs in."""
         group = self._group(name)
-        if self.busy < self.slots and not self.waiting and not self.spare_busy:
+        if (
+            self.busy < self.slots
+            and not self.waiting
+            and not self.spare_busy
+            and not self._cleared
+        ):
             self.busy += 1
             self._start(group, cost)
-            return group, False
-        if (
+            return group, _Slot.REGULAR
+        assert self._loop is not None
+        newcomer = (
             first
-            and self.spare
-            and self.spare_busy == 0
-            and self.busy >= self.slots
+            and (self.busy >= self.slots or self._cleared)
             and group.running == 0
             and group.head() is None
-        ):
-            # Every slot busy with other groups' pieces: a newcomer does not wait for them.
+            and not group.handovers
+        )
+        victims = self._victims(group) if newcomer and self.preempt else []
+        if victims:
+            # Every slot busy with other groups' pieces: stop them (or the one furthest
+            # over its share); this piece starts as soon as their threads have ended.
+            turn: asyncio.Future[None] = self._loop.create_future()
+            alone = len(victims) == len(self._runs)
+            handover = _Handover(group, turn, cost, len(victims), alone)
+            self._cleared = self._cleared or alone
+            group.handovers += 1
+            for victim in victims:
+                victim.successor = handover
+                victim.stop()
+                self._on_preempt()
+            await self._wait_turn(turn, group, cost, cleared=alone)
+            return group, _Slot.CLEARED if alone else _Slot.HANDOVER
+        if newcomer and self.spare and self.spare_busy == 0:
+            # No piece to stop (an engine that cannot): a newcomer does not wait for them.
             self.spare_busy = 1
             self._start(group, cost)
-            return group, True
-        assert self._loop is not None
+            return group, _Slot.SPARE
         if group.head() is None:
             # Starts waiting: from now on, not with the credit of the time it was idle.
             group.tag = max(group.tag, self._vtime)
-        turn: asyncio.Future[None] = self._loop.create_future()
+        turn = self._loop.create_future()
         heapq.heappush(group.waiting, (deadline, next(self._order), turn, cost))
+        await self._wait_turn(turn, group, cost)
+        return group, _Slot.REGULAR
+
+    async def _wait_turn(
+        self, turn: asyncio.Future[None], group: _Group, cost: float, cleared: bool = False
+    ) -> None:
         try:
             await turn
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
-                self._finished(group, cost, 0.0)  # handed over just as we were cancelled
+                # Handed over just as we were cancelled.
+                self._finished(group, cost, 0.0, cleared=cleared)
             raise
-        return group, False
+
+    def _victims(self, newcomer: _Group) -> list[_Run]:
+        """The pieces to stop for a newcomer's first piece: every running piece when all
+        can be stopped and they are at most MAX_CLEARED, else the one of the group charged
+        most that started last (least work lost); none if none can be. A piece can be
+        stopped when its group was charged at least as much as the newcomer (at least: a
+        voice's cost per character is learnt from its first pieces, whose estimates are 0;
+        and a group holding every slot is over its share of them anyway)."""
+        newcomer_tag = max(newcomer.tag, self._vtime)
+        candidates = [
+            run
+            for run in self._runs
+            if run.group is not newcomer
+            and run.group.tag >= newcomer_tag
+            and run.successor is None
+            and run.preemptible
+            and run.stoppable
+        ]
+        if not candidates:
+            return []
+        if len(candidates) == len(self._runs) <= MAX_CLEARED:
+            return candidates
+        return [max(candidates, key=lambda run: (run.group.tag, run.order))]
 
     def _group(self, name: str) -> _Group:
         group = self._groups.get(name)
@@ -199,22 +399,52 @@ class PieceScheduler:
         group.tag += cost
         group.running += 1
 
-    def _finished(self, group: _Group, charged: float, elapsed: float, spare: bool = False) -> None:
+    def _finished(
+        self,
+        group: _Group,
+        charged: float,
+        elapsed: float,
+        spare: bool = False,
+        run: _Run | None = None,
+        cleared: bool = False,
+    ) -> None:
         group.running -= 1
         group.tag += elapsed - charged  # the estimate, corrected by what the piece took
         if spare:
             self.spare_busy = 0  # the spare's piece held no regular slot
         else:
             self.busy -= 1
+        if cleared:
+            self._cleared = False  # the piece the slots were cleared for has run
+        if run is not None:
+            self._runs.discard(run)
+            if run.successor is not None:
+                self._hand_over(run.successor)
         self._fill()
         self._forget_idle()
+
+    def _hand_over(self, handover: _Handover) -> None:
+        """One of the pieces stopped for a newcomer's first piece has ended; once all
+        have, that piece starts (before the queue: called before _fill)."""
+        handover.pending -= 1
+        if handover.pending:
+            return
+        handover.group.handovers -= 1
+        if handover.turn.done():  # the newcomer was cancelled meanwhile
+            if handover.alone:
+                self._cleared = False
+            return
+        self.busy += 1
+        self._start(handover.group, handover.cost)
+        handover.turn.set_result(None)
 
     def _fill(self) -> None:
         # Hand free slots straight to the next pieces (called where a slot was freed, with
         # no await in between, so a fresh arrival cannot jump the queue). While the spare
         # slot runs a newcomer's first piece, freed slots stay free: that piece then has the
-        # cores to itself once the pieces it started beside have ended.
-        while self.busy < self.slots and not self.spare_busy:
+        # cores to itself once the pieces it started beside have ended; likewise while
+        # the slots cleared for one wait for it and it runs.
+        while self.busy < self.slots and not self.spare_busy and not self._cleared:
             best: tuple[float, float, int] | None = None
             chosen: _Group | None = None
             for group in self._groups.values():
@@ -232,7 +462,7 @@ class PieceScheduler:
         idle = [
             name
             for name, group in self._groups.items()
-            if group.running == 0 and group.head() is None
+            if group.running == 0 and group.head() is None and not group.handovers
         ]
         for name in idle:
             # A group at or behind the virtual time would restart there anyway.
@@ -254,6 +484,7 @@ class PieceScheduler:
             pass
 
 
-def _with_alone(alone: bool, work: Callable[[], T]) -> T:
+def _in_piece(alone: bool, run: _Run, work: Callable[[], T]) -> T:
     _ALONE.set(alone)
+    _RUN.set(run)
     return work()

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from ..errors import EngineError
+from ..scheduler import Preempted
 from ..splitting import split_text
 from ..visemes import Speech
 
@@ -153,7 +154,7 @@ class LocalEngine:
         try:
             made = self.synthesize_piece(piece)
             return made.pcm if isinstance(made, Speech) and not self.visemes else made
-        except EngineError:
+        except (EngineError, Preempted):  # Preempted: the scheduler runs the piece again
             raise
         except Exception as exc:  # onnxruntime and espeak raise assorted types: map them here
             log.error("engine_failed", engine=self.name, piece=piece, exc_info=True)

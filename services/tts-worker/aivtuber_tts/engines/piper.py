@@ -20,6 +20,9 @@ it only speeds lone pieces up, so the worker does not wait for it (building and 
 took a second of the worker's start, 1.2 -> 2.2 s); until it is warm every piece runs on
 the normal session.
 
+Both sessions are wrapped so that the scheduler may stop a run (pre-emption, for another
+tenant's first piece: :mod:`aivtuber_tts.engines.stopping`); the piece then runs again.
+
 Mouth shapes come from Piper's own alignments (piper-tts 1.8): the model's per-phoneme
 sample counts (the ``Ceil`` tensor) are added as an output when the model is loaded, in
 memory (what ``piper.patch_voice_with_alignment`` does, on the bytes:
@@ -39,7 +42,7 @@ import os
 import threading
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import onnxruntime
@@ -53,6 +56,7 @@ from ..visemes import ENGLISH, Mark, Speech, marks_from_durations, table_for, tr
 from ..words import Phone, phones, time_words, written_words
 from . import onnx_graph
 from .base import LocalEngine, Piece
+from .stopping import StoppableSession
 
 __all__ = [
     "PiperEngine",
@@ -156,7 +160,7 @@ class PiperEngine(LocalEngine):
         if self.language == "und":
             self.language = _bcp47(config.espeak_voice)
         self._table = table_for(self.language)
-        self._voice = PiperVoice(config=config, session=session)
+        self._voice = PiperVoice(config=config, session=_stoppable(session))
         if self.wide_threads and self.device == "cpu":
             self._wide_pending = (config, model)  # built by load_wide, after the voice is ready
         log.info(
@@ -176,7 +180,9 @@ class PiperEngine(LocalEngine):
         if pending is None or self._closing.is_set():
             return
         config, model = pending
-        wide = PiperVoice(config=config, session=self._session(model, self.wide_threads))
+        wide = PiperVoice(
+            config=config, session=_stoppable(self._session(model, self.wide_threads))
+        )
         if self.warmup:
             for text in self.warmup_texts:
                 if self._closing.is_set():
@@ -283,6 +289,11 @@ class PiperEngine(LocalEngine):
                 log.warning("cuda_unusable_falling_back_to_cpu", error=str(exc))
                 return onnxruntime.InferenceSession(model, sess_options=options, providers=[CPU])
             raise EngineError(f"cannot load Piper model {self.model_path}: {exc}") from exc
+
+
+def _stoppable(session: onnxruntime.InferenceSession) -> onnxruntime.InferenceSession:
+    # The scheduler may stop a piece's run to serve a newcomer first (pre-emption).
+    return cast(onnxruntime.InferenceSession, StoppableSession(session))
 
 
 def _bcp47(espeak_voice: str) -> str:
