@@ -165,8 +165,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._budget is not None:
             self._budget -= len(data)
             if self._budget < 0:  # a refused client that keeps sending: cut it off
-                self._lingering = True
-                self.transport.close()
+                self._linger_refused()
                 client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
                 log.info("refused_client_cut_off", client=client, budget=REFUSED_READ_BUDGET)
                 return
@@ -194,6 +193,32 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         frames = getattr(super(), "limit_frame_size", None)  # the fast path's scanner
         if frames is not None:
             frames(max_bytes)
+
+    def handle_parser_exception(self) -> None:
+        if self._budget is None:
+            super().handle_parser_exception()
+            return
+        # Refused, and a frame over the lowered limit came (the usual end of a refused
+        # client that sends on): as uvicorn, but without closing on the client's unread data.
+        assert self.conn.close_sent is not None
+        close = self.conn.close_sent
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
+        )
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self._linger_refused()
+
+    def _linger_refused(self) -> None:
+        """Read nothing more of a refused client (what it sends waits in the kernel's buffer,
+        not ours) and end our side after its close frame; the REFUSED_CLOSE_S timer closes
+        the socket. Closing it at once, with the client's data unread, sends a reset that can
+        destroy the close frame before the client reads it (seen under load as a bare EOF)."""
+        self._lingering = True
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+            if self.close_sent and self.transport.can_write_eof():
+                self.transport.write_eof()
 
     def _close_refused(self) -> None:
         self._lingering = True
