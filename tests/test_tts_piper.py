@@ -190,14 +190,20 @@ def test_piper_alignments_give_mouth_shapes_inside_the_audio() -> None:
     assert isinstance(plain.synthesize_piece("Hello."), bytes)
 
 
-def test_piper_lead_cut_takes_the_bos_pad_but_never_sound() -> None:
-    from aivtuber_tts.engines.piper import _lead_cut
+def test_piper_lead_cut_takes_the_pads_silence_but_never_sound() -> None:
+    from aivtuber_tts.engines.piper import LEAD_GUARD, _lead_cut
 
     audio = np.zeros(3000, np.int16)
-    audio[1000:] = 1000  # sound from sample 1000 on
-    assert _lead_cut(audio, bos_samples=1024) == 1024 - 512  # keeps two hops of the pad
-    assert _lead_cut(audio, bos_samples=2000) == 1000 - 256  # but stops short of sound
-    assert _lead_cut(audio, bos_samples=300) == 0
+    audio[:600] = 20  # the pad: -64 dBFS, silence to the ear
+    audio[600:1000] = 100  # an onset the vocoder spread into the pad (-50 dBFS)
+    audio[1000:] = 5000  # the phoneme, loud
+    # The pad's silence goes, up to a short guard before the onset (kept whole)...
+    assert _lead_cut(audio, bos_samples=1024) == 600 - LEAD_GUARD
+    # ...never past the pad, even when the phoneme starts quietly...
+    assert _lead_cut(audio, bos_samples=300) == 300
+    # ...and a sound from the first samples on keeps everything.
+    audio[:600] = 100
+    assert _lead_cut(audio, bos_samples=1024) == 0
 
 
 @pytest.mark.piper

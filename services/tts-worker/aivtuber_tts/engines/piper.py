@@ -303,19 +303,23 @@ def _bcp47(espeak_voice: str) -> str:
 
 
 # Piper starts every sentence with its BOS pad, 35-80 ms of near silence the listener waits
-# through. With the alignments the pad's length is known: cut it but keep LEAD_KEEP (two
-# hops; the vocoder spreads the first phoneme's onset into the pad), and never cut into
-# sound (AUDIBLE_GUARD before the first sample above -40 dBFS).
-LEAD_KEEP = 512
+# through. The alignments say how long the pad is; the samples say where the sound starts:
+# the cut takes the pad up to LEAD_GUARD samples before the first sample above -60 dBFS
+# (SOFT), so a phoneme onset that the vocoder spreads into the pad (it starts up to two
+# hops before the pad's end, quietly) is kept whole, and silence is not. Never past the
+# pad: the phoneme's own samples are never cut, however quiet. (Measured on the first
+# clauses of shared/texts/lines-en.txt: the last 256-512 samples of the pad that the former
+# rule kept, two hops whatever they held, were at -65 to -84 dBFS in most lines.)
+SOFT = 33  # |sample| above this (-60 dBFS) may be heard: an onset, not the pad's silence
+LEAD_GUARD = 64  # kept before the first such sample (3 ms at 22050 Hz, under the fade-in)
 WORD_CACHE = 4096  # phonemised words kept per voice
-AUDIBLE_GUARD = 256
 FADE_IN_S = 0.0025
 
 
 def _lead_cut(audio: np.ndarray, bos_samples: int) -> int:
-    loud = np.flatnonzero(np.abs(audio.astype(np.int32)) > 328)
-    first_loud = int(loud[0]) if loud.size else len(audio)
-    return max(0, min(bos_samples - LEAD_KEEP, first_loud - AUDIBLE_GUARD))
+    soft = np.flatnonzero(np.abs(audio.astype(np.int32)) > SOFT)
+    first_soft = int(soft[0]) if soft.size else len(audio)
+    return max(0, min(bos_samples, first_soft - LEAD_GUARD))
 
 
 def _fade_in(audio: np.ndarray, sample_rate: int) -> np.ndarray:
