@@ -288,16 +288,25 @@ async def test_without_preemption_the_newcomer_takes_the_spare_slot(
     assert await held == "alpha"
 
 
-async def test_a_piece_that_ends_as_it_is_stopped_keeps_its_result_and_hands_over_its_slot(
-    three: ThreadPoolExecutor,
-) -> None:
-    scheduler = PieceScheduler(1, three)
-    ran: list[str] = []
+async def _alpha_told_to_stop_for_beta(
+    scheduler: PieceScheduler, ran: list[str]
+) -> tuple[Stoppable, Stoppable, asyncio.Task[str], asyncio.Task[str]]:
+    """alpha's piece running (deaf: it ends only when released), then beta's first piece:
+    alpha is told to stop. Both pieces, and the tasks running them."""
     alpha, beta = Stoppable("alpha", ran, deaf=True), Stoppable("beta", ran)
     held = asyncio.create_task(scheduler.run(0.0, alpha, group="alpha", cost=1.0))
     await wait_until(lambda: alpha.entered == 1)
     first = asyncio.create_task(scheduler.run(1.0, beta, group="beta", first=True))
     await wait_until(lambda: alpha.stops == 1)
+    return alpha, beta, held, first
+
+
+async def test_a_piece_that_ends_as_it_is_stopped_keeps_its_result_and_hands_over_its_slot(
+    three: ThreadPoolExecutor,
+) -> None:
+    scheduler = PieceScheduler(1, three)
+    ran: list[str] = []
+    alpha, beta, held, first = await _alpha_told_to_stop_for_beta(scheduler, ran)
     assert beta.entered == 0 and scheduler.busy == 1  # waits for alpha's thread to end
     alpha.release()  # it finished regardless: its audio is whole, so it is kept
     assert await held == "alpha"
@@ -313,11 +322,7 @@ async def test_a_newcomer_cancelled_before_the_handover_gives_the_slot_to_the_qu
 ) -> None:
     scheduler = PieceScheduler(1, three)
     ran: list[str] = []
-    alpha, beta = Stoppable("alpha", ran, deaf=True), Stoppable("beta", ran)
-    held = asyncio.create_task(scheduler.run(0.0, alpha, group="alpha", cost=1.0))
-    await wait_until(lambda: alpha.entered == 1)
-    quitter = asyncio.create_task(scheduler.run(1.0, beta, group="beta", first=True))
-    await wait_until(lambda: alpha.stops == 1)
+    alpha, beta, held, quitter = await _alpha_told_to_stop_for_beta(scheduler, ran)
     later = asyncio.create_task(scheduler.run(2.0, lambda: "next", group="alpha"))
     await wait_until(lambda: scheduler.waiting == 1)
     quitter.cancel()
