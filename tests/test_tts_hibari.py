@@ -32,7 +32,9 @@ def test_heart_speaks_24_khz_normalised_speech_with_mouth_shapes(heart: HibariEn
     pcm = np.frombuffer(speech.pcm, dtype="<i2")
     assert heart.sample_rate == 24000 and heart.language == "en-US"
     assert 1.0 < pcm.size / 24000 < 4.0
-    assert np.abs(pcm).max() == 32767  # Piper's target: each call's peak at full scale
+    # Piper's target: each call's peak at full scale. Within one step: the threads' sums
+    # come in any order, so the peak before scaling (and its rounding) varies in the last bit.
+    assert np.abs(pcm).max() >= 32766
     shapes = [shape for _, shape in speech.marks]
     assert shapes[0] == "n" and {"a", "e", "i"} <= set(shapes)
     offsets = [offset for offset, _ in speech.marks]

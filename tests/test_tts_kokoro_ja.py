@@ -35,7 +35,7 @@ def test_kokoro_ja_speaks_japanese_with_japanese_mouth_shapes(alpha: KokoroJaEng
     pcm = np.frombuffer(speech.pcm, dtype="<i2")
     assert alpha.sample_rate == 24000 and alpha.language == "ja"
     assert 0.4 < pcm.size / 24000 < 2.5
-    assert np.abs(pcm).max() == 32767
+    assert np.abs(pcm).max() >= 32766  # full scale, within the last bit (threads' sum order)
     # koɲɲiʨiβa (ん before に is ɲ, folded), then the closing "。": o, i, a, n
     shapes = [shape for _, shape in speech.marks]
     assert shapes == ["n", "o", "i", "a", "n"]
